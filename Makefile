@@ -1,0 +1,37 @@
+# One set-up path for README, tests and CI: a project venv in .venv.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+export DVC_NO_ANALYTICS := 1
+# pip on some machines warns once per package about a missing local index; hide only that line.
+PIP_NOISE := is ignored: it is neither a file nor a directory
+
+.PHONY: setup demo demo-data test bench-ingest clean-demo
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip 2> >(grep -v "$(PIP_NOISE)" >&2)
+	$(BIN)/pip install --quiet -e '.[dev]' 2> >(grep -v "$(PIP_NOISE)" >&2)
+	touch $@
+
+## demo: set up, write the synthetic demo crawl, track it with DVC, run the pipeline
+demo: setup demo-data
+	dvc repro
+
+## demo-data: generate missing demo batches and track them (as a team tracks a real crawl batch)
+demo-data: setup
+	python -m pipeline.demo_crawl
+	dvc add --quiet data/crawl/batch-* data/label-exports
+
+## test: set up and run the test suite (what CI runs)
+test: setup
+	python -m pytest
+
+## bench-ingest: ingest throughput and incremental cost on ../shared/datasets/ccp/photos
+bench-ingest: setup
+	python benchmarks/bench_ingest.py
