@@ -1,0 +1,71 @@
+"""Typed settings read from params.yaml: one frozen dataclass per section."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+T = TypeVar("T")
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing a key or has one the code does not know."""
+
+
+@dataclass(frozen=True)
+class CrawlSettings:
+    dir: Path
+    label_exports: Path
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    workers: int
+    min_side: int
+    max_pixels: int
+    near_duplicate_distance: int
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    seed: int
+    batches: int
+    images_per_batch: int
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Params:
+    taxonomy: Path
+    crawl: CrawlSettings
+    ingest: IngestSettings
+    demo: DemoSettings
+
+
+def _section(cls: type[T], raw: Any, name: str, source: Path) -> T:
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: section '{name}' must be a mapping")
+    expected = {f.name: f.type for f in fields(cls)}
+    unknown = set(raw) - set(expected)
+    missing = set(expected) - set(raw)
+    if unknown or missing:
+        raise ParamsError(f"{source}: section '{name}': missing {sorted(missing)}, unknown {sorted(unknown)}")
+    converters = {"Path": Path, "int": int, "float": float, "str": str, "bool": bool}
+    return cls(**{key: converters[str(expected[key])](value) for key, value in raw.items()})
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
+    path = Path(path)
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return Params(
+        taxonomy=Path(raw["taxonomy"]),
+        crawl=_section(CrawlSettings, raw.get("crawl"), "crawl", path),
+        ingest=_section(IngestSettings, raw.get("ingest"), "ingest", path),
+        demo=_section(DemoSettings, raw.get("demo"), "demo", path),
+    )
