@@ -1,0 +1,161 @@
+"""Ingest: catalog contents, duplicates across batches, incremental re-runs, atomic outputs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import pipeline.ingest as ingest_module
+from pipeline.demo_crawl import generate
+from pipeline.ingest import ingest, main, near_duplicate_pairs
+
+
+@pytest.fixture()
+def decode_spy(monkeypatch):
+    """Records every file ingest decodes (workers=1 keeps decoding in this process)."""
+    decoded: list[Path] = []
+    real = ingest_module.inspect_image
+
+    def spy(path, **kwargs):
+        decoded.append(Path(path))
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(ingest_module, "inspect_image", spy)
+    return decoded
+
+
+def test_every_bad_demo_file_lands_in_rejects_and_the_run_continues(tmp_path, demo_crawl, ingest_settings):
+    catalog, rejects, _, counts = ingest(demo_crawl, tmp_path / "cache", ingest_settings)
+    reasons = {f"{r.batch}/{r.file}": r.reason for r in rejects.itertuples()}
+    for batch in ("batch-001", "batch-002"):
+        assert reasons[f"{batch}/corrupt_0001.jpg"].startswith("corrupt image data")
+        assert reasons[f"{batch}/truncated_0001.jpg"].startswith("truncated image")
+        assert reasons[f"{batch}/error_page_0001.jpg"].startswith("not an image")
+        assert reasons[f"{batch}/thumb_0001.jpg"].startswith("too small")
+        assert reasons[f"{batch}/bomb_0001.png"].startswith("decompression bomb guard")
+    assert len(rejects) == 10
+    paths = catalog.column("path").to_pylist()
+    assert any("/cmyk_" in p for p in paths) and any("/exif6_" in p for p in paths)
+    assert counts.images == catalog.num_rows == counts.files - counts.rejected - counts.duplicate_files
+
+
+def test_exact_duplicate_across_batches_is_one_image_with_both_sources(tmp_path, demo_crawl, ingest_settings):
+    catalog = ingest(demo_crawl, tmp_path / "cache", ingest_settings)[0].to_pandas()
+    repost = next(f.name for f in (demo_crawl / "batch-002").glob("repost_*"))
+    row = catalog[catalog["n_sources"] == 2]
+    hits = row[row["sources"].map(lambda s: any(src["file"] == repost for src in s))]
+    assert len(hits) == 1
+    sources = hits.iloc[0]["sources"]
+    assert [s["batch"] for s in sources] == ["batch-001", "batch-002"]
+    assert hits.iloc[0]["path"].startswith("batch-001/"), "the first sighting names the image"
+    assert all(s["post_id"] and s["source"] for s in sources), "metadata.csv is joined onto every source"
+    assert catalog["image_id"].is_unique
+
+
+def test_adding_a_batch_decodes_only_the_new_batch(tmp_path, demo_crawl, tiny_demo, style_names, ingest_settings, decode_spy):
+    cache = tmp_path / "cache"
+    ingest(demo_crawl, cache, ingest_settings)
+    assert {p.parent.name for p in decode_spy} == {"batch-001", "batch-002"}
+    decode_spy.clear()
+
+    generate(tiny_demo.__class__(**{**tiny_demo.__dict__, "batches": 3}), style_names, demo_crawl, tmp_path / "exports")
+    catalog, _, _, counts = ingest(demo_crawl, cache, ingest_settings)
+    new_files = [p for p in (demo_crawl / "batch-003").iterdir() if p.name != "metadata.csv"]
+    assert sorted(decode_spy) == sorted(new_files)
+    assert counts.decoded == len(new_files) and counts.reused == counts.files - len(new_files)
+    assert set(catalog.column("batch").to_pylist()) == {"batch-001", "batch-002", "batch-003"}
+
+
+def test_unchanged_crawl_decodes_nothing_and_changed_file_is_decoded_again(tmp_path, demo_crawl, ingest_settings, decode_spy):
+    cache = tmp_path / "cache"
+    ingest(demo_crawl, cache, ingest_settings)
+    decode_spy.clear()
+    ingest(demo_crawl, cache, ingest_settings)
+    assert decode_spy == []
+
+    victim = next((demo_crawl / "batch-001").glob("instagram_*.jpg"), None) or next((demo_crawl / "batch-001").glob("*_*.jpg"))
+    shutil.copy(demo_crawl / "batch-001" / "truncated_0001.jpg", victim)  # a photo replaced by a broken copy
+    _, rejects, _, _ = ingest(demo_crawl, cache, ingest_settings)
+    assert decode_spy == [victim]
+    assert victim.name in set(rejects["file"])
+
+
+def test_fresh_checkout_mtimes_cost_a_rehash_not_a_decode(tmp_path, demo_crawl, ingest_settings, decode_spy):
+    cache = tmp_path / "cache"
+    ingest(demo_crawl, cache, ingest_settings)
+    decode_spy.clear()
+    for path in demo_crawl.rglob("*"):
+        if path.is_file():
+            os.utime(path, ns=(1_000_000_000, 1_000_000_000))  # as after `dvc checkout` / `git clone`
+    _, _, _, counts = ingest(demo_crawl, cache, ingest_settings)
+    assert decode_spy == [] and counts.rehashed == counts.files
+
+
+def test_removed_batch_leaves_the_catalog(tmp_path, demo_crawl, ingest_settings):
+    cache = tmp_path / "cache"
+    ingest(demo_crawl, cache, ingest_settings)
+    shutil.rmtree(demo_crawl / "batch-002")
+    catalog = ingest(demo_crawl, cache, ingest_settings)[0]
+    assert set(catalog.column("batch").to_pylist()) == {"batch-001"}
+    assert not (cache / "batch-002.parquet").exists()
+
+
+def test_near_duplicate_banding_finds_exactly_the_brute_force_pairs():
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 2**63, size=60, dtype=np.uint64)
+    flips = np.array([np.uint64(1) << np.uint64(b) for b in rng.integers(0, 64, size=(60, 3)).ravel()]).reshape(60, 3)
+    near = base ^ flips[:, 0] ^ np.where(rng.random(60) < 0.5, flips[:, 1], np.uint64(0))  # 1-2 bits away
+    hashes = np.concatenate([base, near])
+    ids = np.array([f"img{i}" for i in range(len(hashes))], dtype=object)
+    found = near_duplicate_pairs(ids, hashes, max_distance=2)
+    brute = {
+        (ids[i], ids[j])
+        for i in range(len(hashes))
+        for j in range(i + 1, len(hashes))
+        if bin(int(hashes[i]) ^ int(hashes[j])).count("1") <= 2
+    }
+    assert set(zip(found["image_id_a"], found["image_id_b"])) == brute
+    assert len(brute) >= 60
+
+
+def test_missing_crawl_folder_is_a_clear_error_and_writes_nothing(tmp_path, capsys, params):
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text((Path(__file__).parents[1] / "params.yaml").read_text())
+    catalog = tmp_path / "catalog.parquet"
+    rc = main(["--params", str(params_file), "--crawl-dir", str(tmp_path / "nope"), "--catalog", str(catalog)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "crawl folder" in err and "does not exist" in err and "make demo-data" in err
+    assert not catalog.exists()
+
+
+def test_a_crash_while_writing_keeps_the_previous_catalog(tmp_path, demo_crawl, monkeypatch):
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text((Path(__file__).parents[1] / "params.yaml").read_text())
+    outs = ["--params", str(params_file), "--crawl-dir", str(demo_crawl), "--cache-dir", str(tmp_path / "cache"),
+            "--catalog", str(tmp_path / "catalog.parquet"), "--rejects", str(tmp_path / "rejects.csv"),
+            "--near-duplicates", str(tmp_path / "near.parquet"), "--metrics", str(tmp_path / "m.json")]  # fmt: skip
+    assert main(outs) == 0
+    before = (tmp_path / "catalog.parquet").read_bytes()
+    cache_before = (tmp_path / "cache" / "batch-001.parquet").read_bytes()
+
+    def crash(table, where, **kwargs):
+        if hasattr(where, "write"):
+            where.write(b"half a parquet file")
+        else:
+            Path(where).write_bytes(b"half a parquet file")
+        raise KeyboardInterrupt  # interrupted mid-write
+
+    monkeypatch.setattr("pyarrow.parquet.write_table", crash)
+    (demo_crawl / "batch-001" / "thumb_0001.jpg").unlink()  # make the new catalog differ
+    with pytest.raises(KeyboardInterrupt):
+        main(outs)
+    assert (tmp_path / "catalog.parquet").read_bytes() == before
+    assert (tmp_path / "cache" / "batch-001.parquet").read_bytes() == cache_before
+    assert not list(tmp_path.rglob(".*.tmp")), "no temp file left behind"
+    pd.read_parquet(tmp_path / "catalog.parquet")
