@@ -26,7 +26,7 @@ demo: setup demo-data
 ## demo-data: generate missing demo batches and track them (as a team tracks a real crawl batch)
 demo-data: setup
 	python -m pipeline.demo_crawl
-	dvc add --quiet data/crawl/batch-* data/label-exports
+	dvc add --quiet $$(find data/crawl -mindepth 1 -maxdepth 1 -type d -name 'batch-*' | sort) data/label-exports
 
 ## test: set up and run the test suite (what CI runs)
 test: setup
