@@ -28,7 +28,7 @@ def project(tmp_path: Path) -> Path:
     """The project's pipeline files in a fresh git + DVC repo, with a tiny demo and a temp remote."""
     work = tmp_path / "project"
     work.mkdir()
-    for name in ("dvc.yaml", "pipeline", "taxonomies"):
+    for name in ("dvc.yaml", "pipeline", "annotation", "taxonomies"):
         src = ROOT / name
         (shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir() else shutil.copy(src, work / name))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -39,8 +39,8 @@ def project(tmp_path: Path) -> Path:
     return work
 
 
-def metrics(project: Path) -> dict:
-    return json.loads((project / "metrics/ingest.json").read_text())
+def metrics(project: Path, stage: str = "ingest") -> dict:
+    return json.loads((project / f"metrics/{stage}.json").read_text())
 
 
 def test_repro_is_incremental_idempotent_and_restorable(project: Path):
@@ -48,6 +48,7 @@ def test_repro_is_incremental_idempotent_and_restorable(project: Path):
     first = run("dvc repro", project)
     assert "Running stage 'ingest'" in first
     assert metrics(project)["batches"] == 2 and metrics(project)["rejected"] == 10
+    assert metrics(project, "labels")["labelled_images"] == metrics(project)["images"]
     catalog = (project / "data/catalog.parquet").read_bytes()
 
     again = run("dvc repro", project)
