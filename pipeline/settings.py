@@ -1,4 +1,8 @@
-"""Typed settings read from params.yaml: one frozen dataclass per section."""
+"""Typed settings read from params.yaml: one frozen dataclass per section.
+
+Sections shared by several stages live here (`Params`); a stage with a section of
+its own declares its dataclass in its module and reads it with `load_section`.
+"""
 
 from __future__ import annotations
 
@@ -49,6 +53,7 @@ class Params:
 
 
 def _section(cls: type[T], raw: Any, name: str, source: Path) -> T:
+    """Build dataclass `cls` from a params mapping; unknown or missing keys are errors."""
     if not isinstance(raw, dict):
         raise ParamsError(f"{source}: section '{name}' must be a mapping")
     expected = {f.name: f.type for f in fields(cls)}
@@ -57,7 +62,20 @@ def _section(cls: type[T], raw: Any, name: str, source: Path) -> T:
     if unknown or missing:
         raise ParamsError(f"{source}: section '{name}': missing {sorted(missing)}, unknown {sorted(unknown)}")
     converters = {"Path": Path, "int": int, "float": float, "str": str, "bool": bool}
-    return cls(**{key: converters[str(expected[key])](value) for key, value in raw.items()})
+    return cls(**{key: converters.get(str(expected[key]), _identity)(value) for key, value in raw.items()})
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def load_section(cls: type[T], section: str, path: str | Path = DEFAULT_PARAMS) -> T:
+    """One params.yaml section as dataclass `cls` (fields typed int/float/str/bool/Path; others as-is)."""
+    path = Path(path)
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if section not in raw:
+        raise ParamsError(f"{path}: section '{section}' is missing")
+    return _section(cls, raw[section], section, path)
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:

@@ -1,0 +1,99 @@
+"""Consolidate stage: several experts' annotations -> one label row per image.
+
+Rules: the main style is the majority of the annotators' main styles; a tie is
+not guessed but flagged for review (main_style empty, needs_review true). A
+sub-style is kept when at least half of the image's annotators named it (as
+main or sub), except the consolidated main style itself. Per-style agreement
+(among images with two or more annotators: of the images where anyone named the
+style, the share where everyone did) shows which styles the experts read alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.atomic import write_csv, write_parquet
+
+IMAGE_LABEL_COLUMNS = ["image_id", "batch", "main_style", "sub_styles", "n_annotators", "main_agreement", "needs_review"]
+
+
+def named_styles(annotations: pd.DataFrame) -> pd.DataFrame:
+    """Long table (image_id, annotation, style, is_main): every style each annotation named."""
+    subs = annotations[["image_id", "sub_styles"]].assign(annotation=annotations.index).explode("sub_styles")
+    subs = subs.dropna(subset=["sub_styles"]).rename(columns={"sub_styles": "style"}).assign(is_main=False)
+    mains = annotations.loc[annotations["main_style"].notna(), ["image_id", "main_style"]]
+    mains = mains.assign(annotation=mains.index).rename(columns={"main_style": "style"}).assign(is_main=True)
+    return pd.concat([mains, subs], ignore_index=True).drop_duplicates(["annotation", "style"])
+
+
+def consolidate(annotations: pd.DataFrame, catalog: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(image labels, review list, per-style agreement) from the valid annotations."""
+    valid = annotations[~annotations["cancelled"]].reset_index(drop=True)
+    n_annotators = valid.groupby("image_id").size().rename("n_annotators")
+    named = named_styles(valid)
+
+    votes = named[named["is_main"]].groupby(["image_id", "style"]).size().rename("votes").reset_index()
+    top = votes.groupby("image_id")["votes"].transform("max")
+    leaders = votes[votes["votes"] == top]
+    n_leaders = leaders.groupby("image_id").size()
+    winner = leaders[leaders["image_id"].map(n_leaders) == 1].set_index("image_id")
+    ties = leaders[leaders["image_id"].map(n_leaders) > 1]
+
+    mentions = named.groupby(["image_id", "style"]).size().rename("mentions").reset_index()
+    mentions["n"] = mentions["image_id"].map(n_annotators)
+    kept = mentions[(2 * mentions["mentions"] >= mentions["n"])]
+    kept = kept[kept["style"] != kept["image_id"].map(winner["style"])]
+    subs = kept.groupby("image_id")["style"].agg(lambda s: sorted(map(str, s)))
+
+    labels = pd.DataFrame(index=n_annotators.index)
+    labels["main_style"] = winner["style"].reindex(labels.index).astype("string")
+    labels["sub_styles"] = pd.Series([s if isinstance(s, list) else [] for s in subs.reindex(labels.index)], index=labels.index, dtype=object)
+    labels["n_annotators"] = n_annotators.astype("int64")
+    labels["main_agreement"] = (votes.groupby("image_id")["votes"].max() / n_annotators).reindex(labels.index).astype("Float64")
+    labels["needs_review"] = labels.index.isin(ties["image_id"])
+    batches = catalog.set_index("image_id")["batch"]
+    labels = labels.reset_index().rename(columns={"index": "image_id"})
+    labels.insert(1, "batch", labels["image_id"].map(batches).astype("string"))
+
+    review = ties.groupby("image_id").apply(
+        lambda g: "tie for main style: " + ", ".join(f"{s} {v}" for s, v in zip(g["style"], g["votes"])), include_groups=False
+    )
+    review = review.rename("reason").reset_index() if len(review) else pd.DataFrame(columns=["image_id", "reason"])
+    return labels[IMAGE_LABEL_COLUMNS], review, style_agreement(named, n_annotators)
+
+
+def style_agreement(named: pd.DataFrame, n_annotators: pd.Series) -> pd.DataFrame:
+    multi = n_annotators[n_annotators >= 2]
+    per_image = named[named["image_id"].isin(multi.index)].groupby(["style", "image_id"]).size().rename("named_by").reset_index()
+    per_image["everyone"] = per_image["named_by"] == per_image["image_id"].map(multi)
+    table = per_image.groupby("style").agg(images=("image_id", "size"), agreement=("everyone", "mean")).reset_index()
+    return table.astype({"images": "int64", "agreement": np.float64})
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m annotation.consolidate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--annotations", type=Path, default=Path("data/annotations.parquet"), help="annotations table from the labels stage")
+    parser.add_argument("--catalog", type=Path, default=Path("data/catalog.parquet"), help="image catalog (for each image's crawl batch)")
+    parser.add_argument("--out", type=Path, default=Path("data/image_labels.parquet"), help="output: one label row per image")
+    parser.add_argument("--review", type=Path, default=Path("data/review.csv"), help="output: images the experts disagree on (push sends them back)")
+    parser.add_argument("--agreement", type=Path, default=Path("data/style_agreement.parquet"), help="output: per-style agreement between annotators")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    labels, review, agreement = consolidate(pd.read_parquet(args.annotations), pd.read_parquet(args.catalog, columns=["image_id", "batch"]))
+    write_parquet(labels, args.out)
+    write_csv(review, args.review)
+    write_parquet(agreement, args.agreement)
+    print(f"consolidate: {len(labels)} images, {int((labels['n_annotators'] > 1).sum())} with several experts, {len(review)} ties sent to review ({args.review})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
