@@ -1,21 +1,26 @@
 """Labels stage: expert annotations -> data/annotations.parquet (+ rejects report).
 
 Reads the Label Studio JSON exports in the exports folder (the demo's exports, or
-snapshots a team saved), checks every annotation against the taxonomy and the
-image catalog, and writes the normalised annotations table. Downstream stages
-re-run only when the labels change, because DVC hashes the exports.
+snapshots `python -m annotation pull` took from a server), checks every annotation
+against the taxonomy and the image catalog, and writes the normalised annotations
+table. Downstream stages re-run only when the labels change, because DVC hashes
+the exports folder (a DVC-tracked input).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import sys
 from pathlib import Path
 
 import pandas as pd
 
+from annotation.client import Connection, LabelStudioError
 from annotation.importers import Imported, import_label_studio, read_label_studio_export
-from pipeline.atomic import write_csv, write_json, write_parquet
+from annotation.push import find_project
+from pipeline.atomic import atomic_path, write_csv, write_json, write_parquet
 from pipeline.settings import DEFAULT_PARAMS, load_params
 from pipeline.taxonomy import Taxonomy, load_taxonomy
 
@@ -34,6 +39,37 @@ def import_exports(exports_dir: Path, catalog: pd.DataFrame, taxonomy: Taxonomy)
     for path in exports:
         imported.extend(import_label_studio(read_label_studio_export(path), str(path), taxonomy, lookup, catalog_ids))
     return imported
+
+
+VOLATILE_FIELDS = {"created_ago"}  # "3 minutes" ago: changes with the clock, not with the labels
+
+
+def without_volatile_fields(value):
+    if isinstance(value, dict):
+        return {k: without_volatile_fields(v) for k, v in value.items() if k not in VOLATILE_FIELDS}
+    if isinstance(value, list):
+        return [without_volatile_fields(v) for v in value]
+    return value
+
+
+def snapshot_from_server(conn: Connection, title: str, exports_dir: Path) -> tuple[Path, bool]:
+    """Export project `title` into `<exports_dir>/label-studio-<title>.json`; (path, whether it changed).
+
+    The file is rewritten only when the export differs, so DVC sees a change only
+    when the experts' labels did.
+    """
+    ls = conn.client()
+    project = find_project(conn, ls, title)
+    if project is None:
+        raise LabelStudioError(f"no project titled {title!r} on {conn.url}: run `python -m annotation push` first")
+    tasks = conn.call("export annotations", lambda: ls.projects.exports.as_json(project.id))
+    text = json.dumps(sorted(map(without_volatile_fields, tasks), key=lambda t: t["id"]), indent=1, ensure_ascii=False, sort_keys=True, default=str) + "\n"
+    path = exports_dir / f"label-studio-{re.sub(r'[^A-Za-z0-9]+', '-', title).strip('-').lower()}.json"
+    if path.exists() and path.read_text(encoding="utf-8") == text:
+        return path, False
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path, True
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

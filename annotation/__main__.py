@@ -1,0 +1,111 @@
+"""`python -m annotation {serve,push,pull,config}`: the experts' side of the pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from annotation.client import Connection, LabelStudioError
+from annotation.config import labeling_config
+from annotation.pull import snapshot_from_server
+from annotation.push import AnnotationSettings, Prediction, push_images
+from annotation.server import ServerSettings, credentials, start, stop
+from pipeline.settings import DEFAULT_PARAMS, Params, load_params, load_section
+from pipeline.taxonomy import load_taxonomy
+
+
+def serve(args: argparse.Namespace, params: Params, settings: AnnotationSettings) -> int:
+    server = ServerSettings(port=args.port or settings.port, data_dir=settings.data_dir, document_root=settings.document_root)
+    process = start(server, credentials())
+    print(f"Label Studio runs at {server.url} (log: {server.data_dir / 'server.log'}); Ctrl-C stops it.")
+    print(f"Pipeline commands use it with: export LABEL_STUDIO_URL={server.url} LABEL_STUDIO_API_KEY=<your token>")
+    try:
+        process.wait()
+    except KeyboardInterrupt:
+        stop(process)
+    return 0
+
+
+def load_predictions(checkpoint: Path, images: pd.DataFrame, crawl_dir: Path, top_k: int) -> dict[str, Prediction]:
+    """Model guesses for pre-annotation, from the trainer's predict function."""
+    from training.predict import predict_images  # torch is imported only when predictions are asked for
+
+    rows = predict_images(checkpoint, [crawl_dir / p for p in images["path"]], top_k)
+    version = f"{checkpoint.parent.name}@{int(checkpoint.stat().st_mtime)}"
+    return {image_id: Prediction(version, [tuple(pair) for pair in row["top"]]) for image_id, row in zip(images["image_id"], rows)}
+
+
+def push(args: argparse.Namespace, params: Params, settings: AnnotationSettings) -> int:
+    crawl_dir = params.crawl.dir
+    taxonomy = load_taxonomy(params.taxonomy)
+    catalog = pd.read_parquet(args.catalog, columns=["image_id", "path", "batch"])
+    title = settings.project
+    if args.review:
+        review_ids = set(pd.read_csv(args.review, dtype="string")["image_id"])
+        catalog, title = catalog[catalog["image_id"].isin(review_ids)], f"{settings.project} (review)"
+    if args.batch:
+        catalog = catalog[catalog["batch"].isin(args.batch)]
+    predictions = load_predictions(args.checkpoint, catalog, crawl_dir, len(taxonomy.names)) if args.checkpoint else None
+    project_id, added = push_images(Connection.from_env(), settings, taxonomy, catalog, crawl_dir, predictions, title=title)
+    print(f"push: project {title!r} (id {project_id}): {added} new tasks, {len(catalog) - added} already there")
+    return 0
+
+
+def pull(args: argparse.Namespace, params: Params, settings: AnnotationSettings) -> int:
+    exports_dir = params.crawl.label_exports
+    path, changed = snapshot_from_server(Connection.from_env(), settings.project, exports_dir)
+    print(f"pull: {'new labels in' if changed else 'no change to'} {path}")
+    if changed and not args.no_dvc_add:
+        subprocess.run(["dvc", "add", "--quiet", str(exports_dir)], check=True)
+        print(f"pull: tracked {exports_dir} with DVC; `dvc repro` now re-runs the stages that use labels")
+    return 0
+
+
+def show_config(args: argparse.Namespace, params: Params, settings: AnnotationSettings) -> int:
+    print(labeling_config(load_taxonomy(params.taxonomy)), end="")
+    return 0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m annotation",
+        description="Expert labelling through Label Studio. A day: `serve` (or use your team's server: set "
+        "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY), `push` new crawl images, experts label, `pull` the labels, `dvc repro`.",
+    )
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params.yaml (sections annotation, crawl, taxonomy)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve", help="start a local Label Studio (installed into .venv-labelstudio on first use); "
+                       "needs LABEL_STUDIO_USERNAME, LABEL_STUDIO_PASSWORD, LABEL_STUDIO_API_KEY")  # fmt: skip
+    p.add_argument("--port", type=int, help="port on 127.0.0.1 (default: annotation.port)")
+    p.set_defaults(run=serve)
+    p = sub.add_parser("push", help="create/update the project and import catalog images not yet in it")
+    p.add_argument("--catalog", type=Path, default=Path("data/catalog.parquet"), help="image catalog from the ingest stage")
+    p.add_argument("--batch", action="append", help="only images first seen in this crawl batch (repeatable)")
+    p.add_argument("--checkpoint", type=Path, help="trained model: attach its predictions and queue the most uncertain photos first")
+    p.add_argument("--review", type=Path, help="push the images of this review list (data/review.csv) to the '<project> (review)' project")
+    p.set_defaults(run=push)
+    p = sub.add_parser("pull", help="snapshot the project's annotations into the label exports folder and `dvc add` it")
+    p.add_argument("--no-dvc-add", action="store_true", help="write the snapshot only")
+    p.set_defaults(run=pull)
+    p = sub.add_parser("config", help="print the labeling config generated from the taxonomy")
+    p.set_defaults(run=show_config)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    params = load_params(args.params)
+    settings = load_section(AnnotationSettings, "annotation", args.params)
+    try:
+        return args.run(args, params, settings)
+    except LabelStudioError as exc:
+        print(f"annotation {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Connection to a Label Studio server: settings from the environment, retries, clear failures."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import httpx
+from label_studio_sdk import LabelStudio
+from label_studio_sdk.core.api_error import ApiError
+
+T = TypeVar("T")
+
+URL_ENV, TOKEN_ENV = "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY"
+
+
+class LabelStudioError(RuntimeError):
+    """Label Studio is unreachable or refused us; the message says what to check."""
+
+
+@dataclass(frozen=True)
+class Connection:
+    url: str
+    token: str
+    attempts: int = 4
+    backoff_s: float = 1.0
+
+    @classmethod
+    def from_env(cls, url: str | None = None) -> Connection:
+        url = url or os.environ.get(URL_ENV)
+        token = os.environ.get(TOKEN_ENV)
+        if not url or not token:
+            raise LabelStudioError(
+                f"no Label Studio configured: set {URL_ENV} (e.g. http://127.0.0.1:8080) and {TOKEN_ENV} "
+                "(your account's legacy API token), or start one with `python -m annotation serve`"
+            )
+        return cls(url=url.rstrip("/"), token=token)
+
+    def client(self) -> LabelStudio:
+        return LabelStudio(base_url=self.url, api_key=self.token, timeout=120)
+
+    def call(self, what: str, fn: Callable[[], T]) -> T:
+        """Run one API call; retry network failures and 5xx with exponential backoff."""
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return fn()
+            except ApiError as exc:
+                if exc.status_code in (401, 403):
+                    raise LabelStudioError(
+                        f"{what}: Label Studio at {self.url} refused the token (HTTP {exc.status_code}); check {TOKEN_ENV}. "
+                        "A server started without LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true at its FIRST start rejects legacy tokens"
+                    ) from None
+                if exc.status_code is not None and exc.status_code < 500:
+                    raise LabelStudioError(f"{what}: Label Studio answered HTTP {exc.status_code}: {str(exc.body)[:300]}") from None
+                error: Exception = exc
+            except (httpx.TransportError, httpx.TimeoutException) as exc:
+                error = exc
+            if attempt < self.attempts:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+        raise LabelStudioError(
+            f"{what}: cannot reach Label Studio at {self.url} after {self.attempts} attempts ({type(error).__name__}: {error}); "
+            f"check that the server runs (`python -m annotation serve`) and that {URL_ENV} points at it"
+        )

@@ -1,0 +1,125 @@
+"""Push catalog images to Label Studio as tasks, idempotently.
+
+The project is found by title (created when missing, its labeling config kept in
+step with the taxonomy), a local-files storage covering the crawl is connected,
+and only catalog images whose id is not yet in the project become tasks, in
+chunks. With model predictions, each task carries a pre-annotation (model version,
+score) and tasks are imported most-uncertain first, which is the order experts
+see them in under Label Studio's sequential sampling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import pandas as pd
+from label_studio_sdk import LabelStudio
+from tqdm import tqdm
+
+from annotation.client import Connection
+from annotation.config import labeling_config
+from annotation.importers import MAIN_FIELD, SUB_FIELD
+from pipeline.taxonomy import Taxonomy
+
+SUB_STYLE_THRESHOLD = 0.5  # a predicted sub-style is pre-ticked at this probability
+
+
+@dataclass(frozen=True)
+class AnnotationSettings:
+    project: str
+    chunk_size: int
+    port: int
+    data_dir: Path
+    document_root: Path
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A model's guess for one image: (label, probability) pairs, most likely first."""
+
+    model_version: str
+    ranked: Sequence[tuple[str, float]]
+
+    @property
+    def confidence(self) -> float:
+        return float(self.ranked[0][1]) if self.ranked else 0.0
+
+    def as_label_studio(self) -> dict:
+        main, _ = self.ranked[0]
+        result = [_choices(MAIN_FIELD, [main])]
+        subs = [label for label, p in self.ranked[1:] if p >= SUB_STYLE_THRESHOLD]
+        if subs:
+            result.append(_choices(SUB_FIELD, subs))
+        return {"model_version": self.model_version, "score": round(self.confidence, 4), "result": result}
+
+
+def _choices(from_name: str, values: list[str]) -> dict:
+    return {"from_name": from_name, "to_name": "image", "type": "choices", "value": {"choices": values}}
+
+
+def find_project(conn: Connection, ls: LabelStudio, title: str):
+    return next((p for p in conn.call("list projects", lambda: list(ls.projects.list())) if p.title == title), None)
+
+
+def ensure_project(conn: Connection, ls: LabelStudio, title: str, config: str) -> int:
+    """Id of the project called `title`; created if missing, its labeling config updated if stale."""
+    project = find_project(conn, ls, title)
+    if project is not None:
+        if (project.label_config or "").strip() != config.strip():
+            conn.call("update labeling config", lambda: ls.projects.update(project.id, label_config=config))
+        return project.id
+    created = conn.call("create project", lambda: ls.projects.create(title=title, label_config=config, sampling="Sequential sampling"))
+    return created.id
+
+
+def ensure_local_storage(conn: Connection, ls: LabelStudio, project_id: int, crawl_dir: Path) -> None:
+    """Connect (never sync) a local-files storage so Label Studio may serve the crawl's files."""
+    path = str(crawl_dir.resolve())
+    storages = conn.call("list storages", lambda: ls.import_storage.local.list(project=project_id))
+    if not any(s.path == path for s in storages):
+        conn.call("connect local storage", lambda: ls.import_storage.local.create(project=project_id, path=path, title="crawl", use_blob_urls=True))
+
+
+def project_image_ids(conn: Connection, ls: LabelStudio, project_id: int) -> set[str]:
+    tasks = conn.call("list tasks", lambda: list(ls.tasks.list(project=project_id, fields="all")))
+    return {str(t.data.get("image_id")) for t in tasks if t.data and t.data.get("image_id")}
+
+
+def task_for(image_id: str, path: str, crawl_url_prefix: str, prediction: Prediction | None) -> dict:
+    task: dict = {"data": {"image": f"/data/local-files/?d={quote(crawl_url_prefix + '/' + path)}", "image_id": image_id}}
+    if prediction is not None:
+        task["predictions"] = [prediction.as_label_studio()]
+    return task
+
+
+def chunked(items: list[dict], size: int) -> Iterable[list[dict]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def push_images(
+    conn: Connection,
+    settings: AnnotationSettings,
+    taxonomy: Taxonomy,
+    images: pd.DataFrame,
+    crawl_dir: Path,
+    predictions: Mapping[str, Prediction] | None = None,
+    title: str | None = None,
+) -> tuple[int, int]:
+    """Import `images` (image_id, path) not yet in the project; returns (project id, tasks added)."""
+    ls = conn.client()
+    project_id = ensure_project(conn, ls, title or settings.project, labeling_config(taxonomy))
+    ensure_local_storage(conn, ls, project_id, crawl_dir)
+    new = images[~images["image_id"].isin(project_image_ids(conn, ls, project_id))]
+    predictions = predictions or {}
+    if predictions:  # most uncertain first: sequential sampling serves tasks in import order
+        new = new.assign(_confidence=new["image_id"].map(lambda i: predictions[i].confidence if i in predictions else 2.0))
+        new = new.sort_values("_confidence", kind="stable")
+    prefix = crawl_dir.resolve().relative_to(settings.document_root.resolve()).as_posix()
+    tasks = [task_for(i, p, prefix, predictions.get(i)) for i, p in zip(new["image_id"], new["path"])]
+    for chunk in tqdm(list(chunked(tasks, settings.chunk_size)), desc="push", unit="chunk", disable=None):
+        conn.call(f"import {len(chunk)} tasks", lambda chunk=chunk: ls.projects.import_tasks(project_id, request=chunk))
+    return project_id, len(tasks)

@@ -1,0 +1,146 @@
+"""Round trip through a REAL Label Studio server that this test session starts.
+
+The server runs from .venv-labelstudio (installed on first use, ~2 min) with its
+data in a temporary folder; experts are played by API calls, as the web UI makes them.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from annotation.client import Connection, LabelStudioError
+from annotation.importers import import_label_studio, read_label_studio_export
+from annotation.pull import catalog_lookup, snapshot_from_server
+from annotation.push import AnnotationSettings, Prediction, push_images
+from annotation.server import ServerSettings, start, stop
+from pipeline.demo_crawl import generate
+from pipeline.ingest import ingest
+from pipeline.settings import IngestSettings
+from pipeline.taxonomy import load_taxonomy
+
+ROOT = Path(__file__).parents[1]
+pytestmark = [pytest.mark.slow, pytest.mark.labelstudio]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory, params, style_names):
+    """A tiny demo crawl + catalog under <tmp>/data, the folder Label Studio serves files from."""
+    root = tmp_path_factory.mktemp("ls-workspace")
+    demo = params.demo.__class__(**{**params.demo.__dict__, "batches": 1, "images_per_batch": 6, "width": 96, "height": 128})
+    generate(demo, style_names, root / "data/crawl", root / "data/exports")
+    settings = IngestSettings(workers=1, min_side=64, max_pixels=89_478_485, near_duplicate_distance=2)
+    catalog = ingest(root / "data/crawl", root / "cache", settings)[0].to_pandas()
+    return root, catalog
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, workspace):
+    root, _ = workspace
+    token = secrets.token_hex(20)
+    settings = ServerSettings(port=free_port(), data_dir=tmp_path_factory.mktemp("ls-data"), document_root=root / "data", venv=ROOT / ".venv-labelstudio")
+    creds = {"LABEL_STUDIO_USERNAME": "expert@stylegraph.invalid", "LABEL_STUDIO_PASSWORD": secrets.token_hex(8), "LABEL_STUDIO_API_KEY": token}
+    process = start(settings, creds)
+    yield Connection(url=settings.url, token=token)
+    stop(process)
+
+
+@pytest.fixture()
+def annotation_settings(workspace, request) -> AnnotationSettings:
+    root, _ = workspace
+    return AnnotationSettings(project=request.node.name[5:50], chunk_size=4, port=0, data_dir=root, document_root=root / "data")
+
+
+@pytest.fixture(scope="session")
+def styles():
+    return load_taxonomy(ROOT / "taxonomies/kfashion_styles.yaml")
+
+
+def choices(name: str, values: list[str]) -> dict:
+    return {"from_name": name, "to_name": "image", "type": "choices", "value": {"choices": values}}
+
+
+def test_push_twice_adds_each_image_once_in_chunks(server, workspace, annotation_settings, styles):
+    root, catalog = workspace
+    project_id, added = push_images(server, annotation_settings, styles, catalog, root / "data/crawl")
+    assert added == len(catalog) > annotation_settings.chunk_size
+    assert push_images(server, annotation_settings, styles, catalog, root / "data/crawl") == (project_id, 0)
+    tasks = list(server.client().tasks.list(project=project_id, fields="all"))
+    assert sorted(t.data["image_id"] for t in tasks) == sorted(catalog["image_id"])
+
+
+def test_label_studio_serves_the_pushed_photo(server, workspace, annotation_settings, styles):
+    import httpx
+
+    root, catalog = workspace
+    project_id, _ = push_images(server, annotation_settings, styles, catalog.head(1), root / "data/crawl")
+    task = next(iter(server.client().tasks.list(project=project_id, fields="all")))
+    response = httpx.get(server.url + task.data["image"], headers={"Authorization": f"Token {server.token}"})
+    assert response.status_code == 200
+    assert response.content == (root / "data/crawl" / catalog.iloc[0]["path"]).read_bytes()
+
+
+def test_round_trip_keeps_exactly_the_valid_annotations(server, workspace, annotation_settings, styles):
+    root, catalog = workspace
+    project_id, _ = push_images(server, annotation_settings, styles, catalog, root / "data/crawl")
+    ls = server.client()
+    tasks = sorted(ls.tasks.list(project=project_id, fields="all"), key=lambda t: t.id)
+    expert = [
+        ([choices("main_style", ["Romantic"]), choices("sub_styles", ["Elegant", "Sexy"])], False, None),
+        ([choices("main_style", ["Casual"])], False, None),
+        ([choices("sub_styles", ["Sexy"])], False, "no main style"),
+        ([choices("main_style", ["Casual", "Sporty"])], False, "2 main styles"),
+        ([choices("main_style", ["Boho"])], False, "unknown style(s) ['Boho']"),
+        ([], True, "cancelled"),
+    ]
+    for task, (result, cancelled, _) in zip(tasks, expert):
+        ls.annotations.create(id=task.id, result=result, was_cancelled=cancelled, lead_time=4.5)
+
+    exports = root / f"exports-{project_id}"
+    path, changed = snapshot_from_server(server, annotation_settings.project, exports)
+    assert changed and snapshot_from_server(server, annotation_settings.project, exports) == (path, False)
+    imported = import_label_studio(read_label_studio_export(path), str(path), styles, catalog_lookup(catalog), set(catalog["image_id"]))
+    rows, rejects = imported.tables()
+    valid = rows[~rows["cancelled"]].sort_values("main_style")
+    assert list(valid["main_style"]) == ["Casual", "Romantic"]
+    assert valid.iloc[1]["sub_styles"] == ["Elegant", "Sexy"] and valid.iloc[1]["lead_time"] == 4.5
+    reasons = sorted(rejects["reason"])
+    assert len(reasons) == 4
+    for (_, _, expected), image_id in zip(expert[2:], [t.data["image_id"] for t in tasks[2:6]]):
+        hit = rejects[rejects["image_id"] == image_id]
+        assert len(hit) == 1 and hit.iloc[0]["reason"].startswith(expected), (expected, hit)
+
+
+def test_predictions_become_pre_annotations_most_uncertain_first(server, workspace, annotation_settings, styles):
+    root, catalog = workspace
+    confidences = [0.9, 0.2, 0.6, 0.4]
+    subset = catalog.head(len(confidences))
+    predictions = {
+        image_id: Prediction("mlgcn@1", [("Casual", p), ("Natural", 0.55), ("Sexy", 0.1)])
+        for image_id, p in zip(subset["image_id"], confidences)
+    }
+    project_id, _ = push_images(server, annotation_settings, styles, subset, root / "data/crawl", predictions)
+    exported = server.client().projects.exports.as_json(project_id)
+    queue = [predictions[t["data"]["image_id"]].confidence for t in sorted(exported, key=lambda t: t["id"])]
+    assert queue == sorted(confidences)
+    prediction = server.client().predictions.list(task=exported[0]["id"])[0]
+    assert prediction.model_version == "mlgcn@1"
+    assert [r["value"]["choices"] for r in prediction.result] == [["Casual"], ["Natural"]]
+
+
+def test_wrong_token_is_a_clear_error(server, annotation_settings, workspace, styles):
+    root, catalog = workspace
+    wrong = Connection(url=server.url, token="not-the-token", attempts=1)
+    with pytest.raises(LabelStudioError, match="refused the token .* check LABEL_STUDIO_API_KEY"):
+        push_images(wrong, annotation_settings, styles, catalog, root / "data/crawl")
