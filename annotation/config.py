@@ -24,14 +24,20 @@ def labeling_config(taxonomy: Taxonomy) -> str:
 
     return f"""<View>
   <Header value={quoteattr(INSTRUCTIONS)} size="6"/>
-  <Image name="image" value="$image" zoom="true" maxHeight="640px"/>
-  <Header value="Main style (exactly one)" size="5"/>
-  <Choices name="{MAIN_FIELD}" toName="image" choice="single-radio" required="true" showInline="true">
-{choices("    ")}
-  </Choices>
-  <Header value="Sub-styles (any number)" size="5"/>
-  <Choices name="{SUB_FIELD}" toName="image" choice="multiple" showInline="true">
-{choices("    ")}
-  </Choices>
+  <View style="display: flex; gap: 24px; align-items: flex-start">
+    <View style="flex: 0 0 40%">
+      <Image name="image" value="$image" zoom="true" maxHeight="720px"/>
+    </View>
+    <View style="flex: 1">
+      <Header value="Main style (exactly one)" size="5"/>
+      <Choices name="{MAIN_FIELD}" toName="image" choice="single-radio" required="true" showInline="true">
+{choices("        ")}
+      </Choices>
+      <Header value="Sub-styles (any number)" size="5"/>
+      <Choices name="{SUB_FIELD}" toName="image" choice="multiple" showInline="true">
+{choices("        ")}
+      </Choices>
+    </View>
+  </View>
 </View>
 """
