@@ -1,0 +1,55 @@
+"""Pixel cache: built once per batch, read back bit-exact, upright and RGB."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from PIL import Image
+
+from pipeline.demo_crawl import generate
+from pipeline.ingest import ingest
+from pipeline.pixel_cache import PixelCacheSettings, PixelStore, build_cache, load_resized
+
+SETTINGS = PixelCacheSettings(height=64, width=48, workers=1)
+
+
+def catalog_of(crawl, tmp_path, ingest_settings):
+    return ingest(crawl, tmp_path / "ingest-cache", ingest_settings)[0].to_pandas()[["image_id", "path", "batch"]]
+
+
+def test_cache_reads_back_bit_exact(tmp_path, demo_crawl, ingest_settings):
+    catalog = catalog_of(demo_crawl, tmp_path, ingest_settings)
+    assert build_cache(catalog, demo_crawl, tmp_path / "pixels", SETTINGS) == (2, len(catalog))
+    store = PixelStore(tmp_path / "pixels")
+    ids = list(catalog["image_id"][::-1])  # any order
+    pixels = store.get(ids)
+    assert pixels.shape == (len(ids), 64, 48, 3) and pixels.dtype == np.uint8
+    for image, path in zip(pixels, catalog["path"][::-1]):
+        assert np.array_equal(image, load_resized(demo_crawl / path, 64, 48))
+
+
+def test_new_batch_builds_only_its_shard_and_a_new_size_rebuilds_all(tmp_path, demo_crawl, tiny_demo, style_names, ingest_settings):
+    out = tmp_path / "pixels"
+    build_cache(catalog_of(demo_crawl, tmp_path, ingest_settings), demo_crawl, out, SETTINGS)
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.npy")}
+    generate(dataclasses.replace(tiny_demo, batches=3), style_names, demo_crawl, tmp_path / "exports")
+    catalog = catalog_of(demo_crawl, tmp_path, ingest_settings)
+    shards, decoded = build_cache(catalog, demo_crawl, out, SETTINGS)
+    assert (shards, decoded) == (1, int((catalog["batch"] == "batch-003").sum()))
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.npy") if p.name in before} == before
+    assert build_cache(catalog, demo_crawl, out, SETTINGS) == (0, 0)
+    assert build_cache(catalog, demo_crawl, out, dataclasses.replace(SETTINGS, height=32)) == (3, len(catalog))
+
+
+def test_exif_rotation_and_cmyk_are_stored_upright_rgb(tmp_path):
+    upright = Image.new("RGB", (60, 80), (0, 0, 255))
+    upright.paste((255, 0, 0), (0, 0, 60, 40))  # red top half, blue bottom half
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "rotated.jpg", quality=95, exif=exif)
+    upright.convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
+    for name in ("rotated.jpg", "cmyk.jpg"):
+        pixels = load_resized(tmp_path / name, 32, 24).astype(int)
+        assert pixels[2, 12, 0] > 200 and pixels[2, 12, 2] < 60, f"{name}: top should be red"
+        assert pixels[-3, 12, 2] > 200 and pixels[-3, 12, 0] < 60, f"{name}: bottom should be blue"
