@@ -1,0 +1,189 @@
+"""Split stage: stable, stratified train/val/test assignment and the label subset training uses.
+
+Stable: `data/splits.parquet` (a persisted DVC output) is read back on every run;
+an image assigned once keeps its split forever, even when params change, it is
+relabelled, or it drops out of the dataset. Only images seen for the first time are
+assigned: per stratum (the main style; for tag taxonomies the image's first label in
+taxonomy order) they fill each split up to its share of the stratum's images, in
+an order fixed by a seeded hash of the image id. Delete splits.parquet to re-split.
+
+Eligible images: consolidated, not tied (needs_review false), at least one label.
+
+Label subset (the paper's top-K): the K styles with most images as main style
+(most images with the label, for tag taxonomies), ties broken by taxonomy order;
+top_k 0 keeps every label. An image whose MAIN style is outside the subset is left
+out (the paper uses "the images of the top-K styles"); of the others, sub-styles
+outside the subset are dropped. For tag taxonomies an image is kept when any of
+its labels is in the subset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from pipeline.atomic import write_json, write_parquet
+from pipeline.labelsets import main_and_sub_matrices
+from pipeline.settings import DEFAULT_PARAMS, ParamsError, load_params, load_section
+from pipeline.taxonomy import load_taxonomy
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    seed: int  # fixes the order in which new images of a stratum fill the splits
+    train: float
+    val: float
+    test: float
+    top_k: int  # keep the K most frequent labels; 0 = all labels
+
+    def fractions(self) -> np.ndarray:
+        shares = np.array([self.train, self.val, self.test], dtype=np.float64)
+        if (shares < 0).any() or not np.isclose(shares.sum(), 1.0):
+            raise ParamsError(f"split: train + val + test must be non-negative and sum to 1, got {shares.tolist()}")
+        return shares
+
+
+def largest_remainder(totals: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Integer (S, K) allocation of totals[s] in proportion to weights[s]; rows sum to totals exactly.
+
+    Ties between equal remainders go to the earlier column (train before val before test).
+    """
+    weights = weights / np.where(weights.sum(axis=1, keepdims=True) > 0, weights.sum(axis=1, keepdims=True), 1.0)
+    quotas = totals[:, None] * weights
+    base = np.floor(quotas + 1e-9).astype(np.int64)
+    remainder = totals - base.sum(axis=1)
+    order = np.argsort(-(quotas - base), axis=1, kind="stable")
+    rank = np.argsort(order, axis=1, kind="stable")
+    return base + (rank < remainder[:, None])
+
+
+def eligible_images(labels: pd.DataFrame, names: Sequence[str]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """(eligible label rows, their main and sub indicator matrices), with a 'stratum' column."""
+    main, sub = main_and_sub_matrices(labels["main_style"], labels["sub_styles"], names)
+    keep = ~labels["needs_review"].to_numpy(dtype=bool) & (main | sub).any(axis=1)
+    rows = labels[keep].reset_index(drop=True)
+    main, sub = main[keep], sub[keep]
+    first_label = np.asarray(names, dtype=object)[np.argmax(main | sub, axis=1)]
+    rows["stratum"] = rows["main_style"].astype(object).where(rows["main_style"].notna(), first_label).astype(str)
+    return rows, main, sub
+
+
+def assign_splits(existing: pd.DataFrame, images: pd.DataFrame, settings: SplitSettings) -> pd.DataFrame:
+    """All assignments (image_id, split): the existing ones untouched plus the new images of `images`.
+
+    `images` has image_id and stratum. For each stratum, the new images go where the
+    stratum's current members (old + new) fall short of the target shares.
+    """
+    known = images["image_id"].isin(existing["image_id"])
+    old = images[known].merge(existing, on="image_id")
+    new = images[~known].copy()
+    if new.empty:
+        return existing.sort_values("image_id", ignore_index=True)
+    strata = pd.Index(sorted(set(new["stratum"])))
+    old_counts = pd.crosstab(old["stratum"], old["split"]).reindex(index=strata, columns=list(SPLITS), fill_value=0).to_numpy()
+    new_counts = new.groupby("stratum").size().reindex(strata).to_numpy()
+    fractions = np.broadcast_to(settings.fractions(), old_counts.shape)
+    targets = largest_remainder(old_counts.sum(axis=1) + new_counts, fractions)
+    need = np.clip(targets - old_counts, 0, None).astype(np.float64)
+    allocation = largest_remainder(new_counts, np.where(need.sum(axis=1, keepdims=True) > 0, need, fractions))
+    bounds = pd.DataFrame(np.cumsum(allocation, axis=1), index=strata, columns=list(SPLITS))
+
+    key = f"{settings.seed:016d}"[-16:]
+    new["order"] = pd.util.hash_pandas_object(new["image_id"].astype(str), index=False, hash_key=key).to_numpy()
+    new = new.sort_values(["stratum", "order", "image_id"])
+    position = new.groupby("stratum").cumcount().to_numpy()
+    limits = bounds.loc[new["stratum"]].to_numpy()
+    new["split"] = np.asarray(SPLITS)[(position[:, None] >= limits).sum(axis=1)]
+    merged = pd.concat([existing, new[["image_id", "split"]]], ignore_index=True)
+    return merged.astype({"image_id": "string", "split": "string"}).sort_values("image_id", ignore_index=True)
+
+
+def select_labels(main: np.ndarray, sub: np.ndarray, names: Sequence[str], top_k: int) -> list[str]:
+    """The label subset in taxonomy order: top_k labels by main-style images (any-label images without mains)."""
+    counts = main.sum(axis=0) if main.any() else (main | sub).sum(axis=0)
+    if top_k <= 0 or top_k >= len(names):
+        return list(names)
+    chosen = np.sort(np.argsort(-counts, kind="stable")[:top_k])
+    return [names[i] for i in chosen]
+
+
+def label_lists(main: np.ndarray, sub: np.ndarray, names: Sequence[str]) -> pa.Array:
+    """list<string> per row: the main label first, then the sub-labels in taxonomy order."""
+    sub = sub & ~main
+    rows = np.concatenate([np.nonzero(main)[0], np.nonzero(sub)[0]])
+    cols = np.concatenate([np.nonzero(main)[1], np.nonzero(sub)[1]])
+    keys = np.concatenate([np.full(int(main.sum()), -1), np.nonzero(sub)[1]])
+    order = np.lexsort((keys, rows))
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(main)))]).astype(np.int32)
+    values = pa.array(np.asarray(names, dtype=object)[cols[order]], type=pa.string())
+    return pa.ListArray.from_arrays(pa.array(offsets), values)
+
+
+def build_dataset(
+    rows: pd.DataFrame, main: np.ndarray, sub: np.ndarray, subset: Sequence[str], names: Sequence[str], splits: pd.DataFrame, catalog: pd.DataFrame
+) -> pd.DataFrame:
+    """What training reads: image_id, path, batch, split, main_style, labels (inside the subset)."""
+    inside = np.isin(np.asarray(names), list(subset))
+    has_main = main.any(axis=1)
+    keep = np.where(has_main, (main & inside).any(axis=1), (sub & inside).any(axis=1))
+    main_in, sub_in = main[keep][:, inside], sub[keep][:, inside]
+    kept = rows.loc[keep, ["image_id", "main_style"]].reset_index(drop=True)
+    kept["labels"] = pd.Series(label_lists(main_in, sub_in, list(subset)).to_pylist(), dtype=object)
+    places = catalog.set_index("image_id")[["path", "batch"]]
+    dataset = kept.join(places, on="image_id").merge(splits, on="image_id", how="left")
+    dataset = dataset.astype({"image_id": "string", "path": "string", "batch": "string", "split": "string", "main_style": "string"})
+    return dataset[["image_id", "path", "batch", "split", "main_style", "labels"]].sort_values("image_id", ignore_index=True)
+
+
+def read_splits(path: Path) -> pd.DataFrame:
+    """Earlier assignments, or none on the first run."""
+    if not path.exists():
+        return pd.DataFrame({"image_id": pd.Series(dtype="string"), "split": pd.Series(dtype="string")})
+    return pd.read_parquet(path, columns=["image_id", "split"]).astype({"image_id": "string", "split": "string"})
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.split", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--labels", type=Path, default=Path("data/image_labels.parquet"), help="consolidated labels, one row per image")
+    parser.add_argument("--catalog", type=Path, default=Path("data/catalog.parquet"), help="image catalog (path relative to crawl.dir, batch)")
+    parser.add_argument("--splits", type=Path, default=Path("data/splits.parquet"), help="input AND output: every assignment so far (image_id, split); kept forever")
+    parser.add_argument("--dataset", type=Path, default=Path("data/dataset.parquet"), help="output: the images training reads, with split and labels")
+    parser.add_argument("--subset", type=Path, default=Path("data/label_subset.json"), help="output: the selected labels in taxonomy order")
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params.yaml (sections 'split' and 'taxonomy')")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = load_section(SplitSettings, "split", args.params)
+    names = load_taxonomy(load_params(args.params).taxonomy).names
+    labels = pd.read_parquet(args.labels, columns=["image_id", "main_style", "sub_styles", "needs_review"])
+    catalog = pd.read_parquet(args.catalog, columns=["image_id", "path", "batch"])
+    rows, main, sub = eligible_images(labels, names)
+    existing = read_splits(args.splits)
+    splits = assign_splits(existing, rows[["image_id", "stratum"]], settings)
+    subset = select_labels(main, sub, names, settings.top_k)
+    dataset = build_dataset(rows, main, sub, subset, names, splits, catalog)
+    write_parquet(splits, args.splits)
+    write_parquet(dataset, args.dataset)
+    write_json({"labels": subset, "top_k": settings.top_k}, args.subset)
+    sizes = dataset["split"].value_counts().reindex(list(SPLITS), fill_value=0)
+    print(
+        f"split: {len(splits) - len(existing)} new images assigned ({len(splits)} in all); dataset {len(dataset)} images, "
+        + ", ".join(f"{k} {v}" for k, v in sizes.items())
+        + f"; {len(subset)} labels"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,323 @@
+"""Validate stage: a Great Expectations suite (declared in code) over the labels before curation.
+
+Errors (the data is broken: an unknown style, a label row without its image, a
+column of the wrong type...) stop the pipeline with a short summary; warnings (ties
+sent to review, images nobody labelled yet, thin styles, styles the experts read
+differently) are reported and let it continue, unless `validate.fail_on_warnings`.
+Every run writes a Great Expectations Data Docs site (open index.html) and a JSON
+summary for `dvc metrics show`.
+
+The expectations run on small derived tables (one row per named style, one per
+label row with its checks as columns, ...), so each rule is one plain expectation
+whose failing rows point at the image or style to fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from pandas.api import types as ptypes
+
+from pipeline.atomic import atomic_dir, write_json
+from pipeline.labelsets import flatten_lists
+from pipeline.settings import DEFAULT_PARAMS, load_params, load_section
+from pipeline.taxonomy import load_taxonomy
+
+ERROR, WARNING = "error", "warning"
+EXAMPLES = 3
+
+# Columns each input must have, with the kind of values they hold.
+SCHEMA: dict[str, dict[str, str]] = {
+    "catalog": {"image_id": "string", "path": "string", "batch": "string"},
+    "annotations": {"image_id": "string", "annotator": "string", "main_style": "string", "sub_styles": "list", "cancelled": "bool"},
+    "image_labels": {
+        "image_id": "string",
+        "batch": "string",
+        "main_style": "string",
+        "sub_styles": "list",
+        "n_annotators": "int",
+        "main_agreement": "float",
+        "needs_review": "bool",
+    },
+    "style_agreement": {"style": "string", "images": "int", "agreement": "float"},
+}
+
+
+@dataclass(frozen=True)
+class ValidateSettings:
+    require_main: bool  # every image has exactly one main style (false for tag taxonomies)
+    min_images_per_style: int  # warn when a style is named on fewer images (main or sub)
+    min_agreement: float  # warn when the experts' agreement on a style is below this
+    fail_on_warnings: bool  # treat warnings as errors
+
+
+@dataclass(frozen=True)
+class Check:
+    """One expectation on one derived table, with its severity and the column its examples show."""
+
+    table: str
+    expectation: Any  # a great_expectations.expectations.Expectation
+    severity: str
+    examples: Callable[[pd.DataFrame], pd.Series]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    check: str
+    table: str
+    severity: str
+    success: bool
+    unexpected: int
+    examples: list[str]
+
+
+def value_kind(column: pd.Series) -> str:
+    """The kind of values a column holds: bool, int, float, string, list or other."""
+    if ptypes.is_bool_dtype(column):
+        return "bool"
+    if ptypes.is_integer_dtype(column):
+        return "int"
+    if ptypes.is_float_dtype(column):
+        return "float"
+    if ptypes.is_string_dtype(column) and not ptypes.is_object_dtype(column):
+        return "string"
+    try:
+        array = pa.array(column.to_numpy(dtype=object), from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return "other"
+    if pa.types.is_list(array.type) and (pa.types.is_string(array.type.value_type) or pa.types.is_null(array.type.value_type)):
+        return "list"
+    if pa.types.is_string(array.type) or pa.types.is_null(array.type):
+        return "string"
+    return "other"
+
+
+def schema_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per required column: expected and observed kind ('missing' when absent)."""
+    rows = [
+        {"table": name, "column": column, "expected": kind, "observed": value_kind(tables[name][column]) if column in tables[name] else "missing"}
+        for name, columns in SCHEMA.items()
+        for column, kind in columns.items()
+    ]
+    return pd.DataFrame(rows)
+
+
+def named_styles(annotations: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
+    """Every style named anywhere: (table, image_id, role, style)."""
+    parts = []
+    for table, frame in (("annotations", annotations[~annotations["cancelled"].astype(bool)]), ("image_labels", labels)):
+        frame = frame.reset_index(drop=True)
+        mains = frame.loc[frame["main_style"].notna(), ["image_id", "main_style"]].rename(columns={"main_style": "style"})
+        rows, values = flatten_lists(frame["sub_styles"])
+        subs = pd.DataFrame({"image_id": frame["image_id"].to_numpy()[rows], "style": values.to_numpy(zero_copy_only=False)})
+        parts += [mains.assign(table=table, role="main"), subs.assign(table=table, role="sub")]
+    styles = pd.concat(parts, ignore_index=True)[["table", "image_id", "role", "style"]]
+    return styles.astype({"table": "string", "image_id": "string", "role": "string", "style": "string"})
+
+
+def label_table(labels: pd.DataFrame, catalog: pd.DataFrame) -> pd.DataFrame:
+    """The consolidated labels with one boolean column per row-level rule."""
+    rows, values = flatten_lists(labels["sub_styles"])
+    repeated = pd.Series(values.to_numpy(zero_copy_only=False), dtype="string") == labels["main_style"].astype("string").iloc[rows].to_numpy()
+    main_in_subs = np.zeros(len(labels), dtype=bool)
+    main_in_subs[rows[repeated.fillna(False).to_numpy(dtype=bool)]] = True
+    return pd.DataFrame(
+        {
+            "image_id": labels["image_id"].astype("string"),
+            "main_style": labels["main_style"].astype("string"),
+            "needs_review": labels["needs_review"].astype(bool),
+            "main_in_subs": main_in_subs,
+            "in_catalog": labels["image_id"].isin(catalog["image_id"]),
+        }
+    ).reset_index(drop=True)
+
+
+def style_counts(styles: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
+    """Consolidated images naming each taxonomy style (as main or sub), zero for styles nobody named."""
+    consolidated = styles[(styles["table"] == "image_labels") & styles["style"].isin(names)]
+    images = consolidated.drop_duplicates(["image_id", "style"]).groupby("style").size()
+    return pd.DataFrame({"style": list(names), "images": images.reindex(list(names), fill_value=0).to_numpy()})
+
+
+def derived_tables(inputs: dict[str, pd.DataFrame], names: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """The tables the expectations run on; built only from inputs whose schema is valid."""
+    catalog, labels = inputs["catalog"], inputs["image_labels"]
+    styles = named_styles(inputs["annotations"], labels)
+    return {
+        "styles": styles,
+        "labels": label_table(labels, catalog),
+        "catalog": pd.DataFrame({"image_id": catalog["image_id"].astype("string"), "labelled": catalog["image_id"].isin(labels["image_id"])}),
+        "style_counts": style_counts(styles, names),
+        "agreement": inputs["style_agreement"][["style", "images", "agreement"]].reset_index(drop=True),
+    }
+
+
+def _column(name: str) -> Callable[[pd.DataFrame], pd.Series]:
+    return lambda rows: rows[name].astype(str)
+
+
+def _style_with_number(number: str) -> Callable[[pd.DataFrame], pd.Series]:
+    return lambda rows: rows["style"].astype(str) + " (" + rows[number].round(3).astype(str) + ")"
+
+
+def schema_check() -> Check:
+    import great_expectations.expectations as gxe
+
+    return Check(
+        "schema",
+        gxe.ExpectColumnPairValuesToBeEqual(
+            column_A="expected", column_B="observed", description="Every input has its columns, with values of the right kind", meta={"severity": ERROR}
+        ),
+        ERROR,
+        lambda rows: rows["table"] + "." + rows["column"] + ": expected " + rows["expected"] + ", found " + rows["observed"],
+    )
+
+
+def content_checks(settings: ValidateSettings, names: Sequence[str]) -> list[Check]:
+    """The suite over the derived tables, in the order the summary lists them."""
+    import great_expectations.expectations as gxe
+    from great_expectations.expectations.row_conditions import Column
+
+    def expect(table: str, severity: str, cls: Any, examples: Callable[[pd.DataFrame], pd.Series], description: str, **kwargs: Any) -> Check:
+        return Check(table, cls(description=description, meta={"severity": severity}, **kwargs), severity, examples)
+
+    image = _column("image_id")
+    checks = [
+        expect("styles", ERROR, gxe.ExpectColumnValuesToBeInSet, lambda r: r["style"] + " (" + r["table"] + ", " + r["image_id"] + ")",
+               "Every main and sub style is in the taxonomy", column="style", value_set=list(names)),
+        expect("labels", ERROR, gxe.ExpectColumnValuesToBeUnique, image, "One label row per image", column="image_id"),
+        expect("labels", ERROR, gxe.ExpectColumnValuesToBeInSet, lambda r: r["image_id"] + " " + r["main_style"].astype(str),
+               "The main style is not repeated among the sub-styles", column="main_in_subs", value_set=[False]),
+        expect("labels", ERROR, gxe.ExpectColumnValuesToBeInSet, image, "Every labelled image is in the catalog", column="in_catalog", value_set=[True]),
+        expect("catalog", WARNING, gxe.ExpectColumnValuesToBeInSet, image, "Every catalogued image is labelled", column="labelled", value_set=[True]),
+        expect("style_counts", WARNING, gxe.ExpectColumnValuesToBeBetween, _style_with_number("images"),
+               f"Every style is named on at least {settings.min_images_per_style} images", column="images", min_value=settings.min_images_per_style),
+        expect("agreement", WARNING, gxe.ExpectColumnValuesToBeBetween, _style_with_number("agreement"),
+               f"Experts agree on every style at least {settings.min_agreement:.0%} of the time", column="agreement", min_value=settings.min_agreement),
+    ]
+    if settings.require_main:
+        checks[2:2] = [
+            expect("labels", ERROR, gxe.ExpectColumnValuesToNotBeNull, image, "Exactly one main style per labelled image (ties aside)",
+                   column="main_style", row_condition=Column("needs_review") == False),  # noqa: E712 (builds a GX condition)
+            expect("labels", WARNING, gxe.ExpectColumnValuesToBeInSet, image, "No ties for the main style (tied images are left out downstream)",
+                   column="needs_review", value_set=[False]),
+        ]
+    return checks
+
+
+def run_checks(tables: dict[str, pd.DataFrame], checks: Sequence[Check], docs_dir: Path | None) -> list[Outcome]:
+    """Run every check with Great Expectations (one suite per table); render Data Docs into docs_dir if given."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import DataContextConfig, InMemoryStoreBackendDefaults, ProgressBarsConfig
+
+    sites = {
+        "validation": {
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir.resolve())},  # GX wants it absolute
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        }
+    } if docs_dir else {}
+    config = DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+        analytics_enabled=False,
+        progress_bars=ProgressBarsConfig(globally=False),
+        data_docs_sites=sites,
+    )
+    context = gx.get_context(mode="ephemeral", project_config=config)
+    source = context.data_sources.add_pandas("stylegraph")
+    outcomes = []
+    for table in dict.fromkeys(check.table for check in checks):
+        mine = [check for check in checks if check.table == table]
+        suite = context.suites.add(gx.ExpectationSuite(name=table, expectations=[check.expectation for check in mine]))
+        batch = source.add_dataframe_asset(table).add_batch_definition_whole_dataframe("all")
+        definition = context.validation_definitions.add(gx.ValidationDefinition(name=table, data=batch, suite=suite))
+        results = definition.run(batch_parameters={"dataframe": tables[table]}, result_format="COMPLETE").results
+        outcomes += [outcome(check, result, tables[table]) for check, result in zip(mine, results, strict=True)]
+    if docs_dir:
+        context.build_data_docs()  # once, from every stored result: the site builds in ~1 s
+    return outcomes
+
+
+def outcome(check: Check, result: Any, table: pd.DataFrame) -> Outcome:
+    """The summary of one expectation result: how many rows failed and a few of them."""
+    if result.exception_info.get("raised_exception"):
+        raise RuntimeError(f"expectation '{check.expectation.description}' could not run: {result.exception_info['exception_message']}")
+    index = result.result.get("unexpected_index_list") or []
+    return Outcome(
+        check=str(check.expectation.description),
+        table=check.table,
+        severity=check.severity,
+        success=bool(result.success),
+        unexpected=int(result.result.get("unexpected_count", len(index))),
+        examples=check.examples(table.loc[list(index)[:EXAMPLES]]).tolist(),
+    )
+
+
+def validate(inputs: dict[str, pd.DataFrame], settings: ValidateSettings, names: Sequence[str], docs_dir: Path | None) -> list[Outcome]:
+    """Schema first; the content rules run only when every input has the columns they read."""
+    schema = schema_table(inputs)
+    checks = [schema_check()]
+    tables = {"schema": schema}
+    if (schema["expected"] == schema["observed"]).all():
+        checks += content_checks(settings, names)
+        tables |= derived_tables(inputs, names)
+    return run_checks(tables, checks, docs_dir)
+
+
+def summary(outcomes: Sequence[Outcome]) -> str:
+    """Readable lines for the failed expectations, errors first."""
+    failed = sorted((o for o in outcomes if not o.success), key=lambda o: o.severity != ERROR)
+    lines = [f"{o.severity.upper()}: {o.check} [{o.table}]: {o.unexpected} rows, e.g. {'; '.join(o.examples)}" for o in failed]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.validate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--catalog", type=Path, default=Path("data/catalog.parquet"), help="image catalog from the ingest stage")
+    parser.add_argument("--annotations", type=Path, default=Path("data/annotations.parquet"), help="expert annotations from the labels stage")
+    parser.add_argument("--labels", type=Path, default=Path("data/image_labels.parquet"), help="consolidated labels, one row per image")
+    parser.add_argument("--agreement", type=Path, default=Path("data/style_agreement.parquet"), help="per-style agreement between annotators")
+    parser.add_argument("--docs", type=Path, default=Path("reports/validation"), help="output: Great Expectations Data Docs site (index.html)")
+    parser.add_argument("--metrics", type=Path, default=Path("metrics/validation.json"), help="output: JSON summary of every expectation")
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params.yaml (sections 'validate' and 'taxonomy')")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = load_section(ValidateSettings, "validate", args.params)
+    names = load_taxonomy(load_params(args.params).taxonomy).names
+    inputs = {
+        "catalog": pd.read_parquet(args.catalog),
+        "annotations": pd.read_parquet(args.annotations),
+        "image_labels": pd.read_parquet(args.labels),
+        "style_agreement": pd.read_parquet(args.agreement),
+    }
+    with atomic_dir(args.docs) as docs:
+        outcomes = validate(inputs, settings, names, docs)
+    errors = sum(not o.success and o.severity == ERROR for o in outcomes)
+    warnings = sum(not o.success and o.severity == WARNING for o in outcomes)
+    passed = errors == 0 and (warnings == 0 or not settings.fail_on_warnings)
+    write_json(
+        {"success": passed, "errors": errors, "warnings": warnings, "expectations": [o.__dict__ for o in outcomes]},
+        args.metrics,
+    )
+    report = summary(outcomes)
+    if report:
+        print(report, file=sys.stdout if passed else sys.stderr)
+    print(f"validate: {len(outcomes)} expectations, {errors} errors, {warnings} warnings; report: {args.docs / 'index.html'}")
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
