@@ -28,7 +28,7 @@ def project(tmp_path: Path) -> Path:
     """The project's pipeline files in a fresh git + DVC repo, with a tiny demo and a temp remote."""
     work = tmp_path / "project"
     work.mkdir()
-    for name in ("dvc.yaml", "pipeline", "annotation", "taxonomies"):
+    for name in ("dvc.yaml", "pipeline", "annotation", "training", "taxonomies"):
         src = ROOT / name
         (shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir() else shutil.copy(src, work / name))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())

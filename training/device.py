@@ -1,0 +1,28 @@
+"""Where models run: CUDA with bf16 autocast and channels-last when present, else the same code on CPU."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def prepare(model: nn.Module, device: torch.device) -> nn.Module:
+    """Move a model to `device`; channels-last memory layout on CUDA (faster convolutions under bf16)."""
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
+
+
+def to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    images = images.to(device, non_blocking=True)
+    return images.contiguous(memory_format=torch.channels_last) if device.type == "cuda" and images.dim() == 4 else images
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; a no-op on CPU (CPU bf16 is slower than fp32 on most machines)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()

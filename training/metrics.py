@@ -1,0 +1,143 @@
+"""Multi-label metrics: the paper's Top-k any/all-recall, mAP and per-class AP, CF1/OF1, bootstrap intervals.
+
+All functions take `scores` (N, C) (probabilities or logits: only the order matters,
+except for CF1/OF1 which threshold probabilities at 0.5, i.e. logit 0 as in the
+reference code) and `targets` (N, C) 0/1.
+
+Ties are ranked pessimistically: a false label scored equal to a true label counts as
+ranked above it. So a model that gives every label the same score gets no credit, and
+the result does not depend on the class order. A true label set larger than k can never
+be "all inside the top k": such an image counts as a miss for all-recall at that k.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+TOP_K = (1, 2, 3)
+PAPER_COLUMNS = ("top1_any", "top2_all", "top2_any", "top3_all", "top3_any")  # the order of the paper's Tables 3-4
+
+
+def _false_at_or_above(scores: np.ndarray, truth: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per image: how many false labels score >= `reference` (one threshold per image)."""
+    return ((scores >= reference[:, None]) & ~truth).sum(axis=1)
+
+
+def topk_any_hits(scores: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
+    """Per image: is at least one true label among the k highest scores."""
+    truth = targets.astype(bool)
+    best_true = np.where(truth, scores, -np.inf).max(axis=1)
+    return truth.any(axis=1) & (_false_at_or_above(scores, truth, best_true) < k)
+
+
+def topk_all_hits(scores: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
+    """Per image: are the main label and every sub label among the k highest scores."""
+    truth = targets.astype(bool)
+    worst_true = np.where(truth, scores, np.inf).min(axis=1)
+    n_true = truth.sum(axis=1)
+    return (n_true > 0) & (n_true + _false_at_or_above(scores, truth, worst_true) <= k)
+
+
+def topk_hits(scores: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-image hit vectors for every paper column (their means are the recalls)."""
+    hits = {}
+    for k in TOP_K:
+        hits[f"top{k}_any"] = topk_any_hits(scores, targets, k)
+        hits[f"top{k}_all"] = topk_all_hits(scores, targets, k)
+    return {name: hits[name] for name in PAPER_COLUMNS}
+
+
+def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per-class AP (area under the step precision-recall curve, one step per distinct score); NaN for a class with no positives.
+
+    Tied scores form one threshold, as in scikit-learn's average_precision_score.
+    """
+    n_classes = scores.shape[1]
+    ap = np.full(n_classes, np.nan)
+    for c in range(n_classes):
+        positives = targets[:, c].sum()
+        if positives == 0:
+            continue
+        order = np.argsort(-scores[:, c], kind="stable")
+        s, t = scores[order, c], targets[order, c]
+        last_of_tie = np.r_[s[1:] != s[:-1], True]
+        tp = np.cumsum(t)[last_of_tie]
+        predicted = (np.arange(len(s)) + 1)[last_of_tie]
+        recall = tp / positives
+        ap[c] = np.sum(np.diff(np.r_[0.0, recall]) * tp / predicted)
+    return ap
+
+
+def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
+    """Mean AP over the classes that have positives."""
+    ap = average_precision(scores, targets)
+    return float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan")
+
+
+def f1_scores(probs: np.ndarray, targets: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """Per-class (C*) and overall (O*) precision, recall, F1 of predictions prob >= threshold.
+
+    A class never predicted has precision 0; CR averages over classes with positives.
+    """
+    predicted = probs >= threshold
+    truth = targets.astype(bool)
+    tp = (predicted & truth).sum(axis=0)
+    n_pred, n_true = predicted.sum(axis=0), truth.sum(axis=0)
+    cp = float(np.mean(np.divide(tp, n_pred, out=np.zeros(len(tp)), where=n_pred > 0)))
+    has_pos = n_true > 0
+    cr = float(np.mean(tp[has_pos] / n_true[has_pos])) if has_pos.any() else 0.0
+    op = float(tp.sum() / n_pred.sum()) if n_pred.sum() else 0.0
+    orr = float(tp.sum() / n_true.sum()) if n_true.sum() else 0.0
+    return {"CP": cp, "CR": cr, "CF1": _f1(cp, cr), "OP": op, "OR": orr, "OF1": _f1(op, orr)}
+
+
+def _f1(precision: float, recall: float) -> float:
+    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+
+
+def per_label_top2_all(scores: np.ndarray, targets: np.ndarray, main: np.ndarray, labels: list[str]) -> list[dict]:
+    """The paper's Table 5: Top-2 all-recall of the images grouped by main label (support = their count).
+
+    Without main labels (tag taxonomies, main = -1) an image counts for every label it carries.
+    """
+    hits = topk_all_hits(scores, targets, 2)
+    rows = []
+    for c, label in enumerate(labels):
+        group = main == c if (main >= 0).any() else targets[:, c].astype(bool)
+        support = int(group.sum())
+        rows.append({"label": label, "support": support, "top2_all": float(hits[group].mean()) if support else float("nan")})
+    return rows
+
+
+def bootstrap_interval(
+    statistic: Callable[[np.ndarray], float], n_images: int, n_resamples: int, seed: int, confidence: float = 0.95
+) -> tuple[float, float]:
+    """Percentile interval of `statistic(indices)` over resamples of the images with replacement."""
+    rng = np.random.default_rng(seed)
+    values = np.array([statistic(rng.integers(0, n_images, n_images)) for _ in range(n_resamples)], dtype=float)
+    values = values[np.isfinite(values)]
+    tail = (1 - confidence) / 2 * 100
+    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+
+
+def evaluate_scores(
+    probs: np.ndarray, targets: np.ndarray, main: np.ndarray, labels: list[str], n_resamples: int, seed: int
+) -> dict:
+    """Every reported metric of one model on one split, with bootstrap 95% intervals for the headline ones."""
+    hits = topk_hits(probs, targets)
+    summary: dict[str, dict[str, float]] = {}
+    for name, hit in hits.items():
+        low, high = bootstrap_interval(lambda idx, h=hit: h[idx].mean(), len(hit), n_resamples, seed)
+        summary[name] = {"value": float(hit.mean()), "ci_low": low, "ci_high": high}
+    low, high = bootstrap_interval(lambda idx: mean_average_precision(probs[idx], targets[idx]), len(probs), n_resamples, seed)
+    summary["mAP"] = {"value": mean_average_precision(probs, targets), "ci_low": low, "ci_high": high}
+    ap = average_precision(probs, targets)
+    return {
+        "n_images": len(probs),
+        "summary": summary,
+        "f1": f1_scores(probs, targets),
+        "per_class_ap": {label: (None if np.isnan(v) else float(v)) for label, v in zip(labels, ap)},
+        "per_label_top2_all": per_label_top2_all(probs, targets, main, labels),
+    }
