@@ -3,10 +3,12 @@ interrupted-then-resumed training, fine-tuning from pixels, and predictions that
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +20,13 @@ import yaml
 from PIL import Image
 
 import training.train as train_module
+from pipeline.pixel_cache import PixelCacheSettings, build_cache
+from pipeline.settings import load_section
 from training import evaluate, features, predict
 from training.checkpoint import build_trained_module, load_checkpoint
 from training.data import InputError
+from training.distributed import World, shard
+from training.models import ModelSpec
 
 LABELS = ["red", "green", "blue"]
 MODELS = {
@@ -35,7 +41,8 @@ ADJACENCY_NORM = np.array([[0.8, 0.2, 0.0], [0.3, 0.7, 0.0], [0.0, 0.4, 0.6]], d
 def _params(tmp: Path, weights: Path, **train_overrides) -> Path:
     params = {
         "features": {"backbone": "tf_efficientnet_lite0", "weights": str(weights), "image_size": 32, "batch_size": 8, "workers": 0, "flip": True},
-        "train": {"seed": 7, "epochs": 2, "patience": 5, "batch_size": 8, "lr_backbone": 1e-4, "lr_head": 1e-3, "gcn_hidden": 16, "finetune": False, "workers": 0} | train_overrides,
+        "train": {"seed": 7, "epochs": 2, "patience": 5, "batch_size": 8, "lr_backbone": 1e-4, "lr_head": 1e-3, "gcn_hidden": 16, "finetune": False, "workers": 0,
+                  "cached_pixels": False, "compile": False, "lr_scaling": "none"} | train_overrides,
         "models": MODELS,
         "evaluate": {"split": "test", "bootstrap": 20, "seed": 0},
     }  # fmt: skip
@@ -66,7 +73,8 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     # A weights file (random, fast) rather than "none": prediction must rebuild the very backbone the features came from.
     torch.manual_seed(0)
     torch.save(timm.create_model("tf_efficientnet_lite0").state_dict(), root / "lite0.pth")
-    paths = {"root": root, "weights": root / "lite0.pth", "dataset": root / "dataset.parquet", "subset": root / "label_subset.json", "graph": root / "label_graph.npz", "crawl": root / "crawl", "features": root / "features.npz"}
+    paths = {"root": root, "weights": root / "lite0.pth", "dataset": root / "dataset.parquet", "subset": root / "label_subset.json", "graph": root / "label_graph.npz", "crawl": root / "crawl", "features": root / "features.npz", "pixels": root / "pixels"}
+    build_cache(pd.DataFrame(rows), paths["crawl"], paths["pixels"], PixelCacheSettings(height=40, width=32, workers=1))
     features.main(["--dataset", str(paths["dataset"]), "--label-subset", str(paths["subset"]), "--crawl-dir", str(paths["crawl"]), "--out", str(paths["features"]), "--params", str(_params(root, paths["weights"]))])
     return paths
 
@@ -75,7 +83,7 @@ def _train(inputs: dict[str, Path], model: str, out: Path, params: Path, *extra:
     train_module.main([
         "--model", model, "--dataset", str(inputs["dataset"]), "--label-subset", str(inputs["subset"]), "--graph", str(inputs["graph"]),
         "--features", str(inputs["features"]), "--crawl-dir", str(inputs["crawl"]), "--out-dir", str(out / "models" / model),
-        "--live-dir", str(out / "dvclive" / model), "--params", str(params), *extra,
+        "--live-dir", str(out / "dvclive" / model), "--pixel-cache", str(inputs["pixels"]), "--params", str(params), *extra,
     ])  # fmt: skip
 
 
@@ -132,9 +140,9 @@ def _interrupt_mid_epoch(monkeypatch, epoch: int) -> None:
     monkeypatch.setattr(train_module, "train_one_epoch", dying)
 
 
-@pytest.mark.parametrize("model", ["gcn", "cnn"])
-def test_interrupted_then_resumed_training_ends_in_the_uninterrupted_state(inputs, tmp_path, monkeypatch, model):
-    params = _params(tmp_path, inputs["weights"], epochs=3)
+@pytest.mark.parametrize(("model", "cached_pixels"), [("gcn", False), ("cnn", False), ("cnn", True)])
+def test_interrupted_then_resumed_training_ends_in_the_uninterrupted_state(inputs, tmp_path, monkeypatch, model, cached_pixels):
+    params = _params(tmp_path, inputs["weights"], epochs=3, cached_pixels=cached_pixels)
     _train(inputs, model, tmp_path / "straight", params)
     with monkeypatch.context() as patch:
         _interrupt_mid_epoch(patch, epoch=1)
@@ -159,6 +167,61 @@ def test_finetuning_trains_the_backbone_from_pixels(inputs, tmp_path):
     assert checkpoint["meta"]["finetuned"] and any(key.startswith("body.") for key in checkpoint["model"])
     [result] = predict.predict_images(tmp_path / "models" / "linear" / "best.pt", [inputs["crawl"] / "00.png"], top_k=3)
     assert [label for label, _ in result["top"]] == sorted(LABELS, key=lambda label: -result["scores"][label])
+
+
+def test_finetuning_from_the_pixel_cache_reads_no_image_file(inputs, tmp_path):
+    no_files = dict(inputs, crawl=tmp_path / "no-crawl")
+    params = _params(tmp_path, inputs["weights"], epochs=1, finetune=True, cached_pixels=True)
+    _train(no_files, "linear", tmp_path, params)
+    checkpoint = load_checkpoint(tmp_path / "models" / "linear" / "last.pt")
+    initial = torch.load(inputs["weights"], weights_only=True)
+    assert checkpoint["meta"]["finetuned"] and checkpoint["state"]["epoch"] == 1
+    assert not torch.equal(checkpoint["model"]["body.model.conv_stem.weight"], initial["conv_stem.weight"]), "the backbone must train"
+    with pytest.raises(InputError, match="cannot read image"):
+        _train(no_files, "linear", tmp_path / "files", _params(tmp_path, inputs["weights"], epochs=1, finetune=True))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: checks that the training loop does not wait for the GPU")
+def test_the_cached_pixel_training_loop_waits_for_the_gpu_once_per_epoch(inputs, tmp_path):
+    params = _params(tmp_path, inputs["weights"], finetune=True, cached_pixels=True, batch_size=4)
+    paths = argparse.Namespace(label_subset=inputs["subset"], graph=inputs["graph"], dataset=inputs["dataset"], features=inputs["features"], crawl_dir=inputs["crawl"], pixel_cache=inputs["pixels"], params=params)
+    settings = load_section(train_module.TrainSettings, "train", params)
+    device = torch.device("cuda")
+    run = train_module.setup("linear", ModelSpec(**MODELS["linear"]), settings, paths, device)
+    batches = run.train_batches(torch.Generator().manual_seed(0))
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train_module.train_one_epoch(run.model, batches, run.optimizer, device, None)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message)]
+    assert len(syncs) == 1, f"only the loss read-back at the end of the epoch may wait for the GPU: {syncs}"
+
+
+def test_a_pixel_cache_without_the_dataset_images_says_how_to_rebuild_it(inputs, tmp_path):
+    rows = pd.read_parquet(inputs["dataset"]).iloc[:20]  # train: rows 0-15, val: 16-21
+    build_cache(rows, inputs["crawl"], tmp_path / "pixels", PixelCacheSettings(height=40, width=32, workers=1))
+    with pytest.raises(InputError, match="pixel cache lacks 2 dataset images.*python -m pipeline.pixel_cache"):
+        _train(dict(inputs, pixels=tmp_path / "pixels"), "cnn", tmp_path, _params(tmp_path, inputs["weights"], cached_pixels=True))
+
+
+def test_learning_rates_scale_with_the_global_batch():
+    assert train_module.lr_factor("none", 256) == 1.0
+    assert train_module.lr_factor("linear", 256) == 8.0
+    assert train_module.lr_factor("sqrt", 128) == 2.0
+    with pytest.raises(ValueError, match="lr_scaling 'cubic' is not one of"):
+        train_module.TrainSettings(seed=0, epochs=1, patience=1, batch_size=8, lr_backbone=1e-4, lr_head=1e-3, gcn_hidden=8, finetune=False, workers=0, cached_pixels=False, compile=False, lr_scaling="cubic")
+
+
+@pytest.mark.parametrize(("n", "size"), [(16, 2), (17, 2), (10, 3), (2, 4)])
+def test_ranks_share_an_epoch_in_equal_parts_that_cover_every_row(n, size):
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    parts = [shard(order, World(rank=r, size=size)) for r in range(size)]
+    assert len({len(p) for p in parts}) == 1, "DDP needs the same number of batches on every rank"
+    assert set(torch.cat(parts).tolist()) == set(range(n))
+    assert sum(len(p) for p in parts) - n < size, "wrap-around adds fewer rows than there are ranks"
 
 
 def test_predictions_equal_the_cached_feature_path_and_the_cli_writes_csv(inputs, tmp_path, capsys):

@@ -19,7 +19,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from pipeline.pixel_cache import PixelStore
+
 SPLITS = ("train", "val", "test")
+CROP_SCALE, CROP_RATIO = (0.6, 1.0), (0.6, 1.0)  # training crops: area share and width/height (the outfit stays in frame)
 DATASET_COLUMNS = ("image_id", "path", "split", "main_style", "labels")
 
 
@@ -119,7 +122,7 @@ def train_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...]) 
     """
     return v2.Compose([
         v2.PILToTensor(),
-        v2.RandomResizedCrop((size, size), scale=(0.6, 1.0), ratio=(0.6, 1.0), antialias=True),
+        v2.RandomResizedCrop((size, size), scale=CROP_SCALE, ratio=CROP_RATIO, antialias=True),
         v2.RandomHorizontalFlip(),
         v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.2),
         v2.ToDtype(torch.float32, scale=True),
@@ -138,3 +141,24 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.transform(load_rgb(self.paths[i])), self.targets[i]
+
+
+class CachedPixelBatches(Dataset):
+    """Whole uint8 batches (B, H, W, 3) and their targets from the pixel cache, indexed by a list of rows.
+
+    Use with a BatchSampler and `batch_size=None`: a loader worker gathers a batch
+    with one memory-mapped read per image and no per-image tensor work (augmentation
+    happens on the device, training/gpu_augment.py).
+    """
+
+    def __init__(self, store: PixelStore, image_ids: list[str], targets: np.ndarray) -> None:
+        missing = sorted(set(image_ids) - set(store.index.index))
+        if missing:
+            raise InputError(f"pixel cache lacks {len(missing)} dataset images (e.g. {missing[0]}); rebuild it: python -m pipeline.pixel_cache --catalog data/catalog.parquet --out data/pixels")
+        self.store, self.image_ids, self.targets = store, image_ids, torch.tensor(targets)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(self.store.get([self.image_ids[r] for r in rows])), self.targets[rows]

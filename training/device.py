@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def pick_device(local_rank: int = 0) -> torch.device:
+    """This process's GPU (`local_rank` under torchrun), else the CPU."""
+    return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def prepare(model: nn.Module, device: torch.device) -> nn.Module:

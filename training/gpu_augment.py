@@ -31,9 +31,14 @@ def to_float_nchw(pixels: torch.Tensor) -> torch.Tensor:
 
 
 def normalise(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
-    return ((images - mean_t) / std_t).contiguous(memory_format=torch.channels_last)
+    """(x - mean) / std per channel, in place, with Python scalars.
+
+    Mean and std tensors built from Python lists would be copied host -> device on every
+    batch, and a blocking copy waits for the GPU to drain: the training loop would stall.
+    """
+    for channel, (m, s) in enumerate(zip(mean, std, strict=True)):
+        images[:, channel].sub_(m).div_(s)
+    return images.contiguous(memory_format=torch.channels_last)
 
 
 def train_batch(

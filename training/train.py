@@ -13,6 +13,15 @@ Two ways to feed a model, one entry point:
 - `train.finetune: true` (the paper's setting, for a GPU): the backbone is fine-tuned
   end to end from pixels, with augmentations; bf16 autocast and channels-last on CUDA.
 
+Pixels come from the image files (PIL decode + augment per image in DataLoader workers;
+the default) or, with `train.cached_pixels: true`, from the pixel cache stage's uint8
+shards (`--pixel-cache`): whole batches are copied from pinned memory to the device and
+cropped, flipped and normalised there (training/gpu_augment.py). PIL cannot decode fast
+enough to feed one GPU (notes section 5). `train.compile` adds torch.compile. The
+training loop itself never waits for the device: the loss is summed on the device and
+read once per epoch. Under torchrun, training runs on N processes (training/distributed.py);
+`train.batch_size` is per process.
+
 `last.pt` is written after every epoch (atomically). After an interruption, run the
 same command with `--resume`: each epoch re-seeds from (seed, epoch), so the resumed run
 ends in the same state as an uninterrupted one.
@@ -21,10 +30,14 @@ ends in the same state as an uninterrupted one.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import random
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +47,18 @@ import torch
 import yaml
 from dvclive import Live
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader
 from torchvision.transforms import v2
 from tqdm import tqdm
 
+from pipeline.pixel_cache import PixelStore
 from pipeline.settings import load_section
 from training.backbones import create_backbone
 from training.checkpoint import build_trained_module, load_checkpoint, save_checkpoint
 from training.data import (
+    CROP_RATIO,
+    CROP_SCALE,
+    CachedPixelBatches,
     ImageDataset,
     InputError,
     eval_transform,
@@ -52,12 +69,16 @@ from training.data import (
     train_transform,
 )
 from training.device import autocast, pick_device, prepare, to_device
+from training.distributed import SINGLE, World, close_world, from_main, init_world, shard, wrap
 from training.features import FeatureSettings
+from training.gpu_augment import eval_batch, train_batch
 from training.metrics import mean_average_precision, topk_hits
 from training.models import ModelSpec, StyleNet
 
 PIXEL_MEAN = PIXEL_STD = (0.5, 0.5, 0.5)  # the basic CNN's normalisation (trained from scratch)
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+REFERENCE_BATCH = 32  # the batch size the paper's learning rates (lr_backbone, lr_head) go with
+LR_SCALINGS = ("none", "sqrt", "linear")
 
 
 @dataclass(frozen=True)
@@ -71,6 +92,24 @@ class TrainSettings:
     gcn_hidden: int  # width of the GCN's hidden layer
     finetune: bool  # fine-tune the backbone from pixels (GPU) instead of training heads on cached features
     workers: int  # DataLoader processes for pixel training
+    cached_pixels: bool  # pixel training reads the pixel cache and augments on the device, instead of decoding files with PIL
+    compile: bool  # torch.compile the training forward and backward
+    lr_scaling: str  # none | sqrt | linear: scale both learning rates with the global batch / REFERENCE_BATCH
+
+    def __post_init__(self) -> None:
+        if self.lr_scaling not in LR_SCALINGS:
+            raise ValueError(f"train.lr_scaling {self.lr_scaling!r} is not one of {LR_SCALINGS} (params.yaml)")
+
+
+def lr_factor(rule: str, global_batch: int) -> float:
+    """Multiplier of the paper's learning rates for `global_batch` images per optimizer step.
+
+    "sqrt" is the square-root rule for Adam (Malladi et al. 2022); "linear" is the
+    SGD rule (Goyal et al. 2017), which for Adam overshoots: at batch 256 it would
+    fine-tune the pretrained backbone at 8e-4.
+    """
+    ratio = global_batch / REFERENCE_BATCH
+    return {"none": 1.0, "sqrt": math.sqrt(ratio), "linear": ratio}[rule]
 
 
 class StageLive(Live):
@@ -102,32 +141,40 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def feature_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator | None, mirrored: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Mini-batches of cached features: shuffled when a generator is given, each row mirrored with probability 1/2."""
-    order = torch.randperm(len(x), generator=generator) if generator is not None else torch.arange(len(x))
+def feature_batches(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator | None, mirrored: torch.Tensor | None = None, world: World = SINGLE
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Mini-batches of cached features: shuffled (this rank's shard) when a generator is given, each row mirrored with probability 1/2."""
+    order = shard(torch.randperm(len(x), generator=generator), world) if generator is not None else torch.arange(len(x))
     if mirrored is not None and generator is not None:
         flip = torch.rand(len(x), generator=generator) < 0.5
         x = torch.where(flip[:, None], mirrored, x)
-    for start in range(0, len(x), batch_size):
+    for start in range(0, len(order), batch_size):
         index = order[start : start + batch_size]
         yield x[index], y[index]
 
 
-def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.Optimizer, device: torch.device, desc: str) -> float:
-    """One pass of BCE-with-logits training; returns the mean loss per (image, label)."""
+def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.Optimizer, device: torch.device, desc: str | None) -> float:
+    """One pass of BCE-with-logits training; returns the mean loss per (image, label).
+
+    The loss sum stays on the device (float64, as exact as summing Python floats) and is
+    read once at the end: a `.item()` per batch would stall the GPU every step.
+    `desc` None hides the progress bar (ranks other than 0).
+    """
     model.train()
     criterion = nn.BCEWithLogitsLoss(reduction="sum")
-    total, count = 0.0, 0
-    for inputs, targets in tqdm(batches, desc=desc, unit="batch", leave=False, disable=None):
-        inputs, targets = to_device(inputs, device), targets.to(device)
+    total, count, n_labels = torch.zeros((), dtype=torch.float64, device=device), 0, 1
+    for inputs, targets in tqdm(batches, desc=desc, unit="batch", leave=False, disable=None if desc else True):
+        inputs, targets = to_device(inputs, device), targets.to(device, non_blocking=True)
         with autocast(device):
             logits = model(inputs)
         loss = criterion(logits.float(), targets)
         optimizer.zero_grad(set_to_none=True)
         (loss / len(targets)).backward()
         optimizer.step()
-        total, count = total + loss.item(), count + len(targets)
-    return total / max(count, 1) / targets.shape[1]
+        total += loss.detach()
+        count, n_labels = count + len(targets), targets.shape[1]
+    return total.item() / max(count, 1) / n_labels
 
 
 @torch.inference_mode()
@@ -173,7 +220,7 @@ class StageInputs:
     adjacency: torch.Tensor  # (C, C) the graph stage's adjacency_norm
 
 
-def setup(name: str, spec: ModelSpec, settings: TrainSettings, paths: argparse.Namespace, device: torch.device) -> Setup:
+def setup(name: str, spec: ModelSpec, settings: TrainSettings, paths: argparse.Namespace, device: torch.device, world: World = SINGLE) -> Setup:
     """Build the model, optimizer and data feeds for `spec` from the stage inputs."""
     labels = read_label_subset(paths.label_subset)
     graph = read_label_graph(paths.graph, labels)
@@ -186,10 +233,10 @@ def setup(name: str, spec: ModelSpec, settings: TrainSettings, paths: argparse.N
     inputs = StageInputs(table, targets, split, torch.from_numpy(graph.embeddings), torch.from_numpy(graph.adjacency_norm))
     meta: dict[str, Any] = {"name": name, "spec": asdict(spec), "labels": labels, "embedding_dim": graph.embeddings.shape[1], "gcn_hidden": settings.gcn_hidden, "finetuned": False}
     make = _pixel_setup if spec.kind == "cnn" or settings.finetune else _feature_setup
-    return make(spec, settings, paths, inputs, meta, device)
+    return make(spec, settings, paths, inputs, meta, device, world)
 
 
-def _feature_setup(spec: ModelSpec, settings: TrainSettings, paths: argparse.Namespace, inputs: StageInputs, meta: dict[str, Any], device: torch.device) -> Setup:
+def _feature_setup(spec: ModelSpec, settings: TrainSettings, paths: argparse.Namespace, inputs: StageInputs, meta: dict[str, Any], device: torch.device, world: World) -> Setup:
     """A head on the cached pooled features (mirrored copies of the training rows when cached)."""
     table, targets, split = inputs.table, inputs.targets, inputs.split
     npz = np.load(paths.features, allow_pickle=False)
@@ -206,19 +253,17 @@ def _feature_setup(spec: ModelSpec, settings: TrainSettings, paths: argparse.Nam
     meta |= {"feature_dim": x.shape[1]} | {key: features[key] for key in ("backbone", "weights", "image_size", "mean", "std")}
     model = prepare(build_trained_module(meta), device)
     _load_graph(model, spec, inputs)
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr_head)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr_head * lr_factor(settings.lr_scaling, settings.batch_size * world.size))
     xt, yt, xv, yv = x[split["train"]], targets[split["train"]], x[split["val"]], targets[split["val"]]
     return Setup(
         model, optimizer, meta,
-        train_batches=lambda g: feature_batches(xt, yt, settings.batch_size, g, mirrored),
+        train_batches=lambda g: feature_batches(xt, yt, settings.batch_size, g, mirrored, world),
         val_batches=lambda: feature_batches(xv, yv, 4 * settings.batch_size, None),
     )  # fmt: skip
 
 
-def _pixel_setup(spec: ModelSpec, settings: TrainSettings, paths: argparse.Namespace, inputs: StageInputs, meta: dict[str, Any], device: torch.device) -> Setup:
+def _pixel_setup(spec: ModelSpec, settings: TrainSettings, paths: argparse.Namespace, inputs: StageInputs, meta: dict[str, Any], device: torch.device, world: World) -> Setup:
     """The basic CNN, or a backbone fine-tuned end to end (train.finetune), fed augmented pixels."""
-    table, targets, split = inputs.table, inputs.targets, inputs.split
-    files = [paths.crawl_dir / p for p in table["path"]]
     if spec.kind == "cnn":
         size, mean, std, body = spec.image_size, PIXEL_MEAN, PIXEL_STD, None
         meta |= {"backbone": None, "weights": None}
@@ -231,19 +276,70 @@ def _pixel_setup(spec: ModelSpec, settings: TrainSettings, paths: argparse.Names
     model = build_trained_module(meta, body)
     _load_graph(model.head if isinstance(model, StyleNet) else model, spec, inputs)
     model = prepare(model, device)
-    groups = [{"params": model.head.parameters(), "lr": settings.lr_head}, {"params": model.body.parameters(), "lr": settings.lr_backbone}] if body is not None else [{"params": model.parameters(), "lr": settings.lr_head}]
-    optimizer = torch.optim.Adam(groups)
+    factor = lr_factor(settings.lr_scaling, settings.batch_size * world.size)
+    groups = [{"params": model.head.parameters(), "lr": settings.lr_head * factor}, {"params": model.body.parameters(), "lr": settings.lr_backbone * factor}] if body is not None else [{"params": model.parameters(), "lr": settings.lr_head * factor}]
+    feeds = _cached_pixel_feeds if settings.cached_pixels else _file_feeds
+    train_batches, val_batches = feeds(inputs, paths, settings, (size, mean, std), device, world)
+    return Setup(model, torch.optim.Adam(groups), meta, train_batches, val_batches)
+
+
+Norm = tuple[int, tuple[float, ...], tuple[float, ...]]  # input size, mean, std
+Feeds = tuple[Callable[[torch.Generator], Batches], Callable[[], Batches]]
+
+
+def _file_feeds(inputs: StageInputs, paths: argparse.Namespace, settings: TrainSettings, norm: Norm, device: torch.device, world: World) -> Feeds:
+    """Batches decoded from the image files with PIL and augmented per image in DataLoader workers."""
+    files = [paths.crawl_dir / p for p in inputs.table["path"]]
 
     def subset(s: str, transform: v2.Compose) -> ImageDataset:
-        return ImageDataset([f for f, keep in zip(files, split[s]) if keep], targets[split[s]].numpy(), transform)
+        return ImageDataset([f for f, keep in zip(files, inputs.split[s]) if keep], inputs.targets[inputs.split[s]].numpy(), transform)
 
-    train_set, val_set = subset("train", train_transform(size, mean, std)), subset("val", eval_transform(size, mean, std))
+    train_set, val_set = subset("train", train_transform(*norm)), subset("val", eval_transform(*norm))
     loader = dict(batch_size=settings.batch_size, num_workers=settings.workers, pin_memory=device.type == "cuda", persistent_workers=False)
-    return Setup(
-        model, optimizer, meta,
-        train_batches=lambda g: DataLoader(train_set, shuffle=True, generator=g, **loader),
-        val_batches=lambda: DataLoader(val_set, **loader),
-    )  # fmt: skip
+
+    def train_batches(g: torch.Generator) -> Batches:
+        return DataLoader(train_set, sampler=shard(torch.randperm(len(train_set), generator=g), world).tolist(), generator=g, **loader)
+
+    return train_batches, lambda: DataLoader(val_set, **loader)
+
+
+def _cached_pixel_feeds(inputs: StageInputs, paths: argparse.Namespace, settings: TrainSettings, norm: Norm, device: torch.device, world: World) -> Feeds:
+    """uint8 batches from the pixel cache, copied from pinned memory and augmented on `device`.
+
+    Each epoch's device-side crops and flips come from a generator seeded by the epoch's
+    generator, so a resumed run draws the same augmentations as an uninterrupted one.
+    """
+    store = PixelStore(paths.pixel_cache)
+    height, width = next(iter(store.shards.values())).shape[1:3]
+    if min(height, width) < norm[0]:
+        warnings.warn(f"the pixel cache holds {height}x{width} pictures, smaller than the {norm[0]} px input: training upsamples them; set pixel_cache.height/width >= {norm[0]} and rebuild it", stacklevel=2)
+    ids = inputs.table["image_id"].astype(str).to_numpy()
+
+    def subset(s: str) -> CachedPixelBatches:
+        return CachedPixelBatches(store, list(ids[inputs.split[s]]), inputs.targets[inputs.split[s]].numpy())
+
+    train_set, val_set = subset("train"), subset("val")
+    load = partial(cached_pixel_loader, batch_size=settings.batch_size, workers=settings.workers, device=device)
+
+    def train_batches(g: torch.Generator) -> Batches:
+        order = shard(torch.randperm(len(train_set), generator=g), world)
+        augment_seed = int(torch.randint(2**62, (), generator=g))
+        augment = partial(train_batch, size=norm[0], mean=norm[1], std=norm[2], scale=CROP_SCALE, ratio=CROP_RATIO, generator=torch.Generator(device).manual_seed(augment_seed))
+        return on_device(load(train_set, order), device, augment)
+
+    return train_batches, lambda: on_device(load(val_set, torch.arange(len(val_set))), device, partial(eval_batch, size=norm[0], mean=norm[1], std=norm[2]))
+
+
+def cached_pixel_loader(dataset: CachedPixelBatches, order: torch.Tensor, batch_size: int, workers: int, device: torch.device) -> DataLoader:
+    """uint8 batches of `dataset` in `order`, gathered by `workers` processes, pinned for asynchronous copies on CUDA."""
+    sampler = BatchSampler(order.tolist(), batch_size, drop_last=False)
+    return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda")
+
+
+def on_device(batches: Batches, device: torch.device, augment: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Copy each uint8 pixel batch to `device` (asynchronous from pinned memory) and augment it there; targets stay where they are."""
+    for pixels, targets in batches:
+        yield augment(pixels.to(device, non_blocking=True)), targets
 
 
 def _load_graph(head: nn.Module, spec: ModelSpec, inputs: StageInputs) -> None:
@@ -253,11 +349,16 @@ def _load_graph(head: nn.Module, spec: ModelSpec, inputs: StageInputs) -> None:
         head.adjacency.copy_(torch.eye(len(inputs.adjacency)) if spec.adjacency == "identity" else inputs.adjacency)
 
 
-def train(name: str, spec: ModelSpec, settings: TrainSettings, paths: argparse.Namespace, resume: bool) -> dict[str, Any]:
-    """Run (or continue) the training loop; returns the final loop state."""
-    device = pick_device()
+def train(name: str, spec: ModelSpec, settings: TrainSettings, paths: argparse.Namespace, resume: bool, world: World = SINGLE) -> dict[str, Any]:
+    """Run (or continue) the training loop; returns the final loop state.
+
+    Under several processes every rank validates on the whole validation split and
+    adopts rank 0's figures, so all ranks stop at the same epoch; rank 0 writes, and
+    logs the training loss of its own shard.
+    """
+    device = pick_device(world.local_rank)
     seed_everything(settings.seed)  # the initial weights
-    run = setup(name, spec, settings, paths, device)
+    run = setup(name, spec, settings, paths, device, world)
     last, best = paths.out_dir / "last.pt", paths.out_dir / "best.pt"
     state = {"epoch": 0, "best_map": -1.0, "best_epoch": -1, "bad_epochs": 0}
     if resume:
@@ -267,30 +368,37 @@ def train(name: str, spec: ModelSpec, settings: TrainSettings, paths: argparse.N
         run.model.load_state_dict(checkpoint["model"])
         run.optimizer.load_state_dict(checkpoint["optimizer"])
         state = checkpoint["state"]
+    net = wrap(run.model, device, world)  # shares run.model's parameters; checkpoints store run.model's state_dict
+    net = torch.compile(net) if settings.compile else net
     epochs = spec.epochs or settings.epochs
-    with StageLive(str(paths.live_dir), resume=resume, dvcyaml=False, save_dvc_exp=False) as live:
-        live.step = state["epoch"]
+    with StageLive(str(paths.live_dir), resume=resume, dvcyaml=False, save_dvc_exp=False) if world.main else contextlib.nullcontext() as live:
         for epoch in range(state["epoch"], epochs):
             if state["bad_epochs"] >= settings.patience:
                 break
             generator = seed_everything(settings.seed * 1000 + epoch)
-            train_loss = train_one_epoch(run.model, run.train_batches(generator), run.optimizer, device, f"{name} epoch {epoch + 1}/{epochs}")
-            val = validation_metrics(*predict_probs(run.model, run.val_batches(), device))
-            if val["mAP"] > state["best_map"]:
-                state |= {"best_map": val["mAP"], "best_epoch": epoch, "bad_epochs": 0}
-                save_checkpoint({"meta": run.meta, "model": run.model.state_dict(), "epoch": epoch + 1, "val": val}, best)
-            else:
-                state["bad_epochs"] += 1
-            state["epoch"] = epoch + 1
-            save_checkpoint({"meta": run.meta, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "state": state}, last)
-            live.log_metric("train/loss", train_loss)
-            for key, value in val.items():
-                live.log_metric(f"val/{key}", value)
-            live.next_step()
-            print(f"{name} epoch {epoch + 1}: train loss {train_loss:.4f}, val mAP {val['mAP']:.4f}, val top2_all {val['top2_all']:.4f}")
-        live.summary["best/epoch"] = state["best_epoch"] + 1
-        live.summary["best/val_mAP"] = state["best_map"]
+            desc = f"{name} epoch {epoch + 1}/{epochs}" if world.main else None
+            train_loss = train_one_epoch(net, run.train_batches(generator), run.optimizer, device, desc)
+            val = from_main(validation_metrics(*predict_probs(run.model, run.val_batches(), device)), world)
+            improved = val["mAP"] > state["best_map"]
+            state = state | ({"best_map": val["mAP"], "best_epoch": epoch, "bad_epochs": 0} if improved else {"bad_epochs": state["bad_epochs"] + 1}) | {"epoch": epoch + 1}
+            if live is not None:
+                if improved:
+                    save_checkpoint({"meta": run.meta, "model": run.model.state_dict(), "epoch": epoch + 1, "val": val}, best)
+                save_checkpoint({"meta": run.meta, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "state": state}, last)
+                _log_epoch(live, epoch, train_loss, val)
+                print(f"{name} epoch {epoch + 1}: train loss {train_loss:.4f}, val mAP {val['mAP']:.4f}, val top2_all {val['top2_all']:.4f}")
+        if live is not None:
+            live.summary["best/epoch"] = state["best_epoch"] + 1
+            live.summary["best/val_mAP"] = state["best_map"]
     return state
+
+
+def _log_epoch(live: Live, epoch: int, train_loss: float, val: dict[str, float]) -> None:
+    live.step = epoch
+    live.log_metric("train/loss", train_loss)
+    for key, value in val.items():
+        live.log_metric(f"val/{key}", value)
+    live.next_step()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -303,6 +411,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--crawl-dir", type=Path, required=True, help="folder the dataset's image paths are relative to (crawl.dir); read by pixel training")
     parser.add_argument("--out-dir", type=Path, required=True, help="folder for last.pt (every epoch) and best.pt (best validation mAP)")
     parser.add_argument("--live-dir", type=Path, required=True, help="dvclive folder: per-epoch metrics and plots")
+    parser.add_argument("--pixel-cache", type=Path, default=Path("data/pixels"), help="pixel cache folder (python -m pipeline.pixel_cache --out); read by pixel training when train.cached_pixels")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file with 'train', 'features' and 'models' sections")
     parser.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt after an interruption")
     args = parser.parse_args(argv)
@@ -310,8 +419,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.model not in specs:
         parser.error(f"unknown model {args.model!r}; params.yaml 'models' has {sorted(specs)}")
     settings = load_section(TrainSettings, "train", args.params)
-    state = train(args.model, specs[args.model], settings, args, args.resume)
-    print(f"{args.model}: best val mAP {state['best_map']:.4f} at epoch {state['best_epoch'] + 1} -> {args.out_dir / 'best.pt'}")
+    world = init_world()
+    try:
+        state = train(args.model, specs[args.model], settings, args, args.resume, world)
+    finally:
+        close_world(world)
+    if world.main:
+        print(f"{args.model}: best val mAP {state['best_map']:.4f} at epoch {state['best_epoch'] + 1} -> {args.out_dir / 'best.pt'}")
 
 
 if __name__ == "__main__":

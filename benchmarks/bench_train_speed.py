@@ -1,0 +1,165 @@
+"""Training speed end to end, data loading included: a reference-style loop against this project's fast path.
+
+Both run in this one process, on the same photos (repeated to fill the run), through the
+real model classes (backbone + ML-GCN head, 23 outputs, Adam):
+
+  (a) reference-style: fp32, a PIL-decoding DataLoader (training.data.train_transform),
+      batch 16, `.item()` after every step;
+  (b) ours: the pixel cache (built once beforehand; its build time is printed apart),
+      crops/flips/normalisation on the device (training.gpu_augment), bf16 autocast and
+      channels-last on CUDA, a large batch, optionally torch.compile, through
+      training.train.train_one_epoch (no host-device sync until the end).
+
+Each pipeline first runs --warmup untimed steps (worker start-up, cuDNN autotuning, compiling).
+
+Usage:
+  CPU, a tiny run (15-60 s):
+    python benchmarks/bench_train_speed.py
+  one GPU, the issue's measurement (goal: (b) >= 1,400 images/s and >= 3.4x (a)):
+    python benchmarks/bench_train_speed.py --backbone resnet50 --size 448 --batch 128 --compile \\
+        --workers 16 --photo-limit 0 --images 7680 --warmup 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from functools import partial
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from pipeline.images import content_id
+from pipeline.pixel_cache import PixelCacheSettings, PixelStore, build_cache
+from training.backbones import create_backbone
+from training.data import CROP_RATIO, CROP_SCALE, CachedPixelBatches, ImageDataset, train_transform
+from training.device import pick_device, prepare
+from training.gpu_augment import train_batch
+from training.models import ModelSpec, StyleNet, build_head
+from training.train import cached_pixel_loader, on_device, train_one_epoch
+
+DEFAULT_PHOTOS = Path(__file__).resolve().parents[1].parent / "shared/datasets/ccp/photos"
+N_LABELS, EMBEDDING_DIM, GCN_HIDDEN = 23, 50, 1024
+LR_BACKBONE, LR_HEAD = 1e-4, 1e-3
+
+
+def build_model(backbone: str, seed: int) -> nn.Module:
+    """StyleNet (random backbone weights: speed does not depend on them) with an ML-GCN head."""
+    torch.manual_seed(seed)
+    body = create_backbone(backbone, "none")
+    head = build_head(ModelSpec(kind="gcn"), body.dim, N_LABELS, torch.randn(N_LABELS, EMBEDDING_DIM), torch.eye(N_LABELS), GCN_HIDDEN)
+    return StyleNet(body.body, "max", head)
+
+
+def adam(model: StyleNet) -> torch.optim.Optimizer:
+    return torch.optim.Adam([{"params": model.head.parameters(), "lr": LR_HEAD}, {"params": model.body.parameters(), "lr": LR_BACKBONE}])
+
+
+def reference_rate(model: StyleNet, loader: DataLoader, device: torch.device, warmup: int) -> float:
+    """images/s of a plain fp32 loop that reads the loss back after every step, as the reference code does."""
+    model = model.to(device).train()
+    optimizer, criterion = adam(model), nn.BCEWithLogitsLoss()
+    batches = iter(loader)
+
+    def steps(n: int | None) -> int:
+        images = 0
+        for inputs, targets in islice(batches, n):
+            inputs, targets = inputs.to(device), targets.to(device)
+            loss = criterion(model(inputs), targets)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            loss.item()
+            images += len(targets)
+        return images
+
+    steps(warmup)
+    start = time.perf_counter()
+    images = steps(None)
+    return images / (time.perf_counter() - start)
+
+
+def fast_rate(model: StyleNet, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], device: torch.device, warmup: int, compile_model: bool) -> float:
+    """images/s of training.train.train_one_epoch fed by `batches` (already on the device)."""
+    model = prepare(model, device)
+    net = torch.compile(model) if compile_model else model
+    optimizer, counted = adam(model), {"images": 0}
+
+    def counting(source: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for inputs, targets in source:
+            counted["images"] += len(targets)
+            yield inputs, targets
+
+    train_one_epoch(net, islice(batches, warmup), optimizer, device, None)  # ends with .item(): the device is idle after it
+    counted["images"] = 0
+    start = time.perf_counter()
+    train_one_epoch(net, counting(batches), optimizer, device, None)
+    return counted["images"] / (time.perf_counter() - start)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS, help="folder of JPEG photos (the shared CCP street photos)")
+    parser.add_argument("--photo-limit", type=int, default=96, help="distinct photos used (repeated to fill --images); 0 = all")
+    parser.add_argument("--backbone", default="tf_efficientnet_lite0", help="training/backbones.py name: tf_efficientnet_lite0 (CPU) or resnet50 (the paper)")
+    parser.add_argument("--size", type=int, default=64, help="input size in px (the paper: 448)")
+    parser.add_argument("--images", type=int, default=384, help="images each pipeline trains on after its warm-up (timed)")
+    parser.add_argument("--ref-batch", type=int, default=16, help="(a) batch size (the reference code's)")
+    parser.add_argument("--batch", type=int, default=32, help="(b) batch size (GPU: 128)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing each pipeline")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader processes of both pipelines")
+    parser.add_argument("--compile", action="store_true", help="(b) with torch.compile")
+    parser.add_argument("--seed", type=int, default=0, help="model initialisation and targets")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    paths = sorted(args.photos.glob("*.jpg"))[: args.photo_limit or None]
+    if not paths:
+        print(f"bench_train_speed: no *.jpg in {args.photos}; pass --photos DIR", file=sys.stderr)
+        return 2
+    device = pick_device()
+    catalog = pd.DataFrame({"image_id": [content_id(p.read_bytes()) for p in paths], "path": [p.name for p in paths], "batch": "b0"})
+    repeats = -(-(args.images + args.warmup * max(args.batch, args.ref_batch)) // len(paths))
+    files, ids = [p for _ in range(repeats) for p in paths], list(catalog["image_id"]) * repeats
+    targets = (np.random.default_rng(args.seed).random((len(paths), N_LABELS)) < 0.15).astype(np.float32)
+    targets = np.tile(targets, (repeats, 1))
+    backbone = create_backbone(args.backbone, "none")
+    mean, std = backbone.mean, backbone.std
+    name = "cuda " + torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"{name}, {torch.get_num_threads()} threads; {args.backbone} @ {args.size} px, {N_LABELS} outputs; {len(paths)} photos x {repeats} = {len(files)} images")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = PixelCacheSettings(height=args.size * 4 // 3, width=args.size, workers=args.workers)
+        start = time.perf_counter()
+        build_cache(catalog, args.photos, Path(tmp), cache)
+        print(f"pixel cache {cache.height}x{cache.width}: {len(paths)} photos decoded once in {time.perf_counter() - start:.1f} s (not counted below)")
+
+        generator = torch.Generator().manual_seed(args.seed)
+        pil = ImageDataset(files, targets, train_transform(args.size, mean, std))
+        loader = DataLoader(pil, batch_size=args.ref_batch, shuffle=True, generator=generator, num_workers=args.workers, pin_memory=device.type == "cuda")
+        ref = reference_rate(build_model(args.backbone, args.seed), islice(loader, args.warmup + args.images // args.ref_batch), device, args.warmup)
+        print(f"(a) reference-style: fp32, PIL DataLoader ({args.workers} workers), batch {args.ref_batch}: {ref:9.1f} images/s")
+
+        order = torch.randperm(len(ids), generator=generator)
+        loader = cached_pixel_loader(CachedPixelBatches(PixelStore(Path(tmp)), ids, targets), order, args.batch, args.workers, device)
+        augment = partial(train_batch, size=args.size, mean=mean, std=std, scale=CROP_SCALE, ratio=CROP_RATIO, generator=torch.Generator(device).manual_seed(args.seed))
+        batches = islice(on_device(loader, device, augment), args.warmup + args.images // args.batch)
+        fast = fast_rate(build_model(args.backbone, args.seed), batches, device, args.warmup, args.compile)
+        how = "bf16 + channels-last" if device.type == "cuda" else "fp32 (CPU: no bf16)"
+        print(f"(b) ours: pixel cache + device augment, {how}{', compiled' if args.compile else ''}, batch {args.batch}: {fast:9.1f} images/s")
+    print(f"speed-up (b)/(a): {fast / ref:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
