@@ -42,7 +42,7 @@ def _params(tmp: Path, weights: Path, **train_overrides) -> Path:
     params = {
         "features": {"backbone": "tf_efficientnet_lite0", "weights": str(weights), "image_size": 32, "batch_size": 8, "workers": 0, "flip": True},
         "train": {"seed": 7, "epochs": 2, "patience": 5, "batch_size": 8, "lr_backbone": 1e-4, "lr_head": 1e-3, "gcn_hidden": 16, "finetune": False, "workers": 0,
-                  "cached_pixels": False, "compile": False, "lr_scaling": "none"} | train_overrides,
+                  "cached_pixels": False, "compile": False, "lr_scaling": "none", "precision": "bf16"} | train_overrides,
         "models": MODELS,
         "evaluate": {"split": "test", "bootstrap": 20, "seed": 0},
     }  # fmt: skip
@@ -126,16 +126,16 @@ def _interrupt_mid_epoch(monkeypatch, epoch: int) -> None:
     real = train_module.train_one_epoch
     calls = {"n": 0}
 
-    def dying(model, batches, optimizer, device, desc):
+    def dying(model, batches, *rest):
         calls["n"] += 1
         if calls["n"] - 1 != epoch:
-            return real(model, batches, optimizer, device, desc)
+            return real(model, batches, *rest)
 
         def one_batch_then_kill():
             yield next(iter(batches))
             raise KeyboardInterrupt
 
-        return real(model, one_batch_then_kill(), optimizer, device, desc)
+        return real(model, one_batch_then_kill(), *rest)
 
     monkeypatch.setattr(train_module, "train_one_epoch", dying)
 
@@ -212,7 +212,12 @@ def test_learning_rates_scale_with_the_global_batch():
     assert train_module.lr_factor("linear", 256) == 8.0
     assert train_module.lr_factor("sqrt", 128) == 2.0
     with pytest.raises(ValueError, match="lr_scaling 'cubic' is not one of"):
-        train_module.TrainSettings(seed=0, epochs=1, patience=1, batch_size=8, lr_backbone=1e-4, lr_head=1e-3, gcn_hidden=8, finetune=False, workers=0, cached_pixels=False, compile=False, lr_scaling="cubic")
+        train_module.TrainSettings(seed=0, epochs=1, patience=1, batch_size=8, lr_backbone=1e-4, lr_head=1e-3, gcn_hidden=8, finetune=False, workers=0, cached_pixels=False, compile=False, lr_scaling="cubic", precision="bf16")
+
+
+def test_an_unknown_precision_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match=r"train.precision 'fp16' is not one of \('bf16', 'fp32'\)"):
+        train_module.TrainSettings(seed=0, epochs=1, patience=1, batch_size=8, lr_backbone=1e-4, lr_head=1e-3, gcn_hidden=8, finetune=False, workers=0, cached_pixels=False, compile=False, lr_scaling="none", precision="fp16")
 
 
 @pytest.mark.parametrize(("n", "size"), [(16, 2), (17, 2), (10, 3), (2, 4)])

@@ -25,7 +25,7 @@ def _worker(out: Path, argv: list[str]) -> None:
     """torchrun target: train, recording this rank's parameters and rows after every epoch."""
     real = train_module.train_one_epoch
 
-    def recording(model, batches, optimizer, device, desc):
+    def recording(model, batches, *rest):
         rows = []
 
         def counted():
@@ -33,7 +33,7 @@ def _worker(out: Path, argv: list[str]) -> None:
                 rows.append(len(y))
                 yield x, y
 
-        loss = real(model, counted(), optimizer, device, desc)
+        loss = real(model, counted(), *rest)
         params = {name: p.detach().clone() for name, p in model.module.named_parameters()}
         torch.save({"params": params, "rows": sum(rows), "batches": len(rows)}, out / f"rank{os.environ['RANK']}.pt")
         return loss

@@ -24,6 +24,6 @@ def to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return images.contiguous(memory_format=torch.channels_last) if device.type == "cuda" and images.dim() == 4 else images
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; a no-op on CPU (CPU bf16 is slower than fp32 on most machines)."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+def autocast(device: torch.device, bf16: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA unless `bf16` is off; a no-op on CPU (CPU bf16 is slower than fp32 on most machines)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and bf16 else contextlib.nullcontext()

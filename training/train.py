@@ -11,7 +11,8 @@ Two ways to feed a model, one entry point:
   2-core CPU; see training/features.py). The basic CNN always trains from pixels, at
   the small `image_size` its params entry sets.
 - `train.finetune: true` (the paper's setting, for a GPU): the backbone is fine-tuned
-  end to end from pixels, with augmentations; bf16 autocast and channels-last on CUDA.
+  end to end from pixels, with augmentations; bf16 autocast (`train.precision`) and
+  channels-last on CUDA.
 
 Pixels come from the image files (PIL decode + augment per image in DataLoader workers;
 the default) or, with `train.cached_pixels: true`, from the pixel cache stage's uint8
@@ -79,6 +80,7 @@ PIXEL_MEAN = PIXEL_STD = (0.5, 0.5, 0.5)  # the basic CNN's normalisation (train
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 REFERENCE_BATCH = 32  # the batch size the paper's learning rates (lr_backbone, lr_head) go with
 LR_SCALINGS = ("none", "sqrt", "linear")
+PRECISIONS = ("bf16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -95,10 +97,13 @@ class TrainSettings:
     cached_pixels: bool  # pixel training reads the pixel cache and augments on the device, instead of decoding files with PIL
     compile: bool  # torch.compile the training forward and backward
     lr_scaling: str  # none | sqrt | linear: scale both learning rates with the global batch / REFERENCE_BATCH
+    precision: str  # bf16: autocast on CUDA; fp32: full precision everywhere (the reference code's); the CPU always runs fp32
 
     def __post_init__(self) -> None:
         if self.lr_scaling not in LR_SCALINGS:
             raise ValueError(f"train.lr_scaling {self.lr_scaling!r} is not one of {LR_SCALINGS} (params.yaml)")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision {self.precision!r} is not one of {PRECISIONS} (params.yaml)")
 
 
 def lr_factor(rule: str, global_batch: int) -> float:
@@ -154,7 +159,7 @@ def feature_batches(
         yield x[index], y[index]
 
 
-def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.Optimizer, device: torch.device, desc: str | None) -> float:
+def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.Optimizer, device: torch.device, desc: str | None, bf16: bool = True) -> float:
     """One pass of BCE-with-logits training; returns the mean loss per (image, label).
 
     The loss sum stays on the device (float64, as exact as summing Python floats) and is
@@ -166,7 +171,7 @@ def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.O
     total, count, n_labels = torch.zeros((), dtype=torch.float64, device=device), 0, 1
     for inputs, targets in tqdm(batches, desc=desc, unit="batch", leave=False, disable=None if desc else True):
         inputs, targets = to_device(inputs, device), targets.to(device, non_blocking=True)
-        with autocast(device):
+        with autocast(device, bf16):
             logits = model(inputs)
         loss = criterion(logits.float(), targets)
         optimizer.zero_grad(set_to_none=True)
@@ -178,12 +183,12 @@ def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.O
 
 
 @torch.inference_mode()
-def predict_probs(model: nn.Module, batches: Batches, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+def predict_probs(model: nn.Module, batches: Batches, device: torch.device, bf16: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Sigmoid scores and targets of every batch, as (N, C) arrays."""
     model.eval()
     probs, targets = [], []
     for inputs, y in batches:
-        with autocast(device):
+        with autocast(device, bf16):
             logits = model(to_device(inputs, device))
         probs.append(torch.sigmoid(logits.float()).cpu().numpy())
         targets.append(y.numpy())
@@ -370,15 +375,15 @@ def train(name: str, spec: ModelSpec, settings: TrainSettings, paths: argparse.N
         state = checkpoint["state"]
     net = wrap(run.model, device, world)  # shares run.model's parameters; checkpoints store run.model's state_dict
     net = torch.compile(net) if settings.compile else net
-    epochs = spec.epochs or settings.epochs
+    epochs, bf16 = spec.epochs or settings.epochs, settings.precision == "bf16"
     with StageLive(str(paths.live_dir), resume=resume, dvcyaml=False, save_dvc_exp=False) if world.main else contextlib.nullcontext() as live:
         for epoch in range(state["epoch"], epochs):
             if state["bad_epochs"] >= settings.patience:
                 break
             generator = seed_everything(settings.seed * 1000 + epoch)
             desc = f"{name} epoch {epoch + 1}/{epochs}" if world.main else None
-            train_loss = train_one_epoch(net, run.train_batches(generator), run.optimizer, device, desc)
-            val = from_main(validation_metrics(*predict_probs(run.model, run.val_batches(), device)), world)
+            train_loss = train_one_epoch(net, run.train_batches(generator), run.optimizer, device, desc, bf16)
+            val = from_main(validation_metrics(*predict_probs(run.model, run.val_batches(), device, bf16)), world)
             improved = val["mAP"] > state["best_map"]
             state = state | ({"best_map": val["mAP"], "best_epoch": epoch, "bad_epochs": 0} if improved else {"bad_epochs": state["bad_epochs"] + 1}) | {"epoch": epoch + 1}
             if live is not None:
