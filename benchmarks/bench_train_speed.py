@@ -63,32 +63,32 @@ def adam(model: StyleNet) -> torch.optim.Optimizer:
     return torch.optim.Adam([{"params": model.head.parameters(), "lr": LR_HEAD}, {"params": model.body.parameters(), "lr": LR_BACKBONE}])
 
 
-def reference_rate(model: StyleNet, loader: DataLoader, device: torch.device, warmup: int) -> float:
-    """images/s of a plain fp32 loop that reads the loss back after every step, as the reference code does."""
+def reference_rate(model: StyleNet, loader: DataLoader, device: torch.device, warmup: int) -> tuple[float, float]:
+    """images/s of a plain fp32 loop that reads the loss back after every step, as the reference code does, and its mean loss."""
     model = model.to(device).train()
     optimizer, criterion = adam(model), nn.BCEWithLogitsLoss()
     batches = iter(loader)
 
-    def steps(n: int | None) -> int:
-        images = 0
+    def steps(n: int | None) -> tuple[int, float]:
+        images, total = 0, 0.0
         for inputs, targets in islice(batches, n):
             inputs, targets = inputs.to(device), targets.to(device)
             loss = criterion(model(inputs), targets)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            loss.item()
+            total += loss.item() * len(targets)
             images += len(targets)
-        return images
+        return images, total / max(images, 1)
 
     steps(warmup)
     start = time.perf_counter()
-    images = steps(None)
-    return images / (time.perf_counter() - start)
+    images, mean_loss = steps(None)
+    return images / (time.perf_counter() - start), mean_loss
 
 
-def fast_rate(model: StyleNet, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], device: torch.device, warmup: int, compile_model: bool) -> float:
-    """images/s of training.train.train_one_epoch fed by `batches` (already on the device)."""
+def fast_rate(model: StyleNet, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], device: torch.device, warmup: int, compile_model: bool) -> tuple[float, float]:
+    """images/s of training.train.train_one_epoch fed by `batches` (already on the device), and its mean loss."""
     model = prepare(model, device)
     net = torch.compile(model) if compile_model else model
     optimizer, counted = adam(model), {"images": 0}
@@ -101,8 +101,8 @@ def fast_rate(model: StyleNet, batches: Iterator[tuple[torch.Tensor, torch.Tenso
     train_one_epoch(net, islice(batches, warmup), optimizer, device, None)  # ends with .item(): the device is idle after it
     counted["images"] = 0
     start = time.perf_counter()
-    train_one_epoch(net, counting(batches), optimizer, device, None)
-    return counted["images"] / (time.perf_counter() - start)
+    mean_loss = train_one_epoch(net, counting(batches), optimizer, device, None)
+    return counted["images"] / (time.perf_counter() - start), mean_loss
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -147,16 +147,16 @@ def main(argv: list[str] | None = None) -> int:
         generator = torch.Generator().manual_seed(args.seed)
         pil = ImageDataset(files, targets, train_transform(args.size, mean, std))
         loader = DataLoader(pil, batch_size=args.ref_batch, shuffle=True, generator=generator, num_workers=args.workers, pin_memory=device.type == "cuda")
-        ref = reference_rate(build_model(args.backbone, args.seed), islice(loader, args.warmup + args.images // args.ref_batch), device, args.warmup)
-        print(f"(a) reference-style: fp32, PIL DataLoader ({args.workers} workers), batch {args.ref_batch}: {ref:9.1f} images/s")
+        ref, ref_loss = reference_rate(build_model(args.backbone, args.seed), islice(loader, args.warmup + args.images // args.ref_batch), device, args.warmup)
+        print(f"(a) reference-style: fp32, PIL DataLoader ({args.workers} workers), batch {args.ref_batch}: {ref:9.1f} images/s (mean loss {ref_loss:.4f})")
 
         order = torch.randperm(len(ids), generator=generator)
         loader = cached_pixel_loader(CachedPixelBatches(PixelStore(Path(tmp)), ids, targets), order, args.batch, args.workers, device)
         augment = partial(train_batch, size=args.size, mean=mean, std=std, scale=CROP_SCALE, ratio=CROP_RATIO, generator=torch.Generator(device).manual_seed(args.seed))
         batches = islice(on_device(loader, device, augment), args.warmup + args.images // args.batch)
-        fast = fast_rate(build_model(args.backbone, args.seed), batches, device, args.warmup, args.compile)
+        fast, fast_loss = fast_rate(build_model(args.backbone, args.seed), batches, device, args.warmup, args.compile)
         how = "bf16 + channels-last" if device.type == "cuda" else "fp32 (CPU: no bf16)"
-        print(f"(b) ours: pixel cache + device augment, {how}{', compiled' if args.compile else ''}, batch {args.batch}: {fast:9.1f} images/s")
+        print(f"(b) ours: pixel cache + device augment, {how}{', compiled' if args.compile else ''}, batch {args.batch}: {fast:9.1f} images/s (mean loss {fast_loss:.4f})")
     print(f"speed-up (b)/(a): {fast / ref:.2f}x")
     return 0
 

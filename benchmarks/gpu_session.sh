@@ -35,7 +35,7 @@ python3 benchmarks/bench_train_speed.py --photos shared-data/ccp-speed/photos --
 step "2. the cached-pixel loop waits for the GPU once per epoch"
 python3 -m pytest -q -p no:cacheprovider tests/test_training.py -k waits_for_the_gpu 2>&1 | tail -3
 
-step "3. accuracy: fine-tuning on CCP, fp32 reference loop vs the fast path"
+step "3. accuracy: fine-tuning on CCP, fp32 reference loop vs the fast path (uncompiled: compiled went to NaN, README)"
 python3 benchmarks/bench_ccp_finetune.py run --ccp shared-data/ccp-small --work-dir shared-data/ccp-finetune \
     --weights shared-data/lite0-imagenet-fp16.pth --size 224 --epochs 12 --workers 16 > "$OUT/finetune.log" 2>&1
 grep -E "^\||^NVIDIA|^cpu:|^pixel cache|best val mAP|Error" "$OUT/finetune.log"

@@ -161,6 +161,30 @@ def test_interrupted_then_resumed_training_ends_in_the_uninterrupted_state(input
     assert [line.split("\t")[0] for line in steps] == ["0", "1", "2"], "one row per epoch, none repeated or lost"
 
 
+def test_a_diverging_run_stops_with_the_epoch_and_keeps_the_last_good_checkpoint(inputs, tmp_path, monkeypatch):
+    real = train_module.train_one_epoch
+    epochs_run = []
+
+    def diverging(model, batches, *rest):
+        real(model, batches, *rest)
+        epochs_run.append(len(epochs_run))
+        if len(epochs_run) < 2:
+            return 0.5
+        with torch.no_grad():  # what an overflow does to the weights
+            for parameter in model.parameters():
+                parameter.fill_(float("nan"))
+        return float("nan")
+
+    monkeypatch.setattr(train_module, "train_one_epoch", diverging)
+    with pytest.raises(train_module.TrainingDiverged, match=r"gcn: the training loss is nan in epoch 2; nothing of this epoch was saved .*train.compile: false"):
+        _train(inputs, "gcn", tmp_path, _params(tmp_path, inputs["weights"], epochs=4))
+    assert epochs_run == [0, 1], "training stops at the first diverged epoch"
+    for name in ("last.pt", "best.pt"):
+        weights = load_checkpoint(tmp_path / "models" / "gcn" / name)["model"]
+        assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point()), f"{name} got NaN weights"
+    assert load_checkpoint(tmp_path / "models" / "gcn" / "last.pt")["state"]["epoch"] == 1
+
+
 def test_finetuning_trains_the_backbone_from_pixels(inputs, tmp_path):
     _train(inputs, "linear", tmp_path, _params(tmp_path, inputs["weights"], epochs=1, finetune=True))
     checkpoint = load_checkpoint(tmp_path / "models" / "linear" / "best.pt")

@@ -117,6 +117,10 @@ def lr_factor(rule: str, global_batch: int) -> float:
     return {"none": 1.0, "sqrt": math.sqrt(ratio), "linear": ratio}[rule]
 
 
+class TrainingDiverged(RuntimeError):
+    """The training loss stopped being a finite number; nothing of the diverged epoch is written."""
+
+
 class StageLive(Live):
     """dvclive that only writes its files (metrics.json, plots/metrics/*.tsv), which dvc.yaml declares.
 
@@ -383,6 +387,7 @@ def train(name: str, spec: ModelSpec, settings: TrainSettings, paths: argparse.N
             generator = seed_everything(settings.seed * 1000 + epoch)
             desc = f"{name} epoch {epoch + 1}/{epochs}" if world.main else None
             train_loss = train_one_epoch(net, run.train_batches(generator), run.optimizer, device, desc, bf16)
+            _stop_if_diverged(name, from_main(train_loss, world), epoch, last)
             val = from_main(validation_metrics(*predict_probs(run.model, run.val_batches(), device, bf16)), world)
             improved = val["mAP"] > state["best_map"]
             state = state | ({"best_map": val["mAP"], "best_epoch": epoch, "bad_epochs": 0} if improved else {"bad_epochs": state["bad_epochs"] + 1}) | {"epoch": epoch + 1}
@@ -396,6 +401,16 @@ def train(name: str, spec: ModelSpec, settings: TrainSettings, paths: argparse.N
             live.summary["best/epoch"] = state["best_epoch"] + 1
             live.summary["best/val_mAP"] = state["best_map"]
     return state
+
+
+def _stop_if_diverged(name: str, train_loss: float, epoch: int, last: Path) -> None:
+    """Raise before a NaN or infinite loss can reach a checkpoint: 12 more epochs of NaN would only overwrite last.pt."""
+    if not math.isfinite(train_loss):
+        raise TrainingDiverged(
+            f"{name}: the training loss is {train_loss} in epoch {epoch + 1}; nothing of this epoch was saved ({last} holds the epoch before). "
+            "Try train.compile: false (on CUDA, compiled bf16 fine-tuning went to NaN in the first epoch once: README, 'Speed and several GPUs'), "
+            "train.precision: fp32, or lower learning rates, then rerun (with --resume to continue from the last good epoch)."
+        )
 
 
 def _log_epoch(live: Live, epoch: int, train_loss: float, val: dict[str, float]) -> None:
