@@ -118,7 +118,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader processes of both pipelines")
     parser.add_argument("--compile", action="store_true", help="(b) with torch.compile")
     parser.add_argument("--seed", type=int, default=0, help="model initialisation and targets")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.images < max(args.batch, args.ref_batch):
+        parser.error(f"--images {args.images} is smaller than a batch ({max(args.batch, args.ref_batch)}): nothing would be timed")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

