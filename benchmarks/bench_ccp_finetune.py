@@ -130,6 +130,14 @@ def run(ccp: Path, work: Path, args: argparse.Namespace) -> None:
         print(f"| {name} | diverged: {message.split(';')[0]} | |")
 
 
+def add_model_arguments(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    """--backbone, --weights, --size, --workers: what variant_params needs besides the epochs (shared with diagnose_compile.py)."""
+    parser.add_argument("--backbone", default="tf_efficientnet_lite0", help=f"{prefix}training/backbones.py name")
+    parser.add_argument("--weights", default="imagenet", help=f"{prefix}'imagenet' or a state_dict file of the backbone")
+    parser.add_argument("--size", type=int, default=224, help=f"{prefix}input size in px")
+    parser.add_argument("--workers", type=int, default=2, help=f"{prefix}DataLoader processes")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Full description: the module docstring (benchmarks/bench_ccp_finetune.py).")
     parser.add_argument("step", choices=("prepare", "run"), help="prepare: tag import, split, graph (needs the project install); run: train both variants and evaluate")
@@ -137,11 +145,8 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/stylegraph-ccp-finetune"), help="where every intermediate file and the report go")
     parser.add_argument("--top-k", type=int, default=10, help="prepare: the K most frequent tags (split.top_k)")
     parser.add_argument("--drop-tags", default="skin,hair", help="prepare: comma-separated tags removed first (on nearly every photo)")
-    parser.add_argument("--backbone", default="tf_efficientnet_lite0", help="run: training/backbones.py name")
-    parser.add_argument("--weights", default="imagenet", help="run: 'imagenet' or a state_dict file of the backbone")
-    parser.add_argument("--size", type=int, default=224, help="run: input size in px")
+    add_model_arguments(parser, "run: ")
     parser.add_argument("--epochs", type=int, default=12, help="run: epochs of each variant (the best validation epoch is kept)")
-    parser.add_argument("--workers", type=int, default=2, help="run: DataLoader processes")
     parser.add_argument("--compile", action="store_true", help="run: torch.compile the fast variants on CUDA (went to NaN once on an H200, torch 2.11)")
     args = parser.parse_args()
     args.work_dir.mkdir(parents=True, exist_ok=True)

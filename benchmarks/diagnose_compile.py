@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from bench_ccp_finetune import MLGCN, VARIANTS, build_pixels, variant_params
+from bench_ccp_finetune import MLGCN, VARIANTS, add_model_arguments, build_pixels, variant_params
 from pipeline.settings import load_section
 from training import train
 from training.models import ModelSpec
@@ -82,17 +82,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Full description: the module docstring (benchmarks/diagnose_compile.py).")
     parser.add_argument("--ccp", type=Path, required=True, help="folder with photos/ (as given to bench_ccp_finetune.py prepare)")
     parser.add_argument("--work-dir", type=Path, required=True, help="a work dir written by bench_ccp_finetune.py prepare")
-    parser.add_argument("--backbone", default="tf_efficientnet_lite0", help="training/backbones.py name")
-    parser.add_argument("--weights", default="imagenet", help="'imagenet' or a state_dict file of the backbone")
-    parser.add_argument("--size", type=int, default=224, help="input size in px")
+    add_model_arguments(parser)
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps per configuration (batch 32)")
-    parser.add_argument("--workers", type=int, default=8, help="DataLoader processes")
     parser.add_argument("--configs", default="", help="comma-separated indices into the list above (default: all)")
     args = parser.parse_args()
     work, photos = args.work_dir, args.ccp / "photos"
     build_pixels(work, photos, args.size)
-    spec = argparse.Namespace(backbone=args.backbone, weights=args.weights, size=args.size, epochs=1, workers=args.workers, compile=False)
-    params = variant_params(work, "diagnose", VARIANTS["fast_bf16_b32"], spec, gpu=False)
+    params = variant_params(work, "diagnose", VARIANTS["fast_bf16_b32"], argparse.Namespace(**vars(args), epochs=1, compile=False), gpu=False)
     settings = load_section(train.TrainSettings, "train", params)
     paths = argparse.Namespace(label_subset=work / "label_subset.json", graph=work / "label_graph.npz", dataset=work / "dataset.parquet",
                                features=work / "unused.npz", crawl_dir=photos, pixel_cache=work / "pixels", params=params)  # fmt: skip
