@@ -154,7 +154,7 @@ class CachedPixelBatches(Dataset):
     def __init__(self, store: PixelStore, image_ids: list[str], targets: np.ndarray) -> None:
         missing = sorted(set(image_ids) - set(store.index.index))
         if missing:
-            raise InputError(f"pixel cache lacks {len(missing)} dataset images (e.g. {missing[0]}); rebuild it: python -m pipeline.pixel_cache --catalog data/catalog.parquet --out data/pixels")
+            raise InputError(f"pixel cache lacks {len(missing)} dataset images (e.g. {missing[0]}); rebuild it: dvc repro pixel_cache (or python -m pipeline.pixel_cache --catalog data/catalog.parquet --out data/pixels)")
         self.store, self.image_ids, self.targets = store, image_ids, torch.tensor(targets)
 
     def __len__(self) -> int:

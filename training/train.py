@@ -431,7 +431,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--crawl-dir", type=Path, required=True, help="folder the dataset's image paths are relative to (crawl.dir); read by pixel training")
     parser.add_argument("--out-dir", type=Path, required=True, help="folder for last.pt (every epoch) and best.pt (best validation mAP)")
     parser.add_argument("--live-dir", type=Path, required=True, help="dvclive folder: per-epoch metrics and plots")
-    parser.add_argument("--pixel-cache", type=Path, default=Path("data/pixels"), help="pixel cache folder (python -m pipeline.pixel_cache --out); read by pixel training when train.cached_pixels")
+    parser.add_argument("--pixel-cache", type=Path, default=Path("data/pixels"), help="pixel cache folder (the pixel_cache stage writes data/pixels); read by pixel training when train.cached_pixels")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file with 'train', 'features' and 'models' sections")
     parser.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt after an interruption")
     args = parser.parse_args(argv)
