@@ -7,8 +7,14 @@ initial weights on the same batches (the prepared CCP work dir, pixel cache, dev
 augmentation; batch 32, the paper's learning rates) in each configuration below, and
 prints the loss of chosen steps and the first step whose loss is not finite:
 
-  eager bf16 | inductor bf16 (whole model) | inductor fp32 | aot_eager bf16 (no inductor
-  code generation) | inductor bf16, backbone only | inductor bf16, ML-GCN head only
+  eager bf16 | inductor bf16 (whole model) | the same with dynamic=False | inductor fp32 |
+  aot_eager bf16 (no inductor code generation) | inductor bf16, backbone only | head only
+
+After the --steps full batches comes one step on the epoch's LAST batch, which is smaller
+(1,142 training photos = 35 x 32 + 22): the compiled model meets a new batch size there and
+recompiles, by default with a symbolic (dynamic) batch dimension. In the H200 run the loss
+was NaN as an epoch mean, so one bad step at the end of epoch 1 would explain it; a NaN
+only in that column points at the dynamic-shape recompile.
 
 A step-1 loss that differs from eager's beyond bf16 rounding means the compiled forward is
 already wrong before any update. Diagnostics print, never assert.
@@ -42,11 +48,13 @@ class Config:
     bf16: bool
     scope: str | None  # None (eager), "model", "body" or "head": what torch.compile wraps
     backend: str = "inductor"
+    dynamic: bool | None = None  # torch.compile's: None = dynamic batch size after the first recompile
 
 
 CONFIGS = (
     Config("eager bf16", True, None),
     Config("inductor bf16, whole model", True, "model"),
+    Config("inductor bf16, whole model, dynamic=False", True, "model", dynamic=False),
     Config("inductor fp32, whole model", False, "model"),
     Config("aot_eager bf16, whole model", True, "model", "aot_eager"),
     Config("inductor bf16, backbone only", True, "body"),
@@ -57,25 +65,28 @@ CONFIGS = (
 def compiled(model: torch.nn.Module, config: Config) -> torch.nn.Module:
     """`model` with the part `config.scope` names compiled (the optimizer keeps the same parameters)."""
     if config.scope == "model":
-        return torch.compile(model, backend=config.backend)
+        return torch.compile(model, backend=config.backend, dynamic=config.dynamic)
     if config.scope is not None:
-        setattr(model, config.scope, torch.compile(getattr(model, config.scope), backend=config.backend))
+        setattr(model, config.scope, torch.compile(getattr(model, config.scope), backend=config.backend, dynamic=config.dynamic))
     return model
 
 
-def step_losses(config: Config, settings: train.TrainSettings, paths: argparse.Namespace, steps: int, seed: int) -> tuple[list[float], float]:
-    """Loss of each of the first `steps` optimizer steps (stops at the first non-finite one), and the seconds taken."""
+def step_losses(config: Config, settings: train.TrainSettings, paths: argparse.Namespace, steps: int, seed: int) -> tuple[list[float], float, float]:
+    """Loss of each of the first `steps` optimizer steps (stops at the first non-finite one), of a step on the epoch's last batch, and the seconds taken."""
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     train.seed_everything(seed)
     run = train.setup("diagnose", ModelSpec(**MLGCN), settings, paths, device)
     net = compiled(run.model, config)
     losses: list[float] = []
     started = time.perf_counter()
-    for batch in islice(run.train_batches(train.seed_everything(seed * 1000)), steps):
+    batches = iter(run.train_batches(train.seed_everything(seed * 1000)))
+    for batch in islice(batches, steps):
         losses.append(train.train_one_epoch(net, [batch], run.optimizer, device, None, config.bf16))
         if not math.isfinite(losses[-1]):
-            break
-    return losses, time.perf_counter() - started
+            return losses, math.nan, time.perf_counter() - started
+    *_, last = batches
+    ragged = train.train_one_epoch(net, [last], run.optimizer, device, None, config.bf16)
+    return losses, ragged, time.perf_counter() - started
 
 
 def main() -> None:
@@ -96,13 +107,13 @@ def main() -> None:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     print(f"{device}, torch {torch.__version__}: {args.backbone} @ {args.size} px, ML-GCN, batch {settings.batch_size}, {args.steps} steps\n")
     shown = [s for s in SHOWN_STEPS if s <= args.steps]
-    print("| configuration | " + " | ".join(f"step {s}" for s in shown) + " | first non-finite step | seconds |")
-    print("|---" * (len(shown) + 3) + "|")
+    print("| configuration | " + " | ".join(f"step {s}" for s in shown) + " | first non-finite step | last (smaller) batch | seconds |")
+    print("|---" * (len(shown) + 4) + "|")
     for config in chosen:
-        losses, seconds = step_losses(config, settings, paths, args.steps, settings.seed)
+        losses, ragged, seconds = step_losses(config, settings, paths, args.steps, settings.seed)
         bad = next((i + 1 for i, loss in enumerate(losses) if not math.isfinite(loss)), None)
         cells = [f"{losses[s - 1]:.4f}" if s <= len(losses) else "-" for s in shown]
-        print(f"| {config.name} | " + " | ".join(cells) + f" | {bad or 'none'} | {seconds:.1f} |", flush=True)
+        print(f"| {config.name} | " + " | ".join(cells) + f" | {bad or 'none'} | {ragged:.4f} | {seconds:.1f} |", flush=True)
 
 
 if __name__ == "__main__":
