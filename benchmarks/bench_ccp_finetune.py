@@ -42,7 +42,7 @@ import pandas as pd
 import torch
 import yaml
 
-from bench_ccp_models import stage_inputs, write_params
+from bench_ccp_models import curation_argv, stage_inputs, write_params
 from pipeline import graph, split
 from pipeline.pixel_cache import PixelCacheSettings, build_cache
 from training import evaluate, train
@@ -61,10 +61,9 @@ def prepare(ccp: Path, work: Path, top_k: int, drop: set[str]) -> None:
     labels, catalog, taxonomy = stage_inputs(ccp, work, drop)
     params = write_params(work, taxonomy, top_k, None)
     (work / "splits.parquet").unlink(missing_ok=True)
-    split.main(["--labels", str(labels), "--catalog", str(catalog), "--splits", str(work / "splits.parquet"),
-                "--dataset", str(work / "dataset.parquet"), "--subset", str(work / "label_subset.json"), "--params", str(params)])  # fmt: skip
-    graph.main(["--dataset", str(work / "dataset.parquet"), "--subset", str(work / "label_subset.json"), "--out", str(work / "label_graph.npz"),
-                "--plot", str(work / "label_graph.png"), "--params", str(params)])  # fmt: skip
+    stage_argv = curation_argv(work, labels, catalog, params)
+    split.main(stage_argv["split"])
+    graph.main(stage_argv["graph"])
 
 
 def variant_params(work: Path, name: str, overrides: dict[str, Any], args: argparse.Namespace, gpu: bool) -> Path:

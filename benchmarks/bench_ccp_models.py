@@ -67,6 +67,16 @@ def write_params(work: Path, taxonomy: Path, top_k: int, image_size: int | None)
     return path
 
 
+def curation_argv(work: Path, labels: Path, catalog: Path, params: Path) -> dict[str, list[str]]:
+    """Command lines of the split and graph stages, writing dataset, label subset and label graph into `work`."""
+    return {
+        "split": ["--labels", str(labels), "--catalog", str(catalog), "--splits", str(work / "splits.parquet"),
+                  "--dataset", str(work / "dataset.parquet"), "--subset", str(work / "label_subset.json"), "--params", str(params)],
+        "graph": ["--dataset", str(work / "dataset.parquet"), "--subset", str(work / "label_subset.json"), "--out", str(work / "label_graph.npz"),
+                  "--plot", str(work / "label_graph.png"), "--params", str(params)],
+    }  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ccp", type=Path, default=ROOT.parent / "shared" / "datasets" / "ccp", help="folder with photos/ and labels.csv")
@@ -88,10 +98,9 @@ def main() -> None:
     params = write_params(work, taxonomy, args.top_k, args.image_size)
     data = {name: work / name for name in ("dataset.parquet", "label_subset.json", "label_graph.npz", "features.npz")}
     (work / "splits.parquet").unlink(missing_ok=True)
-    timed("split", split.main, ["--labels", str(labels), "--catalog", str(catalog), "--splits", str(work / "splits.parquet"),
-                                "--dataset", str(data["dataset.parquet"]), "--subset", str(data["label_subset.json"]), "--params", str(params)])  # fmt: skip
-    timed("graph", graph.main, ["--dataset", str(data["dataset.parquet"]), "--subset", str(data["label_subset.json"]), "--out", str(data["label_graph.npz"]),
-                                "--plot", str(work / "label_graph.png"), "--params", str(params)])  # fmt: skip
+    stage_argv = curation_argv(work, labels, catalog, params)
+    timed("split", split.main, stage_argv["split"])
+    timed("graph", graph.main, stage_argv["graph"])
     common = ["--dataset", str(data["dataset.parquet"]), "--label-subset", str(data["label_subset.json"]), "--crawl-dir", str(args.ccp / "photos")]
     timed("features", features.main, [*common, "--out", str(data["features.npz"]), "--params", str(params)])
     for model in train.load_model_specs(params):

@@ -96,7 +96,7 @@ def build_shard(
             for _ in tqdm(done, total=len(paths), desc=f"pixels {batch}", unit="img", leave=False, disable=None):
                 pass
         finally:
-            _open_shard.cache_clear()  # this process's mapping of the temp file (workers drop theirs with the pool)
+            _open_shard.cache_clear()  # this process's mapping of the temp file; a worker's goes with its next shard or the pool
     image_ids = list(rows["image_id"])
     write_parquet(pd.DataFrame({"image_id": image_ids, "row": np.arange(len(image_ids), dtype=np.int64)}), out_dir / f"{batch}.parquet")
     write_json({"height": settings.height, "width": settings.width, "images": len(image_ids), "ids_digest": ids_digest(image_ids)}, out_dir / f"{batch}.json")

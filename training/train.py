@@ -404,7 +404,7 @@ def train(name: str, spec: ModelSpec, settings: TrainSettings, paths: argparse.N
 
 
 def _stop_if_diverged(name: str, train_loss: float, epoch: int, last: Path) -> None:
-    """Raise before a NaN or infinite loss can reach a checkpoint: 12 more epochs of NaN would only overwrite last.pt."""
+    """Raise before a NaN or infinite loss reaches a checkpoint: further epochs would only overwrite last.pt with NaN weights."""
     if not math.isfinite(train_loss):
         raise TrainingDiverged(
             f"{name}: the training loss is {train_loss} in epoch {epoch + 1}; nothing of this epoch was saved ({last} holds the epoch before). "
