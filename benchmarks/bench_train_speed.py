@@ -41,7 +41,7 @@ from pipeline.images import content_id
 from pipeline.pixel_cache import PixelCacheSettings, PixelStore, build_cache
 from training.backbones import create_backbone
 from training.data import CROP_RATIO, CROP_SCALE, CachedPixelBatches, ImageDataset, train_transform
-from training.device import pick_device, prepare
+from training.device import compile_for_training, pick_device, prepare
 from training.gpu_augment import train_batch
 from training.models import ModelSpec, StyleNet, build_head
 from training.train import cached_pixel_loader, on_device, train_one_epoch
@@ -90,7 +90,7 @@ def reference_rate(model: StyleNet, loader: DataLoader, device: torch.device, wa
 def fast_rate(model: StyleNet, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], device: torch.device, warmup: int, compile_model: bool) -> tuple[float, float]:
     """images/s of training.train.train_one_epoch fed by `batches` (already on the device), and its mean loss."""
     model = prepare(model, device)
-    net = torch.compile(model) if compile_model else model
+    net = compile_for_training(model) if compile_model else model
     optimizer, counted = adam(model), {"images": 0}
 
     def counting(source: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -27,3 +27,14 @@ def to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 def autocast(device: torch.device, bf16: bool = True) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA unless `bf16` is off; a no-op on CPU (CPU bf16 is slower than fp32 on most machines)."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and bf16 else contextlib.nullcontext()
+
+
+def compile_for_training(model: nn.Module) -> nn.Module:
+    """`model` under torch.compile with static shapes (dynamic=False).
+
+    An epoch has two batch sizes, the full one and a smaller last one; static shapes give
+    each its own specialised graph (one extra compile) instead of recompiling the model
+    with a symbolic batch dimension, the code path suspected in the NaN of compiled
+    fine-tuning on an H200 (README, 'Speed and several GPUs').
+    """
+    return torch.compile(model, dynamic=False)

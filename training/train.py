@@ -69,7 +69,7 @@ from training.data import (
     target_matrix,
     train_transform,
 )
-from training.device import autocast, pick_device, prepare, to_device
+from training.device import autocast, compile_for_training, pick_device, prepare, to_device
 from training.distributed import SINGLE, World, close_world, from_main, init_world, shard, wrap
 from training.features import FeatureSettings
 from training.gpu_augment import eval_batch, train_batch
@@ -378,7 +378,7 @@ def train(name: str, spec: ModelSpec, settings: TrainSettings, paths: argparse.N
         run.optimizer.load_state_dict(checkpoint["optimizer"])
         state = checkpoint["state"]
     net = wrap(run.model, device, world)  # shares run.model's parameters; checkpoints store run.model's state_dict
-    net = torch.compile(net) if settings.compile else net
+    net = compile_for_training(net) if settings.compile else net
     epochs, bf16 = spec.epochs or settings.epochs, settings.precision == "bf16"
     with StageLive(str(paths.live_dir), resume=resume, dvcyaml=False, save_dvc_exp=False) if world.main else contextlib.nullcontext() as live:
         for epoch in range(state["epoch"], epochs):
