@@ -1,23 +1,24 @@
-"""Which part of compiled fine-tuning turns the loss NaN: eager against torch.compile backends and scopes, same batches.
+"""Does compiled fine-tuning train like eager? torch.compile backends and scopes against eager, same batches.
 
-On an H200 (torch 2.11) both compiled fine-tuning variants of bench_ccp_finetune.py had a
-NaN loss from their first epoch while every uncompiled one trained (README, "Speed and
-several GPUs"). This runs the fast path's first --steps optimizer steps from the same
-initial weights on the same batches (the prepared CCP work dir, pixel cache, device-side
-augmentation; batch 32, the paper's learning rates) in each configuration below, and
-prints the loss of chosen steps and the first step whose loss is not finite:
+This runs the fast path's first --steps optimizer steps from the same initial weights on
+the same batches (the prepared CCP work dir, pixel cache, device-side augmentation;
+batch 32, the paper's learning rates) in each configuration below, and prints the loss
+of chosen steps and the first step whose loss is not finite:
 
   eager bf16 | inductor bf16 (whole model) | the same with dynamic=False | inductor fp32 |
   aot_eager bf16 (no inductor code generation) | inductor bf16, backbone only | head only
 
-After the --steps full batches comes one step on the epoch's LAST batch, which is smaller
-(1,142 training photos = 35 x 32 + 22): the compiled model meets a new batch size there and
-recompiles, by default with a symbolic (dynamic) batch dimension. In the H200 run the loss
-was NaN as an epoch mean, so one bad step at the end of epoch 1 would explain it; a NaN
-only in that column points at the dynamic-shape recompile.
+After the --steps full batches comes one step on the epoch's last, smaller batch (1,142
+training photos = 35 x 32 + 22), where a compiled model meets a new batch size.
 
-A step-1 loss that differs from eager's beyond bf16 rounding means the compiled forward is
-already wrong before any update. Diagnostics print, never assert.
+What it found (H200, torch 2.11, 2026-11-27): step 1 equal to eager, step 2 NaN under
+inductor with dynamic shapes and with dynamic=False alike, aot_eager equal to eager at
+every step: inductor's generated backward. The cause was `amax` global max pooling (its
+gradient divides by a count of positions equal to the maximum, which inductor's
+recomputation under bf16 found to be zero); training/models.py now pools with
+adaptive_max_pool2d, and tests/test_models.py reproduces the old NaN on CPU. A step-1
+loss that differs from eager's beyond bf16 rounding would mean a wrong compiled forward.
+Diagnostics print, never assert.
 
   python benchmarks/diagnose_compile.py --work-dir shared-data/ccp-finetune --ccp shared-data/ccp-small \\
       --weights shared-data/lite0-imagenet-fp16.pth [--steps 30]

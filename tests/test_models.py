@@ -7,9 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from torch import nn
 
 from training.backbones import create_backbone
 from training.data import InputError, read_label_graph
+from training.device import compile_for_training
 from training.models import BasicCNN, GCNHead, ModelSpec, StyleNet, build_head, global_pool
 
 
@@ -62,6 +64,30 @@ def test_global_pooling_max_and_average():
     maps = torch.arange(8.0).reshape(1, 2, 2, 2)
     assert global_pool(maps, "max").tolist() == [[3.0, 7.0]]
     assert global_pool(maps, "avg").tolist() == [[1.5, 5.5]]
+
+
+def test_compiled_bf16_training_of_a_max_pooled_model_has_the_eager_gradients():
+    """The H200 NaN, reproduced on CPU: with `amax` pooling, inductor's bf16 backward divided by zero.
+
+    Runs the real compile helper and StyleNet on CPU bf16 autocast (the GPU is not needed
+    for this inductor code path).
+    """
+    def model() -> StyleNet:
+        torch.manual_seed(0)
+        body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU6())
+        return StyleNet(body, "max", nn.Linear(16, 4))
+
+    def gradient(net: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = net(torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(1))).float().square().sum()
+        loss.backward()
+        return weight.grad
+
+    eager, compiled = model(), model()
+    expected = gradient(eager, eager.body[0].weight)
+    actual = gradient(compile_for_training(compiled), compiled.body[0].weight)
+    assert torch.isfinite(actual).all()
+    torch.testing.assert_close(actual, expected, rtol=0.02, atol=0.02 * expected.abs().max().item())
 
 
 def test_basic_cnn_maps_pixels_to_one_logit_per_class():

@@ -41,8 +41,16 @@ class ModelSpec:
 
 
 def global_pool(maps: torch.Tensor, pooling: str) -> torch.Tensor:
-    """(B, D, h, w) -> (B, D) by global max or average pooling."""
-    return maps.amax(dim=(2, 3)) if pooling == "max" else maps.mean(dim=(2, 3))
+    """(B, D, h, w) -> (B, D) by global max or average pooling.
+
+    Max pooling routes the gradient to one arg-max position, like the reference code's
+    MaxPool2d. Not `amax`: its gradient divides by the number of positions equal to the
+    maximum, and torch.compile (inductor) recomputes that comparison under bf16 autocast
+    with other rounding than the forward, finds no equal position, and divides by zero:
+    NaN weights after the first compiled bf16 step (H200, torch 2.11; reproduced on CPU by
+    tests/test_models.py).
+    """
+    return F.adaptive_max_pool2d(maps, 1).flatten(1) if pooling == "max" else maps.mean(dim=(2, 3))
 
 
 class BasicCNN(nn.Module):
