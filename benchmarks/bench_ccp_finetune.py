@@ -1,25 +1,27 @@
 """Fine-tuning on REAL street photos (Clothing Co-Parsing): the reference-style fp32 loop against the fast path.
 
-Both variants fine-tune the same ML-GCN (backbone end to end, the paper's recipe) through
-the real training entry point (training.train.main) on the same stable split, both are
-selected on the validation split, and the evaluate stage scores both on the test split
-in one report (with bootstrap intervals):
+Every variant fine-tunes the same ML-GCN (backbone end to end, the paper's recipe) through
+the real training entry point (training.train.main) on the same stable split, each is
+selected on the validation split, and the evaluate stage scores them all on the test
+split in one report (with bootstrap intervals, and paired differences to the first):
 
   reference_fp32  train.precision fp32, PIL-decoding DataLoader, batch 16, the paper's
-                  learning rates (lr_scaling none): how the reference code trains
+                  constant learning rates (lr_scaling none, no warm-up): how the reference
+                  code trains
   fast_bf16       bf16 autocast, the pixel cache + device-side augmentation, batch 128,
-                  learning rates scaled by sqrt(128 / 32) = 2 (lr_scaling sqrt)
+                  learning rates scaled by sqrt(128 / 32) = 2 (lr_scaling sqrt), reached
+                  by a linear warm-up over the first epoch (warmup_epochs 1)
   fast_bf16_b32   the same fast path at batch 32 with the paper's learning rates: separates
-                  what bf16 + the cache cost from what the large batch costs
+                  what bf16 + the cache + warm-up cost from what the large batch costs
   fast_bf16_compiled  fast_bf16 under torch.compile (train.compile): only with --compile
                   on CUDA
 
 The issue's question is whether the fast path costs accuracy; the table answers it, and
 the wall-clock seconds of each run (validation and compiling included) are printed too.
 Numbers are printed, never asserted. A variant whose loss turns NaN (training.train stops
-it with TrainingDiverged) is reported as diverged and left out of the evaluation. Measured
-once on an H200 with torch 2.11: compiled fast variants went to NaN in their first epoch,
-hence the compiled variant is opt-in.
+it with TrainingDiverged) is reported as diverged and left out of the evaluation (on an
+H200 with torch 2.11 the compiled variants did, until global max pooling stopped using
+`amax`: benchmarks/diagnose_compile.py).
 
 Two steps, so that the step that needs the project's full install and the GloVe vectors
 (prepare: tag import, split, graph) can run on one machine and the training on a GPU
@@ -50,11 +52,12 @@ from training import evaluate, train
 
 ROOT = Path(__file__).resolve().parents[1]
 MLGCN = {"kind": "gcn", "pooling": "max", "adjacency": "graph"}
+FAST = {"precision": "bf16", "cached_pixels": True, "warmup_epochs": 1}
 VARIANTS: dict[str, dict[str, Any]] = {
-    "reference_fp32": {"precision": "fp32", "cached_pixels": False, "batch_size": 16, "lr_scaling": "none", "compile": False},
-    "fast_bf16": {"precision": "bf16", "cached_pixels": True, "batch_size": 128, "lr_scaling": "sqrt", "compile": False},
-    "fast_bf16_b32": {"precision": "bf16", "cached_pixels": True, "batch_size": 32, "lr_scaling": "none", "compile": False},
-    "fast_bf16_compiled": {"precision": "bf16", "cached_pixels": True, "batch_size": 128, "lr_scaling": "sqrt", "compile": True},
+    "reference_fp32": {"precision": "fp32", "cached_pixels": False, "batch_size": 16, "lr_scaling": "none", "compile": False, "warmup_epochs": 0},
+    "fast_bf16": FAST | {"batch_size": 128, "lr_scaling": "sqrt", "compile": False},
+    "fast_bf16_b32": FAST | {"batch_size": 32, "lr_scaling": "none", "compile": False},
+    "fast_bf16_compiled": FAST | {"batch_size": 128, "lr_scaling": "sqrt", "compile": True},
 }
 
 
@@ -106,7 +109,10 @@ def run(ccp: Path, work: Path, args: argparse.Namespace) -> None:
     build_pixels(work, photos, args.size)
     seconds: dict[str, float] = {}
     diverged: dict[str, str] = {}
-    variants = {name: overrides for name, overrides in VARIANTS.items() if not overrides["compile"] or (args.compile and gpu)}
+    chosen = [name for name in args.variants.split(",") if name] or list(VARIANTS)
+    if unknown := set(chosen) - set(VARIANTS):
+        raise SystemExit(f"--variants: unknown {sorted(unknown)}; choose from {list(VARIANTS)}")
+    variants = {name: VARIANTS[name] for name in chosen if not VARIANTS[name]["compile"] or (args.compile and gpu)}
     for name, overrides in variants.items():
         started = time.perf_counter()
         if message := train_variant(work, photos, name, variant_params(work, name, overrides, args)):
@@ -116,8 +122,8 @@ def run(ccp: Path, work: Path, args: argparse.Namespace) -> None:
     trained = [name for name in variants if name not in diverged]
     if not trained:
         raise SystemExit("every variant diverged; nothing to evaluate")
-    both = yaml.safe_load((work / "params.yaml").read_text(encoding="utf-8")) | {"models": dict.fromkeys(trained, MLGCN)}
-    (work / "params-evaluate.yaml").write_text(yaml.safe_dump(both, sort_keys=False), encoding="utf-8")
+    evaluated = yaml.safe_load((work / "params.yaml").read_text(encoding="utf-8")) | {"models": dict.fromkeys(trained, MLGCN)}
+    (work / "params-evaluate.yaml").write_text(yaml.safe_dump(evaluated, sort_keys=False), encoding="utf-8")
     report = work / "evaluation.md"
     evaluate.main(["--dataset", str(work / "dataset.parquet"), "--label-subset", str(work / "label_subset.json"), "--features", str(work / "unused.npz"),
                    "--crawl-dir", str(photos), "--models-dir", str(work / "models"), "--report", str(report),
@@ -141,13 +147,14 @@ def add_model_arguments(parser: argparse.ArgumentParser, prefix: str = "") -> No
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Full description: the module docstring (benchmarks/bench_ccp_finetune.py).")
-    parser.add_argument("step", choices=("prepare", "run"), help="prepare: tag import, split, graph (needs the project install); run: train both variants and evaluate")
+    parser.add_argument("step", choices=("prepare", "run"), help="prepare: tag import, split, graph (needs the project install); run: train the variants and evaluate")
     parser.add_argument("--ccp", type=Path, default=ROOT.parent / "shared" / "datasets" / "ccp", help="folder with photos/ and labels.csv")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/stylegraph-ccp-finetune"), help="where every intermediate file and the report go")
     parser.add_argument("--top-k", type=int, default=10, help="prepare: the K most frequent tags (split.top_k)")
     parser.add_argument("--drop-tags", default="skin,hair", help="prepare: comma-separated tags removed first (on nearly every photo)")
     add_model_arguments(parser, "run: ")
     parser.add_argument("--epochs", type=int, default=12, help="run: epochs of each variant (the best validation epoch is kept)")
+    parser.add_argument("--variants", default="", help=f"run: comma-separated subset of {', '.join(VARIANTS)} (default: all)")
     parser.add_argument("--compile", action="store_true", help="run: also train fast_bf16_compiled (CUDA only; compiled training went to NaN once on an H200, torch 2.11)")
     args = parser.parse_args()
     args.work_dir.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@
 # per-epoch metric files are the only thing lost. First, here:
 #   python benchmarks/prepare_gpu_session.py      # writes the git-ignored shared-data/ (~51 MiB)
 # then: device run(command="bash benchmarks/gpu_session.sh", carry=["shared-data"], timeout_s=570).
+# Arguments choose steps (default: speed finetune cuda-test; diagnose-compile on request).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="/tmp/stubs:$PWD"
 OUT="${OUT:-/tmp/gpu-session}"
@@ -21,9 +22,11 @@ class Live:  # no-op stand-in: dvclive is not installable on the GPU machine
     def log_metric(self, *args, **kwargs): pass
     def next_step(self): pass
 PY
-# step NAME SECONDS COMMAND...: run with a time limit, keep the whole log, show its end.
+STEPS=" ${*:-speed finetune cuda-test} "
+# step NAME SECONDS COMMAND...: if chosen, run with a time limit, keep the whole log, show its end.
 step() {
     local name=$1 limit=$2; shift 2
+    [[ $STEPS == *" $name "* ]] || return 0
     echo; echo "=== $name (limit ${limit}s, $(date +%T))"
     timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
     grep -v -i "warn\|^\s*$" "$OUT/$name.log" | tail -n 14; echo "[rc $rc]"
@@ -33,15 +36,14 @@ nvidia-smi -L
 python3 -c 'import torch, torchvision, timm, pandas, numpy; print("torch", torch.__version__, "torchvision", torchvision.__version__, "timm", timm.__version__, "pandas", pandas.__version__, "numpy", numpy.__version__)'
 
 # 1. issue goal: >= 1,400 images/s and >= 3.4x the reference-style loop; both mean losses printed
-step speed 130 python3 benchmarks/bench_train_speed.py --photos $DATA/ccp-speed/photos --photo-limit 0 --backbone resnet50 \
+step speed 110 python3 benchmarks/bench_train_speed.py --photos $DATA/ccp-speed/photos --photo-limit 0 --backbone resnet50 \
     --size 448 --batch 128 --compile --workers 16 --images 7680 --warmup 10
-# 2. why compiled fine-tuning went to NaN: eager vs inductor (dynamic or static shapes, bf16 or fp32) vs
-#    aot_eager, whole model / backbone / head, and a step on the smaller last batch of the epoch
-step diagnose-compile 150 python3 benchmarks/diagnose_compile.py --work-dir $DATA/ccp-finetune --ccp $DATA/ccp-small \
-    --weights $DATA/lite0-imagenet-fp16.pth --steps 10 --workers 16 --configs 0,1,2,4,3,5,6
-# 3. accuracy: the fp32 batch-16 loop vs the fast path, uncompiled and compiled (static shapes), 12 epochs, test split
-step finetune 230 python3 benchmarks/bench_ccp_finetune.py run --ccp $DATA/ccp-small --work-dir $DATA/ccp-finetune \
+# 2. accuracy: the fp32 batch-16 loop vs the fast path, uncompiled and compiled, 12 epochs, test split
+step finetune 390 python3 benchmarks/bench_ccp_finetune.py run --ccp $DATA/ccp-small --work-dir $DATA/ccp-finetune \
     --weights $DATA/lite0-imagenet-fp16.pth --size 224 --epochs 12 --workers 16 --compile
-# 4. the CUDA-only test: one host-device sync per epoch
+# 3. the CUDA-only test: one host-device sync per epoch
 step cuda-test 35 python3 -m pytest -q -p no:cacheprovider tests/test_training.py -k waits_for_the_gpu
+# on request: eager vs inductor (dynamic or static shapes, bf16 or fp32) vs aot_eager, whole model / backbone / head
+step diagnose-compile 150 python3 benchmarks/diagnose_compile.py --work-dir $DATA/ccp-finetune --ccp $DATA/ccp-small \
+    --weights $DATA/lite0-imagenet-fp16.pth --steps 10 --workers 16 --configs 0,1,3,4
 echo; echo "=== done ($(date +%T))"

@@ -17,6 +17,7 @@ import pytest
 import timm
 import torch
 import yaml
+from torch import nn
 from PIL import Image
 
 import training.train as train_module
@@ -25,7 +26,7 @@ from pipeline.settings import load_section
 from training import evaluate, features, predict
 from training.checkpoint import build_trained_module, load_checkpoint
 from training.data import InputError
-from training.distributed import World, shard
+from training.distributed import SINGLE, World, shard
 from training.models import ModelSpec
 
 LABELS = ["red", "green", "blue"]
@@ -42,7 +43,7 @@ def _params(tmp: Path, weights: Path, **train_overrides) -> Path:
     params = {
         "features": {"backbone": "tf_efficientnet_lite0", "weights": str(weights), "image_size": 32, "batch_size": 8, "workers": 0, "flip": True},
         "train": {"seed": 7, "epochs": 2, "patience": 5, "batch_size": 8, "lr_backbone": 1e-4, "lr_head": 1e-3, "gcn_hidden": 16, "finetune": False, "workers": 0,
-                  "cached_pixels": False, "compile": False, "lr_scaling": "none", "precision": "bf16"} | train_overrides,
+                  "cached_pixels": False, "compile": False, "lr_scaling": "none", "precision": "bf16", "warmup_epochs": 1.5} | train_overrides,
         "models": MODELS,
         "evaluate": {"split": "test", "bootstrap": 20, "seed": 0},
     }  # fmt: skip
@@ -176,7 +177,7 @@ def test_a_diverging_run_stops_with_the_epoch_and_keeps_the_last_good_checkpoint
         return float("nan")
 
     monkeypatch.setattr(train_module, "train_one_epoch", diverging)
-    with pytest.raises(train_module.TrainingDiverged, match=r"gcn: the training loss is nan in epoch 2; nothing of this epoch was saved .*train.compile: false"):
+    with pytest.raises(train_module.TrainingDiverged, match=r"gcn: the training loss is nan in epoch 2; nothing of this epoch was saved .*train.warmup_epochs.*--resume"):
         _train(inputs, "gcn", tmp_path, _params(tmp_path, inputs["weights"], epochs=4))
     assert epochs_run == [0, 1], "training stops at the first diverged epoch"
     for name in ("last.pt", "best.pt"):
@@ -235,13 +236,33 @@ def test_learning_rates_scale_with_the_global_batch():
     assert train_module.lr_factor("none", 256) == 1.0
     assert train_module.lr_factor("linear", 256) == 8.0
     assert train_module.lr_factor("sqrt", 128) == 2.0
-    with pytest.raises(ValueError, match="lr_scaling 'cubic' is not one of"):
-        train_module.TrainSettings(seed=0, epochs=1, patience=1, batch_size=8, lr_backbone=1e-4, lr_head=1e-3, gcn_hidden=8, finetune=False, workers=0, cached_pixels=False, compile=False, lr_scaling="cubic", precision="bf16")
 
 
-def test_an_unknown_precision_is_refused_with_the_choices():
-    with pytest.raises(ValueError, match=r"train.precision 'fp16' is not one of \('bf16', 'fp32'\)"):
-        train_module.TrainSettings(seed=0, epochs=1, patience=1, batch_size=8, lr_backbone=1e-4, lr_head=1e-3, gcn_hidden=8, finetune=False, workers=0, cached_pixels=False, compile=False, lr_scaling="none", precision="fp16")
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [({"lr_scaling": "cubic"}, "lr_scaling 'cubic' is not one of"), ({"precision": "fp16"}, r"train.precision 'fp16' is not one of \('bf16', 'fp32'\)"), ({"warmup_epochs": -1}, "warmup_epochs must be >= 0")],
+)
+def test_invalid_training_settings_are_refused_with_the_choices(setting, message):
+    valid = {"seed": 0, "epochs": 1, "patience": 1, "batch_size": 8, "lr_backbone": 1e-4, "lr_head": 1e-3, "gcn_hidden": 8, "finetune": False, "workers": 0,
+             "cached_pixels": False, "compile": False, "lr_scaling": "none", "precision": "bf16", "warmup_epochs": 0.0}  # fmt: skip
+    with pytest.raises(ValueError, match=message):
+        train_module.TrainSettings(**valid | setting)
+
+
+def test_warmup_raises_every_group_rate_linearly_across_epochs_then_leaves_it():
+    optimizer = torch.optim.Adam([{"params": [nn.Parameter(torch.zeros(1))], "lr": 1e-3}, {"params": [nn.Parameter(torch.zeros(1))], "lr": 1e-4}])
+    warmup = train_module.LinearWarmup((1e-3, 1e-4), steps=4, steps_per_epoch=train_module.steps_per_epoch(n_train=20, batch_size=8, world=SINGLE))
+    rates = []
+    for epoch in range(3):
+        set_rates = warmup.setter(optimizer, epoch)
+        for batch in range(3):
+            if set_rates is not None:
+                set_rates(batch)
+            rates.append([group["lr"] for group in optimizer.param_groups])
+    assert np.allclose([r[0] for r in rates], [0.25e-3, 0.5e-3, 0.75e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3])
+    assert np.allclose([r[1] for r in rates[:4]], [0.25e-4, 0.5e-4, 0.75e-4, 1e-4])
+    assert warmup.setter(optimizer, 2) is None
+    assert train_module.steps_per_epoch(17, 4, World(rank=0, size=2)) == 3, "9 rows per rank in batches of 4"
 
 
 @pytest.mark.parametrize(("n", "size"), [(16, 2), (17, 2), (10, 3), (2, 4)])

@@ -98,12 +98,15 @@ class TrainSettings:
     compile: bool  # torch.compile the training forward and backward
     lr_scaling: str  # none | sqrt | linear: scale both learning rates with the global batch / REFERENCE_BATCH
     precision: str  # bf16: autocast on CUDA; fp32: full precision everywhere (the reference code's); the CPU always runs fp32
+    warmup_epochs: float  # learning rates rise linearly from ~0 over this many epochs (0: the paper's constant rates from the first step)
 
     def __post_init__(self) -> None:
         if self.lr_scaling not in LR_SCALINGS:
             raise ValueError(f"train.lr_scaling {self.lr_scaling!r} is not one of {LR_SCALINGS} (params.yaml)")
         if self.precision not in PRECISIONS:
             raise ValueError(f"train.precision {self.precision!r} is not one of {PRECISIONS} (params.yaml)")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"train.warmup_epochs must be >= 0, not {self.warmup_epochs} (params.yaml)")
 
 
 def lr_factor(rule: str, global_batch: int) -> float:
@@ -115,6 +118,39 @@ def lr_factor(rule: str, global_batch: int) -> float:
     """
     ratio = global_batch / REFERENCE_BATCH
     return {"none": 1.0, "sqrt": math.sqrt(ratio), "linear": ratio}[rule]
+
+
+@dataclass(frozen=True)
+class LinearWarmup:
+    """Learning rates that rise linearly over a run's first `steps` optimizer steps, then stay at each group's rate.
+
+    Adam moves every weight by about its learning rate on its first steps, whatever the
+    gradient's size. Under a freshly initialised GCN head on a pretrained backbone that
+    overshoots: one step at the paper's rates took the CCP fine-tuning loss from 1.28 to
+    9.8, more at large batches with scaled rates (README, 'Speed and several GPUs').
+    """
+
+    base_lrs: tuple[float, ...]  # each parameter group's rate after warm-up
+    steps: int
+    steps_per_epoch: int
+
+    def setter(self, optimizer: torch.optim.Optimizer, epoch: int) -> Callable[[int], None] | None:
+        """Sets the rates before batch i of `epoch`; None when warm-up ended before this epoch (the rates stay where its last step left them)."""
+        first = epoch * self.steps_per_epoch
+        if first >= self.steps:
+            return None
+
+        def set_rates(batch: int) -> None:
+            factor = min(1.0, (first + batch + 1) / self.steps)
+            for group, lr in zip(optimizer.param_groups, self.base_lrs, strict=True):
+                group["lr"] = lr * factor
+
+        return set_rates
+
+
+def steps_per_epoch(n_train: int, batch_size: int, world: World) -> int:
+    """Optimizer steps per epoch on each rank (shard() gives every rank ceil(n / ranks) rows)."""
+    return math.ceil(math.ceil(n_train / world.size) / batch_size)
 
 
 class TrainingDiverged(RuntimeError):
@@ -163,23 +199,28 @@ def feature_batches(
         yield x[index], y[index]
 
 
-def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.Optimizer, device: torch.device, desc: str | None, bf16: bool = True) -> float:
+def train_one_epoch(
+    model: nn.Module, batches: Batches, optimizer: torch.optim.Optimizer, device: torch.device, desc: str | None, bf16: bool = True, set_rates: Callable[[int], None] | None = None
+) -> float:
     """One pass of BCE-with-logits training; returns the mean loss per (image, label).
 
     The loss sum stays on the device (float64, as exact as summing Python floats) and is
     read once at the end: a `.item()` per batch would stall the GPU every step.
-    `desc` None hides the progress bar (ranks other than 0).
+    `desc` None hides the progress bar (ranks other than 0). `set_rates(i)`, if given,
+    runs before the i-th optimizer step (learning-rate warm-up).
     """
     model.train()
     criterion = nn.BCEWithLogitsLoss(reduction="sum")
     total, count, n_labels = torch.zeros((), dtype=torch.float64, device=device), 0, 1
-    for inputs, targets in tqdm(batches, desc=desc, unit="batch", leave=False, disable=None if desc else True):
+    for step, (inputs, targets) in enumerate(tqdm(batches, desc=desc, unit="batch", leave=False, disable=None if desc else True)):
         inputs, targets = to_device(inputs, device), targets.to(device, non_blocking=True)
         with autocast(device, bf16):
             logits = model(inputs)
         loss = criterion(logits.float(), targets)
         optimizer.zero_grad(set_to_none=True)
         (loss / len(targets)).backward()
+        if set_rates is not None:
+            set_rates(step)
         optimizer.step()
         total += loss.detach()
         count, n_labels = count + len(targets), targets.shape[1]
@@ -216,6 +257,7 @@ class Setup:
     meta: dict[str, Any]
     train_batches: Callable[[torch.Generator], Batches]  # a fresh shuffle per epoch
     val_batches: Callable[[], Batches]
+    n_train: int  # training images (all ranks together)
 
 
 @dataclass(frozen=True)
@@ -268,6 +310,7 @@ def _feature_setup(spec: ModelSpec, settings: TrainSettings, paths: argparse.Nam
         model, optimizer, meta,
         train_batches=lambda g: feature_batches(xt, yt, settings.batch_size, g, mirrored, world),
         val_batches=lambda: feature_batches(xv, yv, 4 * settings.batch_size, None),
+        n_train=len(xt),
     )  # fmt: skip
 
 
@@ -289,7 +332,7 @@ def _pixel_setup(spec: ModelSpec, settings: TrainSettings, paths: argparse.Names
     groups = [{"params": model.head.parameters(), "lr": settings.lr_head * factor}, {"params": model.body.parameters(), "lr": settings.lr_backbone * factor}] if body is not None else [{"params": model.parameters(), "lr": settings.lr_head * factor}]
     feeds = _cached_pixel_feeds if settings.cached_pixels else _file_feeds
     train_batches, val_batches = feeds(inputs, paths, settings, (size, mean, std), device, world)
-    return Setup(model, torch.optim.Adam(groups), meta, train_batches, val_batches)
+    return Setup(model, torch.optim.Adam(groups), meta, train_batches, val_batches, int(inputs.split["train"].sum()))
 
 
 Norm = tuple[int, tuple[float, ...], tuple[float, ...]]  # input size, mean, std
@@ -369,6 +412,8 @@ def train(name: str, spec: ModelSpec, settings: TrainSettings, paths: argparse.N
     seed_everything(settings.seed)  # the initial weights
     run = setup(name, spec, settings, paths, device, world)
     last, best = paths.out_dir / "last.pt", paths.out_dir / "best.pt"
+    per_epoch = steps_per_epoch(run.n_train, settings.batch_size, world)
+    warmup = LinearWarmup(tuple(group["lr"] for group in run.optimizer.param_groups), round(settings.warmup_epochs * per_epoch), per_epoch)
     state = {"epoch": 0, "best_map": -1.0, "best_epoch": -1, "bad_epochs": 0}
     if resume:
         checkpoint = load_checkpoint(last)
@@ -386,7 +431,7 @@ def train(name: str, spec: ModelSpec, settings: TrainSettings, paths: argparse.N
                 break
             generator = seed_everything(settings.seed * 1000 + epoch)
             desc = f"{name} epoch {epoch + 1}/{epochs}" if world.main else None
-            train_loss = train_one_epoch(net, run.train_batches(generator), run.optimizer, device, desc, bf16)
+            train_loss = train_one_epoch(net, run.train_batches(generator), run.optimizer, device, desc, bf16, warmup.setter(run.optimizer, epoch))
             _stop_if_diverged(name, from_main(train_loss, world), epoch, last)
             val = from_main(validation_metrics(*predict_probs(run.model, run.val_batches(), device, bf16)), world)
             improved = val["mAP"] > state["best_map"]
@@ -408,8 +453,8 @@ def _stop_if_diverged(name: str, train_loss: float, epoch: int, last: Path) -> N
     if not math.isfinite(train_loss):
         raise TrainingDiverged(
             f"{name}: the training loss is {train_loss} in epoch {epoch + 1}; nothing of this epoch was saved ({last} holds the epoch before). "
-            "Try train.compile: false (on CUDA, compiled bf16 fine-tuning went to NaN in the first epoch once: README, 'Speed and several GPUs'), "
-            "train.precision: fp32, or lower learning rates, then rerun (with --resume to continue from the last good epoch)."
+            "Try a longer train.warmup_epochs, lower learning rates (train.lr_scaling: none, train.lr_head), train.precision: fp32 or train.compile: false, "
+            "then rerun (with --resume to continue from the last good epoch)."
         )
 
 
