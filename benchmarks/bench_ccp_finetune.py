@@ -76,6 +76,10 @@ def variant_params(work: Path, name: str, overrides: dict[str, Any], args: argpa
     params = yaml.safe_load((work / "params.yaml").read_text(encoding="utf-8"))
     params["features"] |= {"backbone": args.backbone, "weights": args.weights, "image_size": args.size}
     params["train"] |= {"finetune": True, "epochs": args.epochs, "patience": args.epochs, "workers": args.workers} | overrides
+    if args.seed is not None:
+        params["train"]["seed"] = args.seed
+    if args.fast_warmup_epochs is not None and name != "reference_fp32":
+        params["train"]["warmup_epochs"] = args.fast_warmup_epochs
     params["models"] = {name: MLGCN}
     path = work / f"params-{name}.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
@@ -155,6 +159,8 @@ def main() -> None:
     add_model_arguments(parser, "run: ")
     parser.add_argument("--epochs", type=int, default=12, help="run: epochs of each variant (the best validation epoch is kept)")
     parser.add_argument("--variants", default="", help=f"run: comma-separated subset of {', '.join(VARIANTS)} (default: all)")
+    parser.add_argument("--seed", type=int, default=None, help="run: train.seed of every variant (default: params.yaml's; the split stays)")
+    parser.add_argument("--fast-warmup-epochs", type=float, default=None, help="run: train.warmup_epochs of the fast variants (default 1; the reference has none)")
     parser.add_argument("--compile", action="store_true", help="run: also train fast_bf16_compiled (CUDA only; compiled training went to NaN once on an H200, torch 2.11)")
     args = parser.parse_args()
     args.work_dir.mkdir(parents=True, exist_ok=True)

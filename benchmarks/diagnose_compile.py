@@ -100,7 +100,7 @@ def main() -> None:
     args = parser.parse_args()
     work, photos = args.work_dir, args.ccp / "photos"
     build_pixels(work, photos, args.size)
-    params = variant_params(work, "diagnose", VARIANTS["fast_bf16_b32"], argparse.Namespace(**vars(args), epochs=1))
+    params = variant_params(work, "diagnose", VARIANTS["fast_bf16_b32"], argparse.Namespace(**vars(args), epochs=1, seed=None, fast_warmup_epochs=0))
     settings = load_section(train.TrainSettings, "train", params)
     paths = argparse.Namespace(label_subset=work / "label_subset.json", graph=work / "label_graph.npz", dataset=work / "dataset.parquet",
                                features=work / "unused.npz", crawl_dir=photos, pixel_cache=work / "pixels", params=params)  # fmt: skip

@@ -1,9 +1,10 @@
 """Train one model of the `models` section: the paper's recipe, selected on the validation split.
 
 Recipe (paper section 4.2): Adam, lr 1e-4 for the pretrained backbone and 1e-3 for the
-heads and the GCN, sigmoid + binary cross-entropy. The checkpoint with the best
-validation mAP is kept (`best.pt`; the test split is never looked at here), and training
-stops after `train.patience` epochs without improvement.
+heads and the GCN, sigmoid + binary cross-entropy; our additions: the rates scaled with
+the batch (`train.lr_scaling`) and reached by a linear warm-up (`train.warmup_epochs`).
+The checkpoint with the best validation mAP is kept (`best.pt`; the test split is never
+looked at here), and training stops after `train.patience` epochs without improvement.
 
 Two ways to feed a model, one entry point:
 - CPU default: linear and ML-GCN heads train on the pooled backbone features that the
