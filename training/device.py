@@ -34,7 +34,7 @@ def compile_for_training(model: nn.Module) -> nn.Module:
 
     An epoch has two batch sizes, the full one and a smaller last one; static shapes give
     each its own specialised graph (one extra compile) instead of recompiling the model
-    with a symbolic batch dimension, the code path suspected in the NaN of compiled
-    fine-tuning on an H200 (README, 'Speed and several GPUs').
+    with a symbolic batch dimension. (Suspected once in the NaN of compiled fine-tuning;
+    the cause was `amax` pooling, see training/models.py global_pool.)
     """
     return torch.compile(model, dynamic=False)
