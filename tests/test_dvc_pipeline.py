@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -70,3 +72,51 @@ def test_repro_is_incremental_idempotent_and_restorable(project: Path):
     assert (clone / "data/catalog.parquet").read_bytes() == (project / "data/catalog.parquet").read_bytes()
     assert "Data and pipelines are up to date." in run("dvc status", clone)
     assert "Running stage" not in run("dvc repro", clone)
+
+
+PACKAGES = ("pipeline", "training", "annotation")
+# How files are written and params read, not what a stage computes: left out of stage deps.
+PLUMBING = {"pipeline/atomic.py", "pipeline/settings.py"}
+
+
+def _module_file(module: str) -> Path | None:
+    for candidate in (ROOT / f"{module.replace('.', '/')}.py", ROOT / module.replace(".", "/") / "__init__.py"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _project_imports(path: Path) -> set[str]:
+    """Project modules `path` imports (`from pipeline import graph` counts as pipeline.graph)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in PACKAGES:
+            found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names if _module_file(f"{node.module}.{a.name}")}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] in PACKAGES}
+    return found
+
+
+def _source_files(module: str) -> set[str]:
+    """Every project file that `python -m module` runs, transitively."""
+    seen: set[Path] = set()
+    todo = [module]
+    while todo:
+        path = _module_file(todo.pop())
+        if path is not None and path not in seen:
+            seen.add(path)
+            todo.extend(_project_imports(path))
+    return {str(p.relative_to(ROOT)) for p in seen if p.name != "__init__.py"}
+
+
+def test_every_stage_depends_on_the_code_it_runs():
+    """A change to any module a stage imports must make `dvc repro` re-run that stage."""
+    missing = {}
+    for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"].items():
+        stage = stage.get("do", stage)
+        module = re.search(r"python -m ([\w.]+)", stage["cmd"]).group(1)
+        deps = set(stage.get("deps", []))
+        if gaps := sorted(_source_files(module) - deps - PLUMBING):
+            missing[name] = gaps
+    assert not missing, f"dvc.yaml stages lack deps on the code they run: {missing}"
+
