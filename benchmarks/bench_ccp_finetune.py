@@ -110,13 +110,13 @@ def run(ccp: Path, work: Path, args: argparse.Namespace) -> None:
     photos = ccp / "photos"
     dataset = pd.read_parquet(work / "dataset.parquet")
     n_train = int((dataset["split"] == "train").sum())
-    build_pixels(work, photos, args.size)
-    seconds: dict[str, float] = {}
-    diverged: dict[str, str] = {}
     chosen = [name for name in args.variants.split(",") if name] or list(VARIANTS)
     if unknown := set(chosen) - set(VARIANTS):
         raise SystemExit(f"--variants: unknown {sorted(unknown)}; choose from {list(VARIANTS)}")
     variants = {name: VARIANTS[name] for name in chosen if not VARIANTS[name]["compile"] or (args.compile and gpu)}
+    build_pixels(work, photos, args.size)
+    seconds: dict[str, float] = {}
+    diverged: dict[str, str] = {}
     for name, overrides in variants.items():
         started = time.perf_counter()
         if message := train_variant(work, photos, name, variant_params(work, name, overrides, args)):
