@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from pipeline.demo_crawl import generate
 from pipeline.ingest import ingest
-from pipeline.pixel_cache import PixelCacheSettings, PixelStore, build_cache, load_resized
+from pipeline.pixel_cache import PixelCacheSettings, PixelStore, UnreadableImage, build_cache, load_resized
 
 SETTINGS = PixelCacheSettings(height=64, width=48, workers=1)
 
@@ -53,3 +55,17 @@ def test_exif_rotation_and_cmyk_are_stored_upright_rgb(tmp_path):
         pixels = load_resized(tmp_path / name, 32, 24).astype(int)
         assert pixels[2, 12, 0] > 200 and pixels[2, 12, 2] < 60, f"{name}: top should be red"
         assert pixels[-3, 12, 2] > 200 and pixels[-3, 12, 0] < 60, f"{name}: bottom should be blue"
+
+
+def test_an_image_damaged_after_ingest_names_the_file_and_leaves_its_shard_as_it_was(tmp_path, demo_crawl, ingest_settings):
+    out = tmp_path / "pixels"
+    catalog = catalog_of(demo_crawl, tmp_path, ingest_settings)
+    build_cache(catalog, demo_crawl, out, SETTINGS)
+    last_batch = catalog.sort_values(["batch", "image_id"])["batch"].iloc[-1]
+    shard_files = {p.name: p.read_bytes() for p in out.glob(f"{last_batch}.*")}
+    damaged = demo_crawl / catalog.loc[catalog["batch"] == last_batch, "path"].iloc[0]
+    damaged.write_bytes(damaged.read_bytes()[:300])  # truncated after ingest
+    with pytest.raises(UnreadableImage, match=re.escape(str(damaged))):
+        build_cache(catalog, demo_crawl, out, dataclasses.replace(SETTINGS, height=32, workers=2))  # a new size rebuilds every shard
+    assert {p.name: p.read_bytes() for p in out.glob(f"{last_batch}.*")} == shard_files
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # no temp file left behind
