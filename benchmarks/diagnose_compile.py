@@ -82,11 +82,11 @@ def step_losses(config: Config, settings: train.TrainSettings, paths: argparse.N
     started = time.perf_counter()
     batches = iter(run.train_batches(train.seed_everything(seed * 1000)))
     for batch in islice(batches, steps):
-        losses.append(train.train_one_epoch(net, [batch], run.optimizer, device, None, config.bf16))
+        losses.append(train.train_one_epoch(net, [batch], run.optimizer, device, None, "bf16" if config.bf16 else "fp32"))
         if not math.isfinite(losses[-1]):
             return losses, math.nan, time.perf_counter() - started
     *_, last = batches
-    ragged = train.train_one_epoch(net, [last], run.optimizer, device, None, config.bf16)
+    ragged = train.train_one_epoch(net, [last], run.optimizer, device, None, "bf16" if config.bf16 else "fp32")
     return losses, ragged, time.perf_counter() - started
 
 
@@ -100,7 +100,7 @@ def main() -> None:
     args = parser.parse_args()
     work, photos = args.work_dir, args.ccp / "photos"
     build_pixels(work, photos, args.size)
-    params = variant_params(work, "diagnose", VARIANTS["fast_bf16_b32"], argparse.Namespace(**vars(args), epochs=1, seed=None, fast_warmup_epochs=0))
+    params = variant_params(work, "diagnose", VARIANTS["fast_bf16_b32"], argparse.Namespace(**vars(args), epochs=1, seed=None, fast_warmup_epochs=0, cpu_bf16=False))
     settings = load_section(train.TrainSettings, "train", params)
     paths = argparse.Namespace(label_subset=work / "label_subset.json", graph=work / "label_graph.npz", dataset=work / "dataset.parquet",
                                features=work / "unused.npz", crawl_dir=photos, pixel_cache=work / "pixels", params=params)  # fmt: skip

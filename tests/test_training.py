@@ -206,6 +206,18 @@ def test_finetuning_from_the_pixel_cache_reads_no_image_file(inputs, tmp_path):
         _train(no_files, "linear", tmp_path / "files", _params(tmp_path, inputs["weights"], epochs=1, finetune=True))
 
 
+def test_bf16_stays_off_on_the_cpu_unless_asked_for_everywhere(inputs, tmp_path):
+    """train.precision bf16 trains a CPU run exactly as fp32 does; bf16-all runs it under bf16 autocast."""
+    weights = {}
+    for precision in ("fp32", "bf16", "bf16-all"):
+        out = tmp_path / precision
+        out.mkdir()
+        _train(inputs, "linear", out, _params(out, inputs["weights"], epochs=1, finetune=True, cached_pixels=True, precision=precision))
+        weights[precision] = load_checkpoint(out / "models" / "linear" / "last.pt")["model"]["body.model.conv_stem.weight"]
+    assert torch.equal(weights["bf16"], weights["fp32"])
+    assert not torch.equal(weights["bf16-all"], weights["fp32"]) and torch.isfinite(weights["bf16-all"]).all()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: checks that the training loop does not wait for the GPU")
 def test_the_cached_pixel_training_loop_waits_for_the_gpu_once_per_epoch(inputs, tmp_path):
     params = _params(tmp_path, inputs["weights"], finetune=True, cached_pixels=True, batch_size=4)
@@ -240,7 +252,7 @@ def test_learning_rates_scale_with_the_global_batch():
 
 @pytest.mark.parametrize(
     ("setting", "message"),
-    [({"lr_scaling": "cubic"}, "lr_scaling 'cubic' is not one of"), ({"precision": "fp16"}, r"train.precision 'fp16' is not one of \('bf16', 'fp32'\)"), ({"warmup_epochs": -1}, "warmup_epochs must be >= 0")],
+    [({"lr_scaling": "cubic"}, "lr_scaling 'cubic' is not one of"), ({"precision": "fp16"}, r"train.precision 'fp16' is not one of \('bf16', 'bf16-all', 'fp32'\)"), ({"warmup_epochs": -1}, "warmup_epochs must be >= 0")],
 )
 def test_invalid_training_settings_are_refused_with_the_choices(setting, message):
     valid = {"seed": 0, "epochs": 1, "patience": 1, "batch_size": 8, "lr_backbone": 1e-4, "lr_head": 1e-3, "gcn_hidden": 8, "finetune": False, "workers": 0,

@@ -81,7 +81,7 @@ PIXEL_MEAN = PIXEL_STD = (0.5, 0.5, 0.5)  # the basic CNN's normalisation (train
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 REFERENCE_BATCH = 32  # the batch size the paper's learning rates (lr_backbone, lr_head) go with
 LR_SCALINGS = ("none", "sqrt", "linear")
-PRECISIONS = ("bf16", "fp32")
+PRECISIONS = ("bf16", "bf16-all", "fp32")
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ class TrainSettings:
     cached_pixels: bool  # pixel training reads the pixel cache and augments on the device, instead of decoding files with PIL
     compile: bool  # torch.compile the training forward and backward
     lr_scaling: str  # none | sqrt | linear: scale both learning rates with the global batch / REFERENCE_BATCH
-    precision: str  # bf16: autocast on CUDA; fp32: full precision everywhere (the reference code's); the CPU always runs fp32
+    precision: str  # bf16: autocast on CUDA, fp32 on the CPU; bf16-all: on the CPU too (CPUs with native bf16); fp32: full precision everywhere (the reference code's)
     warmup_epochs: float  # learning rates rise linearly from ~0 over this many epochs (0: the paper's constant rates from the first step)
 
     def __post_init__(self) -> None:
@@ -201,7 +201,7 @@ def feature_batches(
 
 
 def train_one_epoch(
-    model: nn.Module, batches: Batches, optimizer: torch.optim.Optimizer, device: torch.device, desc: str | None, bf16: bool = True, set_rates: Callable[[int], None] | None = None
+    model: nn.Module, batches: Batches, optimizer: torch.optim.Optimizer, device: torch.device, desc: str | None, precision: str = "bf16", set_rates: Callable[[int], None] | None = None
 ) -> float:
     """One pass of BCE-with-logits training; returns the mean loss per (image, label).
 
@@ -215,7 +215,7 @@ def train_one_epoch(
     total, count, n_labels = torch.zeros((), dtype=torch.float64, device=device), 0, 1
     for step, (inputs, targets) in enumerate(tqdm(batches, desc=desc, unit="batch", leave=False, disable=None if desc else True)):
         inputs, targets = to_device(inputs, device), targets.to(device, non_blocking=True)
-        with autocast(device, bf16):
+        with autocast(device, precision):
             logits = model(inputs)
         loss = criterion(logits.float(), targets)
         optimizer.zero_grad(set_to_none=True)
@@ -229,12 +229,12 @@ def train_one_epoch(
 
 
 @torch.inference_mode()
-def predict_probs(model: nn.Module, batches: Batches, device: torch.device, bf16: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def predict_probs(model: nn.Module, batches: Batches, device: torch.device, precision: str = "bf16") -> tuple[np.ndarray, np.ndarray]:
     """Sigmoid scores and targets of every batch, as (N, C) arrays."""
     model.eval()
     probs, targets = [], []
     for inputs, y in batches:
-        with autocast(device, bf16):
+        with autocast(device, precision):
             logits = model(to_device(inputs, device))
         probs.append(torch.sigmoid(logits.float()).cpu().numpy())
         targets.append(y.numpy())
@@ -425,16 +425,16 @@ def train(name: str, spec: ModelSpec, settings: TrainSettings, paths: argparse.N
         state = checkpoint["state"]
     net = wrap(run.model, device, world)  # shares run.model's parameters; checkpoints store run.model's state_dict
     net = compile_for_training(net) if settings.compile else net
-    epochs, bf16 = spec.epochs or settings.epochs, settings.precision == "bf16"
+    epochs = spec.epochs or settings.epochs
     with StageLive(str(paths.live_dir), resume=resume, dvcyaml=False, save_dvc_exp=False) if world.main else contextlib.nullcontext() as live:
         for epoch in range(state["epoch"], epochs):
             if state["bad_epochs"] >= settings.patience:
                 break
             generator = seed_everything(settings.seed * 1000 + epoch)
             desc = f"{name} epoch {epoch + 1}/{epochs}" if world.main else None
-            train_loss = train_one_epoch(net, run.train_batches(generator), run.optimizer, device, desc, bf16, warmup.setter(run.optimizer, epoch))
+            train_loss = train_one_epoch(net, run.train_batches(generator), run.optimizer, device, desc, settings.precision, warmup.setter(run.optimizer, epoch))
             _stop_if_diverged(name, from_main(train_loss, world), epoch, last)
-            val = from_main(validation_metrics(*predict_probs(run.model, run.val_batches(), device, bf16)), world)
+            val = from_main(validation_metrics(*predict_probs(run.model, run.val_batches(), device, settings.precision)), world)
             improved = val["mAP"] > state["best_map"]
             state = state | ({"best_map": val["mAP"], "best_epoch": epoch, "bad_epochs": 0} if improved else {"bad_epochs": state["bad_epochs"] + 1}) | {"epoch": epoch + 1}
             if live is not None:
