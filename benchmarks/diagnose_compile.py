@@ -46,20 +46,20 @@ SHOWN_STEPS = (1, 2, 5, 10, 20, 30, 50)
 @dataclass(frozen=True)
 class Config:
     name: str
-    bf16: bool
+    precision: str  # train.precision: "bf16" (autocast on CUDA) or "fp32"
     scope: str | None  # None (eager), "model", "body" or "head": what torch.compile wraps
     backend: str = "inductor"
     dynamic: bool | None = None  # torch.compile's: None = dynamic batch size after the first recompile
 
 
 CONFIGS = (
-    Config("eager bf16", True, None),
-    Config("inductor bf16, whole model", True, "model"),
-    Config("inductor bf16, whole model, dynamic=False", True, "model", dynamic=False),
-    Config("inductor fp32, whole model", False, "model"),
-    Config("aot_eager bf16, whole model", True, "model", "aot_eager"),
-    Config("inductor bf16, backbone only", True, "body"),
-    Config("inductor bf16, head only", True, "head"),
+    Config("eager bf16", "bf16", None),
+    Config("inductor bf16, whole model", "bf16", "model"),
+    Config("inductor bf16, whole model, dynamic=False", "bf16", "model", dynamic=False),
+    Config("inductor fp32, whole model", "fp32", "model"),
+    Config("aot_eager bf16, whole model", "bf16", "model", "aot_eager"),
+    Config("inductor bf16, backbone only", "bf16", "body"),
+    Config("inductor bf16, head only", "bf16", "head"),
 )
 
 
@@ -82,11 +82,11 @@ def step_losses(config: Config, settings: train.TrainSettings, paths: argparse.N
     started = time.perf_counter()
     batches = iter(run.train_batches(train.seed_everything(seed * 1000)))
     for batch in islice(batches, steps):
-        losses.append(train.train_one_epoch(net, [batch], run.optimizer, device, None, "bf16" if config.bf16 else "fp32"))
+        losses.append(train.train_one_epoch(net, [batch], run.optimizer, device, None, config.precision))
         if not math.isfinite(losses[-1]):
             return losses, math.nan, time.perf_counter() - started
     *_, last = batches
-    ragged = train.train_one_epoch(net, [last], run.optimizer, device, None, "bf16" if config.bf16 else "fp32")
+    ragged = train.train_one_epoch(net, [last], run.optimizer, device, None, config.precision)
     return losses, ragged, time.perf_counter() - started
 
 

@@ -128,7 +128,7 @@ class LinearWarmup:
     Adam moves every weight by about its learning rate on its first steps, whatever the
     gradient's size. Under a freshly initialised GCN head on a pretrained backbone that
     overshoots: one step at the paper's rates took the CCP fine-tuning loss from 1.28 to
-    9.8, more at large batches with scaled rates (README, 'Speed and several GPUs').
+    9.8, more at large batches with scaled rates (README, 'Learning rates with larger batches').
     """
 
     base_lrs: tuple[float, ...]  # each parameter group's rate after warm-up
