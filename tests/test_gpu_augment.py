@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from training.gpu_augment import eval_batch, random_boxes, train_batch
+from torchvision.transforms.v2 import functional as F
+
+from training.gpu_augment import Jitter, adjust_brightness, adjust_contrast, adjust_saturation, color_jitter, eval_batch, random_boxes, train_batch
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
@@ -45,3 +47,31 @@ def test_eval_batch_is_a_plain_resize():
     flat = torch.full((2, 50, 40, 3), 255, dtype=torch.uint8)
     out = eval_batch(flat, 24, MEAN, STD)
     assert out.shape == (2, 3, 24, 24) and torch.allclose(out, torch.ones_like(out))
+
+
+def test_colour_adjustments_match_torchvision_per_image():
+    images = torch.rand(3, 3, 12, 10, generator=torch.Generator().manual_seed(0))
+    factors = torch.tensor([0.7, 1.0, 1.3])
+    for ours, theirs in ((adjust_brightness, F.adjust_brightness), (adjust_contrast, F.adjust_contrast), (adjust_saturation, F.adjust_saturation)):
+        batched = ours(images.clone(), factors.view(3, 1, 1, 1))
+        for i, factor in enumerate(factors.tolist()):
+            assert torch.allclose(batched[i], theirs(images[i], factor), atol=1e-5), (ours.__name__, factor)
+
+
+def test_colour_jitter_draws_a_factor_per_image_within_the_strength():
+    gray = torch.full((200, 3, 4, 4), 0.5)
+    out = color_jitter(gray.clone(), Jitter(brightness=0.3, contrast=0.3, saturation=0.2), torch.Generator().manual_seed(0))
+    per_image = out[:, 0, 0, 0]
+    assert torch.equal(out, per_image.view(200, 1, 1, 1).expand_as(out))  # contrast and saturation leave a flat gray picture flat
+    assert per_image.min() >= 0.35 - 1e-6 and per_image.max() <= 0.65 + 1e-6 and per_image.unique().numel() > 150
+    assert per_image.min() < 0.4 and per_image.max() > 0.6  # the whole +-30% range is used
+
+
+def test_zero_jitter_leaves_pictures_untouched_and_strong_jitter_stays_in_range():
+    images = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(color_jitter(images.clone(), Jitter(), torch.Generator().manual_seed(1)), images)
+    batch = pixels()
+    plain = train_batch(batch, 32, MEAN, STD, generator=torch.Generator().manual_seed(1))
+    strong = train_batch(batch, 32, MEAN, STD, generator=torch.Generator().manual_seed(1), jitter=Jitter(0.9, 0.9, 0.9))
+    assert not torch.allclose(plain, strong)
+    assert strong.min() >= -1.0 - 1e-5 and strong.max() <= 1.0 + 1e-5

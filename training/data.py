@@ -20,9 +20,11 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from pipeline.pixel_cache import PixelStore
+from training.gpu_augment import Jitter
 
 SPLITS = ("train", "val", "test")
 CROP_SCALE, CROP_RATIO = (0.6, 1.0), (0.6, 1.0)  # training crops: area share and width/height (the outfit stays in frame)
+JITTER = Jitter(brightness=0.3, contrast=0.3, saturation=0.2)  # light and colour casts; no hue shifts (colour carries style)
 DATASET_COLUMNS = ("image_id", "path", "split", "main_style", "labels")
 
 
@@ -124,7 +126,7 @@ def train_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...]) 
         v2.PILToTensor(),
         v2.RandomResizedCrop((size, size), scale=CROP_SCALE, ratio=CROP_RATIO, antialias=True),
         v2.RandomHorizontalFlip(),
-        v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.2),
+        v2.ColorJitter(**JITTER._asdict()),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(mean, std),
     ])  # fmt: skip
