@@ -145,6 +145,27 @@ def build_cache(catalog: pd.DataFrame, crawl_dir: Path, out_dir: Path, settings:
     return len(todo), sum(len(rows) for rows in todo.values())
 
 
+def upright_sizes(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """Widths and heights of photos as shown (EXIF orientation applied), from their headers alone."""
+    sizes = []
+    for path in paths:
+        with Image.open(path) as image:
+            turned = image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)  # shown rotated by 90 degrees
+            sizes.append(image.size[::-1] if turned else image.size)
+    return np.array([w for w, _ in sizes], dtype=float), np.array([h for _, h in sizes], dtype=float)
+
+
+def height_for(widths: np.ndarray, heights: np.ndarray, width: int) -> int:
+    """The cache height (even) that gives photos of the median height/width ratio their whole frame at `width`."""
+    return 2 * round(width * float(np.median(heights / widths)) / 2)
+
+
+def cropped_share(widths: np.ndarray, heights: np.ndarray, settings: PixelCacheSettings) -> float:
+    """Median share of a photo's area that scaling to cover height x width and centre-cropping cuts off."""
+    photo, cache = heights / widths, settings.height / settings.width
+    return float(np.median(1 - np.minimum(photo, cache) / np.maximum(photo, cache)))
+
+
 class PixelStore:
     """Read side: memory-mapped shards, looked up by image id."""
 
@@ -177,7 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = load_section(PixelCacheSettings, "pixel_cache", args.params)
     crawl_dir = args.crawl_dir or load_params(args.params).crawl.dir
-    catalog = pd.read_parquet(args.catalog, columns=["image_id", "path", "batch"])
+    catalog = pd.read_parquet(args.catalog, columns=["image_id", "path", "batch", "width", "height"])  # upright sizes (ingest)
+    widths, heights = catalog["width"].to_numpy(float), catalog["height"].to_numpy(float)
+    if len(catalog) and (lost := cropped_share(widths, heights, settings)) > 0.05:
+        print(f"pixel_cache: warning: the cache's {settings.height}x{settings.width} frame cuts {lost:.0%} off a typical photo (centre crop), which training "
+              f"then never sees; for these photos set pixel_cache.height: {height_for(widths, heights, settings.width)} (at width {settings.width})", file=sys.stderr)
     shards, decoded = build_cache(catalog, crawl_dir, args.out, settings)
     size_gb = len(catalog) * settings.height * settings.width * 3 / 1e9
     print(f"pixel_cache: {decoded} images decoded into {shards} new shard(s); {len(catalog)} images, {size_gb:.2f} GB at {settings.height}x{settings.width}")

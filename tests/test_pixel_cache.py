@@ -11,7 +11,7 @@ from PIL import Image
 
 from pipeline.demo_crawl import generate
 from pipeline.ingest import ingest
-from pipeline.pixel_cache import PixelCacheSettings, PixelStore, UnreadableImage, build_cache, load_resized
+from pipeline.pixel_cache import PixelCacheSettings, PixelStore, UnreadableImage, build_cache, cropped_share, height_for, load_resized
 
 SETTINGS = PixelCacheSettings(height=64, width=48, workers=1)
 
@@ -69,3 +69,11 @@ def test_an_image_damaged_after_ingest_names_the_file_and_leaves_its_shard_as_it
         build_cache(catalog, demo_crawl, out, dataclasses.replace(SETTINGS, height=32, workers=2))  # a new size rebuilds every shard
     assert {p.name: p.read_bytes() for p in out.glob(f"{last_batch}.*")} == shard_files
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # no temp file left behind
+
+
+def test_the_cache_frame_that_fits_the_photos_and_what_another_frame_cuts_off():
+    widths, heights = np.array([550.0, 550.0, 1080.0]), np.array([830.0, 830.0, 1350.0])  # street photos: 2:3 mostly
+    assert height_for(widths, heights, 240) == 362  # 240 * 830 / 550 = 362.2
+    assert cropped_share(widths, heights, PixelCacheSettings(height=320, width=240, workers=1)) == pytest.approx(1 - (320 / 240) / (830 / 550))
+    assert cropped_share(widths, heights, PixelCacheSettings(height=362, width=240, workers=1)) < 0.01
+    assert cropped_share(widths, heights, PixelCacheSettings(height=240, width=240, workers=1)) == pytest.approx(1 - 550 / 830)  # square: the top and bottom go
