@@ -237,6 +237,16 @@ def test_the_cached_pixel_training_loop_waits_for_the_gpu_once_per_epoch(inputs,
     assert len(syncs) == 1, f"only the loss read-back at the end of the epoch may wait for the GPU: {syncs}"
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the side-stream prefetch exists only there")
+def test_prefetched_pixel_batches_arrive_whole_and_in_order_on_the_gpu():
+    generator = torch.Generator().manual_seed(0)
+    host = [(torch.randint(0, 256, (32, 224, 224, 3), dtype=torch.uint8, generator=generator).pin_memory(), torch.full((32,), i)) for i in range(6)]
+    device = torch.device("cuda")
+    received = [(pixels.cpu(), targets) for pixels, targets in train_module.on_device(iter(host), device, lambda x: x.float().mul(2))]
+    assert [int(t[0]) for _, t in received] == list(range(6))
+    assert all(torch.equal(got, sent.float().mul(2)) for (got, _), (sent, _) in zip(received, host, strict=True))
+
+
 def test_a_pixel_cache_without_the_dataset_images_says_how_to_rebuild_it(inputs, tmp_path):
     rows = pd.read_parquet(inputs["dataset"]).iloc[:20]  # train: rows 0-15, val: 16-21
     build_cache(rows, inputs["crawl"], tmp_path / "pixels", PixelCacheSettings(height=40, width=32, workers=1))
