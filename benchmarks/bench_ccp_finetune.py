@@ -13,6 +13,10 @@ split in one report (with bootstrap intervals, and paired differences to the fir
                   by a linear warm-up over the first epoch (warmup_epochs 1)
   fast_bf16_b32   the same fast path at batch 32 with the paper's learning rates: separates
                   what bf16 + the cache + warm-up cost from what the large batch costs
+  fast_bf16_b16   the fast path with the reference's recipe (batch 16, paper rates, no
+                  warm-up): what bf16 and the cache with device-side augmentation cost alone
+  fast_bf16_linear  fast_bf16 with linearly scaled rates (x4 at 128): whether the large
+                  batch's fewer steps want larger ones
   fast_bf16_compiled  fast_bf16 under torch.compile (train.compile): only with --compile
 
 On a CPU, bf16 autocast is off (train.precision bf16 means CUDA only) unless --cpu-bf16
@@ -50,7 +54,7 @@ import yaml
 
 from bench_ccp_models import curation_argv, stage_inputs, write_params
 from pipeline import graph, split
-from pipeline.pixel_cache import PixelCacheSettings, build_cache
+from pipeline.pixel_cache import PixelCacheSettings, build_cache, height_for, upright_sizes
 from training import evaluate, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,6 +64,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "reference_fp32": {"precision": "fp32", "cached_pixels": False, "batch_size": 16, "lr_scaling": "none", "compile": False, "warmup_epochs": 0},
     "fast_bf16": FAST | {"batch_size": 128, "lr_scaling": "sqrt", "compile": False},
     "fast_bf16_b32": FAST | {"batch_size": 32, "lr_scaling": "none", "compile": False},
+    "fast_bf16_b16": FAST | {"batch_size": 16, "lr_scaling": "none", "compile": False, "warmup_epochs": 0},
+    "fast_bf16_linear": FAST | {"batch_size": 128, "lr_scaling": "linear", "compile": False},
     "fast_bf16_compiled": FAST | {"batch_size": 128, "lr_scaling": "sqrt", "compile": True},
 }
 
@@ -104,10 +110,13 @@ def train_variant(work: Path, photos: Path, name: str, params: Path) -> str | No
 
 
 def build_pixels(work: Path, photos: Path, size: int) -> None:
-    """The pixel cache (work/pixels) of the prepared catalog, 4:3 portrait pictures `size` px wide, on every core."""
+    """The pixel cache (work/pixels) of the prepared catalog, `size` px wide at the photos' median aspect
+    (so the fast path trains on whole frames, as the PIL path does), on every core."""
     started = time.perf_counter()
-    shards, decoded = build_cache(pd.read_parquet(work / "catalog.parquet"), photos, work / "pixels", PixelCacheSettings(height=size * 4 // 3, width=size, workers=0))
-    print(f"pixel cache: {decoded} photos decoded into {shards} shard(s) in {time.perf_counter() - started:.1f} s")
+    catalog = pd.read_parquet(work / "catalog.parquet")
+    settings = PixelCacheSettings(height=height_for(*upright_sizes([photos / p for p in catalog["path"]]), size), width=size, workers=0)
+    shards, decoded = build_cache(catalog, photos, work / "pixels", settings)
+    print(f"pixel cache {settings.height}x{settings.width}: {decoded} photos decoded into {shards} shard(s) in {time.perf_counter() - started:.1f} s")
 
 
 def run(ccp: Path, work: Path, args: argparse.Namespace) -> None:
