@@ -6,12 +6,13 @@ import dataclasses
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
 from pipeline.demo_crawl import generate
 from pipeline.ingest import ingest
-from pipeline.pixel_cache import PixelCacheSettings, PixelStore, UnreadableImage, build_cache, cropped_share, height_for, load_resized
+from pipeline.pixel_cache import PixelCacheSettings, PixelStore, UnreadableImage, build_cache, cropped_share, height_for, load_resized, main
 
 SETTINGS = PixelCacheSettings(height=64, width=48, workers=1)
 
@@ -77,3 +78,13 @@ def test_the_cache_frame_that_fits_the_photos_and_what_another_frame_cuts_off():
     assert cropped_share(widths, heights, PixelCacheSettings(height=320, width=240, workers=1)) == pytest.approx(1 - (320 / 240) / (830 / 550))
     assert cropped_share(widths, heights, PixelCacheSettings(height=362, width=240, workers=1)) < 0.01
     assert cropped_share(widths, heights, PixelCacheSettings(height=240, width=240, workers=1)) == pytest.approx(1 - 550 / 830)  # square: the top and bottom go
+
+
+def test_the_stage_warns_when_its_frame_crops_the_photos_and_names_the_height_that_fits(tmp_path, capsys):
+    for i in range(3):
+        Image.new("RGB", (200, 300), (i * 60, 90, 120)).save(tmp_path / f"p{i}.jpg")  # 2:3 street-photo shape
+    catalog = pd.DataFrame({"image_id": [f"id{i}" for i in range(3)], "path": [f"p{i}.jpg" for i in range(3)], "batch": "b1", "width": 200, "height": 300})
+    catalog.to_parquet(tmp_path / "catalog.parquet")
+    assert main(["--catalog", str(tmp_path / "catalog.parquet"), "--crawl-dir", str(tmp_path), "--out", str(tmp_path / "pixels")]) == 0  # params.yaml: 320 x 240
+    warning = capsys.readouterr().err
+    assert "320x240 frame cuts 11% off a typical photo" in warning and "set pixel_cache.height: 360 (at width 240)" in warning
