@@ -15,8 +15,8 @@ split in one report (with bootstrap intervals, and paired differences to the fir
                   what bf16 + the cache + warm-up cost from what the large batch costs
   fast_bf16_b16   the fast path with the reference's recipe (batch 16, paper rates, no
                   warm-up): what bf16 and the cache with device-side augmentation cost alone
-  fast_bf16_linear  fast_bf16 with linearly scaled rates (x4 at 128): whether the large
-                  batch's fewer steps want larger ones
+  fast_bf16_b128_paper  batch 128 at the paper's rates (no scaling), 1 warm-up epoch
+  fast_bf16_warm4  fast_bf16 warmed up over 4 epochs (36 steps, not 9)
   fast_bf16_compiled  fast_bf16 under torch.compile (train.compile): only with --compile
 
 On a CPU, bf16 autocast is off (train.precision bf16 means CUDA only) unless --cpu-bf16
@@ -65,7 +65,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "fast_bf16": FAST | {"batch_size": 128, "lr_scaling": "sqrt", "compile": False},
     "fast_bf16_b32": FAST | {"batch_size": 32, "lr_scaling": "none", "compile": False},
     "fast_bf16_b16": FAST | {"batch_size": 16, "lr_scaling": "none", "compile": False, "warmup_epochs": 0},
-    "fast_bf16_linear": FAST | {"batch_size": 128, "lr_scaling": "linear", "compile": False},
+    "fast_bf16_b128_paper": FAST | {"batch_size": 128, "lr_scaling": "none", "compile": False},
+    "fast_bf16_warm4": FAST | {"batch_size": 128, "lr_scaling": "sqrt", "compile": False, "warmup_epochs": 4},
     "fast_bf16_compiled": FAST | {"batch_size": 128, "lr_scaling": "sqrt", "compile": True},
 }
 
@@ -132,6 +133,9 @@ def run(ccp: Path, work: Path, args: argparse.Namespace) -> None:
     seconds: dict[str, float] = {}
     diverged: dict[str, str] = {}
     for name, overrides in variants.items():
+        if args.keep_trained and (work / "models" / name / "best.pt").exists():
+            print(f"{name}: kept the model trained earlier (--keep-trained)")
+            continue
         started = time.perf_counter()
         if message := train_variant(work, photos, name, variant_params(work, name, overrides, args)):
             diverged[name] = message
@@ -173,6 +177,7 @@ def main() -> None:
     add_model_arguments(parser, "run: ")
     parser.add_argument("--epochs", type=int, default=12, help="run: epochs of each variant (the best validation epoch is kept)")
     parser.add_argument("--variants", default="", help=f"run: comma-separated subset of {', '.join(VARIANTS)} (default: all)")
+    parser.add_argument("--keep-trained", action="store_true", help="run: do not retrain a variant whose model the work dir already holds (add variants to a finished comparison; same seed and size assumed)")
     parser.add_argument("--seed", type=int, default=None, help="run: train.seed of every variant (default: params.yaml's; the split stays)")
     parser.add_argument("--fast-warmup-epochs", type=float, default=None, help="run: train.warmup_epochs of the fast variants (default 1; the reference has none)")
     parser.add_argument("--compile", action="store_true", help="run: also train fast_bf16_compiled (compiled training went to NaN once on an H200, torch 2.11; on a CPU each graph takes a minute or more to compile)")

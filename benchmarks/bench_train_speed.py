@@ -113,6 +113,10 @@ def fast_rate(model: StyleNet, batches: Iterator[tuple[torch.Tensor, torch.Tenso
     return rate, mean_loss, seen["steps"] * len(full[1]) / (time.perf_counter() - start)
 
 
+def batch_sizes(text: str) -> list[int]:
+    return [int(size) for size in text.split(",")]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS, help="folder of JPEG photos (the shared CCP street photos)")
@@ -121,14 +125,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=64, help="input size in px (the paper: 448)")
     parser.add_argument("--images", type=int, default=384, help="images each pipeline trains on after its warm-up (timed)")
     parser.add_argument("--ref-batch", type=int, default=16, help="(a) batch size (the reference code's)")
-    parser.add_argument("--batch", type=int, default=32, help="(b) batch size (GPU: 128)")
+    parser.add_argument("--batch", type=batch_sizes, default=[32], help="(b) batch size, or several separated by commas, each measured in turn (GPU: 128 or 128,32)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing each pipeline")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader processes of both pipelines")
     parser.add_argument("--compile", action="store_true", help="(b) with torch.compile")
     parser.add_argument("--seed", type=int, default=0, help="model initialisation and targets")
     args = parser.parse_args(argv)
-    if args.images < max(args.batch, args.ref_batch):
-        parser.error(f"--images {args.images} is smaller than a batch ({max(args.batch, args.ref_batch)}): nothing would be timed")
+    if args.images < max(*args.batch, args.ref_batch):
+        parser.error(f"--images {args.images} is smaller than a batch ({max(*args.batch, args.ref_batch)}): nothing would be timed")
     return args
 
 
@@ -140,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     device = pick_device()
     catalog = pd.DataFrame({"image_id": [content_id(p.read_bytes()) for p in paths], "path": [p.name for p in paths], "batch": "b0"})
-    repeats = -(-(args.images + args.warmup * max(args.batch, args.ref_batch)) // len(paths))
+    repeats = -(-(args.images + args.warmup * max(*args.batch, args.ref_batch)) // len(paths))
     files, ids = [p for _ in range(repeats) for p in paths], list(catalog["image_id"]) * repeats
     targets = (np.random.default_rng(args.seed).random((len(paths), N_LABELS)) < 0.15).astype(np.float32)
     targets = np.tile(targets, (repeats, 1))
@@ -162,14 +166,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"(a) reference-style: fp32, PIL DataLoader ({args.workers} workers), batch {args.ref_batch}: {ref:9.1f} images/s (mean loss {ref_loss:.4f})")
 
         order = torch.randperm(len(ids), generator=generator)
-        loader = cached_pixel_loader(CachedPixelBatches(PixelStore(Path(tmp)), ids, targets), order, args.batch, args.workers, device)
-        augment = partial(train_batch, size=args.size, mean=mean, std=std, scale=CROP_SCALE, ratio=CROP_RATIO, generator=torch.Generator(device).manual_seed(args.seed), jitter=JITTER)
-        batches = islice(on_device(loader, device, augment), args.warmup + args.images // args.batch)
-        fast, fast_loss, compute = fast_rate(build_model(args.backbone, args.seed), batches, device, args.warmup, args.compile)
         how = "bf16 + channels-last" if device.type == "cuda" else "fp32 (CPU: no bf16)"
-        print(f"(b) ours: pixel cache + device augment, {how}{', compiled' if args.compile else ''}, batch {args.batch}: {fast:9.1f} images/s (mean loss {fast_loss:.4f})")
-        print(f"(c) compute only: (b)'s steps on one batch already on the device:     {compute:9.1f} images/s")
-    print(f"speed-up (b)/(a): {fast / ref:.2f}x; (b) runs at {fast / compute:.0%} of the compute-only figure (c)")
+        for batch in args.batch:
+            loader = cached_pixel_loader(CachedPixelBatches(PixelStore(Path(tmp)), ids, targets), order, batch, args.workers, device)
+            augment = partial(train_batch, size=args.size, mean=mean, std=std, scale=CROP_SCALE, ratio=CROP_RATIO, generator=torch.Generator(device).manual_seed(args.seed), jitter=JITTER)
+            batches = islice(on_device(loader, device, augment), args.warmup + args.images // batch)
+            fast, fast_loss, compute = fast_rate(build_model(args.backbone, args.seed), batches, device, args.warmup, args.compile)
+            print(f"(b) ours: pixel cache + device augment, {how}{', compiled' if args.compile else ''}, batch {batch}: {fast:9.1f} images/s (mean loss {fast_loss:.4f})")
+            print(f"(c) compute only: (b)'s steps on one batch already on the device:     {compute:9.1f} images/s")
+            print(f"batch {batch}: speed-up (b)/(a) {fast / ref:.2f}x; (b) runs at {fast / compute:.0%} of the compute-only figure (c)")
     return 0
 
 

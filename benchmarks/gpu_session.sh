@@ -40,15 +40,16 @@ nvidia-smi -L
 python3 -c 'import torch, torchvision, timm, pandas, numpy; print("torch", torch.__version__, "torchvision", torchvision.__version__, "timm", timm.__version__, "pandas", pandas.__version__, "numpy", numpy.__version__)'
 
 # 1. the CUDA-only tests: one host-device sync per epoch; the side-stream prefetch hands out whole batches in order
-step cuda-test 60 python3 -m pytest -q -p no:cacheprovider tests/test_training.py -k "waits_for_the_gpu or prefetched"
-# 2. issue goal: >= 1,400 images/s, >= 3.4x the reference-style loop and 95% of compute-only; mean losses printed
-step speed 110 python3 benchmarks/bench_train_speed.py --photos $DATA/ccp-speed/photos --photo-limit 0 --backbone resnet50 \
-    --size 448 --batch 128 --compile --workers 16 --images 5120 --warmup 10
-# 3. accuracy: the fp32 batch-16 loop vs the fast path at batch 16 / 32 / 128 (sqrt and linear rates), 12 epochs,
-#    test split, one after the other (~60 s each on an H100)
-step finetune 380 python3 benchmarks/bench_ccp_finetune.py run --ccp $DATA/ccp-small --work-dir $DATA/ccp-finetune \
+step cuda-test 45 python3 -m pytest -q -p no:cacheprovider tests/test_training.py -k "waits_for_the_gpu or prefetched"
+# 2. issue goal: >= 1,400 images/s, >= 3.4x the reference-style loop and 95% of compute-only; at batch 128 and at
+#    batch 32 (the largest batch that cost no accuracy on the CCP benchmark); mean losses printed
+step speed 150 python3 benchmarks/bench_train_speed.py --photos $DATA/ccp-speed/photos --photo-limit 0 --backbone resnet50 \
+    --size 448 --batch 128,32 --compile --workers 16 --images 5120 --warmup 10
+# 3. accuracy: the fp32 batch-16 loop vs the fast path at batch 16 / 32 / 128, 12 epochs, test split, one after
+#    the other (~60 s each on an H100)
+step finetune 300 python3 benchmarks/bench_ccp_finetune.py run --ccp $DATA/ccp-small --work-dir $DATA/ccp-finetune \
     --weights $DATA/lite0-imagenet-fp16.pth --size 224 --epochs 12 --workers 16 \
-    --variants reference_fp32,fast_bf16_b16,fast_bf16,fast_bf16_b32,fast_bf16_linear
+    --variants reference_fp32,fast_bf16_b16,fast_bf16_b32,fast_bf16
 # on request: eager vs inductor (dynamic or static shapes, bf16 or fp32) vs aot_eager, whole model / backbone / head
 step diagnose-compile 150 python3 benchmarks/diagnose_compile.py --work-dir $DATA/ccp-finetune --ccp $DATA/ccp-small \
     --weights $DATA/lite0-imagenet-fp16.pth --steps 10 --workers 16 --configs 0,1,3,4
