@@ -31,7 +31,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from functools import partial
 from itertools import islice, repeat
 from pathlib import Path
 
@@ -44,9 +43,8 @@ from torch.utils.data import DataLoader
 from pipeline.images import content_id
 from pipeline.pixel_cache import PixelCacheSettings, PixelStore, build_cache, height_for, upright_sizes
 from training.backbones import create_backbone
-from training.data import CROP_RATIO, CROP_SCALE, JITTER, CachedPixelBatches, ImageDataset, train_transform
+from training.data import CachedPixelBatches, ImageDataset, device_train_augment, train_transform
 from training.device import adam, compile_for_training, pick_device, prepare
-from training.gpu_augment import train_batch
 from training.models import ModelSpec, StyleNet, build_head
 from training.train import cached_pixel_loader, on_device, train_one_epoch
 
@@ -170,9 +168,10 @@ def main(argv: list[str] | None = None) -> int:
 
         order = torch.randperm(len(ids), generator=generator)
         how = "bf16 + channels-last" if device.type == "cuda" else "fp32 (CPU: no bf16)"
+        cached = CachedPixelBatches(PixelStore(Path(tmp)), ids, targets)
         for batch in args.batch:
-            loader = cached_pixel_loader(CachedPixelBatches(PixelStore(Path(tmp)), ids, targets), order, batch, args.workers, device)
-            augment = partial(train_batch, size=args.size, mean=mean, std=std, scale=CROP_SCALE, ratio=CROP_RATIO, generator=torch.Generator(device).manual_seed(args.seed), jitter=JITTER)
+            loader = cached_pixel_loader(cached, order, batch, args.workers, device)
+            augment = device_train_augment(args.size, mean, std, torch.Generator(device).manual_seed(args.seed))
             batches = islice(on_device(loader, device, augment), args.warmup + args.images // batch)
             fast, fast_loss, compute = fast_rate(build_model(args.backbone, args.seed), batches, device, args.warmup, args.compile)
             print(f"(b) ours: pixel cache + device augment, {how}{', compiled' if args.compile else ''}, batch {batch}: {fast:9.1f} images/s (mean loss {fast_loss:.4f})")

@@ -9,7 +9,9 @@ as they are, so the forward pass uses exactly the graph the graph stage wrote.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from pipeline.pixel_cache import PixelStore
-from training.gpu_augment import Jitter
+from training.gpu_augment import Jitter, train_batch
 
 SPLITS = ("train", "val", "test")
 CROP_SCALE, CROP_RATIO = (0.6, 1.0), (0.6, 1.0)  # training crops: area share and width/height (the outfit stays in frame)
@@ -130,6 +132,11 @@ def train_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...]) 
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(mean, std),
     ])  # fmt: skip
+
+
+def device_train_augment(size: int, mean: tuple[float, ...], std: tuple[float, ...], generator: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The tensor twin of `train_transform` for uint8 batches on the device: the same crops, flips and colour jitter."""
+    return partial(train_batch, size=size, mean=mean, std=std, scale=CROP_SCALE, ratio=CROP_RATIO, generator=generator, jitter=JITTER)
 
 
 class ImageDataset(Dataset):

@@ -58,12 +58,10 @@ from pipeline.settings import load_section
 from training.backbones import create_backbone
 from training.checkpoint import build_trained_module, load_checkpoint, save_checkpoint
 from training.data import (
-    CROP_RATIO,
-    CROP_SCALE,
-    JITTER,
     CachedPixelBatches,
     ImageDataset,
     InputError,
+    device_train_augment,
     eval_transform,
     read_dataset,
     read_label_graph,
@@ -74,7 +72,7 @@ from training.data import (
 from training.device import adam, autocast, compile_for_training, pick_device, prepare, to_device
 from training.distributed import SINGLE, World, close_world, from_main, init_world, shard, wrap
 from training.features import FeatureSettings
-from training.gpu_augment import eval_batch, train_batch
+from training.gpu_augment import eval_batch
 from training.metrics import mean_average_precision, topk_hits
 from training.models import ModelSpec, StyleNet
 
@@ -396,7 +394,7 @@ def _cached_pixel_feeds(inputs: StageInputs, paths: argparse.Namespace, settings
     def train_batches(g: torch.Generator) -> Batches:
         order = shard(torch.randperm(len(train_set), generator=g), world)
         augment_seed = int(torch.randint(2**62, (), generator=g))
-        augment = partial(train_batch, size=norm[0], mean=norm[1], std=norm[2], scale=CROP_SCALE, ratio=CROP_RATIO, generator=torch.Generator(device).manual_seed(augment_seed), jitter=JITTER)
+        augment = device_train_augment(*norm, generator=torch.Generator(device).manual_seed(augment_seed))
         return on_device(load(train_set, order), device, augment)
 
     return train_batches, lambda: on_device(load(val_set, torch.arange(len(val_set))), device, partial(eval_batch, size=norm[0], mean=norm[1], std=norm[2]))
@@ -426,20 +424,19 @@ def on_device(batches: Batches, device: torch.device, augment: Callable[[torch.T
             on_gpu = pixels.to(device, non_blocking=True)  # asynchronous: the loader pinned `pixels`
             return on_gpu, copies.record_event()
 
-    def handed_out(uploaded: tuple[torch.Tensor, torch.cuda.Event]) -> torch.Tensor:
-        pixels, copied = uploaded
+    def handed_out(pixels: torch.Tensor, copied: torch.cuda.Event, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         compute.wait_event(copied)  # this batch's copy only, not the next one's
         pixels.record_stream(compute)  # its memory is not reused before the step has read it
-        return augment(pixels)
+        return augment(pixels), targets
 
-    pending: tuple[tuple[torch.Tensor, torch.cuda.Event], torch.Tensor] | None = None
+    pending = None  # (pixels, copied, targets) of the batch uploaded but not yet handed out
     for pixels, targets in batches:
-        uploaded = upload(pixels), targets
+        uploaded = (*upload(pixels), targets)
         if pending is not None:
-            yield handed_out(pending[0]), pending[1]
+            yield handed_out(*pending)
         pending = uploaded
     if pending is not None:
-        yield handed_out(pending[0]), pending[1]
+        yield handed_out(*pending)
 
 
 def _load_graph(head: nn.Module, spec: ModelSpec, inputs: StageInputs) -> None:
