@@ -11,7 +11,9 @@ real model classes (backbone + ML-GCN head, 23 outputs, Adam):
       channels-last and fused Adam on CUDA, a large batch, optionally torch.compile, through
       training.train.train_one_epoch (no host-device sync until the end); for each --batch;
   (c) compute only: (b)'s steps repeated on one batch already on the device, the ceiling
-      that (b) is measured against.
+      that (b) is measured against;
+  (d) the device augmentation alone (crop + the per-pixel tail) on one uint8 batch already
+      on the device, eager and, with --compile, fused: what it takes of a (b) step.
 
 Each pipeline first runs --warmup untimed steps (worker start-up, compiling).
 
@@ -30,7 +32,8 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from itertools import islice, repeat
 from pathlib import Path
 
@@ -114,6 +117,22 @@ def fast_rate(model: StyleNet, batches: Iterator[tuple[torch.Tensor, torch.Tenso
     return rate, mean_loss, seen["steps"] * len(full[1]) / (time.perf_counter() - start)
 
 
+def augment_ms(augment: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tensor, device: torch.device, repeats: int = 10) -> float:
+    """Milliseconds per call of `augment` on one device batch (after one untimed call: compiling)."""
+    augment(pixels)
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        augment(pixels)
+    synchronize(device)
+    return (time.perf_counter() - start) / repeats * 1000
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def batch_sizes(text: str) -> list[int]:
     return [int(size) for size in text.split(",")]
 
@@ -171,11 +190,16 @@ def main(argv: list[str] | None = None) -> int:
         cached = CachedPixelBatches(PixelStore(Path(tmp)), ids, targets)
         for batch in args.batch:
             loader = cached_pixel_loader(cached, order, batch, args.workers, device)
-            augment = device_train_augment(args.size, mean, std, torch.Generator(device).manual_seed(args.seed))
-            batches = islice(on_device(loader, device, augment), args.warmup + args.images // batch)
+            augment = partial(device_train_augment, args.size, mean, std, torch.Generator(device).manual_seed(args.seed))
+            batches = islice(on_device(loader, device, augment(fused=args.compile)), args.warmup + args.images // batch)
             fast, fast_loss, compute = fast_rate(build_model(args.backbone, args.seed), batches, device, args.warmup, args.compile)
             print(f"(b) ours: pixel cache + device augment, {how}{', compiled' if args.compile else ''}, batch {batch}: {fast:9.1f} images/s (mean loss {fast_loss:.4f})")
             print(f"(c) compute only: (b)'s steps on one batch already on the device:     {compute:9.1f} images/s")
+            pixels = torch.as_tensor(cached.store.get(ids[:batch])).to(device)
+            step_ms = batch / fast * 1000
+            for fused in (False, True) if args.compile else (False,):
+                ms = augment_ms(augment(fused=fused), pixels, device)
+                print(f"(d) device augmentation alone, {'fused' if fused else 'eager'}: {ms:8.2f} ms per batch = {ms / step_ms:.1%} of a (b) step ({step_ms:.1f} ms)")
             print(f"batch {batch}: speed-up (b)/(a) {fast / ref:.2f}x; (b) runs at {fast / compute:.0%} of the compute-only figure (c)")
     return 0
 

@@ -75,3 +75,12 @@ def test_zero_jitter_leaves_pictures_untouched_and_strong_jitter_stays_in_range(
     strong = train_batch(batch, 32, MEAN, STD, generator=torch.Generator().manual_seed(1), jitter=Jitter(0.9, 0.9, 0.9))
     assert not torch.allclose(plain, strong)
     assert strong.min() >= -1.0 - 1e-5 and strong.max() <= 1.0 + 1e-5
+
+
+def test_fused_augmentation_draws_and_computes_what_the_eager_one_does():
+    """train.compile fuses the per-pixel tail with torch.compile (inductor's C++ backend here, Triton on a GPU)."""
+    batch = pixels(n=5, h=70, w=56)
+    eager = train_batch(batch, 40, MEAN, STD, generator=torch.Generator().manual_seed(3), jitter=Jitter(0.3, 0.3, 0.2))
+    fused = train_batch(batch, 40, MEAN, STD, generator=torch.Generator().manual_seed(3), jitter=Jitter(0.3, 0.3, 0.2), fused=True)
+    assert fused.is_contiguous(memory_format=torch.channels_last) and fused.dtype == eager.dtype
+    assert torch.allclose(fused, eager, atol=1e-5)

@@ -134,9 +134,12 @@ def train_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...]) 
     ])  # fmt: skip
 
 
-def device_train_augment(size: int, mean: tuple[float, ...], std: tuple[float, ...], generator: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The tensor twin of `train_transform` for uint8 batches on the device: the same crops, flips and colour jitter."""
-    return partial(train_batch, size=size, mean=mean, std=std, scale=CROP_SCALE, ratio=CROP_RATIO, generator=generator, jitter=JITTER)
+def device_train_augment(size: int, mean: tuple[float, ...], std: tuple[float, ...], generator: torch.Generator, fused: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The tensor twin of `train_transform` for uint8 batches on the device: the same crops, flips and colour jitter.
+
+    `fused` compiles the per-pixel work after the crop into one kernel (training.gpu_augment.finish_crops).
+    """
+    return partial(train_batch, size=size, mean=mean, std=std, scale=CROP_SCALE, ratio=CROP_RATIO, generator=generator, jitter=JITTER, fused=fused)
 
 
 class ImageDataset(Dataset):

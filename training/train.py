@@ -19,7 +19,8 @@ Pixels come from the image files (PIL decode + augment per image in DataLoader w
 the default) or, with `train.cached_pixels: true`, from the pixel cache stage's uint8
 shards (`--pixel-cache`): whole batches are copied from pinned memory to the device and
 cropped, flipped and normalised there (training/gpu_augment.py). PIL cannot decode fast
-enough to feed one GPU (notes section 5). `train.compile` adds torch.compile. The
+enough to feed one GPU (notes section 5). `train.compile` adds torch.compile (the model,
+and on the cache path the per-pixel augmentation after the crop, fused into one kernel). The
 training loop itself never waits for the device: the loss is summed on the device and
 read once per epoch. Under torchrun, training runs on N processes (training/distributed.py);
 `train.batch_size` is per process.
@@ -95,7 +96,7 @@ class TrainSettings:
     finetune: bool  # fine-tune the backbone from pixels (GPU) instead of training heads on cached features
     workers: int  # DataLoader processes for pixel training
     cached_pixels: bool  # pixel training reads the pixel cache and augments on the device, instead of decoding files with PIL
-    compile: bool  # torch.compile the training forward and backward
+    compile: bool  # torch.compile the training forward and backward (and the device-side augmentation's per-pixel tail)
     lr_scaling: str  # none | sqrt | linear: scale both learning rates with the global batch / REFERENCE_BATCH
     precision: str  # bf16: autocast on CUDA, fp32 on the CPU; bf16-all: on the CPU too (CPUs with native bf16); fp32: full precision everywhere (the reference code's)
     warmup_epochs: float  # learning rates rise linearly from ~0 over this many epochs (0: the paper's constant rates from the first step)
@@ -394,7 +395,7 @@ def _cached_pixel_feeds(inputs: StageInputs, paths: argparse.Namespace, settings
     def train_batches(g: torch.Generator) -> Batches:
         order = shard(torch.randperm(len(train_set), generator=g), world)
         augment_seed = int(torch.randint(2**62, (), generator=g))
-        augment = device_train_augment(*norm, generator=torch.Generator(device).manual_seed(augment_seed))
+        augment = device_train_augment(*norm, generator=torch.Generator(device).manual_seed(augment_seed), fused=settings.compile)
         return on_device(load(train_set, order), device, augment)
 
     return train_batches, lambda: on_device(load(val_set, torch.arange(len(val_set))), device, partial(eval_batch, size=norm[0], mean=norm[1], std=norm[2]))
