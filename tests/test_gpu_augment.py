@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from torchvision.transforms.v2 import RandomResizedCrop
 from torchvision.transforms.v2 import functional as F
+
+from training.data import CROP_RATIO, CROP_SCALE
 
 from training.gpu_augment import Jitter, adjust_brightness, adjust_contrast, adjust_saturation, color_jitter, eval_batch, random_boxes, train_batch
 
@@ -33,6 +36,37 @@ def test_boxes_stay_inside_the_picture_with_the_asked_area():
     assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all() and (boxes[:, 2] <= 60 + 1e-4).all() and (boxes[:, 3] <= 80 + 1e-4).all()
     share = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / (80 * 60)
     assert share.max() <= 1.0 + 1e-4 and share.min() > 0.1
+
+
+def test_crops_are_distributed_as_torchvision_random_resized_crops():
+    """2:3 portraits with the project's crop settings: many candidates do not fit and must be redrawn, not clamped."""
+    height, width, n = 336, 224, 20000
+    ours = random_boxes(n, height, width, CROP_SCALE, CROP_RATIO, torch.Generator().manual_seed(0), torch.device("cpu"))
+    ours_w, ours_h = ours[:, 2] - ours[:, 0], ours[:, 3] - ours[:, 1]
+    torch.manual_seed(0)
+    picture = torch.zeros(3, height, width)
+    theirs = torch.tensor([RandomResizedCrop.get_params(picture, list(CROP_SCALE), list(CROP_RATIO)) for _ in range(n)], dtype=torch.float32)
+    theirs_h, theirs_w = theirs[:, 2], theirs[:, 3]
+    for ours_stat, theirs_stat, tolerance in (
+        ((ours_w * ours_h).mean() / (height * width), (theirs_w * theirs_h).mean() / (height * width), 0.01),
+        ((ours_w / ours_h).mean(), (theirs_w / theirs_h).mean(), 0.01),
+        ((ours_w > 0.99 * width).float().mean(), (theirs_w > 0.99 * width).float().mean(), 0.03),  # clamping gave 0.39 against 0.07
+    ):
+        assert abs(ours_stat - theirs_stat) < tolerance
+
+
+def test_crops_fall_back_to_the_centre_when_no_candidate_fits():
+    boxes = random_boxes(8, 80, 60, (1.0, 1.0), (2.0, 2.0), torch.Generator().manual_seed(0), torch.device("cpu"))  # 2:1 boxes of the whole area never fit
+    assert torch.allclose(boxes, torch.tensor([0.0, 25.0, 60.0, 55.0]).expand(8, 4))  # full width, h = w / 2, centred
+
+
+def test_a_whole_picture_crop_at_its_own_size_is_the_picture_itself():
+    """roi_align samples adaptively: one bilinear sample per output pixel when not shrinking (a fixed 2 x 2 grid blurred every crop)."""
+    batch = pixels(n=4, h=40, w=40)
+    out = train_batch(batch, 40, MEAN, STD, scale=(1.0, 1.0), ratio=(1.0, 1.0), generator=torch.Generator().manual_seed(0))
+    picture = (batch.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5
+    for i in range(4):
+        assert torch.allclose(out[i], picture[i], atol=1e-5) or torch.allclose(out[i], picture[i].flip(-1), atol=1e-5)
 
 
 def test_about_half_the_crops_are_mirrored():
