@@ -39,8 +39,9 @@ step() {
 nvidia-smi -L
 python3 -c 'import torch, torchvision, timm, pandas, numpy; print("torch", torch.__version__, "torchvision", torchvision.__version__, "timm", timm.__version__, "pandas", pandas.__version__, "numpy", numpy.__version__)'
 
-# 1. the CUDA-only tests: one host-device sync per epoch; the side-stream prefetch hands out whole batches in order
-step cuda-test 45 python3 -m pytest -q -p no:cacheprovider tests/test_training.py -k "waits_for_the_gpu or prefetched"
+# 1. the CUDA-only tests: one host-device sync per epoch; the side-stream prefetch hands out whole batches in order;
+#    the fused (Triton) augmentation tail computes what the eager one does
+step cuda-test 60 python3 -m pytest -q -p no:cacheprovider tests/test_training.py tests/test_gpu_augment.py -k "waits_for_the_gpu or prefetched or fused"
 # 2. issue goal: >= 1,400 images/s, >= 3.4x the reference-style loop and 95% of compute-only; at batch 128 and at
 #    batch 32 (the largest batch that cost no accuracy on the CCP benchmark); mean losses printed; (d): the device
 #    augmentation's ms per batch, eager and fused

@@ -1,9 +1,9 @@
-"""GPU-side augmentation, checked on the CPU (the same tensor ops): shapes, ranges, flips."""
+"""GPU-side augmentation, checked on the CPU (the same tensor ops): shapes, ranges, flips, crops as torchvision draws them, the fused tail."""
 
 from __future__ import annotations
 
+import pytest
 import torch
-
 from torchvision.transforms.v2 import RandomResizedCrop
 from torchvision.transforms.v2 import functional as F
 
@@ -111,10 +111,11 @@ def test_zero_jitter_leaves_pictures_untouched_and_strong_jitter_stays_in_range(
     assert strong.min() >= -1.0 - 1e-5 and strong.max() <= 1.0 + 1e-5
 
 
-def test_fused_augmentation_draws_and_computes_what_the_eager_one_does():
-    """train.compile fuses the per-pixel tail with torch.compile (inductor's C++ backend here, Triton on a GPU)."""
-    batch = pixels(n=5, h=70, w=56)
-    eager = train_batch(batch, 40, MEAN, STD, generator=torch.Generator().manual_seed(3), jitter=Jitter(0.3, 0.3, 0.2))
-    fused = train_batch(batch, 40, MEAN, STD, generator=torch.Generator().manual_seed(3), jitter=Jitter(0.3, 0.3, 0.2), fused=True)
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: Triton's fused kernel"))])
+def test_fused_augmentation_draws_and_computes_what_the_eager_one_does(device):
+    """train.compile fuses the per-pixel tail with torch.compile (inductor's C++ backend on the CPU, Triton on a GPU)."""
+    batch = pixels(n=5, h=70, w=56).to(device)
+    eager = train_batch(batch, 40, MEAN, STD, generator=torch.Generator(device).manual_seed(3), jitter=Jitter(0.3, 0.3, 0.2))
+    fused = train_batch(batch, 40, MEAN, STD, generator=torch.Generator(device).manual_seed(3), jitter=Jitter(0.3, 0.3, 0.2), fused=True)
     assert fused.is_contiguous(memory_format=torch.channels_last) and fused.dtype == eager.dtype
     assert torch.allclose(fused, eager, atol=1e-5)
