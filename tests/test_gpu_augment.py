@@ -8,7 +8,6 @@ from torchvision.transforms.v2 import RandomResizedCrop
 from torchvision.transforms.v2 import functional as F
 
 from training.data import CROP_RATIO, CROP_SCALE
-
 from training.gpu_augment import Jitter, adjust_brightness, adjust_contrast, adjust_saturation, color_jitter, eval_batch, random_boxes, train_batch
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
