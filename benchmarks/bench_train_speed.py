@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             fast, fast_loss, compute = fast_rate(build_model(args.backbone, args.seed), batches, device, args.warmup, args.compile)
             print(f"(b) ours: pixel cache + device augment, {how}{', compiled' if args.compile else ''}, batch {batch}: {fast:9.1f} images/s (mean loss {fast_loss:.4f})")
             print(f"(c) compute only: (b)'s steps on one batch already on the device:     {compute:9.1f} images/s")
-            pixels = torch.as_tensor(cached.store.get(ids[:batch])).to(device)
+            pixels = cached[list(range(batch))][0].to(device)
             step_ms = batch / fast * 1000
             for fused in (False, True) if args.compile else (False,):
                 ms = augment_ms(augment(fused=fused), pixels, device)

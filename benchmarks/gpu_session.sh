@@ -43,7 +43,7 @@ python3 -c 'import torch, torchvision, timm, pandas, numpy; print("torch", torch
 #    the fused (Triton) augmentation tail computes what the eager one does
 step cuda-test 60 python3 -m pytest -q -p no:cacheprovider tests/test_training.py tests/test_gpu_augment.py -k "waits_for_the_gpu or prefetched or fused"
 # 2. issue goal: >= 1,400 images/s, >= 3.4x the reference-style loop and 95% of compute-only; at batch 128 and at
-#    batch 32 (the largest batch that cost no accuracy on the CCP benchmark); mean losses printed; (d): the device
+#    batch 32 (the largest batch that cost no measurable mAP on the CCP benchmark); mean losses printed; (d): the device
 #    augmentation's ms per batch, eager and fused
 step speed 150 python3 benchmarks/bench_train_speed.py --photos $DATA/ccp-speed/photos --photo-limit 0 --backbone resnet50 \
     --size 448 --batch 128,32 --compile --workers 16 --images 5120 --warmup 10

@@ -8,7 +8,7 @@ from torchvision.transforms.v2 import RandomResizedCrop
 from torchvision.transforms.v2 import functional as F
 
 from training.data import CROP_RATIO, CROP_SCALE
-from training.gpu_augment import Jitter, adjust_brightness, adjust_contrast, adjust_saturation, color_jitter, eval_batch, random_boxes, train_batch
+from training.gpu_augment import Jitter, adjust_brightness, adjust_contrast, adjust_saturation, eval_batch, jitter_factors, jittered, random_boxes, train_batch
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
@@ -93,7 +93,7 @@ def test_colour_adjustments_match_torchvision_per_image():
 
 def test_colour_jitter_draws_a_factor_per_image_within_the_strength():
     gray = torch.full((200, 3, 4, 4), 0.5)
-    out = color_jitter(gray.clone(), Jitter(brightness=0.3, contrast=0.3, saturation=0.2), torch.Generator().manual_seed(0))
+    out = jittered(gray.clone(), jitter_factors(200, Jitter(brightness=0.3, contrast=0.3, saturation=0.2), torch.Generator().manual_seed(0), gray.device))
     per_image = out[:, 0, 0, 0]
     assert torch.equal(out, per_image.view(200, 1, 1, 1).expand_as(out))  # contrast and saturation leave a flat gray picture flat
     assert per_image.min() >= 0.35 - 1e-6 and per_image.max() <= 0.65 + 1e-6 and per_image.unique().numel() > 150
@@ -102,7 +102,7 @@ def test_colour_jitter_draws_a_factor_per_image_within_the_strength():
 
 def test_zero_jitter_leaves_pictures_untouched_and_strong_jitter_stays_in_range():
     images = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(color_jitter(images.clone(), Jitter(), torch.Generator().manual_seed(1)), images)
+    assert torch.equal(jittered(images.clone(), jitter_factors(4, Jitter(), torch.Generator().manual_seed(1), images.device)), images)
     batch = pixels()
     plain = train_batch(batch, 32, MEAN, STD, generator=torch.Generator().manual_seed(1))
     strong = train_batch(batch, 32, MEAN, STD, generator=torch.Generator().manual_seed(1), jitter=Jitter(0.9, 0.9, 0.9))

@@ -132,11 +132,6 @@ def jittered(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     return adjust_saturation(adjust_contrast(adjust_brightness(images, brightness), contrast), saturation)
 
 
-def color_jitter(images: torch.Tensor, jitter: Jitter, generator: torch.Generator | None) -> torch.Tensor:
-    """Colour jitter with a factor per image; zero strengths leave the images unchanged."""
-    return jittered(images, jitter_factors(images.shape[0], jitter, generator, images.device))
-
-
 def finish_crops(crops: torch.Tensor, flip: torch.Tensor, factors: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """Per-pixel tail of `train_batch` on (N, 3, S, S) crops in [0, 255]: scale to [0, 1], mirror where `flip`, jitter, normalise.
 

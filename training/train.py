@@ -154,22 +154,22 @@ def steps_per_epoch(n_train: int, batch_size: int, world: World) -> int:
     return math.ceil(math.ceil(n_train / world.size) / batch_size)
 
 
-MIN_FINETUNE_STEPS = 20  # per epoch; README, 'Learning rates with larger batches'
+MIN_FINETUNE_STEPS = 20  # per epoch; README, 'How large a batch: enough steps per epoch'
 
 
 def few_steps_warning(steps: int, n_train: int, global_batch: int) -> str | None:
     """A warning when fine-tuning takes too few optimizer steps per epoch to match the small-batch loop's accuracy.
 
     On the CCP benchmark (1,142 training photos, 12 epochs) batch 128, 9 steps an epoch, lost
-    about 5 mAP points against batch 16, with the rates scaled or not (2 with a 4-epoch
-    warm-up); batch 32, 36 steps, lost none measurable. Adam's first steps overshoot under
+    3-5 mAP points against batch 16 (3.3 and 3.6 in two seeds since the device crops match
+    torchvision's; 2 with a 4-epoch warm-up); batch 32, 36 steps, lost none measurable. Adam's first steps overshoot under
     the new GCN head, and a run with few steps spends a large share of them recovering.
     """
     if steps >= MIN_FINETUNE_STEPS:
         return None
     return (f"fine-tuning at a global batch of {global_batch} takes {steps} optimizer steps per epoch on {n_train} training images; "
-            f"below {MIN_FINETUNE_STEPS} the CCP benchmark lost accuracy (about 5 mAP points at 9 steps): lower train.batch_size "
-            f"to at most {max(1, n_train // MIN_FINETUNE_STEPS)} or train more epochs (README, 'Learning rates with larger batches')")
+            f"below {MIN_FINETUNE_STEPS} the CCP benchmark lost accuracy (3-5 mAP points at 9 steps): lower train.batch_size "
+            f"to at most {max(1, n_train // MIN_FINETUNE_STEPS)} or train more epochs (README, 'How large a batch')")
 
 
 class TrainingDiverged(RuntimeError):
