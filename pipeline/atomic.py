@@ -1,4 +1,10 @@
-"""Write outputs through a temporary file and a rename, so a crash never leaves half a file."""
+"""Write outputs through a temporary file and a rename, so a crash never leaves half a file.
+
+The temporary file is flushed to disk before the rename and the folder after it, so a
+power loss leaves the old file or the new one, never an empty one. `mkstemp`/`mkdtemp`
+create private files (0600/0700); the result gets the mode a plain `open()` would give
+(0644/0755 under the usual umask), so teammates and services can read the outputs.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +22,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _sync(path: Path) -> None:
+    """fsync a file or folder (folders: so that a rename in them survives a power loss)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds."""
@@ -26,7 +47,10 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        tmp_path.chmod(0o666 & ~_umask())
+        _sync(tmp_path)
         os.replace(tmp_path, target)
+        _sync(target.parent)
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -39,6 +63,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield tmp
+        tmp.chmod(0o777 & ~_umask())
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

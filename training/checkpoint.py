@@ -8,8 +8,6 @@ loop state that `--resume` continues from.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +15,16 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
+from pipeline.atomic import atomic_path
 from training.backbones import create_backbone
 from training.data import eval_transform
 from training.models import BasicCNN, ModelSpec, StyleNet, build_head
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """torch.save to a temporary file beside `path`, then rename: a kill never leaves half a checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    """torch.save through a temporary file and a rename: a kill never leaves half a checkpoint."""
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
