@@ -77,6 +77,16 @@ def test_f1_scores_by_hand():
     assert f1["CF1"] == pytest.approx(2 * (1 / 3) * 0.5 / (1 / 3 + 0.5))
 
 
+def test_class_precision_and_recall_average_over_the_same_classes_those_with_positives():
+    targets = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0]])  # class 2: no test positives
+    perfect = f1_scores(targets.astype(float), targets)
+    assert perfect["CP"] == perfect["CR"] == perfect["CF1"] == 1.0, "an absent label must not cost a perfect model"
+    probs = np.array([[0.9, 0.1, 0.8], [0.1, 0.2, 0.1], [0.9, 0.1, 0.1]])  # class 1 never predicted; class 2 predicted once, wrongly
+    f1 = f1_scores(probs, targets)
+    assert f1["CP"] == pytest.approx((1 + 0) / 2) and f1["CR"] == pytest.approx((1 + 0) / 2), "a class with positives but no predictions: precision 0, recall 0"
+    assert f1["OP"] == pytest.approx(2 / 3), "the false positive of the class without positives still counts overall"
+
+
 def test_per_label_table_groups_by_main_label_and_reports_support():
     main = np.array([0, 0, 0, 1])
     rows = per_label_top2_all(SCORES, TARGETS, main, ["a", "b", "c"])

@@ -162,6 +162,48 @@ def test_interrupted_then_resumed_training_ends_in_the_uninterrupted_state(input
     assert [line.split("\t")[0] for line in steps] == ["0", "1", "2"], "one row per epoch, none repeated or lost"
 
 
+def _kill_at_the_end_of_epoch(monkeypatch, epoch: int, when: str) -> None:
+    """Make training die at the end of `epoch` (0-based): before its dvclive rows, halfway through them, or before last.pt records it."""
+    real_log, real_save = train_module._log_epoch, train_module.save_checkpoint
+
+    def logging(live, logged_epoch, train_loss, val):
+        if logged_epoch != epoch:
+            return real_log(live, logged_epoch, train_loss, val)
+        if when == "while_logging":
+            live.step = logged_epoch
+            live.log_metric("train/loss", train_loss)
+        raise KeyboardInterrupt
+
+    def saving(state, path):
+        if path.name == "last.pt" and state["state"]["epoch"] == epoch + 1:
+            raise KeyboardInterrupt
+        real_save(state, path)
+
+    if when == "before_last_pt":
+        monkeypatch.setattr(train_module, "save_checkpoint", saving)
+    else:
+        monkeypatch.setattr(train_module, "_log_epoch", logging)
+
+
+def _metric_histories(live_dir: Path) -> dict[str, str]:
+    metrics = live_dir / "plots" / "metrics"
+    return {str(path.relative_to(metrics)): path.read_text() for path in sorted(metrics.rglob("*.tsv"))}
+
+
+@pytest.mark.parametrize("when", ["before_logging", "while_logging", "before_last_pt"])
+def test_a_kill_at_the_end_of_an_epoch_leaves_every_epoch_logged_once_after_resuming(inputs, tmp_path, monkeypatch, when):
+    params = _params(tmp_path, inputs["weights"], epochs=3)
+    _train(inputs, "gcn", tmp_path / "straight", params)
+    with monkeypatch.context() as patch:
+        _kill_at_the_end_of_epoch(patch, 1, when)
+        with pytest.raises(KeyboardInterrupt):
+            _train(inputs, "gcn", tmp_path / "resumed", params)
+    _train(inputs, "gcn", tmp_path / "resumed", params, "--resume")
+    straight, resumed = _metric_histories(tmp_path / "straight" / "dvclive" / "gcn"), _metric_histories(tmp_path / "resumed" / "dvclive" / "gcn")
+    assert [line.split("\t")[0] for line in resumed["train/loss.tsv"].splitlines()[1:]] == ["0", "1", "2"], "one row per epoch, none repeated or lost"
+    assert resumed == straight, "every metric's history as an uninterrupted run writes it"
+
+
 def test_a_diverging_run_stops_with_the_epoch_and_keeps_the_last_good_checkpoint(inputs, tmp_path, monkeypatch):
     real = train_module.train_one_epoch
     epochs_run = []
@@ -330,8 +372,67 @@ def test_unknown_model_and_missing_inputs_say_what_to_do(inputs, tmp_path):
 
 def test_resuming_under_another_configuration_is_refused(inputs, tmp_path):
     _train(inputs, "gcn", tmp_path, _params(tmp_path, inputs["weights"], epochs=1))
-    with pytest.raises(InputError, match="rerun without --resume"):
+    with pytest.raises(InputError, match=r"other settings: gcn_hidden 16 -> 8, train.gcn_hidden 16 -> 8\. Rerun without --resume"):
         _train(inputs, "gcn", tmp_path, _params(tmp_path, inputs["weights"], epochs=2, gcn_hidden=8), "--resume")
+
+
+def _stage_paths(inputs: dict[str, Path], out: Path, params: Path) -> argparse.Namespace:
+    """What train.main parses from its command line, for calling train.train directly."""
+    return argparse.Namespace(label_subset=inputs["subset"], graph=inputs["graph"], dataset=inputs["dataset"], features=inputs["features"], crawl_dir=inputs["crawl"],
+                              pixel_cache=inputs["pixels"], params=params, out_dir=out / "models" / "gcn", live_dir=out / "dvclive" / "gcn")  # fmt: skip
+
+
+def test_resuming_with_other_training_settings_or_processes_is_refused_but_longer_training_is_not(inputs, tmp_path):
+    """Adam keeps the checkpoint's learning rates, so a resume with new rates (or seed, batch, ...) would silently train with the old ones."""
+    _train(inputs, "gcn", tmp_path, _params(tmp_path, inputs["weights"], epochs=2))
+    with pytest.raises(InputError, match=r"other settings: train.batch_size 8 -> 4, train.lr_head 0.001 -> 0.01, train.seed 7 -> 99\. Rerun without --resume .* restore those settings"):
+        _train(inputs, "gcn", tmp_path, _params(tmp_path, inputs["weights"], epochs=2, lr_head=1e-2, seed=99, batch_size=4), "--resume")
+    params = _params(tmp_path, inputs["weights"], epochs=2)
+    settings = load_section(train_module.TrainSettings, "train", params)
+    with pytest.raises(InputError, match=r"other settings: processes 1 -> 2\. .*the number of torchrun processes"):
+        train_module.train("gcn", ModelSpec(**MODELS["gcn"]), settings, _stage_paths(inputs, tmp_path, params), resume=True, world=World(rank=0, size=2))
+    _train(inputs, "gcn", tmp_path, _params(tmp_path, inputs["weights"], epochs=3, patience=9, workers=1), "--resume")
+    last = load_checkpoint(tmp_path / "models" / "gcn" / "last.pt")
+    assert last["state"]["epoch"] == 3 and last["meta"]["train"]["epochs"] == 3 and last["meta"]["processes"] == 1
+
+
+@pytest.mark.parametrize(("cached_pixels", "workers"), [(False, 0), (False, 1), (True, 0)])
+def test_ranks_augment_their_images_differently_and_rank_0_as_one_process_does(inputs, tmp_path, cached_pixels, workers):
+    """Eight copies of one picture, so that the batches differ by their augmentations alone; the shuffle stays shared."""
+    table = pd.DataFrame({"image_id": [f"copy{i}" for i in range(8)], "path": "00.png", "batch": "b1", "split": "train"})
+    build_cache(table, inputs["crawl"], tmp_path / "pixels", PixelCacheSettings(height=40, width=32, workers=1))
+    stage = train_module.StageInputs(table, torch.zeros(8, 3), {"train": np.ones(8, bool), "val": np.ones(8, bool)}, torch.zeros(3, 5), torch.eye(3))
+    paths = argparse.Namespace(crawl_dir=inputs["crawl"], pixel_cache=tmp_path / "pixels")
+    settings = load_section(train_module.TrainSettings, "train", _params(tmp_path, inputs["weights"], batch_size=4, workers=workers))
+    feeds = train_module._cached_pixel_feeds if cached_pixels else train_module._file_feeds
+
+    def first_batch(world: World) -> torch.Tensor:
+        generator = train_module.seed_everything(7000, world)
+        assert generator.initial_seed() == 7000, "every rank shuffles alike (shard() needs the same order)"
+        train_batches, _ = feeds(stage, paths, settings, (32, (0.5,) * 3, (0.5,) * 3), torch.device("cpu"), world)
+        return next(iter(train_batches(generator)))[0]
+
+    rank0 = first_batch(World(rank=0, size=2))
+    assert torch.equal(rank0, first_batch(SINGLE)), "rank 0 draws what a single process draws"
+    assert not torch.equal(rank0, first_batch(World(rank=1, size=2))), "rank 1 must not repeat rank 0's crops, flips and jitter"
+
+
+@pytest.mark.parametrize("model", ["gcn", "cnn"])
+def test_evaluation_and_prediction_run_a_model_in_the_precision_it_was_trained_in(inputs, tmp_path, monkeypatch, model):
+    _train(inputs, model, tmp_path, _params(tmp_path, inputs["weights"], epochs=1, precision="fp32"))
+    real, used = train_module.autocast, []
+
+    def recording(device, precision="bf16"):
+        used.append(precision)
+        return real(device, precision)
+
+    monkeypatch.setattr(train_module, "autocast", recording)
+    monkeypatch.setattr(predict, "autocast", recording)
+    best = tmp_path / "models" / model / "best.pt"
+    table = pd.read_parquet(inputs["dataset"]).query("split == 'test'").reset_index(drop=True)
+    evaluate.test_probs(load_checkpoint(best), evaluate.TestSet(table, np.zeros((len(table), 3), np.float32), np.zeros(len(table), int), LABELS), inputs["features"], inputs["crawl"])
+    predict.predict_images(best, [inputs["crawl"] / "00.png"])
+    assert used and set(used) == {"fp32"}
 
 
 def test_training_logs_inside_a_dvc_repo_without_commits(tmp_path, monkeypatch):

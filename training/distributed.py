@@ -3,8 +3,10 @@
 torchrun starts N processes and sets RANK, LOCAL_RANK and WORLD_SIZE; without them
 training runs in one process exactly as before. Every rank draws the same shuffled
 order from the same (seed, epoch) and keeps every N-th row of it, so an epoch still
-visits each training image once; DistributedDataParallel averages the gradients, so
-every rank steps to the same weights. Rank 0 alone logs, prints and writes checkpoints.
+visits each training image once; its augmentations it draws from a seed of its own
+(`rank_seed`), or the i-th image of every rank would get the same crop, flip and jitter.
+DistributedDataParallel averages the gradients, so every rank steps to the same
+weights. Rank 0 alone logs, prints and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -35,6 +37,16 @@ class World:
 
 
 SINGLE = World()
+RANK_SEED_STRIDE = 0x9E3779B97F4A7C15 % 2**62  # odd (2^64 / golden ratio): rank x stride is distinct for every rank
+
+
+def rank_seed(seed: int, world: World) -> int:
+    """This rank's seed for draws that must differ between ranks (augmentations, dropout).
+
+    Rank 0 keeps `seed`, so a single process draws exactly what it drew before there were
+    several; rank r flips bits of it by r x RANK_SEED_STRIDE, a different pattern per rank.
+    """
+    return seed ^ (world.rank * RANK_SEED_STRIDE) % 2**62
 
 
 def init_world() -> World:

@@ -25,6 +25,7 @@ from training.data import ImageDataset, InputError, main_index, read_dataset, re
 from training.device import pick_device, prepare
 from training.metrics import PAPER_COLUMNS, bootstrap_interval, evaluate_scores, mean_average_precision, topk_hits
 from training.models import ModelSpec
+from training.predict import trained_precision
 from training.train import feature_batches, load_model_specs, predict_probs
 
 COLUMN_TITLES = {"top1_any": "T1 any", "top2_all": "T2 all", "top2_any": "T2 any", "top3_all": "T3 all", "top3_any": "T3 any", "mAP": "mAP"}
@@ -61,12 +62,12 @@ def test_probs(checkpoint: dict[str, Any], test: TestSet, features: Path, crawl_
     meta = checkpoint["meta"]
     if meta["labels"] != test.labels:
         raise InputError(f"model {meta['name']}: trained on labels {meta['labels']}, the label subset is now {test.labels}; retrain it")
-    device = pick_device()
+    device, precision = pick_device(), trained_precision(meta)
     targets = torch.from_numpy(test.targets)
     if meta["spec"]["kind"] == "cnn" or meta["finetuned"]:
         model, transform = pixel_model(checkpoint)
         dataset = ImageDataset([crawl_dir / p for p in test.table["path"]], test.targets, transform)
-        return predict_probs(prepare(model, device), DataLoader(dataset, batch_size=batch_size), device)[0]
+        return predict_probs(prepare(model, device), DataLoader(dataset, batch_size=batch_size), device, precision)[0]
     npz = np.load(features, allow_pickle=False)
     row = {image_id: i for i, image_id in enumerate(npz["image_id"])}
     missing = [i for i in test.table["image_id"] if i not in row]
@@ -75,7 +76,7 @@ def test_probs(checkpoint: dict[str, Any], test: TestSet, features: Path, crawl_
     x = torch.from_numpy(npz[meta["spec"]["pooling"]][[row[i] for i in test.table["image_id"]]])
     head = build_trained_module(meta)
     head.load_state_dict(checkpoint["model"])
-    return predict_probs(prepare(head, device), feature_batches(x, targets, batch_size, None), device)[0]
+    return predict_probs(prepare(head, device), feature_batches(x, targets, batch_size, None), device, precision)[0]
 
 
 def paired_differences(probs: dict[str, np.ndarray], reference: str, test: TestSet, settings: EvaluateSettings) -> list[dict]:

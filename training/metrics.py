@@ -79,14 +79,19 @@ def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
 def f1_scores(probs: np.ndarray, targets: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
     """Per-class (C*) and overall (O*) precision, recall, F1 of predictions prob >= threshold.
 
-    A class never predicted has precision 0; CR averages over classes with positives.
+    CP and CR average over the same classes, those with positives (as mAP does): a
+    class absent from `targets` has no recall, and counting its precision as 0 would
+    punish perfect predictions. A class with positives that is never predicted has
+    precision 0 (0/0 counted as a miss, as the reference code's Np[Np == 0] = 1) and
+    recall 0. A predicted class without positives still counts in OP as false positives.
     """
     predicted = probs >= threshold
     truth = targets.astype(bool)
     tp = (predicted & truth).sum(axis=0)
     n_pred, n_true = predicted.sum(axis=0), truth.sum(axis=0)
-    cp = float(np.mean(np.divide(tp, n_pred, out=np.zeros(len(tp)), where=n_pred > 0)))
     has_pos = n_true > 0
+    precision = np.divide(tp, n_pred, out=np.zeros(len(tp)), where=n_pred > 0)
+    cp = float(np.mean(precision[has_pos])) if has_pos.any() else 0.0
     cr = float(np.mean(tp[has_pos] / n_true[has_pos])) if has_pos.any() else 0.0
     op = float(tp.sum() / n_pred.sum()) if n_pred.sum() else 0.0
     orr = float(tp.sum() / n_true.sum()) if n_true.sum() else 0.0

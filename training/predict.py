@@ -13,6 +13,7 @@ import io
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +28,11 @@ from training.device import autocast, pick_device, prepare, to_device
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
+def trained_precision(meta: dict[str, Any]) -> str:
+    """The train.precision a checkpoint's model was trained under, to score it the same way; "bf16" (the default) for checkpoints that do not record it."""
+    return meta.get("train", {}).get("precision", "bf16")
+
+
 def predict_images(checkpoint_path: str | Path, image_paths: list[str | Path], top_k: int = 3, batch_size: int = 32) -> list[dict]:
     """Per image: {"path", "scores": {label: prob} in class order, "top": [[label, prob], ...] (k highest)}."""
     checkpoint = load_checkpoint(Path(checkpoint_path))
@@ -39,7 +45,7 @@ def predict_images(checkpoint_path: str | Path, image_paths: list[str | Path], t
     results, done = [], 0
     with torch.inference_mode():
         for images, _ in tqdm(loader, desc="predict", unit="batch", disable=None):
-            with autocast(device):
+            with autocast(device, trained_precision(checkpoint["meta"])):
                 probs = torch.sigmoid(model(to_device(images, device)).float()).cpu()
             for row in probs.tolist():
                 ranked = sorted(zip(labels, row), key=lambda item: -item[1])[:top_k]

@@ -25,9 +25,12 @@ training loop itself never waits for the device: the loss is summed on the devic
 read once per epoch. Under torchrun, training runs on N processes (training/distributed.py);
 `train.batch_size` is per process.
 
-`last.pt` is written after every epoch (atomically). After an interruption, run the
-same command with `--resume`: each epoch re-seeds from (seed, epoch), so the resumed run
-ends in the same state as an uninterrupted one.
+`last.pt` is written after every epoch (atomically), after the epoch's dvclive rows. After
+an interruption, run the same command with `--resume`: each epoch re-seeds from (seed,
+epoch), so the resumed run ends in the same state as an uninterrupted one, and dvclive
+rows of epochs that last.pt does not hold are dropped, so each epoch is logged once. The
+checkpoint records every train setting and the number of processes; a resume under other
+ones is refused, except for RESUMABLE_SETTINGS (how long and how fast, not what is trained).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import contextlib
 import json
 import math
 import random
+import reprlib
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -54,6 +58,7 @@ from torch.utils.data import BatchSampler, DataLoader
 from torchvision.transforms import v2
 from tqdm import tqdm
 
+from pipeline.atomic import atomic_path
 from pipeline.pixel_cache import PixelStore
 from pipeline.settings import load_section
 from training.backbones import create_backbone
@@ -71,7 +76,7 @@ from training.data import (
     train_transform,
 )
 from training.device import adam, autocast, compile_for_training, pick_device, prepare, to_device
-from training.distributed import SINGLE, World, close_world, from_main, init_world, shard, wrap
+from training.distributed import SINGLE, World, close_world, from_main, init_world, rank_seed, shard, wrap
 from training.features import FeatureSettings
 from training.gpu_augment import eval_batch
 from training.metrics import mean_average_precision, topk_hits
@@ -82,6 +87,10 @@ Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 REFERENCE_BATCH = 32  # the batch size the paper's learning rates (lr_backbone, lr_head) go with
 LR_SCALINGS = ("none", "sqrt", "linear")
 PRECISIONS = ("bf16", "bf16-all", "fp32")
+# What --resume may change (names as configuration_changes writes them): how long training goes
+# on and how fast it runs. workers and compile change random draws (file path) or rounding, so
+# changing them makes the resumed run differ from an uninterrupted one, but not what it trains.
+RESUMABLE_SETTINGS = frozenset({"train.epochs", "train.patience", "train.workers", "train.compile", "spec.epochs"})
 
 
 @dataclass(frozen=True)
@@ -197,11 +206,16 @@ def load_model_specs(params: Path) -> dict[str, ModelSpec]:
     return {name: ModelSpec(**entry) for name, entry in raw["models"].items()}
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed every RNG a training epoch draws from; returns a generator for shuffling."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+def seed_everything(seed: int, world: World = SINGLE) -> torch.Generator:
+    """Seed every RNG a training epoch draws from; returns a generator for shuffling, the same on every rank.
+
+    The global RNGs (augmentations in the main process, dropout) get this rank's own seed
+    (`rank_seed`: `seed` itself on rank 0 and in a single process).
+    """
+    own = rank_seed(seed, world)
+    random.seed(own)
+    np.random.seed(own % 2**32)
+    torch.manual_seed(own)
     return torch.Generator().manual_seed(seed)
 
 
@@ -301,7 +315,8 @@ def setup(name: str, spec: ModelSpec, settings: TrainSettings, paths: argparse.N
         if not mask.any():
             raise InputError(f"{paths.dataset}: the {s} split is empty; training needs train and val images")
     inputs = StageInputs(table, targets, split, torch.from_numpy(graph.embeddings), torch.from_numpy(graph.adjacency_norm))
-    meta: dict[str, Any] = {"name": name, "spec": asdict(spec), "labels": labels, "embedding_dim": graph.embeddings.shape[1], "gcn_hidden": settings.gcn_hidden, "finetuned": False}
+    meta: dict[str, Any] = {"name": name, "spec": asdict(spec), "labels": labels, "embedding_dim": graph.embeddings.shape[1], "gcn_hidden": settings.gcn_hidden, "finetuned": False,
+                            "train": asdict(settings), "processes": world.size}  # fmt: skip
     make = _pixel_setup if spec.kind == "cnn" or settings.finetune else _feature_setup
     return make(spec, settings, paths, inputs, meta, device, world)
 
@@ -369,9 +384,15 @@ def _file_feeds(inputs: StageInputs, paths: argparse.Namespace, settings: TrainS
     loader = dict(batch_size=settings.batch_size, num_workers=settings.workers, pin_memory=device.type == "cuda", persistent_workers=False)
 
     def train_batches(g: torch.Generator) -> Batches:
-        return DataLoader(train_set, sampler=shard(torch.randperm(len(train_set), generator=g), world).tolist(), generator=g, **loader)
+        sampler = shard(torch.randperm(len(train_set), generator=g), world).tolist()
+        return DataLoader(train_set, sampler=sampler, generator=g, worker_init_fn=partial(reseed_worker_for_rank, world=world), **loader)
 
     return train_batches, lambda: DataLoader(val_set, **loader)
+
+
+def reseed_worker_for_rank(worker_id: int, world: World) -> None:
+    """DataLoader worker_init_fn: this rank's own augmentations (the loader seeded its workers from the shuffle generator that all ranks share)."""
+    torch.manual_seed(rank_seed(torch.initial_seed(), world))
 
 
 def _cached_pixel_feeds(inputs: StageInputs, paths: argparse.Namespace, settings: TrainSettings, norm: Norm, device: torch.device, world: World) -> Feeds:
@@ -394,7 +415,7 @@ def _cached_pixel_feeds(inputs: StageInputs, paths: argparse.Namespace, settings
 
     def train_batches(g: torch.Generator) -> Batches:
         order = shard(torch.randperm(len(train_set), generator=g), world)
-        augment_seed = int(torch.randint(2**62, (), generator=g))
+        augment_seed = rank_seed(int(torch.randint(2**62, (), generator=g)), world)
         augment = device_train_augment(*norm, generator=torch.Generator(device).manual_seed(augment_seed), fused=settings.compile)
         return on_device(load(train_set, order), device, augment)
 
@@ -465,11 +486,17 @@ def train(name: str, spec: ModelSpec, settings: TrainSettings, paths: argparse.N
     state = {"epoch": 0, "best_map": -1.0, "best_epoch": -1, "bad_epochs": 0}
     if resume:
         checkpoint = load_checkpoint(last)
-        if checkpoint["meta"] != run.meta:
-            raise InputError(f"{last} was written for another configuration ({checkpoint['meta']['spec']}, labels {checkpoint['meta']['labels']}); rerun without --resume")
+        if changes := configuration_changes(checkpoint["meta"], run.meta):
+            raise InputError(
+                f"{last} was written by a run with other settings: {', '.join(changes)}. Rerun without --resume to train from scratch "
+                f"(it overwrites {last}), or restore those settings (params.yaml, the number of torchrun processes) to continue it; "
+                f"only {', '.join(sorted(RESUMABLE_SETTINGS))} may change on --resume"
+            )
         run.model.load_state_dict(checkpoint["model"])
         run.optimizer.load_state_dict(checkpoint["optimizer"])
         state = checkpoint["state"]
+        if world.main:
+            forget_logged_epochs(paths.live_dir, state["epoch"])
     net = wrap(run.model, device, world)  # shares run.model's parameters; checkpoints store run.model's state_dict
     net = compile_for_training(net) if settings.compile else net
     epochs = spec.epochs or settings.epochs
@@ -477,7 +504,7 @@ def train(name: str, spec: ModelSpec, settings: TrainSettings, paths: argparse.N
         for epoch in range(state["epoch"], epochs):
             if state["bad_epochs"] >= settings.patience:
                 break
-            generator = seed_everything(settings.seed * 1000 + epoch)
+            generator = seed_everything(settings.seed * 1000 + epoch, world)
             desc = f"{name} epoch {epoch + 1}/{epochs}" if world.main else None
             train_loss = train_one_epoch(net, run.train_batches(generator), run.optimizer, device, desc, settings.precision, warmup.setter(run.optimizer, epoch))
             _stop_if_diverged(name, from_main(train_loss, world), epoch, last)
@@ -487,8 +514,8 @@ def train(name: str, spec: ModelSpec, settings: TrainSettings, paths: argparse.N
             if live is not None:
                 if improved:
                     save_checkpoint({"meta": run.meta, "model": run.model.state_dict(), "epoch": epoch + 1, "val": val}, best)
+                _log_epoch(live, epoch, train_loss, val)  # before last.pt holds the epoch: rows of a kill in between are dropped on --resume
                 save_checkpoint({"meta": run.meta, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "state": state}, last)
-                _log_epoch(live, epoch, train_loss, val)
                 print(f"{name} epoch {epoch + 1}: train loss {train_loss:.4f}, val mAP {val['mAP']:.4f}, val top2_all {val['top2_all']:.4f}")
         if live is not None:
             live.summary["best/epoch"] = state["best_epoch"] + 1
@@ -496,13 +523,46 @@ def train(name: str, spec: ModelSpec, settings: TrainSettings, paths: argparse.N
     return state
 
 
+def configuration_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """'name saved -> current' for each recorded setting in which a checkpoint's meta and this run's differ, RESUMABLE_SETTINGS aside.
+
+    Names are meta keys, with those of the nested sections spelled section.key (train.lr_head, spec.kind).
+    """
+    was, now = _flat(saved), _flat(current)
+    names = sorted((was.keys() | now.keys()) - RESUMABLE_SETTINGS)
+    return [f"{name} {reprlib.repr(was.get(name))} -> {reprlib.repr(now.get(name))}" for name in names if was.get(name) != now.get(name)]
+
+
+def _flat(meta: dict[str, Any]) -> dict[str, Any]:
+    """meta with its nested sections (train, spec) spread into section.key entries."""
+    flat: dict[str, Any] = {}
+    for key, value in meta.items():
+        flat |= {f"{key}.{k}": v for k, v in value.items()} if isinstance(value, dict) else {key: value}
+    return flat
+
+
+def forget_logged_epochs(live_dir: Path, first: int) -> None:
+    """Drop the rows of epochs >= `first` from every dvclive metric history in `live_dir`.
+
+    An epoch is logged just before last.pt records it; a run killed in between leaves rows
+    of an epoch that the resumed run trains and logs again.
+    """
+    for history in sorted((live_dir / "plots" / "metrics").rglob("*.tsv")):
+        header, *rows = history.read_text(encoding="utf-8").splitlines(keepends=True)
+        step = header.rstrip("\r\n").split("\t").index("step")
+        kept = [row for row in rows if int(row.split("\t")[step]) < first]
+        if len(kept) < len(rows):
+            with atomic_path(history) as tmp:
+                tmp.write_text(header + "".join(kept), encoding="utf-8")
+
+
 def _stop_if_diverged(name: str, train_loss: float, epoch: int, last: Path) -> None:
     """Raise before a NaN or infinite loss reaches a checkpoint: further epochs would only overwrite last.pt with NaN weights."""
     if not math.isfinite(train_loss):
         raise TrainingDiverged(
             f"{name}: the training loss is {train_loss} in epoch {epoch + 1}; nothing of this epoch was saved ({last} holds the epoch before). "
-            "Try a longer train.warmup_epochs, lower learning rates (train.lr_scaling: none, train.lr_head), train.precision: fp32 or train.compile: false, "
-            "then rerun (with --resume to continue from the last good epoch)."
+            "Try a longer train.warmup_epochs, lower learning rates (train.lr_scaling: none, train.lr_head) or train.precision: fp32 and rerun "
+            "without --resume (a checkpoint of other settings is refused), or train.compile: false and rerun with --resume to continue from the last good epoch."
         )
 
 
