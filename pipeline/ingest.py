@@ -2,8 +2,11 @@
 
 A crawl batch is a folder `<crawl-dir>/<batch>/` of image files plus an optional
 `metadata.csv` (file, source, post_id, posted_at). Every file is decoded once;
-the result is kept in a per-batch cache (`<cache-dir>/<batch>.parquet`) keyed by
-file name, size and modification time, so adding a batch decodes only that batch.
+the facts of its bytes (size, hashes, or what is wrong with them) are kept in a
+per-batch cache (`<cache-dir>/<batch>.parquet`) keyed by file name, size and
+modification time, so adding a batch decodes only that batch. The limits of
+params.yaml (ingest.min_side, ingest.max_pixels) are applied to those facts on every
+run, so changing them re-judges every batch without decoding it again.
 Exact duplicates (same bytes, across or within batches) collapse to one image id
 that lists all its sources. Bad files land in the rejects file and never stop the run.
 """
@@ -35,7 +38,8 @@ FILE_COLUMNS = {
     "size": "int64",
     "mtime_ns": "int64",
     "image_id": "string",
-    "reason": "string",
+    "reason": "string",  # what is wrong with the bytes themselves; the size limits come on top
+    "header_only": "bool",  # the pixel guard left it undecoded: more than ingest.max_pixels pixels
     "width": "Int64",
     "height": "Int64",
     "format": "string",
@@ -82,7 +86,9 @@ def empty_file_table() -> pd.DataFrame:
 
 
 def read_batch_cache(path: Path) -> pd.DataFrame:
-    return pd.read_parquet(path).astype(FILE_COLUMNS) if path.exists() else empty_file_table()
+    """The cached rows of a batch; a cache in another layout (an older ingest) counts as empty."""
+    cache = pd.read_parquet(path) if path.exists() else empty_file_table()
+    return cache.astype(FILE_COLUMNS) if list(cache.columns) == list(FILE_COLUMNS) else empty_file_table()
 
 
 def _inspected_row(name: str, size: int, mtime_ns: int, result: Inspected) -> dict:
@@ -91,28 +97,40 @@ def _inspected_row(name: str, size: int, mtime_ns: int, result: Inspected) -> di
     return {"file": name, "size": size, "mtime_ns": mtime_ns, **row}
 
 
-def split_cached(files: pd.DataFrame, cache: pd.DataFrame, batch_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def current_id(path: Path) -> str | None:
+    """Content id of the file as it is now; None when it cannot be read (it is then decoded, and rejected)."""
+    try:
+        return content_id(path.read_bytes())
+    except OSError:
+        return None
+
+
+def split_cached(files: pd.DataFrame, cache: pd.DataFrame, batch_dir: Path, max_pixels: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(rows reused from the cache, files that must be decoded).
 
     A file whose size matches but whose mtime changed (a fresh `dvc checkout` rewrites
     mtimes) is re-hashed, ~20x cheaper than a decode, and reused when its bytes match.
+    Never reused: a file that could not be read (no id; tried again on every run, as
+    fixing its permissions changes no mtime) and one whose decode the pixel guard
+    skipped but `max_pixels` now admits.
     """
-    keyed = files.merge(cache, on=["file", "size"], how="left", suffixes=("", "_cached"), indicator=True)
-    same_mtime = (keyed["_merge"] == "both") & (keyed["mtime_ns"] == keyed["mtime_ns_cached"])
-    maybe_same = (keyed["_merge"] == "both") & ~same_mtime
-    if maybe_same.any():
-        rehashed_ids = [content_id((batch_dir / name).read_bytes()) for name in keyed.loc[maybe_same, "file"]]
-        maybe_same.loc[maybe_same] = np.asarray(rehashed_ids, dtype=object) == keyed.loc[maybe_same, "image_id"].to_numpy(dtype=object)
-    reuse = same_mtime | maybe_same
+    keyed = files.merge(cache, on=["file", "size"], how="left", suffixes=("", "_cached"))
+    known = keyed["image_id"].notna().to_numpy()
+    same_mtime = known & (keyed["mtime_ns"] == keyed["mtime_ns_cached"]).to_numpy()
+    rehash = known & ~same_mtime
+    same_bytes = rehash.copy()
+    same_bytes[rehash] = [current_id(batch_dir / name) == cached for name, cached in zip(keyed["file"][rehash], keyed["image_id"][rehash])]
+    admitted_now = (keyed["header_only"].eq(True) & (keyed["width"] * keyed["height"] <= max_pixels)).fillna(False).to_numpy(dtype=bool)
+    reuse = (same_mtime | same_bytes) & ~admitted_now
     reused = keyed.loc[reuse, list(FILE_COLUMNS)].copy()
-    reused.attrs["rehashed"] = int(maybe_same.sum())
+    reused.attrs["rehashed"] = int((same_bytes & reuse).sum())
     return reused, keyed.loc[~reuse, ["file", "size", "mtime_ns"]]
 
 
 def decode_files(
     batch_dir: Path, todo: pd.DataFrame, settings: IngestSettings, pool: ProcessPoolExecutor | None
 ) -> pd.DataFrame:
-    inspect = partial(inspect_image, min_side=settings.min_side, max_pixels=settings.max_pixels)
+    inspect = partial(inspect_image, max_pixels=settings.max_pixels)
     paths = [batch_dir / name for name in todo["file"]]
     results: Iterable[Inspected] = pool.map(inspect, paths, chunksize=8) if pool else map(inspect, paths)
     rows = [
@@ -128,10 +146,10 @@ def decode_files(
 def ingest_batch(
     batch_dir: Path, cache_dir: Path, settings: IngestSettings, pool_factory, counts: IngestCounts
 ) -> pd.DataFrame:
-    """Per-file table of one batch, decoding only files the cache does not vouch for."""
+    """Per-file facts of one batch (the size limits not yet applied), decoding only files the cache does not vouch for."""
     cache_path = cache_dir / f"{batch_dir.name}.parquet"
     cache = read_batch_cache(cache_path)
-    reused, todo = split_cached(stat_batch_files(batch_dir), cache, batch_dir)
+    reused, todo = split_cached(stat_batch_files(batch_dir), cache, batch_dir, settings.max_pixels)
     counts.reused += len(reused) - reused.attrs["rehashed"]
     counts.rehashed += reused.attrs["rehashed"]
     counts.decoded += len(todo)
@@ -141,6 +159,23 @@ def ingest_batch(
     if not table.equals(cache.sort_values("file", ignore_index=True)):
         write_parquet(table, cache_path)
     return table
+
+
+def limit_reason(width: int, height: int, settings: IngestSettings) -> str | None:
+    """Why an image fails the size limits of params.yaml, or None when it passes."""
+    if width * height > settings.max_pixels:
+        return f"decompression bomb guard: {width}x{height} = {width * height:,} pixels exceeds ingest.max_pixels = {settings.max_pixels:,}"
+    if min(width, height) < settings.min_side:
+        return f"too small: {width}x{height} px, ingest.min_side = {settings.min_side}"
+    return None
+
+
+def apply_limits(files: pd.DataFrame, settings: IngestSettings) -> pd.DataFrame:
+    """`files` with a reject reason for every image outside ingest.max_pixels or ingest.min_side."""
+    reasons = files["reason"].copy()
+    sound = reasons.isna()
+    reasons[sound] = [limit_reason(w, h, settings) for w, h in zip(files.loc[sound, "width"], files.loc[sound, "height"])]
+    return files.assign(reason=reasons)
 
 
 def read_metadata(batch_dir: Path) -> pd.DataFrame:
@@ -256,6 +291,7 @@ def ingest(
         stale.unlink()  # a batch removed from the crawl leaves the catalog too
 
     files = pd.concat(tables, ignore_index=True) if tables else empty_file_table().assign(batch=pd.Series(dtype="string"))
+    files = apply_limits(files, settings)
     catalog = build_catalog(files)
     rejects = files.loc[files["reason"].notna(), ["batch", "file", "reason"]].sort_values(["batch", "file"], ignore_index=True)
     near = near_duplicate_pairs(

@@ -40,9 +40,13 @@ from pipeline.settings import DEFAULT_PARAMS, load_params, load_section
 
 EXIF_ORIENTATION = 0x0112
 
+# Pillow's own decompression-bomb limit (~179 MP raises) would refuse images that ingest, the
+# guard of this pipeline, admitted under a larger ingest.max_pixels; every image here passed it.
+Image.MAX_IMAGE_PIXELS = None
+
 
 class UnreadableImage(OSError):
-    """A catalog image that no longer decodes (changed or damaged after ingest)."""
+    """A catalog image the pixel cache cannot decode (most likely changed or damaged after ingest)."""
 
 
 @dataclass(frozen=True)
@@ -94,10 +98,13 @@ def decode_into(task: tuple[int, Path], shard: Path, header_bytes: int, height: 
     row, path = task
     try:
         pixels = load_resized(path, height, width)
-    except (OSError, ValueError, SyntaxError) as exc:  # what Pillow raises for unreadable image data
+    except MemoryError:
+        raise  # the machine, not the file
+    except Exception as exc:  # Pillow's decoders raise many types (SyntaxError, TypeError, ...) on bad bytes
         raise UnreadableImage(
-            f"{path}: cannot decode it for the pixel cache ({exc}). It passed ingest, so the file changed since; "
-            "re-run the pipeline (`dvc repro`) so ingest checks it again and rejects it or catalogs the new content"
+            f"{path}: cannot decode it for the pixel cache ({type(exc).__name__}: {exc}). Ingest decoded it, so it has most "
+            "likely changed or gone since: re-run the pipeline (`dvc repro`) so ingest checks it again; if this error "
+            "comes back, take the file out of its crawl batch"
         ) from exc
     fd = os.open(shard, os.O_WRONLY)
     try:

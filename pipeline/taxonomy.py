@@ -42,6 +42,20 @@ class Taxonomy:
         return {label.korean: label.name for label in self.labels if label.korean}
 
 
+def label_words(entry: dict, path: Path) -> tuple[str, ...]:
+    """The words whose vectors describe a label in the label graph: a non-empty list of strings.
+
+    Checked here because a plain string would be read letter by letter and an empty
+    list fail much later, in the graph stage, naming no label.
+    """
+    words = entry["words"]
+    if not (isinstance(words, list) and words and all(isinstance(w, str) and w.strip() for w in words)):
+        raise TaxonomyError(
+            f"{path}: label {entry['name']!r}: 'words' must be a non-empty list of words, e.g. words: [romantic]; found {words!r}"
+        )
+    return tuple(words)
+
+
 def load_taxonomy(path: str | Path) -> Taxonomy:
     path = Path(path)
     try:
@@ -59,7 +73,7 @@ def load_taxonomy(path: str | Path) -> Taxonomy:
             Label(
                 id=str(entry["id"]),
                 name=str(entry["name"]),
-                words=tuple(str(w) for w in entry["words"]),
+                words=label_words(entry, path),
                 korean=entry.get("korean"),
             )
         )

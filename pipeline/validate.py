@@ -101,10 +101,22 @@ def value_kind(column: pd.Series) -> str:
     return "other"
 
 
+def observed_kind(frame: pd.DataFrame, column: str, expected: str) -> str:
+    """The kind of values `frame[column]` holds, 'missing' when it is absent.
+
+    A column without a value (a table with no rows yet, or only nulls) contradicts no
+    kind, so it counts as the expected one: read back from Parquet it has lost its
+    type (an empty object column), which would otherwise look like a string column.
+    """
+    if column not in frame:
+        return "missing"
+    return expected if frame[column].isna().all() else value_kind(frame[column])
+
+
 def schema_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """One row per required column: expected and observed kind ('missing' when absent)."""
     rows = [
-        {"table": name, "column": column, "expected": kind, "observed": value_kind(tables[name][column]) if column in tables[name] else "missing"}
+        {"table": name, "column": column, "expected": kind, "observed": observed_kind(tables[name], column, kind)}
         for name, columns in SCHEMA.items()
         for column, kind in columns.items()
     ]

@@ -38,10 +38,15 @@ def test_unknown_params_key_names_section_and_key(tmp_path):
         ("labels: []", "non-empty 'labels'"),
         ("labels:\n  - {id: a, name: A}", r"label #0 lacks \['words'\]"),
         ("labels:\n  - {id: a, name: A, words: [a]}\n  - {id: b, name: A, words: [b]}", r"duplicate label names \['A'\]"),
+        ("labels:\n  - {id: r, name: Romantic, words: romantic}", r"label 'Romantic': 'words' must be a non-empty list of words.*found 'romantic'"),
+        ("labels:\n  - {id: r, name: Romantic, words: []}", r"label 'Romantic': 'words' must be a non-empty list of words.*found \[\]"),
+        ("labels:\n  - {id: r, name: Romantic, words: [romantic, 3]}", r"label 'Romantic': 'words' must be a non-empty list of words"),
     ],
+    ids=["no-labels", "no-words", "duplicate-names", "words-a-string", "words-empty", "words-not-strings"],
 )
 def test_malformed_taxonomy_is_a_clear_error(tmp_path, body, message):
     path = tmp_path / "t.yaml"
     path.write_text(body)
-    with pytest.raises(TaxonomyError, match=message):
+    with pytest.raises(TaxonomyError, match=message) as error:
         load_taxonomy(path)
+    assert str(error.value).startswith(f"{path}: ")

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from pathlib import Path
+from unittest.mock import Mock
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from pipeline.demo_crawl import decompression_bomb_png
+import pipeline.images as images_module
 from pipeline.images import content_id, difference_hash, inspect_image
 
 
@@ -22,10 +26,44 @@ def jpeg(size=(120, 160), colour=(200, 30, 30), mode="RGB", quality=90, **save) 
     return buf.getvalue()
 
 
-def inspect_bytes(tmp_path: Path, data: bytes, name="x.jpg", min_side=64, max_pixels=10_000_000):
+def png_with_exif_chunk(payload: bytes) -> bytes:
+    """A valid PNG carrying an eXIf chunk with `payload` (a correct chunk CRC, whatever the payload)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (80, 80), (10, 200, 30)).save(buf, "PNG")
+    data = buf.getvalue()
+    chunk = struct.pack(">I", len(payload)) + b"eXIf" + payload + struct.pack(">I", zlib.crc32(b"eXIf" + payload))
+    at = data.index(b"IDAT") - 4
+    return data[:at] + chunk + data[at:]
+
+
+def tiff_with_rational_strip_offsets() -> bytes:
+    """A TIFF whose StripOffsets entry is typed RATIONAL: Pillow's load() raises TypeError on it."""
+    buf = io.BytesIO()
+    Image.new("RGB", (80, 80), (90, 140, 200)).save(buf, "TIFF")
+    data = bytearray(buf.getvalue())
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    for entry in range(ifd + 2, ifd + 2 + 12 * struct.unpack_from("<H", data, ifd)[0], 12):
+        if struct.unpack_from("<H", data, entry)[0] == 273:  # StripOffsets
+            struct.pack_into("<H", data, entry + 2, 5)  # type LONG -> RATIONAL
+    return bytes(data)
+
+
+def jpeg_with_text_orientation() -> bytes:
+    """A JPEG whose EXIF orientation tag holds the text 'six' (Pillow cannot write that itself)."""
+    ifd = struct.pack(">HHHI", 1, 0x0112, 2, 4) + b"six\x00" + struct.pack(">I", 0)  # one ASCII entry, then no next IFD
+    return jpeg(size=(160, 120), exif=b"Exif\x00\x00MM\x00\x2a" + struct.pack(">I", 8) + ifd)
+
+
+def saved(picture: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    picture.save(buf, fmt)
+    return buf.getvalue()
+
+
+def inspect_bytes(tmp_path: Path, data: bytes, name="x.jpg", max_pixels=10_000_000):
     path = tmp_path / name
     path.write_bytes(data)
-    return inspect_image(path, min_side=min_side, max_pixels=max_pixels)
+    return inspect_image(path, max_pixels=max_pixels)
 
 
 @pytest.mark.parametrize(
@@ -33,39 +71,67 @@ def inspect_bytes(tmp_path: Path, data: bytes, name="x.jpg", min_side=64, max_pi
     [
         (lambda: b"", "empty file"),
         (lambda: b"<html>403 Forbidden</html>", "not an image"),
-        (lambda: jpeg()[: len(jpeg()) // 2], "truncated image"),
-        (lambda: jpeg(size=(40, 300)), "too small: 40x300 px"),
-        (lambda: decompression_bomb_png(30_000), "decompression bomb guard: 30000x30000"),
+        (lambda: jpeg()[: len(jpeg()) // 2], "truncated image (OSError): image file is truncated"),
+        (lambda: png_with_exif_chunk(b"garbage, not TIFF"), "corrupt image data (SyntaxError): not a TIFF file"),
+        (tiff_with_rational_strip_offsets, "corrupt image data (TypeError): 'IFDRational' object"),
     ],
-    ids=["empty", "html-as-jpg", "truncated", "tiny", "bomb"],
+    ids=["empty", "html-as-jpg", "truncated", "garbage-exif", "tiff-typeerror"],
 )
 def test_bad_files_are_rejected_with_a_reason(tmp_path, make, reason_start):
     result = inspect_bytes(tmp_path, make())
-    assert not result.ok
-    assert result.reason.startswith(reason_start), result.reason
+    assert result.reason is not None and result.reason.startswith(reason_start), result.reason
+
+
+def test_an_error_anywhere_in_the_inspection_is_a_reject_but_running_out_of_memory_is_not(tmp_path, monkeypatch):
+    monkeypatch.setattr(images_module, "difference_hash", Mock(side_effect=ValueError("conversion from LAB to L not supported")))
+    assert inspect_bytes(tmp_path, jpeg()).reason == "corrupt image data (ValueError): conversion from LAB to L not supported"
+    monkeypatch.setattr(images_module, "difference_hash", Mock(side_effect=MemoryError()))
+    with pytest.raises(MemoryError):
+        inspect_bytes(tmp_path, jpeg())
 
 
 def test_corrupt_scan_data_is_rejected_not_decoded_as_garbage(tmp_path, demo_crawl):
-    result = inspect_image(demo_crawl / "batch-001" / "corrupt_0001.jpg", min_side=64, max_pixels=10**8)
+    result = inspect_image(demo_crawl / "batch-001" / "corrupt_0001.jpg", max_pixels=10**8)
     assert result.reason is not None and "corrupt image data" in result.reason
 
 
-def test_bomb_is_rejected_from_the_header_without_decoding(tmp_path):
-    # 40,000 x 40,000 pixels of 1-bit data would need ~200 MB to decode; the check is on the header.
+def test_bomb_is_measured_from_the_header_without_decoding(tmp_path):
+    # 40,000 x 40,000 pixels of 1-bit data would need ~1.6 GB to decode; only the header is read.
     result = inspect_bytes(tmp_path, decompression_bomb_png(40_000), max_pixels=89_478_485)
-    assert "exceeds ingest.max_pixels = 89,478,485" in result.reason
+    assert (result.reason, result.header_only, result.width, result.height, result.dhash) == (None, True, 40_000, 40_000, None)
 
 
 def test_exif_rotation_is_applied_before_measuring(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90: stored 160 wide x 120 high, shown 120 x 160
     result = inspect_bytes(tmp_path, jpeg(size=(160, 120), exif=exif))
-    assert result.ok and (result.width, result.height, result.orientation) == (120, 160, 6)
+    assert result.reason is None and not result.header_only
+    assert (result.width, result.height, result.orientation) == (120, 160, 6)
+
+
+def test_an_orientation_tag_holding_text_leaves_the_picture_as_stored(tmp_path):
+    result = inspect_bytes(tmp_path, jpeg_with_text_orientation())
+    assert result.reason is None and (result.width, result.height, result.orientation) == (160, 120, 1)
 
 
 def test_cmyk_photo_is_accepted_and_its_mode_recorded(tmp_path):
     result = inspect_bytes(tmp_path, jpeg(mode="CMYK"))
-    assert result.ok and result.mode == "CMYK" and result.format == "JPEG"
+    assert result.reason is None and result.mode == "CMYK" and result.format == "JPEG"
+
+
+@pytest.mark.parametrize(
+    ("picture", "fmt", "mode"),
+    [
+        (Image.fromarray(np.full((80, 80), 40_000, np.uint16)), "PNG", "I;16"),
+        (Image.fromarray(np.full((80, 80), 70_000, np.int32)), "TIFF", "I"),
+        (Image.fromarray(np.full((80, 80), 0.5, np.float32)), "TIFF", "F"),
+        (Image.new("LAB", (80, 80)), "TIFF", "LAB"),
+    ],
+    ids=["16-bit-png", "32-bit-int-tiff", "float-tiff", "lab-tiff"],
+)
+def test_modes_that_8_bit_rgb_would_wreck_are_rejected_with_what_to_do(tmp_path, picture, fmt, mode):
+    result = inspect_bytes(tmp_path, saved(picture, fmt), name=f"x.{fmt.lower()}")
+    assert result.reason.startswith(f"unsupported pixel mode {mode}:") and "convert the file to 8-bit RGB" in result.reason
 
 
 def test_image_id_is_the_content_hash(tmp_path):

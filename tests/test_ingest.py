@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -9,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 import pipeline.ingest as ingest_module
 from pipeline.demo_crawl import generate
 from pipeline.ingest import ingest, main, near_duplicate_pairs
+from test_images import png_with_exif_chunk, tiff_with_rational_strip_offsets  # bad files, built in the image tests
 
 
 @pytest.fixture()
@@ -94,6 +97,100 @@ def test_fresh_checkout_mtimes_cost_a_rehash_not_a_decode(tmp_path, demo_crawl, 
             os.utime(path, ns=(1_000_000_000, 1_000_000_000))  # as after `dvc checkout` / `git clone`
     _, _, _, counts = ingest(demo_crawl, cache, ingest_settings)
     assert decode_spy == [] and counts.rehashed == counts.files
+
+
+def test_new_size_limits_apply_to_cached_batches_without_decoding(tmp_path, demo_crawl, ingest_settings, decode_spy):
+    cache = tmp_path / "cache"
+    catalog, _, _, _ = ingest(demo_crawl, cache, ingest_settings)
+    decode_spy.clear()
+
+    stricter, rejects, _, counts = ingest(demo_crawl, cache, dataclasses.replace(ingest_settings, min_side=100))  # demo photos: 96 x 128
+    assert decode_spy == [] and counts.decoded == 0
+    assert stricter.num_rows == 0
+    reasons = {f"{r.batch}/{r.file}": r.reason for r in rejects.itertuples()}
+    for path in catalog.column("path").to_pylist():
+        assert reasons[path].startswith("too small") and reasons[path].endswith("ingest.min_side = 100"), reasons[path]
+
+    assert ingest(demo_crawl, cache, ingest_settings)[0].equals(catalog)
+    assert decode_spy == []
+
+
+def guarded_files(rejects: pd.DataFrame) -> set[str]:
+    """batch/file of every file the decompression-bomb guard rejected."""
+    guarded = rejects[rejects["reason"].str.startswith("decompression bomb guard")]
+    return set(guarded["batch"] + "/" + guarded["file"])
+
+
+def test_raising_max_pixels_decodes_only_the_images_it_now_admits(tmp_path, demo_crawl, ingest_settings, decode_spy):
+    cache = tmp_path / "cache"
+    guarded = guarded_files(ingest(demo_crawl, cache, dataclasses.replace(ingest_settings, max_pixels=10_000))[1])  # below 96 x 128
+    bombs = {"batch-001/bomb_0001.png", "batch-002/bomb_0001.png"}
+    assert bombs < guarded
+    decode_spy.clear()
+
+    catalog, rejects, _, _ = ingest(demo_crawl, cache, ingest_settings)
+    assert {f"{p.parent.name}/{p.name}" for p in decode_spy} == guarded - bombs and len(decode_spy) == len(guarded - bombs)
+    assert guarded_files(rejects) == bombs
+    assert catalog.equals(ingest(demo_crawl, tmp_path / "fresh-cache", ingest_settings)[0])
+
+
+def test_a_cache_written_by_an_older_ingest_is_rebuilt(tmp_path, demo_crawl, ingest_settings, decode_spy):
+    cache = tmp_path / "cache"
+    catalog = ingest(demo_crawl, cache, ingest_settings)[0]
+    pd.read_parquet(cache / "batch-001.parquet").drop(columns=["header_only"]).to_parquet(cache / "batch-001.parquet")
+    decode_spy.clear()
+    assert ingest(demo_crawl, cache, ingest_settings)[0].equals(catalog)
+    assert {p.parent.name for p in decode_spy} == {"batch-001"}
+
+
+def deny_reading(patch: pytest.MonkeyPatch, victim: Path) -> None:
+    """Make `victim` unreadable to ingest (chmod does not stop root, as tests often run)."""
+    real_read_bytes = Path.read_bytes
+
+    def read_bytes(path: Path) -> bytes:
+        if path == victim:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_read_bytes(path)
+
+    patch.setattr(Path, "read_bytes", read_bytes)
+
+
+@pytest.mark.parametrize("mtime_changed", [True, False], ids=["mtime-changed", "permissions-fixed"])
+def test_a_file_that_could_not_be_read_is_read_again_on_the_next_run(tmp_path, demo_crawl, ingest_settings, monkeypatch, mtime_changed):
+    cache = tmp_path / "cache"
+    victim = next((demo_crawl / "batch-001").glob("cmyk_*.jpg"))
+    with monkeypatch.context() as patch:
+        deny_reading(patch, victim)
+        _, rejects, _, _ = ingest(demo_crawl, cache, ingest_settings)
+    assert rejects.set_index("file").loc[victim.name, "reason"] == "unreadable file: Permission denied"
+    if mtime_changed:
+        os.utime(victim, ns=(1_000_000_000, 1_000_000_000))
+    catalog, rejects, _, _ = ingest(demo_crawl, cache, ingest_settings)
+    assert victim.name not in set(rejects["file"]) and f"batch-001/{victim.name}" in catalog.column("path").to_pylist()
+
+
+def test_a_cached_file_that_can_no_longer_be_read_is_rejected_not_a_crash(tmp_path, demo_crawl, ingest_settings, monkeypatch):
+    cache = tmp_path / "cache"
+    ingest(demo_crawl, cache, ingest_settings)
+    victim = next((demo_crawl / "batch-001").glob("cmyk_*.jpg"))
+    os.utime(victim, ns=(1_000_000_000, 1_000_000_000))  # a changed mtime sends it to the re-hash
+    deny_reading(monkeypatch, victim)
+    _, rejects, _, _ = ingest(demo_crawl, cache, ingest_settings)
+    assert rejects.set_index("file").loc[victim.name, "reason"] == "unreadable file: Permission denied"
+
+
+def test_files_that_make_pillow_raise_anything_are_rejected_and_the_worker_pool_goes_on(tmp_path, demo_crawl, ingest_settings):
+    (demo_crawl / "batch-001" / "bad_exif.png").write_bytes(png_with_exif_chunk(b"garbage, not TIFF"))
+    (demo_crawl / "batch-001" / "bad_strips.tif").write_bytes(tiff_with_rational_strip_offsets())
+    Image.fromarray(np.full((80, 80), 40_000, np.uint16)).save(demo_crawl / "batch-001" / "sixteen_bit.png")
+    settings = dataclasses.replace(ingest_settings, workers=2)
+    catalog, rejects, _, _ = ingest(demo_crawl, tmp_path / "cache", settings)
+    reasons = rejects.set_index("file")["reason"]
+    assert reasons["bad_exif.png"].startswith("corrupt image data (SyntaxError)")
+    assert reasons["bad_strips.tif"].startswith("corrupt image data (TypeError)")
+    assert reasons["sixteen_bit.png"].startswith("unsupported pixel mode I;16")
+    assert {"batch-001", "batch-002"} <= set(catalog.column("batch").to_pylist())
+    assert ingest(demo_crawl, tmp_path / "cache", settings)[3].decoded == 0, "rejects are cached like images"
 
 
 def test_removed_batch_leaves_the_catalog(tmp_path, demo_crawl, ingest_settings):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,7 +15,17 @@ from PIL import Image
 
 from pipeline.demo_crawl import generate
 from pipeline.ingest import ingest
-from pipeline.pixel_cache import PixelCacheSettings, PixelStore, UnreadableImage, build_cache, cropped_share, height_for, load_resized, main
+from pipeline.pixel_cache import (
+    PixelCacheSettings,
+    PixelStore,
+    UnreadableImage,
+    build_cache,
+    cropped_share,
+    decode_into,
+    height_for,
+    load_resized,
+    main,
+)
 
 SETTINGS = PixelCacheSettings(height=64, width=48, workers=1)
 
@@ -70,6 +83,19 @@ def test_an_image_damaged_after_ingest_names_the_file_and_leaves_its_shard_as_it
         build_cache(catalog, demo_crawl, out, dataclasses.replace(SETTINGS, height=32, workers=2))  # a new size rebuilds every shard
     assert {p.name: p.read_bytes() for p in out.glob(f"{last_batch}.*")} == shard_files
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # no temp file left behind
+
+
+def test_any_decode_error_names_the_file_and_its_cause(tmp_path, monkeypatch):
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(tmp_path / "photo.jpg")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow's bomb guard raises DecompressionBombError, not an OSError
+    with pytest.raises(UnreadableImage, match=re.escape(f"{tmp_path / 'photo.jpg'}: cannot decode it for the pixel cache (DecompressionBombError: ")):
+        decode_into((0, tmp_path / "photo.jpg"), tmp_path / "shard.npy", header_bytes=0, height=32, width=24)
+
+
+def test_the_stage_admits_images_above_pillows_bomb_limit_as_ingest_does():
+    code = "import pipeline.pixel_cache; from PIL import Image; print(Image.MAX_IMAGE_PIXELS)"  # a fresh interpreter: Pillow's default as the stage meets it
+    run = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "None"
 
 
 def test_the_cache_frame_that_fits_the_photos_and_what_another_frame_cuts_off():

@@ -133,6 +133,16 @@ def test_tag_taxonomies_switch_the_main_style_expectations_off(tmp_path):
     assert "Exactly one main style per labelled image (ties aside)" in failures(inputs, tmp_path)
 
 
+@pytest.mark.parametrize("typed", [True, False], ids=["typed-columns", "untyped-columns"])
+def test_no_labels_yet_gives_warnings_not_a_schema_error(tmp_path, typed):
+    inputs = clean_inputs()
+    for name in ("annotations", "image_labels", "style_agreement"):
+        empty = inputs[name].iloc[0:0] if typed else pd.DataFrame(columns=list(inputs[name].columns))
+        empty.to_parquet(tmp_path / f"{name}.parquet")
+        inputs[name] = pd.read_parquet(tmp_path / f"{name}.parquet")  # as the stage reads them: empty list columns lose their type
+    assert set(failures(inputs, tmp_path)) == {"Every catalogued image is labelled", "Every style is named on at least 2 images"}
+
+
 def test_summary_names_the_expectation_the_row_count_and_examples_errors_first(tmp_path):
     inputs = clean_inputs()
     _add_catalog_row(inputs)
