@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +13,14 @@ import pandas as pd
 from annotation.client import Connection, LabelStudioError
 from annotation.config import labeling_config
 from annotation.pull import snapshot_from_server
-from annotation.push import AnnotationSettings, Prediction, push_images
+from annotation.push import AnnotationSettings, Prediction, push_images, review_title
 from annotation.server import ServerSettings, credentials, start, stop
 from pipeline.settings import DEFAULT_PARAMS, Params, load_params, load_section
 from pipeline.taxonomy import load_taxonomy
+
+
+class CommandError(RuntimeError):
+    """A helper command failed; the message says what to run by hand."""
 
 
 def serve(args: argparse.Namespace, params: Params, settings: AnnotationSettings) -> int:
@@ -40,27 +45,41 @@ def load_predictions(checkpoint: Path, images: pd.DataFrame, crawl_dir: Path, to
 
 
 def push(args: argparse.Namespace, params: Params, settings: AnnotationSettings) -> int:
+    conn = Connection.from_env()  # before any work: a missing setting fails at once
     crawl_dir = params.crawl.dir
     taxonomy = load_taxonomy(params.taxonomy)
     catalog = pd.read_parquet(args.catalog, columns=["image_id", "path", "batch"])
     title = settings.project
     if args.review:
         review_ids = set(pd.read_csv(args.review, dtype="string")["image_id"])
-        catalog, title = catalog[catalog["image_id"].isin(review_ids)], f"{settings.project} (review)"
+        catalog, title = catalog[catalog["image_id"].isin(review_ids)], review_title(settings.project)
     if args.batch:
         catalog = catalog[catalog["batch"].isin(args.batch)]
-    predictions = load_predictions(args.checkpoint, catalog, crawl_dir, len(taxonomy.names)) if args.checkpoint else None
-    project_id, added = push_images(Connection.from_env(), settings, taxonomy, catalog, crawl_dir, predictions, title=title)
+    predict = (lambda new: load_predictions(args.checkpoint, new, crawl_dir, len(taxonomy.names))) if args.checkpoint else None
+    project_id, added = push_images(conn, settings, taxonomy, catalog, crawl_dir, predict, title=title)
     print(f"push: project {title!r} (id {project_id}): {added} new tasks, {len(catalog) - added} already there")
     return 0
 
 
+def dvc_add(folder: Path) -> None:
+    command = ["dvc", "add", "--quiet", str(folder)]
+    try:
+        subprocess.run(command, check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        reason = f"exit status {exc.returncode}, dvc's message is above" if isinstance(exc, subprocess.CalledProcessError) else str(exc)
+        raise CommandError(
+            f"`{shlex.join(command)}` failed ({reason}); the snapshot is written but not tracked: fix the cause "
+            f"(dvc not installed in this environment? not run from the DVC repository?) and run `dvc add {folder}` by hand"
+        ) from None
+
+
 def pull(args: argparse.Namespace, params: Params, settings: AnnotationSettings) -> int:
     exports_dir = params.crawl.label_exports
-    path, changed = snapshot_from_server(Connection.from_env(), settings.project, exports_dir)
-    print(f"pull: {'new labels in' if changed else 'no change to'} {path}")
-    if changed and not args.no_dvc_add:
-        subprocess.run(["dvc", "add", "--quiet", str(exports_dir)], check=True)
+    snapshots = snapshot_from_server(Connection.from_env(), settings.project, exports_dir)
+    for path, changed in snapshots:
+        print(f"pull: {'new labels in' if changed else 'no change to'} {path}")
+    if any(changed for _, changed in snapshots) and not args.no_dvc_add:
+        dvc_add(exports_dir)
         print(f"pull: tracked {exports_dir} with DVC; `dvc repro` now re-runs the stages that use labels")
     return 0
 
@@ -88,7 +107,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint", type=Path, help="trained model: attach its predictions and queue the most uncertain photos first")
     p.add_argument("--review", type=Path, help="push the images of this review list (data/review.csv) to the '<project> (review)' project")
     p.set_defaults(run=push)
-    p = sub.add_parser("pull", help="snapshot the project's annotations into the label exports folder and `dvc add` it")
+    p = sub.add_parser("pull", help="snapshot the project's (and its review project's) annotations into the label exports folder and `dvc add` it")
     p.add_argument("--no-dvc-add", action="store_true", help="write the snapshot only")
     p.set_defaults(run=pull)
     p = sub.add_parser("config", help="print the labeling config generated from the taxonomy")
@@ -102,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_section(AnnotationSettings, "annotation", args.params)
     try:
         return args.run(args, params, settings)
-    except LabelStudioError as exc:
+    except (LabelStudioError, CommandError) as exc:
         print(f"annotation {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

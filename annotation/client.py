@@ -27,6 +27,7 @@ class Connection:
     token: str
     attempts: int = 4
     backoff_s: float = 1.0
+    timeout_s: float = 120.0
 
     @classmethod
     def from_env(cls, url: str | None = None) -> Connection:
@@ -40,7 +41,7 @@ class Connection:
         return cls(url=url.rstrip("/"), token=token)
 
     def client(self) -> LabelStudio:
-        return LabelStudio(base_url=self.url, api_key=self.token, timeout=120)
+        return LabelStudio(base_url=self.url, api_key=self.token, timeout=self.timeout_s)
 
     def call(self, what: str, fn: Callable[[], T]) -> T:
         """Run one API call; retry network failures and 5xx with exponential backoff."""
@@ -60,7 +61,17 @@ class Connection:
                 error = exc
             if attempt < self.attempts:
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
-        raise LabelStudioError(
+        raise self.gave_up(what, error)
+
+    def gave_up(self, what: str, error: Exception) -> LabelStudioError:
+        """The error after the last attempt: a server too slow to answer is not a server that is down."""
+        if isinstance(error, httpx.TimeoutException) and not isinstance(error, httpx.ConnectTimeout):
+            return LabelStudioError(
+                f"{what}: Label Studio at {self.url} took the request but did not answer within {self.timeout_s:g} s "
+                f"({self.attempts} attempts): it runs but is busy or the request is large (e.g. a big project's export); "
+                "look at the server's log and retry when it is idle"
+            )
+        return LabelStudioError(
             f"{what}: cannot reach Label Studio at {self.url} after {self.attempts} attempts ({type(error).__name__}: {error}); "
             f"check that the server runs (`python -m annotation serve`) and that {URL_ENV} points at it"
         )

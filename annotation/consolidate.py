@@ -6,6 +6,7 @@ sub-style is kept when at least half of the image's annotators named it (as
 main or sub), except the consolidated main style itself. Per-style agreement
 (among images with two or more annotators: of the images where anyone named the
 style, the share where everyone did) shows which styles the experts read alike.
+Each expert counts once per image: only their newest valid annotation votes.
 """
 
 from __future__ import annotations
@@ -14,12 +15,47 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
+import pyarrow as pa
 
-from pipeline.atomic import write_csv, write_parquet
+from pipeline.atomic import write_arrow, write_csv, write_parquet
 
-IMAGE_LABEL_COLUMNS = ["image_id", "batch", "main_style", "sub_styles", "n_annotators", "main_agreement", "needs_review"]
+IMAGE_LABEL_COLUMNS = {
+    "image_id": "string",
+    "batch": "string",
+    "main_style": "string",
+    "sub_styles": "object",
+    "n_annotators": "int64",
+    "main_agreement": "Float64",
+    "needs_review": "bool",
+}
+REVIEW_COLUMNS = {"image_id": "string", "reason": "string"}
+AGREEMENT_COLUMNS = {"style": "string", "images": "int64", "agreement": "float64"}
+
+
+def empty_table(columns: dict[str, str]) -> pd.DataFrame:
+    return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in columns.items()})
+
+
+def labels_arrow(labels: pd.DataFrame) -> pa.Table:
+    """The labels as Arrow, sub_styles typed list<string> even when no row shows it (an empty table)."""
+    schema = pa.Schema.from_pandas(labels, preserve_index=False)
+    schema = schema.set(schema.get_field_index("sub_styles"), pa.field("sub_styles", pa.list_(pa.string())))
+    return pa.Table.from_pandas(labels, schema=schema, preserve_index=False)
+
+
+def current_votes(annotations: pd.DataFrame) -> pd.DataFrame:
+    """Each expert's one vote per image: their valid annotation updated last.
+
+    The same expert's annotation of an image can be read several times (the same
+    export file twice in the exports folder, an image imported as two tasks, a second
+    annotation tab, a re-label in the review project); counting rows would let one
+    expert outvote another. Rows without a timestamp (K-Fashion, tag CSV) keep the
+    last one read.
+    """
+    valid = annotations[~annotations["cancelled"]]
+    newest_last = valid.sort_values("updated_at", kind="stable", na_position="first")
+    return newest_last.drop_duplicates(["image_id", "annotator"], keep="last").sort_index().reset_index(drop=True)
 
 
 def named_styles(annotations: pd.DataFrame) -> pd.DataFrame:
@@ -32,10 +68,12 @@ def named_styles(annotations: pd.DataFrame) -> pd.DataFrame:
 
 
 def consolidate(annotations: pd.DataFrame, catalog: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(image labels, review list, per-style agreement) from the valid annotations."""
-    valid = annotations[~annotations["cancelled"]].reset_index(drop=True)
-    n_annotators = valid.groupby("image_id").size().rename("n_annotators")
-    named = named_styles(valid)
+    """(image labels, review list, per-style agreement) from the valid annotations; empty tables when there are none."""
+    votes_per_expert = current_votes(annotations)
+    if votes_per_expert.empty:
+        return empty_table(IMAGE_LABEL_COLUMNS), empty_table(REVIEW_COLUMNS), empty_table(AGREEMENT_COLUMNS)
+    n_annotators = votes_per_expert.groupby("image_id").size().rename("n_annotators")
+    named = named_styles(votes_per_expert)
 
     votes = named[named["is_main"]].groupby(["image_id", "style"]).size().rename("votes").reset_index()
     top = votes.groupby("image_id")["votes"].transform("max")
@@ -47,7 +85,8 @@ def consolidate(annotations: pd.DataFrame, catalog: pd.DataFrame) -> tuple[pd.Da
     mentions = named.groupby(["image_id", "style"]).size().rename("mentions").reset_index()
     mentions["n"] = mentions["image_id"].map(n_annotators)
     kept = mentions[(2 * mentions["mentions"] >= mentions["n"])]
-    kept = kept[kept["style"] != kept["image_id"].map(winner["style"])]
+    is_main = kept["style"].eq(kept["image_id"].map(winner["style"])).fillna(False)  # a tie has no main: NA, not False
+    kept = kept[~is_main]
     subs = kept.groupby("image_id")["style"].agg(lambda s: sorted(map(str, s)))
 
     labels = pd.DataFrame(index=n_annotators.index)
@@ -63,8 +102,8 @@ def consolidate(annotations: pd.DataFrame, catalog: pd.DataFrame) -> tuple[pd.Da
     review = ties.groupby("image_id").apply(
         lambda g: "tie for main style: " + ", ".join(f"{s} {v}" for s, v in zip(g["style"], g["votes"])), include_groups=False
     )
-    review = review.rename("reason").reset_index() if len(review) else pd.DataFrame(columns=["image_id", "reason"])
-    return labels[IMAGE_LABEL_COLUMNS], review, style_agreement(named, n_annotators)
+    review = review.rename("reason").reset_index().astype(REVIEW_COLUMNS) if len(review) else empty_table(REVIEW_COLUMNS)
+    return labels[list(IMAGE_LABEL_COLUMNS)], review, style_agreement(named, n_annotators)
 
 
 def style_agreement(named: pd.DataFrame, n_annotators: pd.Series) -> pd.DataFrame:
@@ -72,7 +111,7 @@ def style_agreement(named: pd.DataFrame, n_annotators: pd.Series) -> pd.DataFram
     per_image = named[named["image_id"].isin(multi.index)].groupby(["style", "image_id"]).size().rename("named_by").reset_index()
     per_image["everyone"] = per_image["named_by"] == per_image["image_id"].map(multi)
     table = per_image.groupby("style").agg(images=("image_id", "size"), agreement=("everyone", "mean")).reset_index()
-    return table.astype({"images": "int64", "agreement": np.float64})
+    return table.astype(AGREEMENT_COLUMNS)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -88,9 +127,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     labels, review, agreement = consolidate(pd.read_parquet(args.annotations), pd.read_parquet(args.catalog, columns=["image_id", "batch"]))
-    write_parquet(labels, args.out)
+    write_arrow(labels_arrow(labels), args.out)
     write_csv(review, args.review)
     write_parquet(agreement, args.agreement)
+    if labels.empty:
+        print(
+            f"consolidate: no valid annotations in {args.annotations} yet (nothing submitted, or only skipped tasks): "
+            "wrote empty tables; once experts submit labels, run `python -m annotation pull` and `dvc repro`"
+        )
+        return 0
     print(f"consolidate: {len(labels)} images, {int((labels['n_annotators'] > 1).sum())} with several experts, {len(review)} ties sent to review ({args.review})")
     return 0
 

@@ -16,10 +16,11 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from label_studio_sdk import LabelStudio
 
 from annotation.client import Connection, LabelStudioError
 from annotation.importers import Imported, import_label_studio, read_label_studio_export
-from annotation.push import find_project
+from annotation.push import review_title
 from pipeline.atomic import atomic_path, write_csv, write_json, write_parquet
 from pipeline.settings import DEFAULT_PARAMS, load_params
 from pipeline.taxonomy import Taxonomy, load_taxonomy
@@ -52,24 +53,37 @@ def without_volatile_fields(value):
     return value
 
 
-def snapshot_from_server(conn: Connection, title: str, exports_dir: Path) -> tuple[Path, bool]:
-    """Export project `title` into `<exports_dir>/label-studio-<title>.json`; (path, whether it changed).
+def export_path(exports_dir: Path, title: str) -> Path:
+    return exports_dir / f"label-studio-{re.sub(r'[^A-Za-z0-9]+', '-', title).strip('-').lower()}.json"
+
+
+def snapshot_project(conn: Connection, ls: LabelStudio, project, exports_dir: Path) -> tuple[Path, bool]:
+    """Export `project` into `<exports_dir>/label-studio-<title>.json`; (path, whether it changed).
 
     The file is rewritten only when the export differs, so DVC sees a change only
     when the experts' labels did.
     """
-    ls = conn.client()
-    project = find_project(conn, ls, title)
-    if project is None:
-        raise LabelStudioError(f"no project titled {title!r} on {conn.url}: run `python -m annotation push` first")
-    tasks = conn.call("export annotations", lambda: ls.projects.exports.as_json(project.id))
+    tasks = conn.call(f"export project {project.title!r}", lambda: ls.projects.exports.as_json(project.id))
     text = json.dumps(sorted(map(without_volatile_fields, tasks), key=lambda t: t["id"]), indent=1, ensure_ascii=False, sort_keys=True, default=str) + "\n"
-    path = exports_dir / f"label-studio-{re.sub(r'[^A-Za-z0-9]+', '-', title).strip('-').lower()}.json"
+    path = export_path(exports_dir, project.title)
     if path.exists() and path.read_text(encoding="utf-8") == text:
         return path, False
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return path, True
+
+
+def snapshot_from_server(conn: Connection, title: str, exports_dir: Path) -> list[tuple[Path, bool]]:
+    """Snapshot project `title` and, once `push --review` has created it, its review project.
+
+    The review project's labels are extra votes on tied images; the labels stage
+    reads every JSON in the exports folder, so they reach consolidate.
+    """
+    ls = conn.client()
+    projects = {p.title: p for p in conn.call("list projects", lambda: list(ls.projects.list()))}
+    if title not in projects:
+        raise LabelStudioError(f"no project titled {title!r} on {conn.url}: run `python -m annotation push` first")
+    return [snapshot_project(conn, ls, projects[t], exports_dir) for t in (title, review_title(title)) if t in projects]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

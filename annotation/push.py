@@ -3,14 +3,15 @@
 The project is found by title (created when missing, its labeling config kept in
 step with the taxonomy), a local-files storage covering the crawl is connected,
 and only catalog images whose id is not yet in the project become tasks, in
-chunks. With model predictions, each task carries a pre-annotation (model version,
-score) and tasks are imported most-uncertain first, which is the order experts
-see them in under Label Studio's sequential sampling.
+chunks. With model predictions (made for those new images only), each task carries
+a pre-annotation (model version, score) and tasks are imported most-uncertain
+first, which is the order experts see them in under Label Studio's sequential
+sampling.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -19,7 +20,7 @@ import pandas as pd
 from label_studio_sdk import LabelStudio
 from tqdm import tqdm
 
-from annotation.client import Connection
+from annotation.client import Connection, LabelStudioError
 from annotation.config import labeling_config
 from annotation.importers import MAIN_FIELD, SUB_FIELD
 from pipeline.taxonomy import Taxonomy
@@ -60,6 +61,11 @@ def _choices(from_name: str, values: list[str]) -> dict:
     return {"from_name": from_name, "to_name": "image", "type": "choices", "value": {"choices": values}}
 
 
+def review_title(project: str) -> str:
+    """Title of the project that `push --review` sends tied images to (and `pull` snapshots)."""
+    return f"{project} (review)"
+
+
 def find_project(conn: Connection, ls: LabelStudio, title: str):
     return next((p for p in conn.call("list projects", lambda: list(ls.projects.list())) if p.title == title), None)
 
@@ -83,13 +89,28 @@ def ensure_local_storage(conn: Connection, ls: LabelStudio, project_id: int, cra
         conn.call("connect local storage", lambda: ls.import_storage.local.create(project=project_id, path=path, title="crawl", use_blob_urls=True))
 
 
-def project_image_ids(conn: Connection, ls: LabelStudio, project_id: int) -> set[str]:
-    tasks = conn.call("list tasks", lambda: list(ls.tasks.list(project=project_id, fields="all")))
+def listed_image_ids(ls: LabelStudio, project_id: int) -> set[str]:
+    tasks = ls.tasks.list(project=project_id, fields="task_only")  # data only, no annotations or predictions
     return {str(t.data.get("image_id")) for t in tasks if t.data and t.data.get("image_id")}
 
 
-def task_for(image_id: str, path: str, crawl_url_prefix: str, prediction: Prediction | None) -> dict:
-    task: dict = {"data": {"image": f"/data/local-files/?d={quote(crawl_url_prefix + '/' + path)}", "image_id": image_id}}
+def project_image_ids(conn: Connection, ls: LabelStudio, project_id: int) -> set[str]:
+    return conn.call("list tasks", lambda: listed_image_ids(ls, project_id))
+
+
+def crawl_url_prefix(crawl_dir: Path, document_root: Path) -> str:
+    """The crawl's path under Label Studio's local-files root, as task URLs spell it."""
+    crawl, root = crawl_dir.resolve(), document_root.resolve()
+    if not crawl.is_relative_to(root):
+        raise LabelStudioError(
+            f"crawl.dir {crawl} is not under annotation.document_root {root}, the only folder Label Studio serves files from: "
+            "in params.yaml, set annotation.document_root to a folder that holds crawl.dir (and restart `serve`), or move the crawl under it"
+        )
+    return crawl.relative_to(root).as_posix()
+
+
+def task_for(image_id: str, path: str, url_prefix: str, prediction: Prediction | None) -> dict:
+    task: dict = {"data": {"image": f"/data/local-files/?d={quote(url_prefix + '/' + path)}", "image_id": image_id}}
     if prediction is not None:
         task["predictions"] = [prediction.as_label_studio()]
     return task
@@ -100,26 +121,53 @@ def chunked(items: list[dict], size: int) -> Iterable[list[dict]]:
         yield items[start : start + size]
 
 
+def import_chunk(conn: Connection, ls: LabelStudio, project_id: int, chunk: list[dict]) -> None:
+    """Import `chunk` so that no task is ever created twice.
+
+    The import POST is not idempotent: when Label Studio saved the tasks but its answer
+    was lost (a read timeout, a 5xx from a proxy), sending the chunk again would
+    duplicate them. So the SDK does not retry it, and each retry of ours re-lists
+    the project and sends only the chunk's images still missing.
+    """
+    attempted = False
+
+    def send_missing() -> None:
+        nonlocal attempted
+        pending = chunk
+        if attempted:
+            present = listed_image_ids(ls, project_id)
+            pending = [task for task in chunk if task["data"]["image_id"] not in present]
+        attempted = True
+        if pending:
+            ls.projects.import_tasks(project_id, request=pending, request_options={"max_retries": 0})
+
+    conn.call(f"import {len(chunk)} tasks", send_missing)
+
+
 def push_images(
     conn: Connection,
     settings: AnnotationSettings,
     taxonomy: Taxonomy,
     images: pd.DataFrame,
     crawl_dir: Path,
-    predictions: Mapping[str, Prediction] | None = None,
+    predict: Callable[[pd.DataFrame], Mapping[str, Prediction]] | None = None,
     title: str | None = None,
 ) -> tuple[int, int]:
-    """Import `images` (image_id, path) not yet in the project; returns (project id, tasks added)."""
+    """Import `images` (image_id, path) not yet in the project; returns (project id, tasks added).
+
+    `predict` gets only those new images, so a small batch on top of a long history
+    costs a small batch of model predictions.
+    """
+    prefix = crawl_url_prefix(crawl_dir, settings.document_root)
     ls = conn.client()
     project_id = ensure_project(conn, ls, title or settings.project, labeling_config(taxonomy))
     ensure_local_storage(conn, ls, project_id, crawl_dir)
     new = images[~images["image_id"].isin(project_image_ids(conn, ls, project_id))]
-    predictions = predictions or {}
+    predictions = predict(new) if predict is not None and len(new) else {}
     if predictions:  # most uncertain first: sequential sampling serves tasks in import order
         new = new.assign(_confidence=new["image_id"].map(lambda i: predictions[i].confidence if i in predictions else 2.0))
         new = new.sort_values("_confidence", kind="stable")
-    prefix = crawl_dir.resolve().relative_to(settings.document_root.resolve()).as_posix()
     tasks = [task_for(i, p, prefix, predictions.get(i)) for i, p in zip(new["image_id"], new["path"])]
     for chunk in tqdm(list(chunked(tasks, settings.chunk_size)), desc="push", unit="chunk", disable=None):
-        conn.call(f"import {len(chunk)} tasks", lambda chunk=chunk: ls.projects.import_tasks(project_id, request=chunk))
+        import_chunk(conn, ls, project_id, chunk)
     return project_id, len(tasks)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from annotation.importers import import_kfashion, import_label_studio, import_tag_csv, read_label_studio_export
-from annotation.pull import catalog_lookup
+from annotation.consolidate import consolidate
+from annotation.pull import catalog_lookup, import_exports
 from pipeline.ingest import ingest
 from pipeline.taxonomy import load_taxonomy
 
@@ -23,15 +24,38 @@ def styles():
 
 
 @pytest.fixture()
-def demo_export(demo_crawl, tmp_path, ingest_settings):
+def demo_catalog(demo_crawl, tmp_path, ingest_settings):
+    return ingest(demo_crawl, tmp_path / "cache", ingest_settings)[0].to_pandas()
+
+
+@pytest.fixture()
+def demo_export(demo_crawl, demo_catalog):
     """(tasks of batch-001, 'batch/file' -> image id, catalog ids) for the tiny demo crawl."""
-    catalog = ingest(demo_crawl, tmp_path / "cache", ingest_settings)[0].to_pandas()
     tasks = read_label_studio_export(demo_crawl.parent / "exports" / "batch-001.json")
-    return tasks, catalog_lookup(catalog), set(catalog["image_id"])
+    return tasks, catalog_lookup(demo_catalog), set(demo_catalog["image_id"])
 
 
 def choices(from_name: str, values: list[str]) -> dict:
     return {"type": "choices", "from_name": from_name, "to_name": "image", "value": {"choices": values}}
+
+
+def expert_says(annotation_id: int, expert: int, main: str, updated_at: str) -> dict:
+    return {"id": annotation_id, "completed_by": expert, "result": [choices("main_style", [main])], "was_cancelled": False, "updated_at": updated_at}
+
+
+def test_the_review_projects_vote_settles_a_tie_and_each_expert_counts_once(demo_catalog, tmp_path, styles):
+    image = demo_catalog.iloc[0]["image_id"]
+    main = [{"id": 1, "data": {"image_id": image}, "annotations": [expert_says(10, 1, "Casual", "2019-07-01T10:00:00Z"), expert_says(11, 2, "Sporty", "2019-07-01T11:00:00Z")]}]
+    review = [{"id": 50, "data": {"image_id": image}, "annotations": [expert_says(60, 3, "Sporty", "2019-07-09T10:00:00Z"), expert_says(61, 1, "Casual", "2019-07-09T11:00:00Z")]}]
+    exports = tmp_path / "label-exports"
+    exports.mkdir()
+    for name, tasks in (("label-studio-styles.json", main), ("label-studio-styles-review.json", review), ("copy-of-main.json", main)):
+        (exports / name).write_text(json.dumps(tasks))
+    rows, _ = import_exports(exports, demo_catalog, styles).tables()
+    labels, review_list, _ = consolidate(rows, demo_catalog)
+    label = labels.set_index("image_id").loc[image]
+    assert (label["main_style"], label["n_annotators"], label["needs_review"]) == ("Sporty", 3, False)
+    assert review_list.empty
 
 
 def test_demo_export_imports_completely(demo_export, styles):

@@ -1,16 +1,27 @@
-"""Annotation pieces that need no server: labeling config, retries, consolidation."""
+"""Annotation pieces that need no server (or a fake one): labeling config, retries, push, pull, consolidation."""
 
 from __future__ import annotations
 
+import json
+import socket
 from pathlib import Path
+from types import SimpleNamespace
 from xml.etree import ElementTree
 
+import httpx
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from annotation.__main__ import main as annotation_main
 from annotation.client import Connection, LabelStudioError
 from annotation.config import labeling_config
-from annotation.consolidate import consolidate
+from annotation.consolidate import IMAGE_LABEL_COLUMNS, consolidate
+from annotation.consolidate import main as consolidate_main
+from annotation.importers import ANNOTATION_COLUMNS
+from annotation.pull import snapshot_from_server
+from annotation.push import AnnotationSettings, Prediction, push_images
 from pipeline.taxonomy import load_taxonomy
 
 ROOT = Path(__file__).parents[1]
@@ -40,9 +51,14 @@ def test_missing_configuration_says_which_variables(monkeypatch):
 
 
 def annotations(rows: list[tuple[str, str | None, list[str]]]) -> pd.DataFrame:
+    """An annotations table as the labels stage writes it; row n is expert n's."""
     return pd.DataFrame(
-        [{"image_id": i, "annotator": str(n), "main_style": m, "sub_styles": s, "cancelled": False} for n, (i, m, s) in enumerate(rows)]
-    )
+        [
+            {"image_id": i, "annotator": str(n), "main_style": m, "sub_styles": s, "cancelled": False, "source": "export.json", "record": f"annotation {n}"}
+            for n, (i, m, s) in enumerate(rows)
+        ],
+        columns=list(ANNOTATION_COLUMNS),
+    ).astype(ANNOTATION_COLUMNS)
 
 
 def test_consolidation_majority_main_half_vote_subs_and_ties_for_review():
@@ -63,3 +79,164 @@ def test_consolidation_majority_main_half_vote_subs_and_ties_for_review():
     agree = agreement.set_index("style")["agreement"]
     assert agree["Sporty"] == 1.0 and agree["Romantic"] == 0.0 and agree["Casual"] == 0.0  # everyone vs. not everyone
     assert "c" not in set(agreement["style"])  # single-annotator images do not count
+
+
+def test_an_expert_counts_once_per_image_with_their_newest_annotation():
+    table = annotations([
+        ("a", "Casual", []), ("a", "Casual", []), ("a", "Sporty", []),  # expert 1 twice (second tab) vs. expert 2
+        ("b", "Casual", []), ("b", "Sporty", []), ("b", "Sporty", []),  # expert 1 changed their mind in a later annotation
+        ("c", "Natural", []), ("c", "Sexy", []),                         # no timestamps (K-Fashion, CSV): the last row read
+    ])  # fmt: skip
+    table["annotator"] = ["1", "1", "2", "1", "1", "2", "kfashion", "kfashion"]
+    table["updated_at"] = pd.to_datetime(["2019-07-01", "2019-07-02", "2019-07-01", "2019-07-02", "2019-07-03", "2019-07-01", None, None], utc=True)
+    labels, review, _ = consolidate(table, pd.DataFrame({"image_id": ["a", "b", "c"], "batch": ["b1"] * 3}))
+    by_id = labels.set_index("image_id")
+    assert pd.isna(by_id.loc["a", "main_style"]) and by_id.loc["a", "needs_review"] and by_id.loc["a", "n_annotators"] == 2
+    assert list(review["image_id"]) == ["a"] and "Casual 1, Sporty 1" in review.iloc[0]["reason"]
+    assert by_id.loc["b", "main_style"] == "Sporty" and by_id.loc["b", "main_agreement"] == 1.0 and by_id.loc["b", "n_annotators"] == 2
+    assert by_id.loc["c", "main_style"] == "Sexy" and by_id.loc["c", "n_annotators"] == 1
+
+
+def test_an_export_file_read_twice_changes_nothing():
+    table = annotations([("a", "Romantic", ["Elegant"]), ("b", "Casual", []), ("b", "Natural", [])])
+    table["updated_at"] = pd.Timestamp("2019-07-01", tz="UTC")
+    twice = pd.concat([table, table.assign(source="copy of export.json")], ignore_index=True)
+    catalog = pd.DataFrame({"image_id": ["a", "b"], "batch": ["b1", "b1"]})
+    for once, doubled in zip(consolidate(table, catalog), consolidate(twice, catalog)):
+        pd.testing.assert_frame_equal(once, doubled)
+    _, _, agreement = consolidate(twice, catalog)
+    assert "Romantic" not in set(agreement["style"]), "one expert read twice is not two experts agreeing"
+
+
+def test_no_valid_annotations_give_empty_typed_tables(tmp_path, capsys):
+    skipped = annotations([("a", None, []), ("b", None, [])]).assign(cancelled=True)
+    pd.DataFrame({"image_id": ["a", "b"], "batch": ["b1", "b1"]}).to_parquet(tmp_path / "catalog.parquet")
+    for table in (skipped, skipped.iloc[:0]):
+        table.to_parquet(tmp_path / "annotations.parquet")
+        paths = ["--annotations", "annotations.parquet", "--catalog", "catalog.parquet", "--out", "labels.parquet", "--review", "review.csv", "--agreement", "agreement.parquet"]
+        assert consolidate_main([str(tmp_path / p) if p.endswith(("parquet", "csv")) else p for p in paths]) == 0
+        assert "no valid annotations" in capsys.readouterr().out
+        labels = pd.read_parquet(tmp_path / "labels.parquet")
+        assert labels.empty and labels.dtypes.astype(str).to_dict() == {k: str(pd.Series(dtype=v).dtype) for k, v in IMAGE_LABEL_COLUMNS.items()}
+        assert pq.read_schema(tmp_path / "labels.parquet").field("sub_styles").type == pa.list_(pa.string())
+        assert pd.read_csv(tmp_path / "review.csv").columns.tolist() == ["image_id", "reason"]
+        agreement = pd.read_parquet(tmp_path / "agreement.parquet")
+        assert agreement.empty and agreement.dtypes.astype(str).to_dict() == {"style": "string", "images": "int64", "agreement": "float64"}
+
+
+class FakeLabelStudio:
+    """The SDK calls push makes, on one in-memory project; the first `lost_answers` imports save their tasks, then time out."""
+
+    def __init__(self, title: str, image_ids: list[str], lost_answers: int = 0):
+        self.saved = [{"image_id": i} for i in image_ids]
+        self.lost_answers = lost_answers
+        self.requests: list[tuple[str, object]] = []
+        project = SimpleNamespace(id=7, title=title, label_config="")
+        self.projects = SimpleNamespace(list=lambda: [project], update=lambda *a, **k: None, import_tasks=self.import_tasks)
+        self.import_storage = SimpleNamespace(local=SimpleNamespace(list=lambda project: [], create=lambda **k: None))
+        self.tasks = SimpleNamespace(list=self.list_tasks)
+
+    def list_tasks(self, project: int, fields: str):
+        self.requests.append(("list tasks", fields))
+        return [SimpleNamespace(data=data) for data in self.saved]
+
+    def import_tasks(self, project_id: int, request: list[dict], request_options: dict | None = None):
+        self.requests.append(("import", request_options))
+        self.saved += [task["data"] for task in request]
+        if self.lost_answers:
+            self.lost_answers -= 1
+            raise httpx.ReadTimeout("saved, but the answer was lost")
+
+
+@pytest.fixture()
+def push_setup(tmp_path, monkeypatch):
+    """(connection, settings, taxonomy, crawl dir, fake server factory): push_images against a FakeLabelStudio."""
+    settings = AnnotationSettings(project="styles", chunk_size=2, port=0, data_dir=tmp_path, document_root=tmp_path)
+    conn = Connection(url="http://fake", token="t", attempts=3, backoff_s=0)
+
+    def serve(image_ids: list[str], lost_answers: int = 0) -> FakeLabelStudio:
+        fake = FakeLabelStudio(settings.project, image_ids, lost_answers)
+        monkeypatch.setattr(Connection, "client", lambda self: fake)
+        return fake
+
+    return conn, settings, load_taxonomy(ROOT / "taxonomies/kfashion_styles.yaml"), tmp_path / "crawl", serve
+
+
+def images(ids: str) -> pd.DataFrame:
+    return pd.DataFrame({"image_id": list(ids), "path": [f"b1/{i}.jpg" for i in ids]})
+
+
+@pytest.mark.parametrize("lost_answers", [1, 3])
+def test_an_import_whose_answer_is_lost_never_creates_a_task_twice(push_setup, lost_answers):
+    conn, settings, taxonomy, crawl, serve = push_setup
+    fake = serve([], lost_answers)
+    assert push_images(conn, settings, taxonomy, images("abc"), crawl) == (7, 3)
+    assert sorted(d["image_id"] for d in fake.saved) == ["a", "b", "c"]
+    assert all(options == {"max_retries": 0} for what, options in fake.requests if what == "import"), "the SDK must not re-send the POST"
+    assert all(fields == "task_only" for what, fields in fake.requests if what == "list tasks")
+
+
+def test_predictions_are_made_for_the_new_images_only(push_setup):
+    conn, settings, taxonomy, crawl, serve = push_setup
+    fake = serve(["a", "b"])
+    asked: list[list[str]] = []
+
+    def predict(new: pd.DataFrame) -> dict[str, Prediction]:
+        asked.append(list(new["image_id"]))
+        return {i: Prediction("m@1", [("Casual", p)]) for i, p in zip(new["image_id"], [0.9, 0.3])}
+
+    assert push_images(conn, settings, taxonomy, images("abcd"), crawl, predict) == (7, 2)
+    assert asked == [["c", "d"]]
+    assert [d["image_id"] for d in fake.saved] == ["a", "b", "d", "c"], "most uncertain first"
+    serve(list("abcd"))
+    push_images(conn, settings, taxonomy, images("abcd"), crawl, predict)
+    assert asked == [["c", "d"]], "nothing new: the model is not even loaded"
+
+
+def test_crawl_outside_the_document_root_is_named_before_any_request(tmp_path):
+    settings = AnnotationSettings(project="styles", chunk_size=2, port=0, data_dir=tmp_path, document_root=tmp_path / "data")
+    closed = Connection(url="http://127.0.0.1:9", token="x", attempts=1)
+    taxonomy = load_taxonomy(ROOT / "taxonomies/kfashion_styles.yaml")
+    with pytest.raises(LabelStudioError, match=r"crawl.dir .*/srv-crawl is not under annotation.document_root .*/data.*params.yaml"):
+        push_images(closed, settings, taxonomy, images("a"), tmp_path / "srv-crawl")
+
+
+def test_push_checks_the_connection_before_predicting(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
+    images("ab").assign(batch="b1").to_parquet(tmp_path / "catalog.parquet")
+    monkeypatch.setattr("annotation.__main__.load_predictions", lambda *a: pytest.fail("predicted before connecting"))
+    assert annotation_main(["push", "--catalog", str(tmp_path / "catalog.parquet"), "--checkpoint", str(tmp_path / "best.pt")]) == 2
+    assert "set LABEL_STUDIO_URL" in capsys.readouterr().err
+
+
+def test_a_server_too_slow_to_answer_is_not_reported_as_down():
+    with socket.socket() as listener:  # listens, never answers: the request times out after the connection
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        slow = Connection(url=f"http://127.0.0.1:{listener.getsockname()[1]}", token="x", attempts=2, backoff_s=0.01, timeout_s=0.2)
+        with pytest.raises(LabelStudioError, match=r"export project 'styles': .* did not answer within 0.2 s \(2 attempts\)") as failure:
+            slow.call("export project 'styles'", lambda: list(slow.client().projects.list()))
+    assert "cannot reach" not in str(failure.value)
+
+
+def test_pull_names_the_dvc_command_to_run_when_dvc_add_fails(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("LABEL_STUDIO_URL", "http://fake")
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "t")
+    (tmp_path / "dvc").write_text("#!/bin/sh\necho 'ERROR: you are not inside of a DVC repository' >&2\nexit 255\n")
+    (tmp_path / "dvc").chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr("annotation.__main__.snapshot_from_server", lambda conn, title, exports: [(exports / "label-studio-styles.json", True)])
+    assert annotation_main(["pull"]) == 2
+    assert "run `dvc add data/label-exports` by hand" in capsys.readouterr().err
+
+
+def test_pull_snapshots_the_review_project_next_to_the_main_one(tmp_path, monkeypatch):
+    projects = [SimpleNamespace(id=1, title="styles"), SimpleNamespace(id=2, title="styles (review)"), SimpleNamespace(id=3, title="other")]
+    exports = {1: [{"id": 1, "data": {"image_id": "a"}}], 2: [{"id": 9, "data": {"image_id": "a"}}]}
+    fake = SimpleNamespace(projects=SimpleNamespace(list=lambda: projects, exports=SimpleNamespace(as_json=lambda project_id: exports[project_id])))
+    monkeypatch.setattr(Connection, "client", lambda self: fake)
+    snapshots = snapshot_from_server(Connection(url="http://fake", token="t"), "styles", tmp_path)
+    assert [(path.name, changed) for path, changed in snapshots] == [("label-studio-styles.json", True), ("label-studio-styles-review.json", True)]
+    assert json.loads((tmp_path / "label-studio-styles-review.json").read_text()) == exports[2]

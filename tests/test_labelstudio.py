@@ -6,6 +6,7 @@ data in a temporary folder; experts are played by API calls, as the web UI makes
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import socket
@@ -16,8 +17,8 @@ import pytest
 
 from annotation.client import Connection, LabelStudioError
 from annotation.importers import import_label_studio, read_label_studio_export
-from annotation.pull import catalog_lookup, snapshot_from_server
-from annotation.push import AnnotationSettings, Prediction, push_images
+from annotation.pull import catalog_lookup, export_path, snapshot_from_server
+from annotation.push import AnnotationSettings, Prediction, push_images, review_title
 from annotation.server import ServerSettings, start, stop
 from pipeline.demo_crawl import generate
 from pipeline.ingest import ingest
@@ -108,8 +109,8 @@ def test_round_trip_keeps_exactly_the_valid_annotations(server, workspace, annot
         ls.annotations.create(id=task.id, result=result, was_cancelled=cancelled, lead_time=4.5)
 
     exports = root / f"exports-{project_id}"
-    path, changed = snapshot_from_server(server, annotation_settings.project, exports)
-    assert changed and snapshot_from_server(server, annotation_settings.project, exports) == (path, False)
+    [(path, changed)] = snapshot_from_server(server, annotation_settings.project, exports)
+    assert changed and snapshot_from_server(server, annotation_settings.project, exports) == [(path, False)]
     imported = import_label_studio(read_label_studio_export(path), str(path), styles, catalog_lookup(catalog), set(catalog["image_id"]))
     rows, rejects = imported.tables()
     valid = rows[~rows["cancelled"]].sort_values("main_style")
@@ -130,13 +131,28 @@ def test_predictions_become_pre_annotations_most_uncertain_first(server, workspa
         image_id: Prediction("mlgcn@1", [("Casual", p), ("Natural", 0.55), ("Sexy", 0.1)])
         for image_id, p in zip(subset["image_id"], confidences)
     }
-    project_id, _ = push_images(server, annotation_settings, styles, subset, root / "data/crawl", predictions)
+    project_id, _ = push_images(server, annotation_settings, styles, subset, root / "data/crawl", lambda new: predictions)
     exported = server.client().projects.exports.as_json(project_id)
     queue = [predictions[t["data"]["image_id"]].confidence for t in sorted(exported, key=lambda t: t["id"])]
     assert queue == sorted(confidences)
     prediction = server.client().predictions.list(task=exported[0]["id"])[0]
     assert prediction.model_version == "mlgcn@1"
     assert [r["value"]["choices"] for r in prediction.result] == [["Casual"], ["Natural"]]
+
+
+def test_pull_snapshots_the_review_project_once_push_review_made_it(server, workspace, annotation_settings, styles):
+    root, catalog = workspace
+    settings = dataclasses.replace(annotation_settings, project="pull with review")  # + " (review)": titles hold 50 characters
+    project, crawl, exports = settings.project, root / "data/crawl", root / "exports-with-review"
+    push_images(server, settings, styles, catalog, crawl)
+    assert snapshot_from_server(server, project, exports) == [(export_path(exports, project), True)]
+    review_id, _ = push_images(server, settings, styles, catalog.head(1), crawl, title=review_title(project))
+    task = next(iter(server.client().tasks.list(project=review_id, fields="task_only")))
+    server.client().annotations.create(id=task.id, result=[choices("main_style", ["Sporty"])])
+    main, review = snapshot_from_server(server, project, exports)
+    assert main[1] is False and review == (export_path(exports, review_title(project)), True)
+    assert review[0].name.endswith("-review.json")
+    assert [t["annotations"][0]["result"][0]["value"]["choices"] for t in read_label_studio_export(review[0])] == [["Sporty"]]
 
 
 def test_wrong_token_is_a_clear_error(server, annotation_settings, workspace, styles):
