@@ -33,6 +33,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def trained_precision(meta: dict[str, Any]) -> str:
+    """The train.precision a checkpoint's model was trained under, to score it the same way; "bf16" (the default) for checkpoints that do not record it."""
+    return meta.get("train", {}).get("precision", "bf16")
+
+
 def build_trained_module(meta: dict[str, Any], backbone_body: nn.Module | None = None) -> nn.Module:
     """The module whose state_dict a checkpoint stores, with placeholder graph buffers (loading fills them)."""
     spec = ModelSpec(**meta["spec"])

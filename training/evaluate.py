@@ -20,12 +20,11 @@ from torch.utils.data import DataLoader
 
 from pipeline.atomic import atomic_path, write_json
 from pipeline.settings import load_section
-from training.checkpoint import build_trained_module, load_checkpoint, pixel_model
+from training.checkpoint import build_trained_module, load_checkpoint, pixel_model, trained_precision
 from training.data import ImageDataset, InputError, main_index, read_dataset, read_label_subset, target_matrix
 from training.device import pick_device, prepare
 from training.metrics import PAPER_COLUMNS, bootstrap_interval, evaluate_scores, mean_average_precision, topk_hits
 from training.models import ModelSpec
-from training.predict import trained_precision
 from training.train import feature_batches, load_model_specs, predict_probs
 
 COLUMN_TITLES = {"top1_any": "T1 any", "top2_all": "T2 all", "top2_any": "T2 any", "top3_all": "T3 all", "top3_any": "T3 any", "mAP": "mAP"}

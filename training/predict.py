@@ -13,7 +13,6 @@ import io
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -21,16 +20,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_path
-from training.checkpoint import load_checkpoint, pixel_model
+from training.checkpoint import load_checkpoint, pixel_model, trained_precision
 from training.data import ImageDataset, InputError
 from training.device import autocast, pick_device, prepare, to_device
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-
-
-def trained_precision(meta: dict[str, Any]) -> str:
-    """The train.precision a checkpoint's model was trained under, to score it the same way; "bf16" (the default) for checkpoints that do not record it."""
-    return meta.get("train", {}).get("precision", "bf16")
 
 
 def predict_images(checkpoint_path: str | Path, image_paths: list[str | Path], top_k: int = 3, batch_size: int = 32) -> list[dict]:
