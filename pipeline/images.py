@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pipeline.bomb_guard import pillow_bomb_guard_lifted
+
 IMAGE_ID_HEX_CHARS = 16  # 64 bits of SHA-256: collision odds ~1e-8 at 1.2 M images
 EXIF_ORIENTATION = 0x0112
 
@@ -28,9 +30,6 @@ EXIF_ORIENTATION = 0x0112
 # (a 16-bit PNG turns almost white, a float TIFF black), LAB has no conversion to grey.
 SUPPORTED_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"})
 
-# Pillow's global bomb guard is replaced by the per-call `max_pixels` check in inspect_image,
-# which runs on the header before any pixel is decoded and names the params.yaml setting.
-Image.MAX_IMAGE_PIXELS = None
 
 
 def content_id(data: bytes) -> str:
@@ -96,7 +95,8 @@ def inspect_image(path: Path, max_pixels: int) -> Inspected:
     if not data:
         return Inspected(image_id=image_id, bytes=0, reason="empty file (0 bytes)")
     try:
-        return _decode(data, image_id, max_pixels)
+        with pillow_bomb_guard_lifted():
+            return _decode(data, image_id, max_pixels)
     except UnidentifiedImageError:
         return Inspected(image_id=image_id, bytes=len(data), reason="not an image: Pillow recognises no image format in the bytes")
     except MemoryError:

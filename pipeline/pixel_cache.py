@@ -35,14 +35,11 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_path, write_json, write_parquet
+from pipeline.bomb_guard import pillow_bomb_guard_lifted
 from pipeline.settings import DEFAULT_PARAMS, load_params, load_section
 
 
 EXIF_ORIENTATION = 0x0112
-
-# Pillow's own decompression-bomb limit (~179 MP raises) would refuse images that ingest, the
-# guard of this pipeline, admitted under a larger ingest.max_pixels; every image here passed it.
-Image.MAX_IMAGE_PIXELS = None
 
 
 class UnreadableImage(OSError):
@@ -97,7 +94,8 @@ def decode_into(task: tuple[int, Path], shard: Path, header_bytes: int, height: 
     """
     row, path = task
     try:
-        pixels = load_resized(path, height, width)
+        with pillow_bomb_guard_lifted():  # every catalog image passed ingest's max_pixels
+            pixels = load_resized(path, height, width)
     except MemoryError:
         raise  # the machine, not the file
     except Exception as exc:  # Pillow's decoders raise many types (SyntaxError, TypeError, ...) on bad bytes

@@ -101,6 +101,13 @@ def test_bomb_is_measured_from_the_header_without_decoding(tmp_path):
     assert (result.reason, result.header_only, result.width, result.height, result.dhash) == (None, True, 40_000, 40_000, None)
 
 
+def test_ingest_max_pixels_not_pillows_limit_decides_and_pillows_limit_comes_back(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 160 x 120 is a "bomb" to Pillow now
+    result = inspect_bytes(tmp_path, saved(Image.new("RGB", (160, 120), "white"), "PNG"), name="x.png", max_pixels=20_000)
+    assert (result.reason, result.header_only, result.width, result.height) == (None, False, 160, 120)
+    assert Image.MAX_IMAGE_PIXELS == 100
+
+
 def test_exif_rotation_is_applied_before_measuring(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90: stored 160 wide x 120 high, shown 120 x 160

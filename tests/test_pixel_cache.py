@@ -87,15 +87,30 @@ def test_an_image_damaged_after_ingest_names_the_file_and_leaves_its_shard_as_it
 
 def test_any_decode_error_names_the_file_and_its_cause(tmp_path, monkeypatch):
     Image.new("RGB", (64, 48), (200, 30, 30)).save(tmp_path / "photo.jpg")
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow's bomb guard raises DecompressionBombError, not an OSError
-    with pytest.raises(UnreadableImage, match=re.escape(f"{tmp_path / 'photo.jpg'}: cannot decode it for the pixel cache (DecompressionBombError: ")):
+
+    def corrupt_tiff_decoder(*args):
+        raise TypeError("expected str, bytes or os.PathLike object")  # what a corrupt TIFF made Pillow raise in fuzzing
+
+    monkeypatch.setattr("pipeline.pixel_cache.load_resized", corrupt_tiff_decoder)
+    with pytest.raises(UnreadableImage, match=re.escape(f"{tmp_path / 'photo.jpg'}: cannot decode it for the pixel cache (TypeError: ")):
         decode_into((0, tmp_path / "photo.jpg"), tmp_path / "shard.npy", header_bytes=0, height=32, width=24)
 
 
-def test_the_stage_admits_images_above_pillows_bomb_limit_as_ingest_does():
-    code = "import pipeline.pixel_cache; from PIL import Image; print(Image.MAX_IMAGE_PIXELS)"  # a fresh interpreter: Pillow's default as the stage meets it
+def test_pictures_ingest_admitted_beyond_pillows_bomb_limit_are_cached_and_the_limit_comes_back(tmp_path, monkeypatch):
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(tmp_path / "photo.png")
+    shard = tmp_path / "shard.npy"
+    header_bytes = np.lib.format.open_memmap(shard, mode="w+", dtype=np.uint8, shape=(1, 32, 24, 3)).offset
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 64 x 48 is a "bomb" to Pillow now; ingest.max_pixels admits it
+    decode_into((0, tmp_path / "photo.png"), shard, header_bytes=header_bytes, height=32, width=24)
+    assert (np.load(shard)[0] == (200, 30, 30)).all()
+    assert Image.MAX_IMAGE_PIXELS == 100
+
+
+def test_importing_the_pipeline_keeps_pillows_bomb_guard_for_other_pictures():
+    """predict opens arbitrary photos: no pipeline module may switch Pillow's guard off for the whole process."""
+    code = "from PIL import Image; default = Image.MAX_IMAGE_PIXELS; import training.predict, training.train, pipeline.ingest, pipeline.pixel_cache; print(Image.MAX_IMAGE_PIXELS == default)"
     run = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True, text=True, check=True)
-    assert run.stdout.strip() == "None"
+    assert run.stdout.strip() == "True"
 
 
 def test_the_cache_frame_that_fits_the_photos_and_what_another_frame_cuts_off():

@@ -25,7 +25,7 @@ from pipeline.pixel_cache import PixelCacheSettings, build_cache
 from pipeline.settings import load_section
 from training import evaluate, features, predict
 from training.checkpoint import build_trained_module, load_checkpoint
-from training.data import InputError
+from training.data import ImageDataset, InputError, eval_transform
 from training.distributed import SINGLE, World, shard
 from training.models import ModelSpec
 
@@ -247,6 +247,18 @@ def test_finetuning_from_the_pixel_cache_reads_no_image_file(inputs, tmp_path):
     assert not torch.equal(checkpoint["model"]["body.model.conv_stem.weight"], initial["conv_stem.weight"]), "the backbone must train"
     with pytest.raises(InputError, match="cannot read image"):
         _train(no_files, "linear", tmp_path / "files", _params(tmp_path, inputs["weights"], epochs=1, finetune=True))
+
+
+def test_catalog_images_above_pillows_bomb_limit_load_and_other_pictures_keep_the_guard(tmp_path, monkeypatch):
+    Image.new("RGB", (64, 48), "white").save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 64 x 48 is a "bomb" to Pillow now; ingest.max_pixels admitted it
+    transform = eval_transform(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    catalog_images = ImageDataset([tmp_path / "big.png"], np.zeros((1, 2), np.float32), transform, vetted=True)
+    assert catalog_images[0][0].shape == (3, 32, 32)
+    assert Image.MAX_IMAGE_PIXELS == 100
+    arbitrary_photos = ImageDataset([tmp_path / "big.png"], np.zeros((1, 0), np.float32), transform)  # predict's
+    with pytest.raises(InputError, match=f"{tmp_path / 'big.png'}: cannot read image .*decompression bomb"):
+        arbitrary_photos[0]
 
 
 def test_bf16_stays_off_on_the_cpu_unless_asked_for_everywhere(inputs, tmp_path):

@@ -8,6 +8,7 @@ as they are, so the forward pass uses exactly the graph the graph stage wrote.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from pipeline.bomb_guard import pillow_bomb_guard_lifted
 from pipeline.pixel_cache import PixelStore
 from training.gpu_augment import Jitter, train_batch
 
@@ -104,13 +106,16 @@ def main_index(main_styles: pd.Series, labels: list[str]) -> np.ndarray:
     return np.array([index[m] if isinstance(m, str) else -1 for m in main_styles], dtype=np.int64)
 
 
-def load_rgb(path: Path) -> Image.Image:
-    """An image upright and in RGB (the crawl holds EXIF-rotated and CMYK JPEGs)."""
+def load_rgb(path: Path, vetted: bool = False) -> Image.Image:
+    """An image upright and in RGB (the crawl holds EXIF-rotated and CMYK JPEGs).
+
+    `vetted`: a catalog image, which ingest's max_pixels admitted, so Pillow's own bomb guard is lifted for it.
+    """
     try:
-        with Image.open(path) as image:
+        with pillow_bomb_guard_lifted() if vetted else contextlib.nullcontext(), Image.open(path) as image:
             return ImageOps.exif_transpose(image).convert("RGB")
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as error:
-        raise InputError(f"{path}: cannot read image ({error}); check crawl.dir and that the catalog is current") from error
+    except (OSError, Image.DecompressionBombError) as error:  # OSError covers FileNotFoundError and UnidentifiedImageError
+        raise InputError(f"{path}: cannot read image ({error}); check the path (for catalog images: crawl.dir, and that the catalog is current)") from error
 
 
 def eval_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:
@@ -143,16 +148,16 @@ def device_train_augment(size: int, mean: tuple[float, ...], std: tuple[float, .
 
 
 class ImageDataset(Dataset):
-    """Pixels and targets of image files (paths already resolved)."""
+    """Pixels and targets of image files (paths already resolved); `vetted`: catalog images (see load_rgb)."""
 
-    def __init__(self, paths: list[Path], targets: np.ndarray, transform: v2.Compose) -> None:
-        self.paths, self.targets, self.transform = paths, torch.tensor(targets), transform
+    def __init__(self, paths: list[Path], targets: np.ndarray, transform: v2.Compose, vetted: bool = False) -> None:
+        self.paths, self.targets, self.transform, self.vetted = paths, torch.tensor(targets), transform, vetted
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.transform(load_rgb(self.paths[i])), self.targets[i]
+        return self.transform(load_rgb(self.paths[i], self.vetted)), self.targets[i]
 
 
 class CachedPixelBatches(Dataset):

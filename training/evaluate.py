@@ -65,7 +65,7 @@ def test_probs(checkpoint: dict[str, Any], test: TestSet, features: Path, crawl_
     targets = torch.from_numpy(test.targets)
     if meta["spec"]["kind"] == "cnn" or meta["finetuned"]:
         model, transform = pixel_model(checkpoint)
-        dataset = ImageDataset([crawl_dir / p for p in test.table["path"]], test.targets, transform)
+        dataset = ImageDataset([crawl_dir / p for p in test.table["path"]], test.targets, transform, vetted=True)
         return predict_probs(prepare(model, device), DataLoader(dataset, batch_size=batch_size), device, precision)[0]
     npz = np.load(features, allow_pickle=False)
     row = {image_id: i for i, image_id in enumerate(npz["image_id"])}

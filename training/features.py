@@ -45,7 +45,7 @@ def extract(backbone: Backbone, paths: list[Path], settings: FeatureSettings, mi
     """Global-max and global-average pooled backbone features of `paths` (optionally mirrored)."""
     device = pick_device()
     body = prepare(backbone.body, device).eval()
-    dataset = ImageDataset(paths, np.zeros((len(paths), 0), dtype=np.float32), eval_transform(settings.image_size, backbone.mean, backbone.std))
+    dataset = ImageDataset(paths, np.zeros((len(paths), 0), dtype=np.float32), eval_transform(settings.image_size, backbone.mean, backbone.std), vetted=True)
     loader = DataLoader(dataset, batch_size=settings.batch_size, num_workers=settings.workers)
     pooled: dict[str, list[np.ndarray]] = {"max": [], "avg": []}
     for images, _ in tqdm(loader, desc="features (mirrored)" if mirror else "features", unit="batch", disable=None):

@@ -378,7 +378,7 @@ def _file_feeds(inputs: StageInputs, paths: argparse.Namespace, settings: TrainS
     files = [paths.crawl_dir / p for p in inputs.table["path"]]
 
     def subset(s: str, transform: v2.Compose) -> ImageDataset:
-        return ImageDataset([f for f, keep in zip(files, inputs.split[s]) if keep], inputs.targets[inputs.split[s]].numpy(), transform)
+        return ImageDataset([f for f, keep in zip(files, inputs.split[s]) if keep], inputs.targets[inputs.split[s]].numpy(), transform, vetted=True)
 
     train_set, val_set = subset("train", train_transform(*norm)), subset("val", eval_transform(*norm))
     loader = dict(batch_size=settings.batch_size, num_workers=settings.workers, pin_memory=device.type == "cuda", persistent_workers=False)
