@@ -39,7 +39,7 @@ def load_predictions(checkpoint: Path, images: pd.DataFrame, crawl_dir: Path, to
     """Model guesses for pre-annotation, from the trainer's predict function."""
     from training.predict import predict_images  # torch is imported only when predictions are asked for
 
-    rows = predict_images(checkpoint, [crawl_dir / p for p in images["path"]], top_k)
+    rows = predict_images(checkpoint, [crawl_dir / p for p in images["path"]], top_k, vetted=True)
     version = f"{checkpoint.parent.name}@{int(checkpoint.stat().st_mtime)}"
     return {image_id: Prediction(version, [tuple(pair) for pair in row["top"]]) for image_id, row in zip(images["image_id"], rows)}
 
@@ -101,13 +101,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        "needs LABEL_STUDIO_USERNAME, LABEL_STUDIO_PASSWORD, LABEL_STUDIO_API_KEY")  # fmt: skip
     p.add_argument("--port", type=int, help="port on 127.0.0.1 (default: annotation.port)")
     p.set_defaults(run=serve)
-    p = sub.add_parser("push", help="create/update the project and import catalog images not yet in it")
+    p = sub.add_parser("push", help="create/update the project and import catalog images not yet in it (server: LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY)")
     p.add_argument("--catalog", type=Path, default=Path("data/catalog.parquet"), help="image catalog from the ingest stage")
     p.add_argument("--batch", action="append", help="only images first seen in this crawl batch (repeatable)")
     p.add_argument("--checkpoint", type=Path, help="trained model: attach its predictions and queue the most uncertain photos first")
     p.add_argument("--review", type=Path, help="push the images of this review list (data/review.csv) to the '<project> (review)' project")
     p.set_defaults(run=push)
-    p = sub.add_parser("pull", help="snapshot the project's (and its review project's) annotations into the label exports folder and `dvc add` it")
+    p = sub.add_parser("pull", help="snapshot the project's (and its review project's) annotations into the label exports folder and `dvc add` it (server: LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY)")
     p.add_argument("--no-dvc-add", action="store_true", help="write the snapshot only")
     p.set_defaults(run=pull)
     p = sub.add_parser("config", help="print the labeling config generated from the taxonomy")

@@ -3,7 +3,8 @@
 Rules: the main style is the majority of the annotators' main styles; a tie is
 not guessed but flagged for review (main_style empty, needs_review true). A
 sub-style is kept when at least half of the image's annotators named it (as
-main or sub), except the consolidated main style itself. Per-style agreement
+main or sub), except the consolidated main style itself (on a tie: the tied
+candidates, which the review decides between). Per-style agreement
 (among images with two or more annotators: of the images where anyone named the
 style, the share where everyone did) shows which styles the experts read alike.
 Each expert counts once per image: only their newest valid annotation votes.
@@ -85,8 +86,8 @@ def consolidate(annotations: pd.DataFrame, catalog: pd.DataFrame) -> tuple[pd.Da
     mentions = named.groupby(["image_id", "style"]).size().rename("mentions").reset_index()
     mentions["n"] = mentions["image_id"].map(n_annotators)
     kept = mentions[(2 * mentions["mentions"] >= mentions["n"])]
-    is_main = kept["style"].eq(kept["image_id"].map(winner["style"])).fillna(False)  # a tie has no main: NA, not False
-    kept = kept[~is_main]
+    kept = kept.merge(leaders[["image_id", "style"]], how="left", indicator="leader")
+    kept = kept[kept["leader"] == "left_only"]  # the main style, or on a tie the candidates for it
     subs = kept.groupby("image_id")["style"].agg(lambda s: sorted(map(str, s)))
 
     labels = pd.DataFrame(index=n_annotators.index)

@@ -20,7 +20,7 @@ from label_studio_sdk import LabelStudio
 
 from annotation.client import Connection, LabelStudioError
 from annotation.importers import Imported, import_label_studio, read_label_studio_export
-from annotation.push import review_title
+from annotation.push import find_project, review_title
 from pipeline.atomic import atomic_path, write_csv, write_json, write_parquet
 from pipeline.settings import DEFAULT_PARAMS, load_params
 from pipeline.taxonomy import Taxonomy, load_taxonomy
@@ -80,17 +80,18 @@ def snapshot_from_server(conn: Connection, title: str, exports_dir: Path) -> lis
     reads every JSON in the exports folder, so they reach consolidate.
     """
     ls = conn.client()
-    projects = {p.title: p for p in conn.call("list projects", lambda: list(ls.projects.list()))}
-    if title not in projects:
+    main, review = find_project(conn, ls, title), find_project(conn, ls, review_title(title))
+    if main is None:
         raise LabelStudioError(f"no project titled {title!r} on {conn.url}: run `python -m annotation push` first")
-    return [snapshot_project(conn, ls, projects[t], exports_dir) for t in (title, review_title(title)) if t in projects]
+    return [snapshot_project(conn, ls, project, exports_dir) for project in (main, review) if project is not None]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m annotation.pull",
         description="Turn Label Studio JSON exports into the normalised annotations table. Annotations with "
-        "no or several main styles, unknown styles, or images not in the catalog go to the rejects report.",
+        "no or several main styles, unknown styles, or images not in the catalog go to the rejects report. "
+        "This is the `labels` stage; `python -m annotation pull` fetches the exports from the server.",
     )
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params.yaml (taxonomy, crawl.label_exports)")
     parser.add_argument("--exports-dir", type=Path, help="folder of Label Studio JSON exports (default: crawl.label_exports)")

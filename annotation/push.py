@@ -67,7 +67,14 @@ def review_title(project: str) -> str:
 
 
 def find_project(conn: Connection, ls: LabelStudio, title: str):
-    return next((p for p in conn.call("list projects", lambda: list(ls.projects.list())) if p.title == title), None)
+    """The project called `title`, or None; two of that title are an error (push and pull must mean the same one)."""
+    matches = [p for p in conn.call("list projects", lambda: list(ls.projects.list())) if p.title == title]
+    if len(matches) > 1:
+        raise LabelStudioError(
+            f"{len(matches)} projects on {conn.url} are titled {title!r} (ids {', '.join(str(p.id) for p in matches)}): "
+            "rename or delete all but one in Label Studio, or set annotation.project to another title"
+        )
+    return matches[0] if matches else None
 
 
 def ensure_project(conn: Connection, ls: LabelStudio, title: str, config: str) -> int:

@@ -1,13 +1,15 @@
 """Write outputs through a temporary file and a rename, so a crash never leaves half a file.
 
-The temporary file is flushed to disk before the rename and the folder after it, so a
-power loss leaves the old file or the new one, never an empty one. `mkstemp`/`mkdtemp`
+The temporary file (or every file of a temporary folder) is flushed to disk before the
+rename and the parent folder after it, so a power loss leaves the old output or the new
+one, never an empty one. `mkstemp`/`mkdtemp`
 create private files (0600/0700); the result gets the mode a plain `open()` would give
 (0644/0755 under the usual umask), so teammates and services can read the outputs.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -29,10 +31,17 @@ def _umask() -> int:
 
 
 def _sync(path: Path) -> None:
-    """fsync a file or folder (folders: so that a rename in them survives a power loss)."""
+    """fsync a file or folder (folders: so that a rename in them survives a power loss).
+
+    Some file systems (network mounts, FUSE) cannot sync a folder; the rename has
+    happened by then, so that is no reason to fail the write.
+    """
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as exc:
+        if not (path.is_dir() and exc.errno in (errno.EINVAL, errno.ENOTSUP)):
+            raise
     finally:
         os.close(fd)
 
@@ -57,18 +66,28 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
 
 @contextmanager
 def atomic_dir(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory beside `target`; it replaces `target` only if the block succeeds."""
+    """Yield a temporary directory beside `target`; it replaces `target` only if the block succeeds.
+
+    A folder cannot be renamed onto a non-empty one, so the old `target` is first renamed
+    aside and removed after: a crash in between leaves it beside the new one, not lost.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    old = tmp.with_name(f"{tmp.name}.old")
     try:
         yield tmp
         tmp.chmod(0o777 & ~_umask())
+        for path in sorted(tmp.rglob("*"), reverse=True):  # files before the folders holding them
+            _sync(path)
+        _sync(tmp)
         if target.exists():
-            shutil.rmtree(target)
+            os.replace(target, old)
         os.replace(tmp, target)
+        _sync(target.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_parquet(df: pd.DataFrame, target: str | Path) -> None:

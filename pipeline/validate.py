@@ -104,13 +104,14 @@ def value_kind(column: pd.Series) -> str:
 def observed_kind(frame: pd.DataFrame, column: str, expected: str) -> str:
     """The kind of values `frame[column]` holds, 'missing' when it is absent.
 
-    A column without a value (a table with no rows yet, or only nulls) contradicts no
-    kind, so it counts as the expected one: read back from Parquet it has lost its
-    type (an empty object column), which would otherwise look like a string column.
+    A table with no rows yet (no labels) contradicts no kind, so its columns count as
+    the expected one: read back from Parquet they have lost their type (empty object
+    columns), which would otherwise look like strings. A column of only nulls in a
+    table with rows is still judged (and fails).
     """
     if column not in frame:
         return "missing"
-    return expected if frame[column].isna().all() else value_kind(frame[column])
+    return expected if frame.empty else value_kind(frame[column])
 
 
 def schema_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:

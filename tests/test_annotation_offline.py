@@ -21,7 +21,7 @@ from annotation.consolidate import IMAGE_LABEL_COLUMNS, consolidate
 from annotation.consolidate import main as consolidate_main
 from annotation.importers import ANNOTATION_COLUMNS
 from annotation.pull import snapshot_from_server
-from annotation.push import AnnotationSettings, Prediction, push_images
+from annotation.push import AnnotationSettings, Prediction, find_project, push_images
 from pipeline.taxonomy import load_taxonomy
 
 ROOT = Path(__file__).parents[1]
@@ -73,7 +73,7 @@ def test_consolidation_majority_main_half_vote_subs_and_ties_for_review():
     assert by_id.loc["a", "main_style"] == "Romantic" and by_id.loc["a", "sub_styles"] == ["Elegant"]
     assert by_id.loc["a", "main_agreement"] == pytest.approx(2 / 3)
     assert pd.isna(by_id.loc["b", "main_style"]) and by_id.loc["b", "needs_review"]
-    assert by_id.loc["b", "sub_styles"] == ["Casual", "Natural", "Sporty"]  # each named by half
+    assert by_id.loc["b", "sub_styles"] == ["Sporty"]  # named by half; Casual and Natural wait for the review to pick the main
     assert by_id.loc["c", "main_style"] == "Sexy" and by_id.loc["c", "batch"] == "b2"
     assert list(review["image_id"]) == ["b"] and "Casual 1, Natural 1" in review.iloc[0]["reason"]
     agree = agreement.set_index("style")["agreement"]
@@ -240,3 +240,15 @@ def test_pull_snapshots_the_review_project_next_to_the_main_one(tmp_path, monkey
     snapshots = snapshot_from_server(Connection(url="http://fake", token="t"), "styles", tmp_path)
     assert [(path.name, changed) for path, changed in snapshots] == [("label-studio-styles.json", True), ("label-studio-styles-review.json", True)]
     assert json.loads((tmp_path / "label-studio-styles-review.json").read_text()) == exports[2]
+
+
+def test_two_projects_of_one_title_are_refused_by_push_and_pull_alike(tmp_path, monkeypatch):
+    projects = [SimpleNamespace(id=4, title="styles"), SimpleNamespace(id=7, title="styles")]
+    fake = SimpleNamespace(projects=SimpleNamespace(list=lambda: projects))
+    monkeypatch.setattr(Connection, "client", lambda self: fake)
+    conn = Connection(url="http://fake", token="t")
+    with pytest.raises(LabelStudioError, match=r"2 projects on http://fake are titled 'styles' \(ids 4, 7\): rename or delete"):
+        snapshot_from_server(conn, "styles", tmp_path)
+    with pytest.raises(LabelStudioError, match=r"2 projects .* titled 'styles'"):
+        find_project(conn, fake, "styles")
+    assert list(tmp_path.iterdir()) == []

@@ -56,3 +56,17 @@ def test_the_mode_follows_the_umask(tmp_path: Path) -> None:
     finally:
         os.umask(previous)
     assert mode(tmp_path / "private.json") == 0o600
+
+
+def test_a_folder_output_is_replaced_whole_or_not_at_all(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    with atomic_dir(docs) as tmp:
+        (tmp / "old.html").write_text("old")
+    with pytest.raises(RuntimeError), atomic_dir(docs) as tmp:
+        (tmp / "new.html").write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert [p.name for p in docs.iterdir()] == ["old.html"]
+    with atomic_dir(docs) as tmp:
+        (tmp / "new.html").write_text("new")
+    assert [p.name for p in docs.iterdir()] == ["new.html"]
+    assert [p.name for p in tmp_path.iterdir()] == ["docs"]  # no temporary or set-aside folder left

@@ -388,6 +388,16 @@ def test_resuming_under_another_configuration_is_refused(inputs, tmp_path):
         _train(inputs, "gcn", tmp_path, _params(tmp_path, inputs["weights"], epochs=2, gcn_hidden=8), "--resume")
 
 
+def test_resuming_a_checkpoint_that_predates_recorded_settings_is_refused(inputs, tmp_path):
+    _train(inputs, "gcn", tmp_path, _params(tmp_path, inputs["weights"], epochs=1))
+    last = tmp_path / "models" / "gcn" / "last.pt"
+    checkpoint = load_checkpoint(last)
+    del checkpoint["meta"]["train"], checkpoint["meta"]["processes"]  # as written before the settings were recorded
+    torch.save(checkpoint, last)
+    with pytest.raises(InputError, match=r"older stylegraph that did not record its training settings.*rerun without --resume"):
+        _train(inputs, "gcn", tmp_path, _params(tmp_path, inputs["weights"], epochs=2), "--resume")
+
+
 def _stage_paths(inputs: dict[str, Path], out: Path, params: Path) -> argparse.Namespace:
     """What train.main parses from its command line, for calling train.train directly."""
     return argparse.Namespace(label_subset=inputs["subset"], graph=inputs["graph"], dataset=inputs["dataset"], features=inputs["features"], crawl_dir=inputs["crawl"],

@@ -71,6 +71,10 @@ def _add_catalog_row(inputs: dict[str, pd.DataFrame]) -> None:
     inputs["catalog"] = pd.concat([inputs["catalog"], extra], ignore_index=True)
 
 
+def _nulls_only(inputs: dict[str, pd.DataFrame]) -> None:
+    inputs["annotations"]["cancelled"] = pd.Series([None] * len(inputs["annotations"]), dtype=object)
+
+
 def _wrong_type(inputs: dict[str, pd.DataFrame]) -> None:
     inputs["image_labels"]["n_annotators"] = inputs["image_labels"]["n_annotators"].astype(str)
 
@@ -88,6 +92,7 @@ def _tie(inputs: dict[str, pd.DataFrame]) -> None:
 DEFECTS = [
     (_missing_column, "Every input has its columns, with values of the right kind", ERROR, "annotations.cancelled: expected bool, found missing"),
     (_wrong_type, "Every input has its columns, with values of the right kind", ERROR, "image_labels.n_annotators: expected int"),
+    (_nulls_only, "Every input has its columns, with values of the right kind", ERROR, "annotations.cancelled: expected bool"),
     (_set("image_labels", "sub_styles", 1, ["Boho"]), "Every main and sub style is in the taxonomy", ERROR, "Boho (image_labels, a2)"),
     (_set("annotations", "main_style", 2, "Punk"), "Every main and sub style is in the taxonomy", ERROR, "Punk (annotations, a3)"),
     (_duplicate_label_row, "One label row per image", ERROR, "a2"),

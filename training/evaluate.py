@@ -184,7 +184,7 @@ def evaluate(specs: dict[str, ModelSpec], args: argparse.Namespace, settings: Ev
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0], epilog="The stage's full command line is in dvc.yaml.")
     parser.add_argument("--dataset", type=Path, required=True, help="curated dataset (data/dataset.parquet)")
     parser.add_argument("--label-subset", type=Path, required=True, help="class order (data/label_subset.json)")
     parser.add_argument("--features", type=Path, required=True, help="cached backbone features (data/features.npz), for models trained on them")

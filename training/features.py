@@ -79,7 +79,7 @@ def write_features(dataset_path: Path, label_subset: Path, crawl_dir: Path, out:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m training.features", description=__doc__.splitlines()[0], epilog="The stage's full command line is in dvc.yaml.")
     parser.add_argument("--dataset", type=Path, required=True, help="curated dataset (data/dataset.parquet)")
     parser.add_argument("--label-subset", type=Path, required=True, help="label subset JSON (checks the dataset's labels)")
     parser.add_argument("--crawl-dir", type=Path, required=True, help="folder the dataset's image paths are relative to (crawl.dir)")

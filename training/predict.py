@@ -27,15 +27,18 @@ from training.device import autocast, pick_device, prepare, to_device
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
-def predict_images(checkpoint_path: str | Path, image_paths: list[str | Path], top_k: int = 3, batch_size: int = 32) -> list[dict]:
-    """Per image: {"path", "scores": {label: prob} in class order, "top": [[label, prob], ...] (k highest)}."""
+def predict_images(checkpoint_path: str | Path, image_paths: list[str | Path], top_k: int = 3, batch_size: int = 32, vetted: bool = False) -> list[dict]:
+    """Per image: {"path", "scores": {label: prob} in class order, "top": [[label, prob], ...] (k highest)}.
+
+    `vetted`: the images are catalog images (ingest's max_pixels, not Pillow's own limit, decides; see load_rgb).
+    """
     checkpoint = load_checkpoint(Path(checkpoint_path))
     labels = checkpoint["meta"]["labels"]
     model, transform = pixel_model(checkpoint)
     device = pick_device()
     model = prepare(model, device)
     paths = [Path(p) for p in image_paths]
-    loader = DataLoader(ImageDataset(paths, np.zeros((len(paths), 0), np.float32), transform), batch_size=batch_size)
+    loader = DataLoader(ImageDataset(paths, np.zeros((len(paths), 0), np.float32), transform, vetted), batch_size=batch_size)
     results, done = [], 0
     with torch.inference_mode():
         for images, _ in tqdm(loader, desc="predict", unit="batch", disable=None):
@@ -75,7 +78,7 @@ def to_csv(results: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m training.predict", description=__doc__.splitlines()[0])
     parser.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders of images")
     parser.add_argument("--checkpoint", type=Path, required=True, help="a trained model (models/<name>/best.pt)")
     parser.add_argument("--top-k", type=int, default=3, help="how many of the highest-scoring labels to list per image")

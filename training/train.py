@@ -486,6 +486,8 @@ def train(name: str, spec: ModelSpec, settings: TrainSettings, paths: argparse.N
     state = {"epoch": 0, "best_map": -1.0, "best_epoch": -1, "bad_epochs": 0}
     if resume:
         checkpoint = load_checkpoint(last)
+        if "train" not in checkpoint["meta"]:
+            raise InputError(f"{last} was written by an older stylegraph that did not record its training settings, so resuming it cannot be checked; rerun without --resume to train from scratch (it overwrites {last})")
         if changes := configuration_changes(checkpoint["meta"], run.meta):
             raise InputError(
                 f"{last} was written by a run with other settings: {', '.join(changes)}. Rerun without --resume to train from scratch "
@@ -575,7 +577,7 @@ def _log_epoch(live: Live, epoch: int, train_loss: float, val: dict[str, float])
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.splitlines()[0], epilog="The stage's full command line is in dvc.yaml.")
     parser.add_argument("--model", required=True, help="model name: a key of the 'models' section of params.yaml")
     parser.add_argument("--dataset", type=Path, required=True, help="curated dataset (data/dataset.parquet)")
     parser.add_argument("--label-subset", type=Path, required=True, help="class order (data/label_subset.json)")
