@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +17,7 @@ from annotation.client import Connection, LabelStudioError
 from annotation.config import labeling_config
 from annotation.pull import snapshot_from_server
 from annotation.push import AnnotationSettings, Prediction, push_images, review_title
-from annotation.server import ServerSettings, credentials, start, stop
+from annotation.server import ServerError, ServerSettings, check_token, credentials, start, stop
 from pipeline.settings import DEFAULT_PARAMS, Params, load_params, load_section
 from pipeline.taxonomy import load_taxonomy
 
@@ -23,15 +26,40 @@ class CommandError(RuntimeError):
     """A helper command failed; the message says what to run by hand."""
 
 
+@contextmanager
+def stop_signals_interrupt() -> Iterator[None]:
+    """While in the block, SIGTERM and SIGHUP (`kill`, a closed terminal) interrupt like Ctrl-C.
+
+    The server runs in a session of its own, so these signals reach serve only; their
+    default action would end serve at once and leave the server running, orphaned.
+    """
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def serve(args: argparse.Namespace, params: Params, settings: AnnotationSettings) -> int:
     server = ServerSettings(port=args.port or settings.port, data_dir=settings.data_dir, document_root=settings.document_root)
-    process = start(server, credentials())
-    print(f"Label Studio runs at {server.url} (log: {server.data_dir / 'server.log'}); Ctrl-C stops it.")
-    print(f"Pipeline commands use it with: export LABEL_STUDIO_URL={server.url} LABEL_STUDIO_API_KEY=<your token>")
-    try:
-        process.wait()
-    except KeyboardInterrupt:
-        stop(process)
+    creds = credentials()
+    with stop_signals_interrupt():
+        try:
+            process = start(server, creds)  # stops the server itself when interrupted while starting
+            try:
+                check_token(server, creds["LABEL_STUDIO_API_KEY"])
+                print(f"Label Studio runs at {server.url} (log: {server.log_path}); Ctrl-C stops it.")
+                print(f"Pipeline commands use it with: export LABEL_STUDIO_URL={server.url} LABEL_STUDIO_API_KEY=<your token>")
+                process.wait()
+            finally:
+                stop(process)
+        except KeyboardInterrupt:
+            print("serve: Label Studio stopped", file=sys.stderr)
     return 0
 
 
@@ -121,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_section(AnnotationSettings, "annotation", args.params)
     try:
         return args.run(args, params, settings)
-    except (LabelStudioError, CommandError) as exc:
+    except (LabelStudioError, CommandError, ServerError) as exc:
         print(f"annotation {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -51,8 +51,10 @@ class Connection:
             except ApiError as exc:
                 if exc.status_code in (401, 403):
                     raise LabelStudioError(
-                        f"{what}: Label Studio at {self.url} refused the token (HTTP {exc.status_code}); check {TOKEN_ENV}. "
-                        "A server started without LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true at its FIRST start rejects legacy tokens"
+                        f"{what}: Label Studio at {self.url} refused the token (HTTP {exc.status_code}); check {TOKEN_ENV}: it must be "
+                        "the account's legacy API token, which a server keeps from its FIRST start (for `python -m annotation serve`: "
+                        "the key it was first started with); a server first started without LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true "
+                        "rejects legacy tokens"
                     ) from None
                 if exc.status_code is not None and exc.status_code < 500:
                     raise LabelStudioError(f"{what}: Label Studio answered HTTP {exc.status_code}: {str(exc.body)[:300]}") from None

@@ -12,6 +12,8 @@ have no main label: main_style is empty there).
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -42,6 +44,11 @@ MAIN_FIELD, SUB_FIELD = "main_style", "sub_styles"
 # K-Fashion (AI Hub) keys, see ../shared/reference/notes.md section 3
 KF_LABEL_PATH = ("데이터셋 정보", "데이터셋 상세설명", "라벨링", "스타일")
 KF_STYLE, KF_SUB_STYLE = "스타일", "서브스타일"
+TAG_CSV_HEADER = ["image", "tags"]
+
+
+class RejectedRecord(ValueError):
+    """One record that cannot become a row; the message is its reason in the rejects report."""
 
 
 @dataclass
@@ -85,18 +92,77 @@ def annotator_name(completed_by: object) -> str:
     return str(completed_by)
 
 
+def read_utf8(path: Path) -> str:
+    """Text of `path` as UTF-8, with or without a byte-order mark; a ValueError names the file and line otherwise."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ValueError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); save it as UTF-8 and import it again") from None
+
+
+def describe(value: object) -> str:
+    """A short JSON rendering of an unexpected value, for reject reasons."""
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def task_image(data: object, image_ids: Mapping[str, str]) -> tuple[str | None, str]:
+    """(image id or None, how the task names its image): data.image_id, else data.image's local-files URL looked up in `image_ids`."""
+    if not isinstance(data, Mapping):
+        return None, f"task data is {describe(data)}"
+    named, url = data.get("image_id"), data.get("image")
+    if isinstance(named, str) and named:
+        return named, named
+    if isinstance(url, str):
+        return image_ids.get(local_file_key(url) or ""), url
+    return None, f"task data has image_id {describe(named)} and image {describe(url)}"
+
+
+def annotation_choices(annotation: Mapping) -> dict[str, list[str]]:
+    """Chosen values per control (from_name) of one annotation; RejectedRecord if its result is malformed."""
+    results = annotation.get("result", [])
+    if not isinstance(results, list):
+        raise RejectedRecord(f"malformed annotation: result is {describe(results)}, not a list")
+    choices: dict[str, list[str]] = {}
+    for number, result in enumerate(results, start=1):
+        if not isinstance(result, Mapping):
+            raise RejectedRecord(f"malformed annotation: result {number} is {describe(result)}, not an object")
+        if result.get("type") != "choices":
+            continue
+        value = result.get("value")
+        values = value.get("choices") if isinstance(value, Mapping) else None
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise RejectedRecord(f"malformed annotation: result {number} has value {describe(value)}, not {{\"choices\": [names]}}")
+        choices.setdefault(result.get("from_name"), []).extend(values)
+    return choices
+
+
 def import_label_studio(
-    tasks: list[dict], source: str, taxonomy: Taxonomy, image_ids: Mapping[str, str], catalog_ids: set[str]
+    tasks: list, source: str, taxonomy: Taxonomy, image_ids: Mapping[str, str], catalog_ids: set[str]
 ) -> Imported:
-    """Label Studio JSON export -> rows. `image_ids` maps 'batch/file' to image id (all catalog sources)."""
+    """Label Studio JSON export -> rows. `image_ids` maps 'batch/file' to image id (all catalog sources).
+
+    A task or annotation that is not an object, or whose fields are null or of the wrong type, is a reject.
+    """
     out = Imported()
-    for task in tasks:
-        data = task.get("data", {})
-        image_id = data.get("image_id") or image_ids.get(local_file_key(str(data.get("image", ""))) or "")
-        for annotation in task.get("annotations", []):
+    for position, task in enumerate(tasks, start=1):
+        if not isinstance(task, Mapping):
+            out.reject(source, f"task #{position} in the file", None, f"malformed task: {describe(task)} is not an object")
+            continue
+        annotations = task.get("annotations", [])
+        if not isinstance(annotations, list):
+            out.reject(source, f"task {task.get('id')}", None, f"malformed task: annotations is {describe(annotations)}, not a list")
+            continue
+        image_id, image_named = task_image(task.get("data"), image_ids)
+        for number, annotation in enumerate(annotations, start=1):
+            if not isinstance(annotation, Mapping):
+                out.reject(source, f"task {task.get('id')} / annotation #{number}", image_id, f"malformed annotation: {describe(annotation)} is not an object")
+                continue
             record = f"task {task.get('id')} / annotation {annotation.get('id')}"
-            if not image_id or image_id not in catalog_ids:
-                out.reject(source, record, image_id, f"image not in catalog ({data.get('image_id') or data.get('image')})")
+            if image_id not in catalog_ids:
+                out.reject(source, record, image_id, f"image not in catalog ({image_named})")
                 continue
             base = {
                 "image_id": image_id,
@@ -111,10 +177,11 @@ def import_label_studio(
                 out.rows.append({**base, "main_style": None, "sub_styles": [], "cancelled": True})
                 out.reject(source, record, image_id, "cancelled: the expert skipped this task (kept with cancelled=true)")
                 continue
-            choices: dict[str, list[str]] = {}
-            for result in annotation.get("result", []):
-                if result.get("type") == "choices":
-                    choices.setdefault(result.get("from_name"), []).extend(result.get("value", {}).get("choices", []))
+            try:
+                choices = annotation_choices(annotation)
+            except RejectedRecord as exc:
+                out.reject(source, record, image_id, str(exc))
+                continue
             mains, subs = choices.get(MAIN_FIELD, []), choices.get(SUB_FIELD, [])
             if len(mains) != 1:
                 problem = "no main style" if not mains else f"{len(mains)} main styles {mains}"
@@ -128,9 +195,10 @@ def import_label_studio(
     return out
 
 
-def read_label_studio_export(path: Path) -> list[dict]:
+def read_label_studio_export(path: Path) -> list:
+    """The tasks of an export file; a ValueError names the file when it is not UTF-8 JSON holding a list."""
     try:
-        tasks = json.loads(path.read_text(encoding="utf-8"))
+        tasks = json.loads(read_utf8(path))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not a Label Studio JSON export ({exc})") from None
     if not isinstance(tasks, list):
@@ -138,61 +206,123 @@ def read_label_studio_export(path: Path) -> list[dict]:
     return tasks
 
 
-def import_kfashion(label_files: Iterable[Path], taxonomy: Taxonomy) -> Imported:
-    """K-Fashion JSON files; the image is the .jpg of the same stem beside each file.
+def kfashion_style_entries(path: Path) -> list[dict]:
+    """The non-empty entries of a K-Fashion file's 라벨링 → 스타일 list; RejectedRecord says what is wrong."""
+    try:
+        node = json.loads(read_utf8(path))
+    except ValueError as exc:  # not UTF-8, or not JSON
+        raise RejectedRecord(f"not a K-Fashion label file: {exc}") from None
+    label_path = " → ".join(KF_LABEL_PATH)
+    for key in KF_LABEL_PATH:
+        if not isinstance(node, Mapping) or key not in node:
+            raise RejectedRecord(f"not a K-Fashion label file (no {label_path})")
+        node = node[key]
+    if not isinstance(node, list) or not all(isinstance(entry, Mapping) for entry in node):
+        raise RejectedRecord(f"{label_path} is {describe(node)}, not a list of style entries (objects)")
+    return [entry for entry in node if entry]
 
-    Korean style names map through the taxonomy's `korean` field; the first style
-    entry is the main style, the 서브스타일 values are sub-styles. An empty style
-    entry means the image is unlabelled and is reported, not imported.
+
+def kfashion_style_names(entries: list[dict]) -> tuple[str, list[str]]:
+    """(main, sub-styles) as Korean names: the first 스타일 is the main style, every other 스타일 and 서브스타일 a sub-style."""
+    found: dict[str, list[str]] = {KF_STYLE: [], KF_SUB_STYLE: []}
+    for number, entry in enumerate(entries, start=1):
+        for key, names in found.items():
+            value = entry.get(key)
+            if value in (None, ""):
+                continue
+            if not isinstance(value, str):
+                raise RejectedRecord(f"style entry {number}: {key} is {describe(value)}, not one Korean style name")
+            names.append(value)
+    styles, sub_styles = found[KF_STYLE], found[KF_SUB_STYLE]
+    if not styles:
+        raise RejectedRecord(f"no main style ({KF_STYLE} missing): sub-styles {sub_styles} alone do not label an image")
+    return styles[0], styles[1:] + sub_styles
+
+
+def import_kfashion(label_files: Iterable[Path], taxonomy: Taxonomy) -> Imported:
+    """K-Fashion JSON files (UTF-8); the image is the .jpg of the same stem beside each file.
+
+    Korean style names map through the taxonomy's `korean` field. The 스타일 of the
+    first style entry that has one is the main style; the 스타일 of later entries
+    (K-Fashion files with several entries, e.g. one per outfit part) and every
+    서브스타일 become sub-styles, so no style a labeller gave is lost. Style entries
+    that are all empty mean the image is unlabelled and are reported, not imported;
+    so is an image with sub-styles but no 스타일.
     """
     out = Imported()
     korean = taxonomy.by_korean()
     for path in label_files:
         source, record = f"kfashion:{path.name}", path.stem
-        try:
-            label = json.loads(path.read_text(encoding="utf-8"))
-            styles = label
-            for key in KF_LABEL_PATH:
-                styles = styles[key]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            out.reject(source, record, None, f"not a K-Fashion label file (missing {exc})")
-            continue
         image = path.with_suffix(".jpg")
-        image_id = content_id(image.read_bytes()) if image.exists() else None
-        entries = [s for s in styles if s]
-        if image_id is None:
-            out.reject(source, record, None, f"image {image.name} not found beside the label file")
-        elif not entries:
-            out.reject(source, record, image_id, "unlabelled: the style entry is empty")
-        else:
-            names = [entries[0].get(KF_STYLE)] + [e.get(KF_SUB_STYLE) for e in entries if e.get(KF_SUB_STYLE)]
-            unmapped = sorted({n for n in names if n not in korean})
+        image_id = content_id(image.read_bytes()) if image.is_file() else None
+        try:
+            entries = kfashion_style_entries(path)
+            if image_id is None:
+                raise RejectedRecord(f"image {image.name} not found beside the label file")
+            if not entries:
+                raise RejectedRecord("unlabelled: the style entry is empty")
+            main, sub_styles = kfashion_style_names(entries)
+            unmapped = sorted({n for n in [main, *sub_styles] if n not in korean})
             if unmapped:
-                out.reject(source, record, image_id, f"Korean style name(s) {unmapped} not in taxonomy '{taxonomy.name}'")
-                continue
-            mapped = [korean[n] for n in names]
-            out.rows.append(
-                {"image_id": image_id, "annotator": "kfashion", "main_style": mapped[0], "sub_styles": sorted(set(mapped[1:]) - {mapped[0]}, key=taxonomy.index_of),
-                 "lead_time": None, "created_at": None, "updated_at": None, "cancelled": False, "source": source, "record": record}
-            )  # fmt: skip
+                raise RejectedRecord(f"Korean style name(s) {unmapped} not in taxonomy '{taxonomy.name}'")
+        except RejectedRecord as exc:
+            out.reject(source, record, image_id, str(exc))
+            continue
+        out.rows.append(
+            {"image_id": image_id, "annotator": "kfashion", "main_style": korean[main], "sub_styles": sorted({korean[n] for n in sub_styles} - {korean[main]}, key=taxonomy.index_of),
+             "lead_time": None, "created_at": None, "updated_at": None, "cancelled": False, "source": source, "record": record}
+        )  # fmt: skip
     return out
 
 
+def tag_csv_rows(path: Path) -> Iterable[tuple[int, list[str]]]:
+    """(line number, fields) of each data row of an `image,tags` CSV; blank lines are skipped.
+
+    File-level problems (not UTF-8, empty, wrong header, unreadable CSV) are ValueErrors naming the file.
+    """
+    reader = csv.reader(io.StringIO(read_utf8(path), newline=""))
+    try:
+        header = next((fields for fields in reader if fields), None)
+        if header is None:
+            raise ValueError(f"{path}: empty file; expected the header line {','.join(TAG_CSV_HEADER)}")
+        if [name.strip() for name in header] != TAG_CSV_HEADER:
+            raise ValueError(f"{path}: expected the header line {','.join(TAG_CSV_HEADER)}; found {','.join(header)}")
+        for fields in reader:
+            if fields:
+                yield reader.line_num, fields
+    except csv.Error as exc:
+        raise ValueError(f"{path}, line {reader.line_num}: not readable as CSV ({exc})") from None
+
+
+def image_file_problem(name: str, file: Path) -> str | None:
+    """Why the image field `name` (resolved to `file`) names no image file; None when it does."""
+    if not name:
+        return "no image file name"
+    if not file.exists():
+        return f"image {file} not found"
+    return None if file.is_file() else f"image {name!r} is {file}, not a file"
+
+
 def import_tag_csv(path: Path, taxonomy: Taxonomy, images_dir: Path) -> Imported:
-    """`image,tags` CSV (tags separated by ';'): a tag set per image, no main label."""
+    """`image,tags` CSV, UTF-8 (tags separated by ';'): a tag set per image, no main label.
+
+    Records name the file's real line numbers; a row without exactly two fields is a reject.
+    """
     out = Imported()
     source = f"csv:{path.name}"
-    table = pd.read_csv(path, dtype="string", keep_default_na=False)
-    if list(table.columns[:2]) != ["image", "tags"]:
-        raise ValueError(f"{path}: expected columns image,tags; found {list(table.columns)}")
-    for line, (image, tags) in enumerate(zip(table["image"], table["tags"]), start=2):
+    for line, fields in tag_csv_rows(path):
+        image = fields[0].strip()
         record = f"line {line} ({image})"
+        if len(fields) != len(TAG_CSV_HEADER):
+            out.reject(source, record, None, f"{len(fields)} fields {fields}: expected 2 (image,tags; quote a field that holds a comma)")
+            continue
         file = images_dir / image
-        if not file.exists():
-            out.reject(source, record, None, f"image {file} not found")
+        problem = image_file_problem(image, file)
+        if problem:
+            out.reject(source, record, None, problem)
             continue
         image_id = content_id(file.read_bytes())
-        tag_list = [t for t in tags.split(";") if t]
+        tag_list = [tag.strip() for tag in fields[1].split(";") if tag.strip()]
         if not tag_list:
             out.reject(source, record, image_id, "no tags")
             continue

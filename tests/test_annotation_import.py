@@ -96,6 +96,38 @@ def test_each_bad_annotation_is_rejected_with_its_reason_and_valid_ones_kept(dem
     assert rows["cancelled"].sum() == 1, "a cancelled annotation stays in the table, flagged"
 
 
+def test_malformed_label_studio_tasks_are_rejected_and_the_valid_one_kept(styles):
+    valid = {"id": 1, "completed_by": 3, "result": [choices("main_style", ["Casual"])]}
+    tasks = [
+        [1, 2],
+        {"id": 2, "data": None, "annotations": [valid]},
+        {"id": 3, "data": {"image_id": "x"}, "annotations": None},
+        {"id": 4, "data": {"image_id": "x"}, "annotations": [{**valid, "result": None}]},
+        {"id": 5, "data": {"image_id": "x"}, "annotations": [{**valid, "result": [{"type": "choices", "from_name": "main_style", "value": None}]}]},
+        {"id": 6, "data": {"image_id": "x"}, "annotations": ["approved", valid]},
+        {"id": 7, "data": {"image_id": ["x"]}, "annotations": [valid]},
+    ]
+    rows, rejects = import_label_studio(tasks, "export.json", styles, {}, {"x"}).tables()
+    assert list(rows["record"]) == ["task 6 / annotation 1"]
+    assert dict(zip(rejects["record"], rejects["reason"])) == {
+        "task #1 in the file": "malformed task: [1, 2] is not an object",
+        "task 2 / annotation 1": "image not in catalog (task data is null)",
+        "task 3": "malformed task: annotations is null, not a list",
+        "task 4 / annotation 1": "malformed annotation: result is null, not a list",
+        "task 5 / annotation 1": 'malformed annotation: result 1 has value null, not {"choices": [names]}',
+        "task 6 / annotation #1": 'malformed annotation: "approved" is not an object',
+        "task 7 / annotation 1": 'image not in catalog (task data has image_id ["x"] and image null)',
+    }
+
+
+def test_an_export_is_read_with_or_without_bom_and_one_not_in_utf8_is_named(tmp_path):
+    (tmp_path / "bom.json").write_text('[{"id": 1}]', encoding="utf-8-sig")
+    assert read_label_studio_export(tmp_path / "bom.json") == [{"id": 1}]
+    (tmp_path / "latin1.json").write_bytes('[{"id": 1, "data": {"note": "café"}}]'.encode("latin-1"))
+    with pytest.raises(ValueError, match=f"{tmp_path / 'latin1.json'}: not UTF-8 text \\(byte 0xe9 on line 1\\)"):
+        read_label_studio_export(tmp_path / "latin1.json")
+
+
 @pytest.mark.skipif(not (SHARED / "kfashion-samples").is_dir(), reason="needs ../shared/datasets/kfashion-samples")
 def test_kfashion_samples_map_korean_styles_and_report_unlabelled(styles):
     rows, rejects = import_kfashion(sorted((SHARED / "kfashion-samples").glob("*.json")), styles).tables()
@@ -104,12 +136,41 @@ def test_kfashion_samples_map_korean_styles_and_report_unlabelled(styles):
     assert rejects["reason"].str.startswith("unlabelled").all()
 
 
+def kfashion_file(folder: Path, stem: str, styles: object, encoding: str = "utf-8") -> Path:
+    """A K-Fashion label file whose 라벨링 → 스타일 is `styles`, with an image beside it."""
+    label = {"데이터셋 정보": {"데이터셋 상세설명": {"라벨링": {"스타일": styles}}}}
+    (folder / f"{stem}.json").write_bytes(json.dumps(label, ensure_ascii=False).encode(encoding))
+    (folder / f"{stem}.jpg").write_bytes(stem.encode())
+    return folder / f"{stem}.json"
+
+
 def test_kfashion_style_missing_from_taxonomy_is_named(tmp_path, styles):
-    label = {"데이터셋 정보": {"데이터셋 상세설명": {"라벨링": {"스타일": [{"스타일": "페미닌"}]}}}}
-    (tmp_path / "1.json").write_text(json.dumps(label, ensure_ascii=False))
-    (tmp_path / "1.jpg").write_bytes(b"bytes")
-    _, rejects = import_kfashion([tmp_path / "1.json"], styles).tables()
+    _, rejects = import_kfashion([kfashion_file(tmp_path, "1", [{"스타일": "페미닌"}])], styles).tables()
     assert "['페미닌'] not in taxonomy" in rejects.iloc[0]["reason"]
+
+
+def test_kfashion_bad_files_are_rejected_one_by_one_and_no_style_is_dropped(tmp_path, styles):
+    files = [
+        kfashion_file(tmp_path, "later-entry", [{"스타일": "로맨틱"}, {"스타일": "섹시", "서브스타일": "스포티"}]),
+        kfashion_file(tmp_path, "bom", [{"스타일": "로맨틱"}], encoding="utf-8-sig"),
+        kfashion_file(tmp_path, "sub-only", [{"서브스타일": "섹시"}]),
+        kfashion_file(tmp_path, "style-list", [{"스타일": ["로맨틱"]}]),
+        kfashion_file(tmp_path, "names-not-entries", ["로맨틱"]),
+        kfashion_file(tmp_path, "entry-not-list", {"스타일": "로맨틱"}),
+        kfashion_file(tmp_path, "cp949", [{"스타일": "로맨틱"}], encoding="cp949"),
+    ]
+    (tmp_path / "root-list.json").write_text("[1]")
+    rows, rejects = import_kfashion([*files, tmp_path / "root-list.json"], styles).tables()
+    by_record = rows.set_index("record")
+    assert (by_record.loc["later-entry", "main_style"], by_record.loc["later-entry", "sub_styles"]) == ("Romantic", ["Sexy", "Sporty"])
+    assert by_record.loc["bom", "main_style"] == "Romantic"
+    reasons = dict(zip(rejects["record"], rejects["reason"]))
+    assert reasons["sub-only"].startswith("no main style (스타일 missing)")
+    assert reasons["style-list"] == 'style entry 1: 스타일 is ["로맨틱"], not one Korean style name'
+    assert "not a list of style entries" in reasons["names-not-entries"] and "not a list of style entries" in reasons["entry-not-list"]
+    assert reasons["cp949"].startswith(f"not a K-Fashion label file: {tmp_path / 'cp949.json'}: not UTF-8 text")
+    assert reasons["root-list"].startswith("not a K-Fashion label file (no 데이터셋 정보")
+    assert len(rejects) == 6
 
 
 @pytest.mark.skipif(not (SHARED / "ccp").is_dir(), reason="needs ../shared/datasets/ccp")
@@ -128,3 +189,32 @@ def test_tag_csv_rejects_unknown_tags_and_missing_images(tmp_path):
     rows, rejects = import_tag_csv(tmp_path / "labels.csv", garments, tmp_path).tables()
     assert rows.empty
     assert list(rejects["reason"]) == ["unknown tag(s) ['laser-sword']: not in taxonomy 'ccp-garments'", f"image {tmp_path / 'missing.jpg'} not found"]
+
+
+def test_tag_csv_rows_are_checked_one_by_one_with_their_real_line_numbers(tmp_path):
+    garments = load_taxonomy(ROOT / "taxonomies/ccp_garments.yaml")
+    for name in ("a.jpg", "b.jpg"):
+        (tmp_path / name).write_bytes(name.encode())
+    lines = ["\ufeffimage,tags", "a.jpg,skirt,oops", "", "b.jpg,skirt; hat", "a.jpg", ",skirt", ".,skirt", '"b.jpg","hat;skirt"']
+    (tmp_path / "labels.csv").write_text("\r\n".join(lines) + "\r\n", encoding="utf-8")
+    rows, rejects = import_tag_csv(tmp_path / "labels.csv", garments, tmp_path).tables()
+    assert list(rows["record"]) == ["line 4 (b.jpg)", "line 8 (b.jpg)"]
+    assert [sorted(tags) for tags in rows["sub_styles"]] == [["hat", "skirt"]] * 2
+    assert list(zip(rejects["record"], rejects["reason"])) == [
+        ("line 2 (a.jpg)", "3 fields ['a.jpg', 'skirt', 'oops']: expected 2 (image,tags; quote a field that holds a comma)"),
+        ("line 5 (a.jpg)", "1 fields ['a.jpg']: expected 2 (image,tags; quote a field that holds a comma)"),
+        ("line 6 ()", "no image file name"),
+        ("line 7 (.)", f"image '.' is {tmp_path}, not a file"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [(b"", "empty file; expected the header line image,tags"), ("image,tags\nb\xe9.jpg,skirt\n".encode("latin-1"), r"not UTF-8 text \(byte 0xe9 on line 2\)"),
+     (b"file,labels\na.jpg,skirt\n", "expected the header line image,tags; found file,labels")],
+    ids=["empty", "latin-1", "wrong header"],
+)  # fmt: skip
+def test_a_tag_csv_that_cannot_be_read_is_named(tmp_path, content, problem):
+    (tmp_path / "labels.csv").write_bytes(content)
+    with pytest.raises(ValueError, match=f"{tmp_path / 'labels.csv'}: {problem}"):
+        import_tag_csv(tmp_path / "labels.csv", load_taxonomy(ROOT / "taxonomies/ccp_garments.yaml"), tmp_path)

@@ -1,9 +1,17 @@
-"""Annotation pieces that need no server (or a fake one): labeling config, retries, push, pull, consolidation."""
+"""Annotation pieces that need no server (or a fake one): labeling config, retries, push, pull, consolidation, serve."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
 import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from xml.etree import ElementTree
@@ -22,6 +30,7 @@ from annotation.consolidate import main as consolidate_main
 from annotation.importers import ANNOTATION_COLUMNS
 from annotation.pull import snapshot_from_server
 from annotation.push import AnnotationSettings, Prediction, find_project, push_images
+from annotation.server import ServerError, ServerSettings, credentials, start
 from pipeline.taxonomy import load_taxonomy
 
 ROOT = Path(__file__).parents[1]
@@ -252,3 +261,202 @@ def test_two_projects_of_one_title_are_refused_by_push_and_pull_alike(tmp_path, 
     with pytest.raises(LabelStudioError, match=r"2 projects .* titled 'styles'"):
         find_project(conn, fake, "styles")
     assert list(tmp_path.iterdir()) == []
+
+
+STAND_IN_LABEL_STUDIO = """#!{python}
+\"\"\"Stands in for `label-studio start` in serve's tests: the real one takes minutes to install and a minute to start.
+
+Like Label Studio it answers /health and keeps the API token of its FIRST start (in its data
+dir) for /api/current-user/whoami. STAND_IN=crash exits while starting; STAND_IN=mute never answers.
+\"\"\"
+import os, sys, time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+port, data_dir = int(sys.argv[sys.argv.index("-p") + 1]), Path(sys.argv[sys.argv.index("--data-dir") + 1])
+(data_dir / "stand-in.pid").write_text(str(os.getpid()))
+if os.environ.get("STAND_IN") == "crash":
+    sys.exit("stand-in: cannot start")
+if os.environ.get("STAND_IN") == "mute":
+    time.sleep(600)
+token_file = data_dir / "token"
+if not token_file.exists():
+    token_file.write_text(os.environ["LABEL_STUDIO_USER_TOKEN"])
+token = token_file.read_text()
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        accepted = self.headers.get("Authorization") == f"Token {{token}}"
+        self.send_response({{"/health": 200, "/api/current-user/whoami": 200 if accepted else 401}}.get(self.path, 404))
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+HTTPServer(("127.0.0.1", port), Handler).serve_forever()
+"""
+
+
+class SignalReachedTheTest(Exception):
+    """serve left SIGTERM/SIGHUP to the test's handler instead of stopping its server."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def signal_this_process(send: signal.Signals, once: Callable[[], bool], delay_s: float, finished: threading.Event) -> threading.Thread:
+    """A started thread that sends `send` to this process (as `kill` or Ctrl-C would) `delay_s` after `once()` holds,
+    unless `finished` is set first."""
+
+    def wait_and_send() -> None:
+        deadline = time.monotonic() + 30
+        while not finished.is_set() and time.monotonic() < deadline and not once():
+            time.sleep(0.05)
+        if not finished.wait(delay_s):
+            os.kill(os.getpid(), send)
+
+    thread = threading.Thread(target=wait_and_send, daemon=True)
+    thread.start()
+    return thread
+
+
+@dataclass
+class LocalServe:
+    """A project folder whose .venv-labelstudio holds the stand-in server; `serve` runs there."""
+
+    root: Path
+    port: int
+
+    @property
+    def settings(self) -> ServerSettings:
+        return ServerSettings(port=self.port, data_dir=self.root / ".labelstudio", document_root=self.root / "data", venv=self.root / ".venv-labelstudio")
+
+    def server_pid(self) -> int | None:
+        pid_file = self.settings.data_dir / "stand-in.pid"
+        return int(pid_file.read_text()) if pid_file.exists() and pid_file.read_text() else None
+
+    def server_running(self) -> bool:
+        pid = self.server_pid()
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def answering(self) -> bool:
+        try:
+            return httpx.get(f"{self.settings.url}/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def serve(self, send: signal.Signals = signal.SIGTERM, once: Callable[[], bool] | None = None, delay_s: float = 3.0) -> int:
+        """`python -m annotation serve` here; `send` reaches this process `delay_s` after `once()` holds (default: answering).
+
+        The test's own SIGTERM/SIGHUP handler raises SignalReachedTheTest, so a serve that does not handle the
+        signal fails the test instead of ending pytest, and a serve that never returns is ended that way too.
+        """
+
+        def refuse(signum: int, frame: object) -> None:
+            raise SignalReachedTheTest(signal.Signals(signum).name)
+
+        finished = threading.Event()
+        previous = {signum: signal.signal(signum, refuse) for signum in (signal.SIGTERM, signal.SIGHUP)}
+        sender = signal_this_process(send, once or self.answering, delay_s, finished)
+        try:
+            code = annotation_main(["--params", str(self.root / "params.yaml"), "serve", "--port", str(self.port)])
+            assert all(signal.getsignal(signum) is refuse for signum in previous), "serve must restore the signal handlers"
+            return code
+        finally:
+            finished.set()
+            sender.join()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+@pytest.fixture()
+def local_serve(tmp_path, monkeypatch):
+    """A project folder with params.yaml, the credentials in the environment and the stand-in installed."""
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    for name, value in {"LABEL_STUDIO_USERNAME": "lead@example.invalid", "LABEL_STUDIO_PASSWORD": "pw", "LABEL_STUDIO_API_KEY": "first-key-0123"}.items():
+        monkeypatch.setenv(name, value)
+    local = LocalServe(tmp_path, free_port())
+    exe = local.settings.venv / "bin" / "label-studio"
+    exe.parent.mkdir(parents=True)
+    exe.write_text(STAND_IN_LABEL_STUDIO.format(python=sys.executable))
+    exe.chmod(0o755)
+    (local.settings.venv / ".installed").write_text("stand-in\n")
+    yield local
+    if local.server_running():  # left over by a failing test: the stand-in this test started
+        os.kill(local.server_pid(), signal.SIGKILL)
+
+
+def test_ctrl_c_while_the_server_starts_stops_it(local_serve, monkeypatch):
+    monkeypatch.setenv("STAND_IN", "mute")
+    signal_this_process(signal.SIGINT, local_serve.server_running, 0.2, threading.Event())
+    with pytest.raises(KeyboardInterrupt):
+        start(local_serve.settings, credentials())
+    assert local_serve.server_pid() is not None and not local_serve.server_running()
+
+
+@pytest.mark.parametrize(("send", "phase"), [(signal.SIGTERM, "starting"), (signal.SIGHUP, "answering")], ids=["SIGTERM-starting", "SIGHUP-answering"])
+def test_sigterm_or_sighup_stop_serve_and_its_server(local_serve, monkeypatch, capsys, send, phase):
+    if phase == "starting":
+        monkeypatch.setenv("STAND_IN", "mute")
+    assert local_serve.serve(send, once=local_serve.server_running if phase == "starting" else None, delay_s=0.3) == 0
+    assert local_serve.server_pid() is not None and not local_serve.server_running()
+    assert "Label Studio stopped" in capsys.readouterr().err
+
+
+def test_a_taken_port_is_an_error_not_another_servers_health(local_serve, capsys):
+    with socket.socket() as holder:  # an earlier serve still holding the port, answering /health
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", local_serve.port))
+        holder.listen()
+        threading.Thread(target=lambda: holder.accept()[0].sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"), daemon=True).start()
+        assert local_serve.serve() == 2
+    err = capsys.readouterr().err
+    assert f"port {local_serve.port} in use (an earlier `serve`?): stop it or use --port / annotation.port" in err
+    assert local_serve.server_pid() is None, "the server was not even started"
+
+
+def test_a_server_that_exits_while_starting_is_an_error_naming_its_log(local_serve, monkeypatch, capsys):
+    monkeypatch.setenv("STAND_IN", "crash")
+    assert local_serve.serve() == 2
+    err = capsys.readouterr().err
+    assert f"exited with code 1 while starting; its log says why: {Path('.labelstudio/server.log')}" in err and "Traceback" not in err
+    assert "stand-in: cannot start" in (local_serve.settings.log_path).read_text()
+
+
+def test_an_api_key_other_than_the_first_starts_is_refused_and_the_server_stopped(local_serve, monkeypatch, capsys):
+    local_serve.settings.data_dir.mkdir()
+    (local_serve.settings.data_dir / "token").write_text("key-of-the-first-start")  # the stand-in's "database"
+    assert local_serve.serve() == 2
+    assert "database (.labelstudio) was created with another API key" in capsys.readouterr().err
+    assert not local_serve.server_running()
+
+
+def test_an_api_key_label_studio_would_ignore_is_refused(monkeypatch):
+    monkeypatch.setenv("LABEL_STUDIO_USERNAME", "lead@example.invalid")
+    monkeypatch.setenv("LABEL_STUDIO_PASSWORD", "pw")
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "12345")
+    with pytest.raises(ServerError, match="LABEL_STUDIO_API_KEY must be longer than 5 characters: Label Studio ignores"):
+        credentials()
+
+
+def test_an_install_without_a_package_index_says_where_else_to_install_from(local_serve, monkeypatch, capsys):
+    shutil.rmtree(local_serve.settings.venv)
+    python = local_serve.root / "python"  # stands in for `python -m venv DIR`: its pip fails as pip does offline
+    python.write_text(
+        '#!/bin/sh\nmkdir -p "$3/bin" && printf \'#!/bin/sh\\necho "ERROR: No matching distribution found for label-studio" >&2\\nexit 1\\n\' > "$3/bin/pip" && chmod +x "$3/bin/pip"\n'
+    )
+    python.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(python))
+    assert local_serve.serve() == 2
+    err = capsys.readouterr().err
+    assert "pip could not install label-studio==1.23.2" in err and "PIP_INDEX_URL" in err and "PIP_FIND_LINKS" in err

@@ -19,7 +19,7 @@ from annotation.client import Connection, LabelStudioError
 from annotation.importers import import_label_studio, read_label_studio_export
 from annotation.pull import catalog_lookup, export_path, snapshot_from_server
 from annotation.push import AnnotationSettings, Prediction, push_images, review_title
-from annotation.server import ServerSettings, start, stop
+from annotation.server import ServerError, ServerSettings, check_token, start, stop
 from pipeline.demo_crawl import generate
 from pipeline.ingest import ingest
 from pipeline.settings import IngestSettings
@@ -47,13 +47,17 @@ def workspace(tmp_path_factory, params, style_names):
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory, workspace):
+def server_settings(tmp_path_factory, workspace) -> ServerSettings:
     root, _ = workspace
+    return ServerSettings(port=free_port(), data_dir=tmp_path_factory.mktemp("ls-data"), document_root=root / "data", venv=ROOT / ".venv-labelstudio")
+
+
+@pytest.fixture(scope="session")
+def server(server_settings):
     token = secrets.token_hex(20)
-    settings = ServerSettings(port=free_port(), data_dir=tmp_path_factory.mktemp("ls-data"), document_root=root / "data", venv=ROOT / ".venv-labelstudio")
     creds = {"LABEL_STUDIO_USERNAME": "expert@stylegraph.invalid", "LABEL_STUDIO_PASSWORD": secrets.token_hex(8), "LABEL_STUDIO_API_KEY": token}
-    process = start(settings, creds)
-    yield Connection(url=settings.url, token=token)
+    process = start(server_settings, creds)
+    yield Connection(url=server_settings.url, token=token)
     stop(process)
 
 
@@ -160,3 +164,9 @@ def test_wrong_token_is_a_clear_error(server, annotation_settings, workspace, st
     wrong = Connection(url=server.url, token="not-the-token", attempts=1)
     with pytest.raises(LabelStudioError, match="refused the token .* check LABEL_STUDIO_API_KEY"):
         push_images(wrong, annotation_settings, styles, catalog, root / "data/crawl")
+
+
+def test_serve_accepts_the_key_of_the_first_start_and_refuses_another(server, server_settings):
+    check_token(server_settings, server.token)
+    with pytest.raises(ServerError, match="database .* was created with another API key"):
+        check_token(server_settings, secrets.token_hex(20))
