@@ -64,12 +64,12 @@ def serve(args: argparse.Namespace, params: Params, settings: AnnotationSettings
 
 
 def load_predictions(checkpoint: Path, images: pd.DataFrame, crawl_dir: Path, top_k: int) -> dict[str, Prediction]:
-    """Model guesses for pre-annotation, from the trainer's predict function."""
+    """Model guesses for pre-annotation, from the trainer's predict function; an image it cannot read (warned about) gets none."""
     from training.predict import predict_images  # torch is imported only when predictions are asked for
 
     rows = predict_images(checkpoint, [crawl_dir / p for p in images["path"]], top_k, vetted=True)
     version = f"{checkpoint.parent.name}@{int(checkpoint.stat().st_mtime)}"
-    return {image_id: Prediction(version, [tuple(pair) for pair in row["top"]]) for image_id, row in zip(images["image_id"], rows)}
+    return {image_id: Prediction(version, [tuple(pair) for pair in row["top"]]) for image_id, row in zip(images["image_id"], rows) if "error" not in row}
 
 
 def push(args: argparse.Namespace, params: Params, settings: AnnotationSettings) -> int:

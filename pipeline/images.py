@@ -20,16 +20,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipeline.bomb_guard import pillow_bomb_guard_lifted
+from pipeline.decoding import SUPPORTED_MODES, pillow_bomb_guard_lifted, unsupported_mode_reason
 
 IMAGE_ID_HEX_CHARS = 16  # 64 bits of SHA-256: collision odds ~1e-8 at 1.2 M images
 EXIF_ORIENTATION = 0x0112
-
-# Modes whose 8-bit channels `convert("RGB")` maps faithfully (the pixel cache and the
-# difference hash rely on it). 16- and 32-bit modes (I;16, I, F) are clipped to 0-255
-# (a 16-bit PNG turns almost white, a float TIFF black), LAB has no conversion to grey.
-SUPPORTED_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"})
-
 
 
 def content_id(data: bytes) -> str:
@@ -103,13 +97,6 @@ def inspect_image(path: Path, max_pixels: int) -> Inspected:
         raise  # the machine, not the file: max_pixels bounds what one image may need
     except Exception as exc:  # Pillow's decoders raise many types (SyntaxError, TypeError, ...) on untrusted bytes
         return Inspected(image_id=image_id, bytes=len(data), reason=decode_error_reason(exc))
-
-
-def unsupported_mode_reason(mode: str) -> str:
-    return (
-        f"unsupported pixel mode {mode}: 16-bit, 32-bit and LAB pictures lose their colours in 8-bit RGB; "
-        "convert the file to 8-bit RGB (e.g. `magick in.tif -depth 8 out.png`) and put it back in the batch"
-    )
 
 
 def _decode(data: bytes, image_id: str, max_pixels: int) -> Inspected:

@@ -35,7 +35,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_path, write_json, write_parquet
-from pipeline.bomb_guard import pillow_bomb_guard_lifted
+from pipeline.decoding import pillow_bomb_guard_lifted
 from pipeline.settings import DEFAULT_PARAMS, load_params, load_section
 
 

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from annotation.__main__ import load_predictions
 from annotation.__main__ import main as annotation_main
 from annotation.client import Connection, LabelStudioError
 from annotation.config import labeling_config
@@ -460,3 +461,14 @@ def test_an_install_without_a_package_index_says_where_else_to_install_from(loca
     assert local_serve.serve() == 2
     err = capsys.readouterr().err
     assert "pip could not install label-studio==1.23.2" in err and "PIP_INDEX_URL" in err and "PIP_FIND_LINKS" in err
+
+
+def test_an_image_the_model_cannot_read_gets_no_pre_annotation(tmp_path, monkeypatch):
+    checkpoint = tmp_path / "models" / "mlgcn" / "best.pt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"stand-in: predict_images is replaced below")
+    rows = [{"path": "b1/a.jpg", "top": [["Casual", 0.9]]}, {"path": "b1/b.jpg", "error": "cannot read image"}]
+    monkeypatch.setattr("training.predict.predict_images", lambda *args, **kwargs: rows)
+    images = pd.DataFrame({"image_id": ["a", "b"], "path": ["b1/a.jpg", "b1/b.jpg"]})
+    predictions = load_predictions(checkpoint, images, tmp_path, top_k=3)
+    assert list(predictions) == ["a"] and predictions["a"].ranked == [("Casual", 0.9)]

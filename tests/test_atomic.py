@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pipeline.atomic import atomic_dir, atomic_path
-from training.checkpoint import load_checkpoint, save_checkpoint
+from training.checkpoint import save_checkpoint
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def test_outputs_get_the_mode_of_a_plain_open_not_the_private_temporary_one(tmp_
     assert mode(tmp_path / "table.csv") == 0o644
     assert mode(tmp_path / "models" / "last.pt") == 0o644
     assert mode(tmp_path / "docs") == 0o755
-    assert torch.equal(load_checkpoint(tmp_path / "models" / "last.pt")["model"]["w"], torch.ones(2))
+    assert torch.equal(torch.load(tmp_path / "models" / "last.pt", weights_only=True)["model"]["w"], torch.ones(2))
 
 
 def test_the_mode_follows_the_umask(tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 from unittest.mock import Mock
@@ -15,6 +17,7 @@ from PIL import Image
 from pipeline.demo_crawl import decompression_bomb_png
 import pipeline.images as images_module
 from pipeline.images import content_id, difference_hash, inspect_image
+from training.data import InputError, load_rgb
 
 
 def jpeg(size=(120, 160), colour=(200, 30, 30), mode="RGB", quality=90, **save) -> bytes:
@@ -139,6 +142,19 @@ def test_cmyk_photo_is_accepted_and_its_mode_recorded(tmp_path):
 def test_modes_that_8_bit_rgb_would_wreck_are_rejected_with_what_to_do(tmp_path, picture, fmt, mode):
     result = inspect_bytes(tmp_path, saved(picture, fmt), name=f"x.{fmt.lower()}")
     assert result.reason.startswith(f"unsupported pixel mode {mode}:") and "convert the file to 8-bit RGB" in result.reason
+    with pytest.raises(InputError) as refused:  # predict and training refuse what ingest rejects
+        load_rgb(tmp_path / f"x.{fmt.lower()}")
+    assert str(refused.value) == f"{tmp_path / f'x.{fmt.lower()}'}: {result.reason}"
+
+
+def test_training_applies_the_decoding_policy_without_importing_ingests_code():
+    """Training stages depend on pipeline/decoding.py (dvc.yaml deps), not on ingest's pipeline/images.py; ingest uses the same policy."""
+    code = (
+        "import sys, training.predict, training.features, training.train, training.evaluate; print('pipeline.images' in sys.modules); "
+        "import pipeline.decoding as d, pipeline.images as i; print(i.SUPPORTED_MODES is d.SUPPORTED_MODES and i.unsupported_mode_reason is d.unsupported_mode_reason)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True, text=True, check=True)
+    assert run.stdout.split() == ["False", "True"]
 
 
 def test_image_id_is_the_content_hash(tmp_path):

@@ -113,3 +113,19 @@ def test_evaluate_scores_reports_nan_ap_as_none_and_every_paper_column():
     assert set(result["summary"]) == {"top1_any", "top2_all", "top2_any", "top3_all", "top3_any", "mAP"}
     for entry in result["summary"].values():
         assert entry["ci_low"] <= entry["value"] <= entry["ci_high"]
+
+
+def test_map_intervals_are_centred_on_the_estimate_though_resampling_lifts_ap():
+    """Repeated images lift AP, so percentile intervals of mAP lean above the estimate; shifting by the resamples' bias corrects that."""
+    rng = np.random.default_rng(0)
+    targets = (rng.random((235, 23)) < 0.1).astype(np.float32)
+    scores = targets * rng.normal(1, 1, targets.shape) + rng.normal(0, 1, targets.shape)
+    point = mean_average_precision(scores, targets)
+    statistic = lambda idx: mean_average_precision(scores[idx], targets[idx])  # noqa: E731
+    percentile = bootstrap_interval(statistic, 235, 300, seed=0)
+    shifted = bootstrap_interval(statistic, 235, 300, seed=0, around=point)
+    assert (percentile[0] + percentile[1]) / 2 - point > 0.005  # the bias this guards against
+    assert abs((shifted[0] + shifted[1]) / 2 - point) < abs((percentile[0] + percentile[1]) / 2 - point) / 2
+    assert shifted[0] < point < shifted[1]
+    summary = evaluate_scores(scores, targets, np.full(235, -1), [str(c) for c in range(23)], 300, seed=0)["summary"]["mAP"]
+    assert (summary["ci_low"], summary["ci_high"]) == pytest.approx(shifted)

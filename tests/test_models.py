@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.error import URLError
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from pipeline.settings import ParamsError
 from training.backbones import create_backbone
 from training.data import InputError, read_label_graph
 from training.device import compile_for_training
@@ -106,8 +109,32 @@ def test_resnet50_loads_a_local_weights_file(tmp_path):
     backbone = create_backbone("resnet50", str(path))
     assert backbone.dim == 2048
     assert torch.equal(backbone.body[0].weight, reference.conv1.weight)
-    with pytest.raises(FileNotFoundError, match="features.weights"):
+    with pytest.raises(InputError, match=r"missing.pth: resnet50 weights file not found; features.weights \(params.yaml\) must name"):
         create_backbone("resnet50", str(tmp_path / "missing.pth"))
+
+
+def test_a_damaged_or_foreign_weights_file_is_refused_with_its_name(tmp_path):
+    truncated, lite0 = tmp_path / "truncated.pth", tmp_path / "lite0.pth"
+    torch.save(torchvision.models.resnet50().state_dict(), truncated)
+    truncated.write_bytes(truncated.read_bytes()[:4096])
+    with pytest.raises(InputError, match=rf"{truncated}: cannot read resnet50 weights file, not a complete file written by torch.save \(RuntimeError: .*\); features.weights"):
+        create_backbone("resnet50", str(truncated))
+    torch.save(torchvision.models.resnet18().state_dict(), lite0)  # another architecture
+    with pytest.raises(InputError, match=rf"{lite0}: its tensors do not fit EfficientNet: \d+ missing \(e.g. .*\); \d+ unexpected \(e.g. .*\)\. features.weights"):
+        create_backbone("tf_efficientnet_lite0", str(lite0))
+    torch.save(torchvision.models.resnet50(num_classes=10).state_dict(), lite0)
+    with pytest.raises(InputError, match=r"do not fit ResNet: 2 of another shape \(e.g. fc.weight \(10, 2048\), expected \(1000, 2048\)\)"):
+        create_backbone("resnet50", str(lite0))
+
+
+def test_resnet50_weights_that_cannot_be_downloaded_name_the_url_and_the_offline_setting(monkeypatch):
+    def offline(url: str, *args, **kwargs):
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    url = torchvision.models.ResNet50_Weights.IMAGENET1K_V2.url
+    with pytest.raises(InputError, match=rf"cannot download the ResNet-50 ImageNet weights from {url} \(<urlopen error \[Errno -3\] .*\)\..*features.weights: /path/to/resnet50.pth"):
+        create_backbone("resnet50", "imagenet")
 
 
 def test_efficientnet_lite0_gets_the_offline_imagenet_weights_by_position():
@@ -122,5 +149,5 @@ def test_efficientnet_lite0_gets_the_offline_imagenet_weights_by_position():
 
 
 def test_unknown_backbone_names_the_choices():
-    with pytest.raises(KeyError, match="resnet50"):
+    with pytest.raises(ParamsError, match=r"^unknown backbone 'vgg'; features.backbone in params.yaml must be one of \['resnet50', 'tf_efficientnet_lite0'\]$"):
         create_backbone("vgg", "none")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -24,7 +25,7 @@ import training.train as train_module
 from pipeline.pixel_cache import PixelCacheSettings, build_cache
 from pipeline.settings import load_section
 from training import evaluate, features, predict
-from training.checkpoint import build_trained_module, load_checkpoint
+from training.checkpoint import CHECKPOINT_REMEDY, build_trained_module, load_checkpoint
 from training.data import ImageDataset, InputError, eval_transform
 from training.distributed import SINGLE, World, shard
 from training.models import ModelSpec
@@ -76,16 +77,29 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     torch.save(timm.create_model("tf_efficientnet_lite0").state_dict(), root / "lite0.pth")
     paths = {"root": root, "weights": root / "lite0.pth", "dataset": root / "dataset.parquet", "subset": root / "label_subset.json", "graph": root / "label_graph.npz", "crawl": root / "crawl", "features": root / "features.npz", "pixels": root / "pixels"}
     build_cache(pd.DataFrame(rows), paths["crawl"], paths["pixels"], PixelCacheSettings(height=40, width=32, workers=1))
-    features.main(["--dataset", str(paths["dataset"]), "--label-subset", str(paths["subset"]), "--crawl-dir", str(paths["crawl"]), "--out", str(paths["features"]), "--params", str(_params(root, paths["weights"]))])
+    _extract_features(paths, paths["features"], _params(root, paths["weights"]))
     return paths
 
 
-def _train(inputs: dict[str, Path], model: str, out: Path, params: Path, *extra: str) -> None:
-    train_module.main([
+def _extract_features(inputs: dict[str, Path], out: Path, params: Path) -> Path:
+    """Run the features stage's command line into `out`."""
+    assert features.main(["--dataset", str(inputs["dataset"]), "--label-subset", str(inputs["subset"]), "--crawl-dir", str(inputs["crawl"]), "--out", str(out), "--params", str(params)]) == 0
+    return out
+
+
+def _train(inputs: dict[str, Path], model: str, out: Path, params: Path, *extra: str, status: int = 0) -> None:
+    """Run the train stage's command line; it must end with exit `status` (2: refused with a message on stderr)."""
+    assert train_module.main([
         "--model", model, "--dataset", str(inputs["dataset"]), "--label-subset", str(inputs["subset"]), "--graph", str(inputs["graph"]),
         "--features", str(inputs["features"]), "--crawl-dir", str(inputs["crawl"]), "--out-dir", str(out / "models" / model),
         "--live-dir", str(out / "dvclive" / model), "--pixel-cache", str(inputs["pixels"]), "--params", str(params), *extra,
-    ])  # fmt: skip
+    ]) == status  # fmt: skip
+
+
+def _error(capsys, prog: str) -> str:
+    """The one `<prog>: error: <message>` line a refused command printed on stderr, without its prefix."""
+    [line] = [line for line in capsys.readouterr().err.splitlines() if line.startswith(f"{prog}: error: ")]
+    return line.removeprefix(f"{prog}: error: ")
 
 
 def test_features_cache_both_poolings_and_mirrored_training_images(inputs):
@@ -237,7 +251,7 @@ def test_finetuning_trains_the_backbone_from_pixels(inputs, tmp_path):
     assert [label for label, _ in result["top"]] == sorted(LABELS, key=lambda label: -result["scores"][label])
 
 
-def test_finetuning_from_the_pixel_cache_reads_no_image_file(inputs, tmp_path):
+def test_finetuning_from_the_pixel_cache_reads_no_image_file(inputs, tmp_path, capsys):
     no_files = dict(inputs, crawl=tmp_path / "no-crawl")
     params = _params(tmp_path, inputs["weights"], epochs=1, finetune=True, cached_pixels=True)
     _train(no_files, "linear", tmp_path, params)
@@ -245,8 +259,8 @@ def test_finetuning_from_the_pixel_cache_reads_no_image_file(inputs, tmp_path):
     initial = torch.load(inputs["weights"], weights_only=True)
     assert checkpoint["meta"]["finetuned"] and checkpoint["state"]["epoch"] == 1
     assert not torch.equal(checkpoint["model"]["body.model.conv_stem.weight"], initial["conv_stem.weight"]), "the backbone must train"
-    with pytest.raises(InputError, match="cannot read image"):
-        _train(no_files, "linear", tmp_path / "files", _params(tmp_path, inputs["weights"], epochs=1, finetune=True))
+    _train(no_files, "linear", tmp_path / "files", _params(tmp_path, inputs["weights"], epochs=1, finetune=True), status=2)
+    assert "no-crawl/01.png: cannot read image (FileNotFoundError" in _error(capsys, "train")
 
 
 def test_catalog_images_above_pillows_bomb_limit_load_and_other_pictures_keep_the_guard(tmp_path, monkeypatch):
@@ -302,11 +316,11 @@ def test_prefetched_pixel_batches_arrive_whole_and_in_order_on_the_gpu():
     assert all(torch.equal(got, sent.float().mul(2)) for (got, _), (sent, _) in zip(received, host, strict=True))
 
 
-def test_a_pixel_cache_without_the_dataset_images_says_how_to_rebuild_it(inputs, tmp_path):
+def test_a_pixel_cache_without_the_dataset_images_says_how_to_rebuild_it(inputs, tmp_path, capsys):
     rows = pd.read_parquet(inputs["dataset"]).iloc[:20]  # train: rows 0-15, val: 16-21
     build_cache(rows, inputs["crawl"], tmp_path / "pixels", PixelCacheSettings(height=40, width=32, workers=1))
-    with pytest.raises(InputError, match="pixel cache lacks 2 dataset images.*python -m pipeline.pixel_cache"):
-        _train(dict(inputs, pixels=tmp_path / "pixels"), "cnn", tmp_path, _params(tmp_path, inputs["weights"], cached_pixels=True))
+    _train(dict(inputs, pixels=tmp_path / "pixels"), "cnn", tmp_path, _params(tmp_path, inputs["weights"], cached_pixels=True), status=2)
+    assert re.search("pixel cache lacks 2 dataset images.*python -m pipeline.pixel_cache", _error(capsys, "train"))
 
 
 def test_learning_rates_scale_with_the_global_batch():
@@ -368,34 +382,35 @@ def test_predictions_equal_the_cached_feature_path_and_the_cli_writes_csv(inputs
     np.testing.assert_allclose([[r["scores"][label] for label in LABELS] for r in results], cached, atol=1e-5)
 
     out = tmp_path / "predictions.csv"
-    predict.main([str(inputs["crawl"]), "--checkpoint", str(best), "--top-k", "2", "--out", str(out)])
+    assert predict.main([str(inputs["crawl"]), "--checkpoint", str(best), "--top-k", "2", "--out", str(out)]) == 0
     table = pd.read_csv(out)
-    assert list(table.columns) == ["path", "label_1", "prob_1", "label_2", "prob_2"] and len(table) == 28
+    assert list(table.columns) == ["path", "label_1", "prob_1", "label_2", "prob_2", "error"] and len(table) == 28
+    assert table["error"].isna().all()
 
 
-def test_unknown_model_and_missing_inputs_say_what_to_do(inputs, tmp_path):
+def test_unknown_model_and_missing_inputs_say_what_to_do(inputs, tmp_path, capsys):
     params = _params(tmp_path, inputs["weights"])
-    with pytest.raises(SystemExit):
-        _train(inputs, "resnet-9000", tmp_path, params)
+    _train(inputs, "resnet-9000", tmp_path, params, status=2)
+    assert _error(capsys, "train") == "unknown model 'resnet-9000'; params.yaml 'models' has ['cnn', 'gcn', 'gcn_identity', 'linear']"
     missing = dict(inputs, dataset=tmp_path / "nowhere.parquet")
-    with pytest.raises(InputError, match="nowhere.parquet: dataset not found; run the curation stages"):
-        _train(missing, "linear", tmp_path, params)
+    _train(missing, "linear", tmp_path, params, status=2)
+    assert "nowhere.parquet: dataset not found; run the curation stages" in _error(capsys, "train")
 
 
-def test_resuming_under_another_configuration_is_refused(inputs, tmp_path):
+def test_resuming_under_another_configuration_is_refused(inputs, tmp_path, capsys):
     _train(inputs, "gcn", tmp_path, _params(tmp_path, inputs["weights"], epochs=1))
-    with pytest.raises(InputError, match=r"other settings: gcn_hidden 16 -> 8, train.gcn_hidden 16 -> 8\. Rerun without --resume"):
-        _train(inputs, "gcn", tmp_path, _params(tmp_path, inputs["weights"], epochs=2, gcn_hidden=8), "--resume")
+    _train(inputs, "gcn", tmp_path, _params(tmp_path, inputs["weights"], epochs=2, gcn_hidden=8), "--resume", status=2)
+    assert re.search(r"other settings: gcn_hidden 16 -> 8, train.gcn_hidden 16 -> 8\. Rerun without --resume", _error(capsys, "train"))
 
 
-def test_resuming_a_checkpoint_that_predates_recorded_settings_is_refused(inputs, tmp_path):
+def test_resuming_a_checkpoint_that_predates_recorded_settings_is_refused(inputs, tmp_path, capsys):
     _train(inputs, "gcn", tmp_path, _params(tmp_path, inputs["weights"], epochs=1))
     last = tmp_path / "models" / "gcn" / "last.pt"
     checkpoint = load_checkpoint(last)
     del checkpoint["meta"]["train"], checkpoint["meta"]["processes"]  # as written before the settings were recorded
     torch.save(checkpoint, last)
-    with pytest.raises(InputError, match=r"older stylegraph that did not record its training settings.*rerun without --resume"):
-        _train(inputs, "gcn", tmp_path, _params(tmp_path, inputs["weights"], epochs=2), "--resume")
+    _train(inputs, "gcn", tmp_path, _params(tmp_path, inputs["weights"], epochs=2), "--resume", status=2)
+    assert re.search(r"older stylegraph that did not record its training settings.*rerun without --resume", _error(capsys, "train"))
 
 
 def _stage_paths(inputs: dict[str, Path], out: Path, params: Path) -> argparse.Namespace:
@@ -404,11 +419,11 @@ def _stage_paths(inputs: dict[str, Path], out: Path, params: Path) -> argparse.N
                               pixel_cache=inputs["pixels"], params=params, out_dir=out / "models" / "gcn", live_dir=out / "dvclive" / "gcn")  # fmt: skip
 
 
-def test_resuming_with_other_training_settings_or_processes_is_refused_but_longer_training_is_not(inputs, tmp_path):
+def test_resuming_with_other_training_settings_or_processes_is_refused_but_longer_training_is_not(inputs, tmp_path, capsys):
     """Adam keeps the checkpoint's learning rates, so a resume with new rates (or seed, batch, ...) would silently train with the old ones."""
     _train(inputs, "gcn", tmp_path, _params(tmp_path, inputs["weights"], epochs=2))
-    with pytest.raises(InputError, match=r"other settings: train.batch_size 8 -> 4, train.lr_head 0.001 -> 0.01, train.seed 7 -> 99\. Rerun without --resume .* restore those settings"):
-        _train(inputs, "gcn", tmp_path, _params(tmp_path, inputs["weights"], epochs=2, lr_head=1e-2, seed=99, batch_size=4), "--resume")
+    _train(inputs, "gcn", tmp_path, _params(tmp_path, inputs["weights"], epochs=2, lr_head=1e-2, seed=99, batch_size=4), "--resume", status=2)
+    assert re.search(r"other settings: train.batch_size 8 -> 4, train.lr_head 0.001 -> 0.01, train.seed 7 -> 99\. Rerun without --resume .* restore those settings", _error(capsys, "train"))
     params = _params(tmp_path, inputs["weights"], epochs=2)
     settings = load_section(train_module.TrainSettings, "train", params)
     with pytest.raises(InputError, match=r"other settings: processes 1 -> 2\. .*the number of torchrun processes"):
@@ -441,7 +456,9 @@ def test_ranks_augment_their_images_differently_and_rank_0_as_one_process_does(i
 
 @pytest.mark.parametrize("model", ["gcn", "cnn"])
 def test_evaluation_and_prediction_run_a_model_in_the_precision_it_was_trained_in(inputs, tmp_path, monkeypatch, model):
-    _train(inputs, model, tmp_path, _params(tmp_path, inputs["weights"], epochs=1, precision="fp32"))
+    params = _params(tmp_path, inputs["weights"], epochs=1, precision="fp32")
+    inputs = dict(inputs, features=_extract_features(inputs, tmp_path / "features.npz", params))
+    _train(inputs, model, tmp_path, params)
     real, used = train_module.autocast, []
 
     def recording(device, precision="bf16"):
@@ -473,3 +490,109 @@ def test_fine_tuning_with_too_few_steps_per_epoch_is_flagged_with_a_batch_that_f
     assert train_module.few_steps_warning(36, 1142, 32) is None  # batch 32 on the CCP benchmark: no accuracy lost
     message = train_module.few_steps_warning(9, 1142, 128)
     assert message is not None and "9 optimizer steps per epoch on 1142 training images" in message and "train.batch_size to at most 57" in message
+
+
+def _trained_gcn(inputs: dict[str, Path], tmp_path: Path) -> Path:
+    """best.pt of a one-epoch GCN head on the cached features."""
+    _train(inputs, "gcn", tmp_path, _params(tmp_path, inputs["weights"], epochs=1))
+    return tmp_path / "models" / "gcn" / "best.pt"
+
+
+def test_predict_goes_past_unreadable_images_lists_each_with_its_error_and_exits_1(inputs, tmp_path, capsys):
+    best = _trained_gcn(inputs, tmp_path)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a.png", "c.png"):
+        (photos / name).write_bytes((inputs["crawl"] / "00.png").read_bytes())
+    (photos / "b.jpg").write_bytes(b"<html>403 Forbidden</html>")  # an error page saved as a photo
+    Image.fromarray(np.full((40, 32), 40_000, np.uint16)).save(photos / "d.png")  # 16-bit: RGB would clip it white
+    capsys.readouterr()
+
+    assert predict.main([str(photos), "--checkpoint", str(best), "--top-k", "2"]) == 1
+    captured = capsys.readouterr()
+    results = json.loads(captured.out)
+    assert [Path(r["path"]).name for r in results] == ["a.png", "b.jpg", "c.png", "d.png"], "every image, in order"
+    assert [len(r["top"]) for r in results if "top" in r] == [2, 2] and results[0]["scores"] == results[2]["scores"]
+    failed = {Path(r["path"]).name: r for r in results if "error" in r}
+    assert set(failed) == {"b.jpg", "d.png"} and all(set(r) == {"path", "error"} for r in failed.values())
+    assert f"{photos / 'b.jpg'}: cannot read image (UnidentifiedImageError" in failed["b.jpg"]["error"] and "crawl.dir" not in failed["b.jpg"]["error"]
+    assert failed["d.png"]["error"].startswith(f"{photos / 'd.png'}: unsupported pixel mode I;16") and "convert the file to 8-bit RGB" in failed["d.png"]["error"]
+    assert all(f"predict: warning: {r['error']}" in captured.err for r in failed.values())
+    assert "predict: 2 of 4 images could not be read" in captured.err
+
+    out = tmp_path / "predictions.csv"
+    assert predict.main([str(photos), "--checkpoint", str(best), "--top-k", "2", "--out", str(out)]) == 1
+    table = pd.read_csv(out, keep_default_na=False)
+    assert list(table.columns) == ["path", "label_1", "prob_1", "label_2", "prob_2", "error"]
+    assert list(table["error"] != "") == [False, True, False, True] and list(table["label_1"] == "") == [False, True, False, True]
+
+    rows = predict.predict_images(best, [photos / "b.jpg", photos / "a.png"], top_k=3, vetted=True)  # annotation push --checkpoint
+    assert "top" not in rows[0] and "scores" not in rows[0] and "crawl.dir" in rows[0]["error"]
+    assert len(rows[1]["top"]) == 3
+
+
+@pytest.mark.parametrize("top_k", ["0", "-1", "4"])
+def test_predict_refuses_a_top_k_outside_the_models_labels(inputs, tmp_path, capsys, top_k):
+    best = _trained_gcn(inputs, tmp_path)
+    assert predict.main([str(inputs["crawl"] / "00.png"), "--checkpoint", str(best), "--top-k", top_k]) == 2
+    assert _error(capsys, "predict") == f"--top-k must be 1 to 3 (the labels of {best}), not {top_k}"
+
+
+def test_training_commands_refuse_bad_inputs_with_a_message_naming_the_file(inputs, tmp_path, capsys):
+    best = _trained_gcn(inputs, tmp_path)
+    (tmp_path / "empty").mkdir()
+    assert predict.main([str(tmp_path / "empty"), "--checkpoint", str(best)]) == 2
+    assert _error(capsys, "predict").startswith(f"no image files in ['{tmp_path / 'empty'}']")
+    assert predict.main([str(inputs["crawl"]), "--checkpoint", str(tmp_path / "none.pt")]) == 2
+    assert _error(capsys, "predict") == f"{tmp_path / 'none.pt'}: checkpoint not found; {CHECKPOINT_REMEDY}"
+
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(best.read_bytes()[:1000])
+    assert predict.main([str(inputs["crawl"]), "--checkpoint", str(truncated)]) == 2
+    assert re.fullmatch(rf"{re.escape(str(truncated))}: cannot read checkpoint, not a complete file written by torch.save \(RuntimeError: .*\); train the model .*dvc pull\)", _error(capsys, "predict"))
+
+    other = load_checkpoint(best)
+    other["model"] = {"weight": torch.zeros(3, 1280), "bias": torch.zeros(3)}  # a linear head's tensors under a GCN head's meta
+    torch.save(other, tmp_path / "other.pt")
+    assert predict.main([str(inputs["crawl"]), "--checkpoint", str(tmp_path / "other.pt")]) == 2
+    assert re.match(rf"{re.escape(str(tmp_path / 'other.pt'))}: its tensors do not fit GCNHead: \d+ missing \(e\.g\. .*\); 2 unexpected \(e\.g\. bias\)\. The file does not match", _error(capsys, "predict"))
+
+    evaluate_args = ["--dataset", str(inputs["dataset"]), "--label-subset", str(inputs["subset"]), "--features", str(inputs["features"]), "--crawl-dir", str(inputs["crawl"]),
+                     "--report", str(tmp_path / "report.md"), "--metrics", str(tmp_path / "metrics.json"), "--params", str(_params(tmp_path, inputs["weights"]))]  # fmt: skip
+    assert evaluate.main([*evaluate_args, "--models-dir", str(tmp_path / "no-models")]) == 2
+    assert _error(capsys, "evaluate").startswith(f"{tmp_path / 'no-models' / 'cnn' / 'best.pt'}: checkpoint not found")
+
+    params = _params(tmp_path, inputs["weights"])
+    params.write_text(params.read_text().replace("backbone: tf_efficientnet_lite0", "backbone: vgg"))
+    feature_args = ["--dataset", str(inputs["dataset"]), "--label-subset", str(inputs["subset"]), "--crawl-dir", str(inputs["crawl"]), "--out", str(tmp_path / "f.npz")]
+    assert features.main([*feature_args, "--params", str(params)]) == 2
+    assert _error(capsys, "features") == "unknown backbone 'vgg'; features.backbone in params.yaml must be one of ['resnet50', 'tf_efficientnet_lite0']"
+    assert features.main([*feature_args, "--crawl-dir", str(tmp_path / "nowhere"), "--params", str(_params(tmp_path, inputs["weights"]))]) == 2
+    assert "nowhere/00.png: cannot read image (FileNotFoundError" in _error(capsys, "features")
+
+
+def test_features_are_extracted_in_train_precision_so_predict_scores_what_evaluate_scores(inputs, tmp_path):
+    """bf16-all on the CPU: predict runs backbone and head under bf16, so the cached features must come from a bf16 backbone too."""
+    params = _params(tmp_path, inputs["weights"], epochs=8, patience=8, lr_head=0.03, precision="bf16-all")  # trained enough that scores spread out from 0.5
+    bf16 = dict(inputs, features=_extract_features(inputs, tmp_path / "features.npz", params))
+    assert json.loads(str(np.load(bf16["features"])["meta"]))["precision"] == "bf16-all"
+    _train(bf16, "gcn", tmp_path, params)
+    best = tmp_path / "models" / "gcn" / "best.pt"
+    table = pd.read_parquet(inputs["dataset"]).query("split == 'test'").reset_index(drop=True)
+    scored = evaluate.test_probs(load_checkpoint(best), evaluate.TestSet(table, np.zeros((len(table), 3), np.float32), np.zeros(len(table), int), LABELS), bf16["features"], inputs["crawl"])
+    predicted = predict.predict_images(best, [inputs["crawl"] / p for p in table["path"]])
+    np.testing.assert_allclose([[r["scores"][label] for label in LABELS] for r in predicted], scored, atol=1e-4)  # fp32 features: off by 6.5e-3
+
+
+@pytest.mark.parametrize(("setting", "value", "named"), [("image_size", 48, "image_size 48 (model: 32)"), ("precision", "fp32", "precision 'fp32' (model: 'bf16')")])
+def test_evaluate_refuses_features_extracted_otherwise_than_a_heads_training_features(inputs, tmp_path, capsys, setting, value, named):
+    npz = dict(np.load(inputs["features"]))
+    npz["meta"] = json.dumps(json.loads(str(npz["meta"])) | {setting: value})
+    np.savez(tmp_path / "features.npz", **npz)
+    for model in ("cnn", "gcn"):  # the report's first two models (params keys in sorted order); the GCN head reads the features
+        _train(inputs, model, tmp_path, _params(tmp_path, inputs["weights"], epochs=1))
+    assert evaluate.main([
+        "--dataset", str(inputs["dataset"]), "--label-subset", str(inputs["subset"]), "--features", str(tmp_path / "features.npz"), "--crawl-dir", str(inputs["crawl"]),
+        "--models-dir", str(tmp_path / "models"), "--report", str(tmp_path / "report.md"), "--metrics", str(tmp_path / "metrics.json"), "--params", str(_params(tmp_path, inputs["weights"])),
+    ]) == 2  # fmt: skip
+    assert re.fullmatch(rf"{re.escape(str(tmp_path / 'features.npz'))}: features of {re.escape(named)}, not those model gcn was trained on; re-run the features stage and the training \(dvc repro\)", _error(capsys, "evaluate"))

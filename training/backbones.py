@@ -17,6 +17,9 @@ import torch
 import torchvision
 from torch import nn
 
+from pipeline.settings import ParamsError
+from training.data import InputError, check_state_fits, read_torch_file
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -30,17 +33,32 @@ class Backbone:
     std: tuple[float, float, float]
 
 
-def _load_file(path: str) -> dict[str, torch.Tensor]:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"backbone weights file {path} not found; set features.weights to 'imagenet', 'none' or an existing file")
-    return torch.load(path, map_location="cpu", weights_only=True)
+def load_weights_file(model: nn.Module, path: str, backbone: str) -> None:
+    """Load the state_dict file `path` (features.weights) into `backbone`'s `model`; InputError names the file when it is missing, unreadable or of another architecture."""
+    remedy = f"features.weights (params.yaml) must name a file saved with torch.save(<a whole {backbone} model>.state_dict()), or be 'imagenet' or 'none'"
+    state = read_torch_file(Path(path), f"{backbone} weights file", remedy)
+    check_state_fits(model, state, Path(path), remedy)
+    model.load_state_dict(state)
+
+
+def resnet50_imagenet() -> nn.Module:
+    """torchvision's ResNet-50 with its ImageNet weights, downloaded on first use (then cached by torch.hub)."""
+    weights = torchvision.models.ResNet50_Weights.IMAGENET1K_V2
+    try:
+        return torchvision.models.resnet50(weights=weights)
+    except OSError as error:  # URLError and socket errors: no internet, a proxy, a firewall
+        raise InputError(
+            f"cannot download the ResNet-50 ImageNet weights from {weights.url} ({error}). Without internet: on a machine with it run "
+            "`torch.save(torchvision.models.resnet50(weights='IMAGENET1K_V2').state_dict(), 'resnet50.pth')`, copy the file here "
+            "and set features.weights: /path/to/resnet50.pth (params.yaml)"
+        ) from error
 
 
 def resnet50(weights: str) -> Backbone:
     """torchvision ResNet-50 without its pooling and classifier (2048-d maps at 1/32 resolution)."""
-    model = torchvision.models.resnet50(weights=torchvision.models.ResNet50_Weights.IMAGENET1K_V2 if weights == "imagenet" else None)
+    model = resnet50_imagenet() if weights == "imagenet" else torchvision.models.resnet50()
     if weights not in ("imagenet", "none"):
-        model.load_state_dict(_load_file(weights))
+        load_weights_file(model, weights, "resnet50")
     body = nn.Sequential(*list(model.children())[:-2])
     return Backbone(body=body, dim=2048, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
@@ -76,7 +94,7 @@ def tf_efficientnet_lite0(weights: str) -> Backbone:
     if weights == "imagenet":
         model.load_state_dict(lite0_wheel_weights(model))
     elif weights != "none":
-        model.load_state_dict(_load_file(weights))
+        load_weights_file(model, weights, "tf_efficientnet_lite0")
     model.reset_classifier(0)
     return Backbone(body=_TimmFeatures(model), dim=model.num_features, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
@@ -86,5 +104,5 @@ BACKBONES: dict[str, Callable[[str], Backbone]] = {"resnet50": resnet50, "tf_eff
 
 def create_backbone(name: str, weights: str) -> Backbone:
     if name not in BACKBONES:
-        raise KeyError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)} (features.backbone in params.yaml)")
+        raise ParamsError(f"unknown backbone {name!r}; features.backbone in params.yaml must be one of {sorted(BACKBONES)}")
     return BACKBONES[name](weights)

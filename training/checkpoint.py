@@ -17,7 +17,7 @@ from torchvision.transforms import v2
 
 from pipeline.atomic import atomic_path
 from training.backbones import create_backbone
-from training.data import eval_transform
+from training.data import InputError, check_state_fits, eval_transform, read_torch_file
 from training.models import BasicCNN, ModelSpec, StyleNet, build_head
 
 
@@ -27,10 +27,18 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
         torch.save(state, tmp)
 
 
+CHECKPOINT_REMEDY = "train the model (python -m training.train, the command is in dvc.yaml) or restore the file (dvc checkout / dvc pull)"
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found; train the model first (python -m training.train ...)")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint whose weights fit the model its meta describes; InputError names the file when it is missing, unreadable or not such a checkpoint."""
+    checkpoint = read_torch_file(Path(path), "checkpoint", CHECKPOINT_REMEDY)
+    if not isinstance(checkpoint, dict) or not {"meta", "model"} <= checkpoint.keys():
+        raise InputError(f"{path}: not a stylegraph checkpoint (no 'meta' and 'model' entries; a backbone's weights file goes in features.weights); {CHECKPOINT_REMEDY}")
+    meta = checkpoint["meta"]
+    body = create_backbone(meta["backbone"], "none").body if meta["finetuned"] else None
+    check_state_fits(build_trained_module(meta, body), checkpoint["model"], Path(path), f"The file does not match its own description (model {meta['name']}); {CHECKPOINT_REMEDY}")
+    return checkpoint
 
 
 def trained_precision(meta: dict[str, Any]) -> str:
@@ -59,7 +67,7 @@ def pixel_model(checkpoint: dict[str, Any]) -> tuple[nn.Module, v2.Compose]:
         module.load_state_dict(checkpoint["model"])
         return module.eval(), transform
     if meta["weights"] == "none":
-        raise ValueError(f"model {meta['name']} was trained on features of a randomly initialised backbone (features.weights: none), which cannot be rebuilt; use pretrained weights or a weights file")
+        raise InputError(f"model {meta['name']} was trained on features of a randomly initialised backbone (features.weights: none), which cannot be rebuilt; use pretrained weights or a weights file")
     head = build_trained_module(meta)
     head.load_state_dict(checkpoint["model"])
     body = create_backbone(meta["backbone"], meta["weights"]).body

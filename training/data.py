@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image, ImageOps
+from torch import nn
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from pipeline.bomb_guard import pillow_bomb_guard_lifted
+from pipeline.decoding import SUPPORTED_MODES, pillow_bomb_guard_lifted, unsupported_mode_reason
 from pipeline.pixel_cache import PixelStore
+from pipeline.settings import ParamsError
 from training.gpu_augment import Jitter, train_batch
 
 SPLITS = ("train", "val", "test")
@@ -34,6 +38,43 @@ DATASET_COLUMNS = ("image_id", "path", "split", "main_style", "labels")
 
 class InputError(ValueError):
     """A model input file is missing or malformed; the message names the file and what to do."""
+
+
+USER_ERRORS = (InputError, ParamsError, FileNotFoundError)  # a file or setting the user gave is wrong: a message, not a traceback
+
+
+def report_user_errors(prog: str, command: Callable[[], int]) -> int:
+    """Run a stage's `command`; a USER_ERRORS exception becomes `<prog>: error: <message>` on stderr and exit status 2, as argparse reports a bad command line."""
+    try:
+        return command()
+    except USER_ERRORS as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def read_torch_file(path: Path, what: str, remedy: str) -> Any:
+    """torch.load of `path` (weights only, to the CPU); InputError naming the file, `what` it should be and the `remedy` when it is missing or unreadable."""
+    if not Path(path).is_file():
+        raise InputError(f"{path}: {what} not found; {remedy}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise
+    except Exception as error:  # on foreign or damaged bytes: RuntimeError (zip reader), UnpicklingError, EOFError, struct.error, KeyError, ...
+        gist = str(error).split(". ")[0]  # torch's messages go on to advise weights_only=False, which would run code from the file
+        raise InputError(f"{path}: cannot read {what}, not a complete file written by torch.save ({type(error).__name__}: {gist}); {remedy}") from error
+
+
+def check_state_fits(module: nn.Module, state: Any, path: Path, remedy: str) -> None:
+    """InputError naming `path` unless `state` is a state_dict that `module.load_state_dict` takes as it is (names and shapes)."""
+    if not isinstance(state, Mapping) or not all(isinstance(tensor, torch.Tensor) for tensor in state.values()):
+        raise InputError(f"{path}: holds no state_dict (a mapping of names to tensors) for {type(module).__name__}; {remedy}")
+    expected = module.state_dict()
+    missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
+    reshaped = [f"{name} {tuple(state[name].shape)}, expected {tuple(expected[name].shape)}" for name in expected if name in state and state[name].shape != expected[name].shape]
+    gaps = [f"{len(names)} {kind} (e.g. {names[0]})" for kind, names in (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped)) if names]
+    if gaps:
+        raise InputError(f"{path}: its tensors do not fit {type(module).__name__}: {'; '.join(gaps)}. {remedy}")
 
 
 @dataclass(frozen=True)
@@ -107,15 +148,22 @@ def main_index(main_styles: pd.Series, labels: list[str]) -> np.ndarray:
 
 
 def load_rgb(path: Path, vetted: bool = False) -> Image.Image:
-    """An image upright and in RGB (the crawl holds EXIF-rotated and CMYK JPEGs).
+    """An image upright and in RGB (the crawl holds EXIF-rotated and CMYK JPEGs); InputError names the file and why it cannot be used.
 
     `vetted`: a catalog image, which ingest's max_pixels admitted, so Pillow's own bomb guard is lifted for it.
+    Pixel modes without a faithful 8-bit RGB conversion (16- and 32-bit, LAB) are refused, as ingest refuses them.
     """
     try:
         with pillow_bomb_guard_lifted() if vetted else contextlib.nullcontext(), Image.open(path) as image:
-            return ImageOps.exif_transpose(image).convert("RGB")
-    except (OSError, Image.DecompressionBombError) as error:  # OSError covers FileNotFoundError and UnidentifiedImageError
-        raise InputError(f"{path}: cannot read image ({error}); check the path (for catalog images: crawl.dir, and that the catalog is current)") from error
+            mode = image.mode
+            if mode in SUPPORTED_MODES:
+                return ImageOps.exif_transpose(image).convert("RGB")
+    except MemoryError:
+        raise
+    except Exception as error:  # Pillow raises many types on untrusted bytes (OSError, DecompressionBombError, SyntaxError, TypeError, ...)
+        hint = "check crawl.dir and that the catalog is current (dvc repro)" if vetted else "check the path; re-save or re-download a damaged picture"
+        raise InputError(f"{path}: cannot read image ({type(error).__name__}: {error}); {hint}") from error
+    raise InputError(f"{path}: {unsupported_mode_reason(mode)}")
 
 
 def eval_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:

@@ -10,6 +10,8 @@ model (the ablations included), so a gap inside the noise reads as such.
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,12 +23,13 @@ from torch.utils.data import DataLoader
 from pipeline.atomic import atomic_path, write_json
 from pipeline.settings import load_section
 from training.checkpoint import build_trained_module, load_checkpoint, pixel_model, trained_precision
-from training.data import ImageDataset, InputError, main_index, read_dataset, read_label_subset, target_matrix
+from training.data import ImageDataset, InputError, main_index, read_dataset, read_label_subset, report_user_errors, target_matrix
 from training.device import pick_device, prepare
 from training.metrics import PAPER_COLUMNS, bootstrap_interval, evaluate_scores, mean_average_precision, topk_hits
 from training.models import ModelSpec
 from training.train import feature_batches, load_model_specs, predict_probs
 
+FEATURE_SETTINGS = ("backbone", "weights", "image_size")  # features-file meta a head's checkpoint copies; precision is compared too
 COLUMN_TITLES = {"top1_any": "T1 any", "top2_all": "T2 all", "top2_any": "T2 any", "top3_all": "T3 all", "top3_any": "T3 any", "mAP": "mAP"}
 
 
@@ -68,6 +71,7 @@ def test_probs(checkpoint: dict[str, Any], test: TestSet, features: Path, crawl_
         dataset = ImageDataset([crawl_dir / p for p in test.table["path"]], test.targets, transform, vetted=True)
         return predict_probs(prepare(model, device), DataLoader(dataset, batch_size=batch_size), device, precision)[0]
     npz = np.load(features, allow_pickle=False)
+    check_features_fit(meta, json.loads(str(npz["meta"])), features)
     row = {image_id: i for i, image_id in enumerate(npz["image_id"])}
     missing = [i for i in test.table["image_id"] if i not in row]
     if missing:
@@ -76,6 +80,15 @@ def test_probs(checkpoint: dict[str, Any], test: TestSet, features: Path, crawl_
     head = build_trained_module(meta)
     head.load_state_dict(checkpoint["model"])
     return predict_probs(prepare(head, device), feature_batches(x, targets, batch_size, None), device, precision)[0]
+
+
+def check_features_fit(meta: dict[str, Any], features_meta: dict[str, Any], features: Path) -> None:
+    """Refuse cached features extracted otherwise than those a head was trained on (another backbone, weights, size or precision)."""
+    trained = {key: meta[key] for key in FEATURE_SETTINGS} | {"precision": trained_precision(meta)}
+    cached = {key: features_meta.get(key) for key in FEATURE_SETTINGS} | {"precision": features_meta.get("precision", "bf16")}  # older files: extracted under autocast's default, "bf16"
+    differences = [f"{key} {cached[key]!r} (model: {trained[key]!r})" for key in trained if cached[key] != trained[key]]
+    if differences:
+        raise InputError(f"{features}: features of {', '.join(differences)}, not those model {meta['name']} was trained on; re-run the features stage and the training (dvc repro)")
 
 
 def paired_differences(probs: dict[str, np.ndarray], reference: str, test: TestSet, settings: EvaluateSettings) -> list[dict]:
@@ -93,7 +106,8 @@ def paired_differences(probs: dict[str, np.ndarray], reference: str, test: TestS
             return mean_average_precision(probs[reference][idx], test.targets[idx]) - mean_average_precision(other[idx], test.targets[idx])
 
         gap = mean_average_precision(probs[reference], test.targets) - mean_average_precision(p, test.targets)
-        rows.append({"other": name, "top2_all": (float(diff_hits.mean()), *t2), "mAP": (gap, *bootstrap_interval(map_gap, len(hits), settings.bootstrap, settings.seed))})
+        map_interval = bootstrap_interval(map_gap, len(hits), settings.bootstrap, settings.seed, around=gap)
+        rows.append({"other": name, "top2_all": (float(diff_hits.mean()), *t2), "mAP": (gap, *map_interval)})
     return rows
 
 
@@ -122,7 +136,8 @@ def render_report(results: dict[str, dict], descriptions: dict[str, str], differ
         f"Percent; brackets: bootstrap 95% intervals ({settings.bootstrap} resamples of the images). "
         "Top-k any-recall: at least one true label among the k highest scores; Top-k all-recall: the main label and every sub label among them "
         "(an image with more than k labels is a miss; tied scores count against the model). "
-        "Labels with few test positives drop out of some resamples, so mAP intervals lean above the point estimate.",
+        "A resample that repeats images lifts AP (a repeated positive raises the precision at its rank), so mAP intervals, "
+        "and those of mAP differences, are shifted by the resamples' mean bias to centre on the estimate.",
         "",
         "## Models",
         "",
@@ -183,7 +198,18 @@ def evaluate(specs: dict[str, ModelSpec], args: argparse.Namespace, settings: Ev
     return render_report(results, descriptions, differences, reference, test, settings), metrics_json(results, test, settings)
 
 
-def main(argv: list[str] | None = None) -> None:
+def run(args: argparse.Namespace) -> int:
+    """Score every model and write the report and metrics; returns the exit status."""
+    settings = load_section(EvaluateSettings, "evaluate", args.params)
+    report, metrics = evaluate(load_model_specs(args.params), args, settings)
+    with atomic_path(args.report) as tmp:
+        tmp.write_text(report, encoding="utf-8")
+    write_json(metrics, args.metrics)
+    print(f"evaluate: {len(metrics['models'])} models on {metrics['n_images']} {settings.split} images -> {args.report}, {args.metrics}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0], epilog="The stage's full command line is in dvc.yaml.")
     parser.add_argument("--dataset", type=Path, required=True, help="curated dataset (data/dataset.parquet)")
     parser.add_argument("--label-subset", type=Path, required=True, help="class order (data/label_subset.json)")
@@ -194,13 +220,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics", type=Path, required=True, help="JSON metrics to write (dvc metrics diff)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file with 'models' and 'evaluate' sections")
     args = parser.parse_args(argv)
-    settings = load_section(EvaluateSettings, "evaluate", args.params)
-    report, metrics = evaluate(load_model_specs(args.params), args, settings)
-    with atomic_path(args.report) as tmp:
-        tmp.write_text(report, encoding="utf-8")
-    write_json(metrics, args.metrics)
-    print(f"evaluate: {len(metrics['models'])} models on {metrics['n_images']} {settings.split} images -> {args.report}, {args.metrics}")
+    return report_user_errors("evaluate", lambda: run(args))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

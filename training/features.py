@@ -8,24 +8,31 @@ global-max and global-average pooled vectors are stored, so the pooling ablation
 no second pass. A horizontally mirrored copy of each TRAINING image is stored too
 (`flip`): the one augmentation that survives caching. Full fine-tuning (the paper's
 setting, for a GPU) is `train.finetune: true` and does not read this file.
+
+The backbone runs in `train.precision` (params.yaml's train section), the precision the
+heads are trained, evaluated and used for prediction in: predict runs backbone and head
+together under it, so features of any other precision would make evaluate score a model
+other than the one predict runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_path
-from pipeline.settings import load_section
+from pipeline.settings import ParamsError, load_section
 from training.backbones import Backbone, create_backbone
-from training.data import ImageDataset, eval_transform, read_dataset, read_label_subset
+from training.data import ImageDataset, eval_transform, read_dataset, read_label_subset, report_user_errors
 from training.device import autocast, pick_device, prepare, to_device
 from training.models import global_pool
 
@@ -40,9 +47,17 @@ class FeatureSettings:
     flip: bool  # also store features of mirrored training images
 
 
+def training_precision(params: Path) -> str:
+    """train.precision of the params file: the precision features are extracted in (see the module docstring)."""
+    train = (yaml.safe_load(params.read_text(encoding="utf-8")) or {}).get("train")
+    if not isinstance(train, dict) or "precision" not in train:
+        raise ParamsError(f"{params}: train.precision is missing; the features stage extracts in the precision the heads are trained in")
+    return str(train["precision"])
+
+
 @torch.inference_mode()
-def extract(backbone: Backbone, paths: list[Path], settings: FeatureSettings, mirror: bool = False) -> dict[str, np.ndarray]:
-    """Global-max and global-average pooled backbone features of `paths` (optionally mirrored)."""
+def extract(backbone: Backbone, paths: list[Path], settings: FeatureSettings, precision: str, mirror: bool = False) -> dict[str, np.ndarray]:
+    """Global-max and global-average pooled backbone features of `paths` (optionally mirrored), the backbone run in `precision` (train.precision)."""
     device = pick_device()
     body = prepare(backbone.body, device).eval()
     dataset = ImageDataset(paths, np.zeros((len(paths), 0), dtype=np.float32), eval_transform(settings.image_size, backbone.mean, backbone.std), vetted=True)
@@ -50,46 +65,53 @@ def extract(backbone: Backbone, paths: list[Path], settings: FeatureSettings, mi
     pooled: dict[str, list[np.ndarray]] = {"max": [], "avg": []}
     for images, _ in tqdm(loader, desc="features (mirrored)" if mirror else "features", unit="batch", disable=None):
         images = to_device(images.flip(-1) if mirror else images, device)
-        with autocast(device):
+        with autocast(device, precision):
             maps = body(images).float()
         for pooling in pooled:
             pooled[pooling].append(global_pool(maps, pooling).cpu().numpy())
     return {pooling: np.concatenate(chunks) if chunks else np.zeros((0, backbone.dim), np.float32) for pooling, chunks in pooled.items()}
 
 
-def write_features(dataset_path: Path, label_subset: Path, crawl_dir: Path, out: Path, settings: FeatureSettings) -> int:
-    """Extract and save features of every dataset image; returns the number of images.
+def write_features(dataset_path: Path, label_subset: Path, crawl_dir: Path, out: Path, settings: FeatureSettings, precision: str) -> int:
+    """Extract and save features of every dataset image in `precision` (train.precision); returns the number of images.
 
-    `meta` records the backbone, its weights and normalisation: a head trained on these
-    features gets the same backbone back at prediction time.
+    `meta` records the backbone, its weights, normalisation and the precision: a head
+    trained on these features gets the same backbone back at prediction time, and
+    evaluate refuses features that do not match a model.
     """
     table = read_dataset(dataset_path, read_label_subset(label_subset))
     paths = [crawl_dir / p for p in table["path"]]
     backbone = create_backbone(settings.backbone, settings.weights)
-    arrays = extract(backbone, paths, settings)
+    arrays = extract(backbone, paths, settings, precision)
     train = (table["split"] == "train").to_numpy()
     if settings.flip:
-        mirrored = extract(backbone, [p for p, t in zip(paths, train) if t], settings, mirror=True)
+        mirrored = extract(backbone, [p for p, t in zip(paths, train) if t], settings, precision, mirror=True)
         arrays |= {"max_flip": mirrored["max"], "avg_flip": mirrored["avg"], "flip_image_id": table["image_id"][train].to_numpy(dtype=str)}
-    meta = asdict(settings) | {"mean": backbone.mean, "std": backbone.std}
+    meta = asdict(settings) | {"mean": backbone.mean, "std": backbone.std, "precision": precision}
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, image_id=table["image_id"].to_numpy(dtype=str), meta=json.dumps(meta), **arrays)
     return len(table)
 
 
-def main(argv: list[str] | None = None) -> None:
+def run(args: argparse.Namespace) -> int:
+    """Extract and write the features file; returns the exit status."""
+    settings, precision = load_section(FeatureSettings, "features", args.params), training_precision(args.params)
+    n = write_features(args.dataset, args.label_subset, args.crawl_dir, args.out, settings, precision)
+    print(f"features: {n} images, backbone {settings.backbone} @ {settings.image_size} px, {precision} -> {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.features", description=__doc__.splitlines()[0], epilog="The stage's full command line is in dvc.yaml.")
     parser.add_argument("--dataset", type=Path, required=True, help="curated dataset (data/dataset.parquet)")
     parser.add_argument("--label-subset", type=Path, required=True, help="label subset JSON (checks the dataset's labels)")
     parser.add_argument("--crawl-dir", type=Path, required=True, help="folder the dataset's image paths are relative to (crawl.dir)")
     parser.add_argument("--out", type=Path, required=True, help="features file to write (.npz)")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file with a 'features' section")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file with a 'features' section and train.precision")
     args = parser.parse_args(argv)
-    settings = load_section(FeatureSettings, "features", args.params)
-    n = write_features(args.dataset, args.label_subset, args.crawl_dir, args.out, settings)
-    print(f"features: {n} images, backbone {settings.backbone} @ {settings.image_size} px -> {args.out}")
+    return report_user_errors("features", lambda: run(args))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

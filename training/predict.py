@@ -2,7 +2,9 @@
 
     python -m training.predict --checkpoint models/mlgcn/best.pt photos/ --top-k 3 --out predictions.json
 
-`predict_images` is the function the annotation push imports to make pre-annotations.
+An image that cannot be read is reported on stderr and listed with its error; the others
+are predicted, and the command exits with status 1. `predict_images` is the function the
+annotation push imports to make pre-annotations.
 """
 
 from __future__ import annotations
@@ -13,42 +15,72 @@ import io
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch import nn
+from torchvision.transforms import v2
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_path
 from training.checkpoint import load_checkpoint, pixel_model, trained_precision
-from training.data import ImageDataset, InputError
+from training.data import InputError, load_rgb, report_user_errors
 from training.device import autocast, pick_device, prepare, to_device
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+SOME_IMAGES_FAILED = 1  # exit status: predictions were written, but some images could not be read
 
 
 def predict_images(checkpoint_path: str | Path, image_paths: list[str | Path], top_k: int = 3, batch_size: int = 32, vetted: bool = False) -> list[dict]:
-    """Per image: {"path", "scores": {label: prob} in class order, "top": [[label, prob], ...] (k highest)}.
+    """Per image, in input order: {"path", "scores": {label: prob} in class order, "top": [[label, prob], ...] (k highest)}.
 
-    `vetted`: the images are catalog images (ingest's max_pixels, not Pillow's own limit, decides; see load_rgb).
+    An image that cannot be read gets {"path", "error"} instead (and a warning on stderr);
+    the other images are predicted all the same. A `top_k` above the number of labels lists
+    them all. `vetted`: the images are catalog images (ingest's max_pixels, not Pillow's
+    own limit, decides; see load_rgb).
     """
-    checkpoint = load_checkpoint(Path(checkpoint_path))
+    return predict_checkpoint(load_checkpoint(Path(checkpoint_path)), [Path(p) for p in image_paths], top_k, batch_size, vetted)
+
+
+def predict_checkpoint(checkpoint: dict[str, Any], paths: list[Path], top_k: int, batch_size: int = 32, vetted: bool = False) -> list[dict]:
+    """predict_images for a loaded checkpoint; the model runs in the train.precision it was trained in."""
+    if top_k < 1:
+        raise InputError(f"top_k must be at least 1, not {top_k}")
     labels = checkpoint["meta"]["labels"]
     model, transform = pixel_model(checkpoint)
-    device = pick_device()
+    device, precision = pick_device(), trained_precision(checkpoint["meta"])
     model = prepare(model, device)
-    paths = [Path(p) for p in image_paths]
-    loader = DataLoader(ImageDataset(paths, np.zeros((len(paths), 0), np.float32), transform, vetted), batch_size=batch_size)
-    results, done = [], 0
-    with torch.inference_mode():
-        for images, _ in tqdm(loader, desc="predict", unit="batch", disable=None):
-            with autocast(device, trained_precision(checkpoint["meta"])):
-                probs = torch.sigmoid(model(to_device(images, device)).float()).cpu()
-            for row in probs.tolist():
-                ranked = sorted(zip(labels, row), key=lambda item: -item[1])[:top_k]
-                results.append({"path": str(paths[done]), "scores": dict(zip(labels, row)), "top": [[label, p] for label, p in ranked]})
-                done += 1
+    results: list[dict] = []
+    for start in tqdm(range(0, len(paths), batch_size), desc="predict", unit="batch", disable=None):
+        batch = paths[start : start + batch_size]
+        pixels = [_pixels(path, transform, vetted) for path in batch]
+        scores = iter(_probabilities(model, [x for x in pixels if isinstance(x, torch.Tensor)], device, precision))
+        results += [_ranked(path, labels, next(scores), top_k) if isinstance(x, torch.Tensor) else {"path": str(path), "error": x} for path, x in zip(batch, pixels)]
     return results
+
+
+def _pixels(path: Path, transform: v2.Compose, vetted: bool) -> torch.Tensor | str:
+    """The model input of one image, or why it cannot be read (also warned about on stderr)."""
+    try:
+        return transform(load_rgb(path, vetted))
+    except InputError as error:
+        tqdm.write(f"predict: warning: {error}", file=sys.stderr)
+        return str(error)
+
+
+@torch.inference_mode()
+def _probabilities(model: nn.Module, images: list[torch.Tensor], device: torch.device, precision: str) -> list[list[float]]:
+    """Sigmoid scores of a batch of model inputs, one list per image."""
+    if not images:
+        return []
+    with autocast(device, precision):
+        logits = model(to_device(torch.stack(images), device))
+    return torch.sigmoid(logits.float()).cpu().tolist()
+
+
+def _ranked(path: Path, labels: list[str], scores: list[float], top_k: int) -> dict:
+    ranked = sorted(zip(labels, scores), key=lambda item: -item[1])[:top_k]
+    return {"path": str(path), "scores": dict(zip(labels, scores)), "top": [[label, p] for label, p in ranked]}
 
 
 def expand_inputs(inputs: list[Path]) -> list[Path]:
@@ -66,35 +98,53 @@ def expand_inputs(inputs: list[Path]) -> list[Path]:
     return paths
 
 
-def to_csv(results: list[dict]) -> str:
-    """One row per image: path, then rank-ordered label_i / prob_i columns."""
-    k = max(len(r["top"]) for r in results)
+def to_csv(results: list[dict], top_k: int) -> str:
+    """One row per image: path, rank-ordered label_i / prob_i columns, and error (empty unless the image could not be read)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["path", *[f"{name}_{i}" for i in range(1, k + 1) for name in ("label", "prob")]])
+    writer.writerow(["path", *[f"{name}_{i}" for i in range(1, top_k + 1) for name in ("label", "prob")], "error"])
     for r in results:
-        writer.writerow([r["path"], *[v for label, p in r["top"] for v in (label, f"{p:.6f}")]])
+        ranked = [v for label, p in r.get("top", []) for v in (label, f"{p:.6f}")]
+        writer.writerow([r["path"], *ranked, *[""] * (2 * top_k - len(ranked)), r.get("error", "")])
     return buffer.getvalue()
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training.predict", description=__doc__.splitlines()[0])
     parser.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders of images")
     parser.add_argument("--checkpoint", type=Path, required=True, help="a trained model (models/<name>/best.pt)")
-    parser.add_argument("--top-k", type=int, default=3, help="how many of the highest-scoring labels to list per image")
+    parser.add_argument("--top-k", type=int, default=3, help="how many of the highest-scoring labels to list per image (1 to the model's number of labels)")
     parser.add_argument("--format", choices=("json", "csv"), default=None, help="output format (default: from --out's suffix, else json)")
     parser.add_argument("--out", type=Path, default=None, help="file to write (default: print to stdout)")
-    args = parser.parse_args(argv)
-    results = predict_images(args.checkpoint, expand_inputs(args.inputs), args.top_k)
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Predict, write the output, and return the exit status: 0, or SOME_IMAGES_FAILED."""
+    checkpoint = load_checkpoint(args.checkpoint)
+    n_labels = len(checkpoint["meta"]["labels"])
+    if not 1 <= args.top_k <= n_labels:
+        raise InputError(f"--top-k must be 1 to {n_labels} (the labels of {args.checkpoint}), not {args.top_k}")
+    results = predict_checkpoint(checkpoint, expand_inputs(args.inputs), args.top_k)
     fmt = args.format or ("csv" if args.out is not None and args.out.suffix == ".csv" else "json")
-    text = to_csv(results) if fmt == "csv" else json.dumps(results, indent=2, ensure_ascii=False) + "\n"
+    text = to_csv(results, args.top_k) if fmt == "csv" else json.dumps(results, indent=2, ensure_ascii=False) + "\n"
     if args.out is None:
         sys.stdout.write(text)
-        return
-    with atomic_path(args.out) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    print(f"predict: {len(results)} images -> {args.out}", file=sys.stderr)
+    else:
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+        print(f"predict: {len(results)} images -> {args.out}", file=sys.stderr)
+    failed = sum("error" in r for r in results)
+    if failed:
+        print(f"predict: {failed} of {len(results)} images could not be read; the output lists each with its error", file=sys.stderr)
+        return SOME_IMAGES_FAILED
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return report_user_errors("predict", lambda: run(args))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -41,6 +41,7 @@ import json
 import math
 import random
 import reprlib
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -60,7 +61,7 @@ from tqdm import tqdm
 
 from pipeline.atomic import atomic_path
 from pipeline.pixel_cache import PixelStore
-from pipeline.settings import load_section
+from pipeline.settings import ParamsError, load_section
 from training.backbones import create_backbone
 from training.checkpoint import build_trained_module, load_checkpoint, save_checkpoint
 from training.data import (
@@ -72,6 +73,7 @@ from training.data import (
     read_dataset,
     read_label_graph,
     read_label_subset,
+    report_user_errors,
     target_matrix,
     train_transform,
 )
@@ -112,11 +114,11 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         if self.lr_scaling not in LR_SCALINGS:
-            raise ValueError(f"train.lr_scaling {self.lr_scaling!r} is not one of {LR_SCALINGS} (params.yaml)")
+            raise ParamsError(f"train.lr_scaling {self.lr_scaling!r} is not one of {LR_SCALINGS} (params.yaml)")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"train.precision {self.precision!r} is not one of {PRECISIONS} (params.yaml)")
+            raise ParamsError(f"train.precision {self.precision!r} is not one of {PRECISIONS} (params.yaml)")
         if self.warmup_epochs < 0:
-            raise ValueError(f"train.warmup_epochs must be >= 0, not {self.warmup_epochs} (params.yaml)")
+            raise ParamsError(f"train.warmup_epochs must be >= 0, not {self.warmup_epochs} (params.yaml)")
 
 
 def lr_factor(rule: str, global_batch: int) -> float:
@@ -576,7 +578,23 @@ def _log_epoch(live: Live, epoch: int, train_loss: float, val: dict[str, float])
     live.next_step()
 
 
-def main(argv: list[str] | None = None) -> None:
+def run(args: argparse.Namespace) -> int:
+    """Train (or --resume) the model that --model names; returns the exit status."""
+    specs = load_model_specs(args.params)
+    if args.model not in specs:
+        raise ParamsError(f"unknown model {args.model!r}; params.yaml 'models' has {sorted(specs)}")
+    settings = load_section(TrainSettings, "train", args.params)
+    world = init_world()
+    try:
+        state = train(args.model, specs[args.model], settings, args, args.resume, world)
+    finally:
+        close_world(world)
+    if world.main:
+        print(f"{args.model}: best val mAP {state['best_map']:.4f} at epoch {state['best_epoch'] + 1} -> {args.out_dir / 'best.pt'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.splitlines()[0], epilog="The stage's full command line is in dvc.yaml.")
     parser.add_argument("--model", required=True, help="model name: a key of the 'models' section of params.yaml")
     parser.add_argument("--dataset", type=Path, required=True, help="curated dataset (data/dataset.parquet)")
@@ -590,18 +608,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file with 'train', 'features' and 'models' sections")
     parser.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt after an interruption")
     args = parser.parse_args(argv)
-    specs = load_model_specs(args.params)
-    if args.model not in specs:
-        parser.error(f"unknown model {args.model!r}; params.yaml 'models' has {sorted(specs)}")
-    settings = load_section(TrainSettings, "train", args.params)
-    world = init_world()
-    try:
-        state = train(args.model, specs[args.model], settings, args, args.resume, world)
-    finally:
-        close_world(world)
-    if world.main:
-        print(f"{args.model}: best val mAP {state['best_map']:.4f} at epoch {state['best_epoch'] + 1} -> {args.out_dir / 'best.pt'}")
+    return report_user_errors("train", lambda: run(args))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
