@@ -37,7 +37,8 @@ def stop_signals_interrupt() -> Iterator[None]:
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    caught = [signum for signum in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(signum) is not signal.SIG_IGN]  # nohup: hang-ups stay ignored
+    previous = {signum: signal.signal(signum, interrupt) for signum in caught}
     try:
         yield
     finally:

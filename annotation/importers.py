@@ -17,6 +17,7 @@ import io
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -120,6 +121,32 @@ def task_image(data: object, image_ids: Mapping[str, str]) -> tuple[str | None, 
     return None, f"task data has image_id {describe(named)} and image {describe(url)}"
 
 
+def annotation_metadata(annotation: Mapping) -> dict[str, object]:
+    """lead_time, created_at and updated_at of one annotation; RejectedRecord unless each is null or of its type.
+
+    Checked here, per record, because the table is typed as a whole: one bad value would
+    otherwise fail every annotation of the export.
+    """
+    lead_time = annotation.get("lead_time")
+    if lead_time is not None and (isinstance(lead_time, bool) or not isinstance(lead_time, (int, float))):
+        raise RejectedRecord(f"malformed annotation: lead_time is {describe(lead_time)}, not a number of seconds")
+    stamps = {name: annotation.get(name) for name in ("created_at", "updated_at")}
+    for name, stamp in stamps.items():
+        if stamp is not None and not is_iso_timestamp(stamp):
+            raise RejectedRecord(f"malformed annotation: {name} is {describe(stamp)}, not an ISO-8601 time")
+    return {"lead_time": lead_time, **stamps}
+
+
+def is_iso_timestamp(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
 def annotation_choices(annotation: Mapping) -> dict[str, list[str]]:
     """Chosen values per control (from_name) of one annotation; RejectedRecord if its result is malformed."""
     results = annotation.get("result", [])
@@ -135,7 +162,10 @@ def annotation_choices(annotation: Mapping) -> dict[str, list[str]]:
         values = value.get("choices") if isinstance(value, Mapping) else None
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
             raise RejectedRecord(f"malformed annotation: result {number} has value {describe(value)}, not {{\"choices\": [names]}}")
-        choices.setdefault(result.get("from_name"), []).extend(values)
+        control = result.get("from_name")
+        if not isinstance(control, str):
+            raise RejectedRecord(f"malformed annotation: result {number} has from_name {describe(control)}, not a control's name")
+        choices.setdefault(control, []).extend(values)
     return choices
 
 
@@ -164,15 +194,12 @@ def import_label_studio(
             if image_id not in catalog_ids:
                 out.reject(source, record, image_id, f"image not in catalog ({image_named})")
                 continue
-            base = {
-                "image_id": image_id,
-                "annotator": annotator_name(annotation.get("completed_by")),
-                "lead_time": annotation.get("lead_time"),
-                "created_at": annotation.get("created_at"),
-                "updated_at": annotation.get("updated_at"),
-                "source": source,
-                "record": record,
-            }
+            try:
+                metadata = annotation_metadata(annotation)
+            except RejectedRecord as exc:
+                out.reject(source, record, image_id, str(exc))
+                continue
+            base = {"image_id": image_id, "annotator": annotator_name(annotation.get("completed_by")), **metadata, "source": source, "record": record}
             if annotation.get("was_cancelled"):
                 out.rows.append({**base, "main_style": None, "sub_styles": [], "cancelled": True})
                 out.reject(source, record, image_id, "cancelled: the expert skipped this task (kept with cancelled=true)")
@@ -275,8 +302,10 @@ def import_kfashion(label_files: Iterable[Path], taxonomy: Taxonomy) -> Imported
     return out
 
 
-def tag_csv_rows(path: Path) -> Iterable[tuple[int, list[str]]]:
-    """(line number, fields) of each data row of an `image,tags` CSV; blank lines are skipped.
+def tag_csv_rows(path: Path) -> Iterable[tuple[int, int, list[str]]]:
+    """(line number, header width, fields) of each data row of an `image,tags[,...]` CSV; blank lines are skipped.
+
+    Columns after the first two are allowed (and ignored).
 
     File-level problems (not UTF-8, empty, wrong header, unreadable CSV) are ValueErrors naming the file.
     """
@@ -285,11 +314,11 @@ def tag_csv_rows(path: Path) -> Iterable[tuple[int, list[str]]]:
         header = next((fields for fields in reader if fields), None)
         if header is None:
             raise ValueError(f"{path}: empty file; expected the header line {','.join(TAG_CSV_HEADER)}")
-        if [name.strip() for name in header] != TAG_CSV_HEADER:
+        if [name.strip() for name in header[:2]] != TAG_CSV_HEADER:
             raise ValueError(f"{path}: expected the header line {','.join(TAG_CSV_HEADER)}; found {','.join(header)}")
         for fields in reader:
             if fields:
-                yield reader.line_num, fields
+                yield reader.line_num, len(header), fields
     except csv.Error as exc:
         raise ValueError(f"{path}, line {reader.line_num}: not readable as CSV ({exc})") from None
 
@@ -306,15 +335,16 @@ def image_file_problem(name: str, file: Path) -> str | None:
 def import_tag_csv(path: Path, taxonomy: Taxonomy, images_dir: Path) -> Imported:
     """`image,tags` CSV, UTF-8 (tags separated by ';'): a tag set per image, no main label.
 
-    Records name the file's real line numbers; a row without exactly two fields is a reject.
+    Records name the file's real line numbers; a row with more or fewer fields than the
+    header (an unquoted comma in the tags) is a reject.
     """
     out = Imported()
     source = f"csv:{path.name}"
-    for line, fields in tag_csv_rows(path):
+    for line, width, fields in tag_csv_rows(path):
         image = fields[0].strip()
         record = f"line {line} ({image})"
-        if len(fields) != len(TAG_CSV_HEADER):
-            out.reject(source, record, None, f"{len(fields)} fields {fields}: expected 2 (image,tags; quote a field that holds a comma)")
+        if len(fields) != width:
+            out.reject(source, record, None, f"{len(fields)} fields {fields}: expected {width}, as the header has (quote a field that holds a comma)")
             continue
         file = images_dir / image
         problem = image_file_problem(image, file)

@@ -6,6 +6,7 @@ import copy
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from annotation.importers import import_kfashion, import_label_studio, import_tag_csv, read_label_studio_export
@@ -106,9 +107,15 @@ def test_malformed_label_studio_tasks_are_rejected_and_the_valid_one_kept(styles
         {"id": 5, "data": {"image_id": "x"}, "annotations": [{**valid, "result": [{"type": "choices", "from_name": "main_style", "value": None}]}]},
         {"id": 6, "data": {"image_id": "x"}, "annotations": ["approved", valid]},
         {"id": 7, "data": {"image_id": ["x"]}, "annotations": [valid]},
+        {"id": 8, "data": {"image_id": "x"}, "annotations": [{**valid, "lead_time": "abc"}]},
+        {"id": 9, "data": {"image_id": "x"}, "annotations": [{**valid, "created_at": "yesterday"}]},
+        {"id": 10, "data": {"image_id": "x"}, "annotations": [{**valid, "updated_at": 5}]},
+        {"id": 11, "data": {"image_id": "x"}, "annotations": [{**valid, "result": [{**choices("main_style", ["Casual"]), "from_name": ["main_style"]}]}]},
+        {"id": 12, "data": {"image_id": "x"}, "annotations": [{**valid, "lead_time": 12.5, "created_at": "2019-07-08T10:00:00.123456Z"}]},
     ]
     rows, rejects = import_label_studio(tasks, "export.json", styles, {}, {"x"}).tables()
-    assert list(rows["record"]) == ["task 6 / annotation 1"]
+    assert list(rows["record"]) == ["task 6 / annotation 1", "task 12 / annotation 1"]
+    assert rows["lead_time"].iloc[1] == 12.5 and rows["created_at"].iloc[1] == pd.Timestamp("2019-07-08T10:00:00.123456Z")
     assert dict(zip(rejects["record"], rejects["reason"])) == {
         "task #1 in the file": "malformed task: [1, 2] is not an object",
         "task 2 / annotation 1": "image not in catalog (task data is null)",
@@ -117,6 +124,10 @@ def test_malformed_label_studio_tasks_are_rejected_and_the_valid_one_kept(styles
         "task 5 / annotation 1": 'malformed annotation: result 1 has value null, not {"choices": [names]}',
         "task 6 / annotation #1": 'malformed annotation: "approved" is not an object',
         "task 7 / annotation 1": 'image not in catalog (task data has image_id ["x"] and image null)',
+        "task 8 / annotation 1": 'malformed annotation: lead_time is "abc", not a number of seconds',
+        "task 9 / annotation 1": 'malformed annotation: created_at is "yesterday", not an ISO-8601 time',
+        "task 10 / annotation 1": "malformed annotation: updated_at is 5, not an ISO-8601 time",
+        "task 11 / annotation 1": 'malformed annotation: result 1 has from_name ["main_style"], not a control\'s name',
     }
 
 
@@ -201,11 +212,19 @@ def test_tag_csv_rows_are_checked_one_by_one_with_their_real_line_numbers(tmp_pa
     assert list(rows["record"]) == ["line 4 (b.jpg)", "line 8 (b.jpg)"]
     assert [sorted(tags) for tags in rows["sub_styles"]] == [["hat", "skirt"]] * 2
     assert list(zip(rejects["record"], rejects["reason"])) == [
-        ("line 2 (a.jpg)", "3 fields ['a.jpg', 'skirt', 'oops']: expected 2 (image,tags; quote a field that holds a comma)"),
-        ("line 5 (a.jpg)", "1 fields ['a.jpg']: expected 2 (image,tags; quote a field that holds a comma)"),
+        ("line 2 (a.jpg)", "3 fields ['a.jpg', 'skirt', 'oops']: expected 2, as the header has (quote a field that holds a comma)"),
+        ("line 5 (a.jpg)", "1 fields ['a.jpg']: expected 2, as the header has (quote a field that holds a comma)"),
         ("line 6 ()", "no image file name"),
         ("line 7 (.)", f"image '.' is {tmp_path}, not a file"),
     ]
+
+
+def test_tag_csv_columns_after_image_and_tags_are_ignored(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"a")
+    (tmp_path / "labels.csv").write_text("image,tags,source\na.jpg,skirt;hat,street\na.jpg,skirt\n")
+    rows, rejects = import_tag_csv(tmp_path / "labels.csv", load_taxonomy(ROOT / "taxonomies/ccp_garments.yaml"), tmp_path).tables()
+    assert [sorted(tags) for tags in rows["sub_styles"]] == [["hat", "skirt"]]
+    assert list(rejects["reason"]) == ["2 fields ['a.jpg', 'skirt']: expected 3, as the header has (quote a field that holds a comma)"]
 
 
 @pytest.mark.parametrize(

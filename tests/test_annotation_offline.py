@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from annotation.__main__ import load_predictions
+from annotation.__main__ import load_predictions, stop_signals_interrupt
 from annotation.__main__ import main as annotation_main
 from annotation.client import Connection, LabelStudioError
 from annotation.config import labeling_config
@@ -472,3 +472,15 @@ def test_an_image_the_model_cannot_read_gets_no_pre_annotation(tmp_path, monkeyp
     images = pd.DataFrame({"image_id": ["a", "b"], "path": ["b1/a.jpg", "b1/b.jpg"]})
     predictions = load_predictions(checkpoint, images, tmp_path, top_k=3)
     assert list(predictions) == ["a"] and predictions["a"].ranked == [("Casual", 0.9)]
+
+
+def test_serve_under_nohup_keeps_ignoring_hang_ups():
+    """`nohup python -m annotation serve &` must survive the terminal closing; SIGTERM still stops it."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with stop_signals_interrupt():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)

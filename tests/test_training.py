@@ -26,7 +26,7 @@ from pipeline.pixel_cache import PixelCacheSettings, build_cache
 from pipeline.settings import load_section
 from training import evaluate, features, predict
 from training.checkpoint import CHECKPOINT_REMEDY, build_trained_module, load_checkpoint
-from training.data import ImageDataset, InputError, eval_transform
+from training.data import ImageDataset, InputError, eval_transform, report_user_errors
 from training.distributed import SINGLE, World, shard
 from training.models import ModelSpec
 
@@ -596,3 +596,41 @@ def test_evaluate_refuses_features_extracted_otherwise_than_a_heads_training_fea
         "--models-dir", str(tmp_path / "models"), "--report", str(tmp_path / "report.md"), "--metrics", str(tmp_path / "metrics.json"), "--params", str(_params(tmp_path, inputs["weights"])),
     ]) == 2  # fmt: skip
     assert re.fullmatch(rf"{re.escape(str(tmp_path / 'features.npz'))}: features of {re.escape(named)}, not those model gcn was trained on; re-run the features stage and the training \(dvc repro\)", _error(capsys, "evaluate"))
+
+
+def test_a_head_is_not_trained_on_features_extracted_in_another_precision(inputs, tmp_path, capsys):
+    _train(inputs, "gcn", tmp_path, _params(tmp_path, inputs["weights"], epochs=1, precision="fp32"), status=2)  # the fixture's features: "bf16"
+    assert _error(capsys, "train") == f"{inputs['features']}: features extracted in bf16, but train.precision is fp32; re-run the features stage (dvc repro features)"
+
+
+def test_the_features_stage_refuses_an_unknown_precision_before_extracting(inputs, tmp_path, capsys):
+    params = _params(tmp_path, inputs["weights"], precision="fp16")
+    assert features.main(["--dataset", str(inputs["dataset"]), "--label-subset", str(inputs["subset"]), "--crawl-dir", str(inputs["crawl"]), "--out", str(tmp_path / "f.npz"), "--params", str(params)]) == 2
+    assert "train.precision 'fp16' is not one of ('bf16', 'bf16-all', 'fp32')" in _error(capsys, "features")
+    assert not (tmp_path / "f.npz").exists()
+
+
+class _UnreadableImages(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, i: int):
+        raise InputError("/crawl/b1/x.jpg: cannot read image (OSError: broken data stream); check crawl.dir")
+
+
+def test_an_input_error_in_a_dataloader_worker_is_reported_without_torchs_traceback(capsys):
+    def train_with_a_worker() -> int:
+        list(torch.utils.data.DataLoader(_UnreadableImages(), num_workers=1))
+        return 0
+
+    assert report_user_errors("train", train_with_a_worker) == 2
+    assert _error(capsys, "train") == "/crawl/b1/x.jpg: cannot read image (OSError: broken data stream); check crawl.dir"
+
+
+def test_a_checkpoint_whose_description_lacks_an_entry_is_named(inputs, tmp_path):
+    best = _trained_gcn(inputs, tmp_path)
+    checkpoint = torch.load(best, weights_only=True)
+    del checkpoint["meta"]["finetuned"]
+    torch.save(checkpoint, best)
+    with pytest.raises(InputError, match=rf"{re.escape(str(best))}: its description of the model is incomplete or damaged \(KeyError: 'finetuned'\)"):
+        load_checkpoint(best)

@@ -36,8 +36,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(checkpoint, dict) or not {"meta", "model"} <= checkpoint.keys():
         raise InputError(f"{path}: not a stylegraph checkpoint (no 'meta' and 'model' entries; a backbone's weights file goes in features.weights); {CHECKPOINT_REMEDY}")
     meta = checkpoint["meta"]
-    body = create_backbone(meta["backbone"], "none").body if meta["finetuned"] else None
-    check_state_fits(build_trained_module(meta, body), checkpoint["model"], Path(path), f"The file does not match its own description (model {meta['name']}); {CHECKPOINT_REMEDY}")
+    try:
+        body = create_backbone(meta["backbone"], "none").body if meta["finetuned"] else None
+        module = build_trained_module(meta, body)
+    except (KeyError, TypeError, ValueError) as error:  # a meta missing an entry, or with one of the wrong kind
+        raise InputError(f"{path}: its description of the model is incomplete or damaged ({type(error).__name__}: {error}); {CHECKPOINT_REMEDY}") from error
+    check_state_fits(module, checkpoint["model"], Path(path), f"The file does not match its own description (model {meta.get('name')}); {CHECKPOINT_REMEDY}")
     return checkpoint
 
 

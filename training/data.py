@@ -48,8 +48,17 @@ def report_user_errors(prog: str, command: Callable[[], int]) -> int:
     try:
         return command()
     except USER_ERRORS as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
+        print(f"{prog}: error: {user_message(error)}", file=sys.stderr)
         return 2
+
+
+def user_message(error: Exception) -> str:
+    """The message of `error`; for one a DataLoader worker raised, the worker's own message without the traceback torch wraps it in."""
+    text = str(error)
+    if not (text.startswith("Caught ") and "\nOriginal Traceback" in text):
+        return text
+    last_line = text.rstrip().rsplit("\n", 1)[-1]  # "training.data.InputError: <message>"
+    return last_line.split(": ", 1)[-1]
 
 
 def read_torch_file(path: Path, what: str, remedy: str) -> Any:

@@ -31,6 +31,9 @@ def to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return images.contiguous(memory_format=torch.channels_last) if device.type == "cuda" and images.dim() == 4 else images
 
 
+PRECISIONS = ("bf16", "bf16-all", "fp32")  # the values of train.precision (see autocast)
+
+
 def autocast(device: torch.device, precision: str = "bf16") -> contextlib.AbstractContextManager:
     """bf16 autocast for `precision` (train.precision): "bf16" on CUDA only, "bf16-all" on the CPU too, "fp32" never.
 

@@ -84,7 +84,7 @@ def test_probs(checkpoint: dict[str, Any], test: TestSet, features: Path, crawl_
 
 def check_features_fit(meta: dict[str, Any], features_meta: dict[str, Any], features: Path) -> None:
     """Refuse cached features extracted otherwise than those a head was trained on (another backbone, weights, size or precision)."""
-    trained = {key: meta[key] for key in FEATURE_SETTINGS} | {"precision": trained_precision(meta)}
+    trained = {key: meta[key] for key in FEATURE_SETTINGS} | {"precision": meta.get("features_precision", trained_precision(meta))}
     cached = {key: features_meta.get(key) for key in FEATURE_SETTINGS} | {"precision": features_meta.get("precision", "bf16")}  # older files: extracted under autocast's default, "bf16"
     differences = [f"{key} {cached[key]!r} (model: {trained[key]!r})" for key in trained if cached[key] != trained[key]]
     if differences:

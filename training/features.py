@@ -33,7 +33,7 @@ from pipeline.atomic import atomic_path
 from pipeline.settings import ParamsError, load_section
 from training.backbones import Backbone, create_backbone
 from training.data import ImageDataset, eval_transform, read_dataset, read_label_subset, report_user_errors
-from training.device import autocast, pick_device, prepare, to_device
+from training.device import PRECISIONS, autocast, pick_device, prepare, to_device
 from training.models import global_pool
 
 
@@ -52,6 +52,8 @@ def training_precision(params: Path) -> str:
     train = (yaml.safe_load(params.read_text(encoding="utf-8")) or {}).get("train")
     if not isinstance(train, dict) or "precision" not in train:
         raise ParamsError(f"{params}: train.precision is missing; the features stage extracts in the precision the heads are trained in")
+    if train["precision"] not in PRECISIONS:
+        raise ParamsError(f"{params}: train.precision {train['precision']!r} is not one of {PRECISIONS}")
     return str(train["precision"])
 
 

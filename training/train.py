@@ -77,7 +77,7 @@ from training.data import (
     target_matrix,
     train_transform,
 )
-from training.device import adam, autocast, compile_for_training, pick_device, prepare, to_device
+from training.device import PRECISIONS, adam, autocast, compile_for_training, pick_device, prepare, to_device
 from training.distributed import SINGLE, World, close_world, from_main, init_world, rank_seed, shard, wrap
 from training.features import FeatureSettings
 from training.gpu_augment import eval_batch
@@ -88,7 +88,6 @@ PIXEL_MEAN = PIXEL_STD = (0.5, 0.5, 0.5)  # the basic CNN's normalisation (train
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 REFERENCE_BATCH = 32  # the batch size the paper's learning rates (lr_backbone, lr_head) go with
 LR_SCALINGS = ("none", "sqrt", "linear")
-PRECISIONS = ("bf16", "bf16-all", "fp32")
 # What --resume may change (names as configuration_changes writes them): how long training goes
 # on and how fast it runs. workers and compile change random draws (file path) or rounding, so
 # changing them makes the resumed run differ from an uninterrupted one, but not what it trains.
@@ -337,7 +336,10 @@ def _feature_setup(spec: ModelSpec, settings: TrainSettings, paths: argparse.Nam
     if f"{spec.pooling}_flip" in npz:
         flip_row = {image_id: i for i, image_id in enumerate(npz["flip_image_id"])}
         mirrored = torch.from_numpy(npz[f"{spec.pooling}_flip"][[flip_row[i] for i in table["image_id"][split["train"]]]])
-    meta |= {"feature_dim": x.shape[1]} | {key: features[key] for key in ("backbone", "weights", "image_size", "mean", "std")}
+    extracted_in = features.get("precision", "bf16")  # older files: extracted under autocast's default
+    if extracted_in != settings.precision:
+        raise InputError(f"{paths.features}: features extracted in {extracted_in}, but train.precision is {settings.precision}; re-run the features stage (dvc repro features)")
+    meta |= {"feature_dim": x.shape[1], "features_precision": extracted_in} | {key: features[key] for key in ("backbone", "weights", "image_size", "mean", "std")}
     model = prepare(build_trained_module(meta), device)
     _load_graph(model, spec, inputs)
     optimizer = adam([{"params": model.parameters(), "lr": settings.lr_head * lr_factor(settings.lr_scaling, settings.batch_size * world.size)}], device)
