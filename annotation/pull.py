@@ -20,7 +20,7 @@ from label_studio_sdk import LabelStudio
 
 from annotation.client import Connection, LabelStudioError
 from annotation.importers import Imported, import_label_studio, read_label_studio_export
-from annotation.push import find_project, review_title
+from annotation.push import find_projects, review_title
 from pipeline.atomic import atomic_path, write_csv, write_json, write_parquet
 from pipeline.settings import DEFAULT_PARAMS, load_params
 from pipeline.taxonomy import Taxonomy, load_taxonomy
@@ -80,7 +80,7 @@ def snapshot_from_server(conn: Connection, title: str, exports_dir: Path) -> lis
     reads every JSON in the exports folder, so they reach consolidate.
     """
     ls = conn.client()
-    main, review = find_project(conn, ls, title), find_project(conn, ls, review_title(title))
+    main, review = find_projects(conn, ls, title, review_title(title))
     if main is None:
         raise LabelStudioError(f"no project titled {title!r} on {conn.url}: run `python -m annotation push` first")
     return [snapshot_project(conn, ls, project, exports_dir) for project in (main, review) if project is not None]

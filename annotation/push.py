@@ -66,20 +66,24 @@ def review_title(project: str) -> str:
     return f"{project} (review)"
 
 
-def find_project(conn: Connection, ls: LabelStudio, title: str):
-    """The project called `title`, or None; two of that title are an error (push and pull must mean the same one)."""
-    matches = [p for p in conn.call("list projects", lambda: list(ls.projects.list())) if p.title == title]
-    if len(matches) > 1:
-        raise LabelStudioError(
-            f"{len(matches)} projects on {conn.url} are titled {title!r} (ids {', '.join(str(p.id) for p in matches)}): "
-            "rename or delete all but one in Label Studio, or set annotation.project to another title"
-        )
-    return matches[0] if matches else None
+def find_projects(conn: Connection, ls: LabelStudio, *titles: str) -> list:
+    """The project called each of `titles`, or None, from one listing; two of one title are an error (push and pull must mean the same one)."""
+    projects = conn.call("list projects", lambda: list(ls.projects.list()))
+    found = []
+    for title in titles:
+        matches = [p for p in projects if p.title == title]
+        if len(matches) > 1:
+            raise LabelStudioError(
+                f"{len(matches)} projects on {conn.url} are titled {title!r} (ids {', '.join(str(p.id) for p in matches)}): "
+                "rename or delete all but one in Label Studio, or set annotation.project to another title"
+            )
+        found.append(matches[0] if matches else None)
+    return found
 
 
 def ensure_project(conn: Connection, ls: LabelStudio, title: str, config: str) -> int:
     """Id of the project called `title`; created if missing, its labeling config updated if stale."""
-    project = find_project(conn, ls, title)
+    [project] = find_projects(conn, ls, title)
     if project is not None:
         if (project.label_config or "").strip() != config.strip():
             conn.call("update labeling config", lambda: ls.projects.update(project.id, label_config=config))

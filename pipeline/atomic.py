@@ -2,9 +2,9 @@
 
 The temporary file (or every file of a temporary folder) is flushed to disk before the
 rename and the parent folder after it, so a power loss leaves the old output or the new
-one, never an empty one. `mkstemp`/`mkdtemp`
-create private files (0600/0700); the result gets the mode a plain `open()` would give
-(0644/0755 under the usual umask), so teammates and services can read the outputs.
+one, never an empty one. `mkstemp`/`mkdtemp` create private files (0600/0700); the
+result gets the mode a plain `open()` would give (0644/0755 under the usual umask), so
+teammates and services can read the outputs.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ from contextlib import contextmanager
 
 from PIL import Image
 
+EXIF_ORIENTATION = 0x0112  # the EXIF tag of how a picture is to be turned for display
+
 # Modes whose 8-bit channels `convert("RGB")` maps faithfully (the pixel cache and the
 # difference hash rely on it). 16- and 32-bit modes (I;16, I, F) are clipped to 0-255
 # (a 16-bit PNG turns almost white, a float TIFF black), LAB has no conversion to grey.

@@ -20,10 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipeline.decoding import SUPPORTED_MODES, pillow_bomb_guard_lifted, unsupported_mode_reason
+from pipeline.decoding import EXIF_ORIENTATION, SUPPORTED_MODES, pillow_bomb_guard_lifted, unsupported_mode_reason
 
 IMAGE_ID_HEX_CHARS = 16  # 64 bits of SHA-256: collision odds ~1e-8 at 1.2 M images
-EXIF_ORIENTATION = 0x0112
 
 
 def content_id(data: bytes) -> str:

@@ -35,11 +35,8 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_path, write_json, write_parquet
-from pipeline.decoding import pillow_bomb_guard_lifted
+from pipeline.decoding import EXIF_ORIENTATION, pillow_bomb_guard_lifted
 from pipeline.settings import DEFAULT_PARAMS, load_params, load_section
-
-
-EXIF_ORIENTATION = 0x0112
 
 
 class UnreadableImage(OSError):

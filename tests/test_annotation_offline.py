@@ -30,7 +30,7 @@ from annotation.consolidate import IMAGE_LABEL_COLUMNS, consolidate
 from annotation.consolidate import main as consolidate_main
 from annotation.importers import ANNOTATION_COLUMNS
 from annotation.pull import snapshot_from_server
-from annotation.push import AnnotationSettings, Prediction, find_project, push_images
+from annotation.push import AnnotationSettings, Prediction, find_projects, push_images
 from annotation.server import ServerError, ServerSettings, credentials, start
 from pipeline.taxonomy import load_taxonomy
 
@@ -260,7 +260,7 @@ def test_two_projects_of_one_title_are_refused_by_push_and_pull_alike(tmp_path, 
     with pytest.raises(LabelStudioError, match=r"2 projects on http://fake are titled 'styles' \(ids 4, 7\): rename or delete"):
         snapshot_from_server(conn, "styles", tmp_path)
     with pytest.raises(LabelStudioError, match=r"2 projects .* titled 'styles'"):
-        find_project(conn, fake, "styles")
+        find_projects(conn, fake, "styles")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -25,6 +25,7 @@ from pipeline.settings import load_section
 from training.checkpoint import build_trained_module, load_checkpoint, pixel_model, trained_precision
 from training.data import ImageDataset, InputError, main_index, read_dataset, read_label_subset, report_user_errors, target_matrix
 from training.device import pick_device, prepare
+from training.features import extracted_precision
 from training.metrics import PAPER_COLUMNS, bootstrap_interval, evaluate_scores, mean_average_precision, topk_hits
 from training.models import ModelSpec
 from training.train import feature_batches, load_model_specs, predict_probs
@@ -85,7 +86,7 @@ def test_probs(checkpoint: dict[str, Any], test: TestSet, features: Path, crawl_
 def check_features_fit(meta: dict[str, Any], features_meta: dict[str, Any], features: Path) -> None:
     """Refuse cached features extracted otherwise than those a head was trained on (another backbone, weights, size or precision)."""
     trained = {key: meta[key] for key in FEATURE_SETTINGS} | {"precision": meta.get("features_precision", trained_precision(meta))}
-    cached = {key: features_meta.get(key) for key in FEATURE_SETTINGS} | {"precision": features_meta.get("precision", "bf16")}  # older files: extracted under autocast's default, "bf16"
+    cached = {key: features_meta.get(key) for key in FEATURE_SETTINGS} | {"precision": extracted_precision(features_meta)}
     differences = [f"{key} {cached[key]!r} (model: {trained[key]!r})" for key in trained if cached[key] != trained[key]]
     if differences:
         raise InputError(f"{features}: features of {', '.join(differences)}, not those model {meta['name']} was trained on; re-run the features stage and the training (dvc repro)")

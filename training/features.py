@@ -57,6 +57,11 @@ def training_precision(params: Path) -> str:
     return str(train["precision"])
 
 
+def extracted_precision(features_meta: dict) -> str:
+    """The precision a features file was extracted in; "bf16" (autocast's default then) for files written before it was recorded."""
+    return features_meta.get("precision", "bf16")
+
+
 @torch.inference_mode()
 def extract(backbone: Backbone, paths: list[Path], settings: FeatureSettings, precision: str, mirror: bool = False) -> dict[str, np.ndarray]:
     """Global-max and global-average pooled backbone features of `paths` (optionally mirrored), the backbone run in `precision` (train.precision)."""

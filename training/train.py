@@ -79,7 +79,7 @@ from training.data import (
 )
 from training.device import PRECISIONS, adam, autocast, compile_for_training, pick_device, prepare, to_device
 from training.distributed import SINGLE, World, close_world, from_main, init_world, rank_seed, shard, wrap
-from training.features import FeatureSettings
+from training.features import FeatureSettings, extracted_precision
 from training.gpu_augment import eval_batch
 from training.metrics import mean_average_precision, topk_hits
 from training.models import ModelSpec, StyleNet
@@ -336,7 +336,7 @@ def _feature_setup(spec: ModelSpec, settings: TrainSettings, paths: argparse.Nam
     if f"{spec.pooling}_flip" in npz:
         flip_row = {image_id: i for i, image_id in enumerate(npz["flip_image_id"])}
         mirrored = torch.from_numpy(npz[f"{spec.pooling}_flip"][[flip_row[i] for i in table["image_id"][split["train"]]]])
-    extracted_in = features.get("precision", "bf16")  # older files: extracted under autocast's default
+    extracted_in = extracted_precision(features)
     if extracted_in != settings.precision:
         raise InputError(f"{paths.features}: features extracted in {extracted_in}, but train.precision is {settings.precision}; re-run the features stage (dvc repro features)")
     meta |= {"feature_dim": x.shape[1], "features_precision": extracted_in} | {key: features[key] for key in ("backbone", "weights", "image_size", "mean", "std")}
