@@ -17,7 +17,7 @@ from annotation.client import Connection, LabelStudioError
 from annotation.config import labeling_config
 from annotation.pull import snapshot_from_server
 from annotation.push import AnnotationSettings, Prediction, push_images, review_title
-from annotation.server import ServerError, ServerSettings, check_token, credentials, start, stop
+from annotation.server import ServerError, ServerSettings, check_token, credentials, exit_status, start, stop
 from pipeline.settings import DEFAULT_PARAMS, Params, load_params, load_section
 from pipeline.taxonomy import load_taxonomy
 
@@ -57,6 +57,7 @@ def serve(args: argparse.Namespace, params: Params, settings: AnnotationSettings
                 print(f"Label Studio runs at {server.url} (log: {server.log_path}); Ctrl-C stops it.")
                 print(f"Pipeline commands use it with: export LABEL_STUDIO_URL={server.url} LABEL_STUDIO_API_KEY=<your token>")
                 process.wait()
+                raise ServerError(f"Label Studio exited on its own with {exit_status(process)}; its log says why: {server.log_path}")
             finally:
                 stop(process)
         except KeyboardInterrupt:

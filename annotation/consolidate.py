@@ -20,6 +20,7 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline.atomic import write_arrow, write_csv, write_parquet
+from pipeline.tables import empty_table
 
 IMAGE_LABEL_COLUMNS = {
     "image_id": "string",
@@ -32,10 +33,6 @@ IMAGE_LABEL_COLUMNS = {
 }
 REVIEW_COLUMNS = {"image_id": "string", "reason": "string"}
 AGREEMENT_COLUMNS = {"style": "string", "images": "int64", "agreement": "float64"}
-
-
-def empty_table(columns: dict[str, str]) -> pd.DataFrame:
-    return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in columns.items()})
 
 
 def labels_arrow(labels: pd.DataFrame) -> pa.Table:

@@ -192,35 +192,36 @@ def import_label_studio(
                 out.reject(source, f"task {task.get('id')} / annotation #{number}", image_id, f"malformed annotation: {describe(annotation)} is not an object")
                 continue
             record = f"task {task.get('id')} / annotation {annotation.get('id')}"
-            if image_id not in catalog_ids:
-                out.reject(source, record, image_id, f"image not in catalog ({image_named})")
-                continue
             try:
-                metadata = annotation_metadata(annotation)
+                if image_id not in catalog_ids:
+                    raise RejectedRecord(f"image not in catalog ({image_named})")
+                row = label_studio_row(annotation, taxonomy)
             except RejectedRecord as exc:
                 out.reject(source, record, image_id, str(exc))
                 continue
-            base = {"image_id": image_id, "annotator": annotator_name(annotation.get("completed_by")), **metadata, "source": source, "record": record}
-            if annotation.get("was_cancelled"):
-                out.rows.append({**base, "main_style": None, "sub_styles": [], "cancelled": True})
+            out.rows.append({"image_id": image_id, **row, "source": source, "record": record})
+            if row["cancelled"]:
                 out.reject(source, record, image_id, "cancelled: the expert skipped this task (kept with cancelled=true)")
-                continue
-            try:
-                choices = annotation_choices(annotation)
-            except RejectedRecord as exc:
-                out.reject(source, record, image_id, str(exc))
-                continue
-            mains, subs = choices.get(MAIN_FIELD, []), choices.get(SUB_FIELD, [])
-            if len(mains) != 1:
-                problem = "no main style" if not mains else f"{len(mains)} main styles {mains}"
-                out.reject(source, record, image_id, f"{problem}: exactly one is required")
-                continue
-            unknown = unknown_styles(mains + subs, taxonomy)
-            if unknown:
-                out.reject(source, record, image_id, f"unknown style(s) {unknown}: not in taxonomy '{taxonomy.name}'")
-                continue
-            out.rows.append({**base, "main_style": mains[0], "sub_styles": subs, "cancelled": False})
     return out
+
+
+def label_studio_row(annotation: Mapping, taxonomy: Taxonomy) -> dict[str, object]:
+    """annotator, styles, metadata and cancelled of one annotation; RejectedRecord with the reason if it cannot be a row.
+
+    A cancelled (skipped) annotation is a row without styles, which consolidation leaves out.
+    """
+    row: dict[str, object] = {"annotator": annotator_name(annotation.get("completed_by")), **annotation_metadata(annotation)}
+    if annotation.get("was_cancelled"):
+        return {**row, "main_style": None, "sub_styles": [], "cancelled": True}
+    choices = annotation_choices(annotation)
+    mains, subs = choices.get(MAIN_FIELD, []), choices.get(SUB_FIELD, [])
+    if len(mains) != 1:
+        problem = "no main style" if not mains else f"{len(mains)} main styles {mains}"
+        raise RejectedRecord(f"{problem}: exactly one is required")
+    unknown = unknown_styles(mains + subs, taxonomy)
+    if unknown:
+        raise RejectedRecord(f"unknown style(s) {unknown}: not in taxonomy '{taxonomy.name}'")
+    return {**row, "main_style": mains[0], "sub_styles": subs, "cancelled": False}
 
 
 def read_label_studio_export(path: Path) -> list:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -154,7 +155,7 @@ def wait_until_healthy(settings: ServerSettings, process: subprocess.Popen, time
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise ServerError(f"Label Studio exited with code {process.returncode} while starting; its log says why: {settings.log_path}")
+            raise ServerError(f"Label Studio exited with {exit_status(process)} while starting; its log says why: {settings.log_path}")
         try:
             if httpx.get(f"{settings.url}/health", timeout=2).status_code == 200:
                 return
@@ -162,6 +163,12 @@ def wait_until_healthy(settings: ServerSettings, process: subprocess.Popen, time
             pass
         time.sleep(1)
     raise ServerError(f"Label Studio at {settings.url} did not answer /health within {timeout_s:.0f} s, so it was stopped; see its log {settings.log_path}")
+
+
+def exit_status(process: subprocess.Popen) -> str:
+    """'code N', or the signal that ended the process ('signal SIGKILL': e.g. the kernel's out-of-memory killer)."""
+    code = process.returncode
+    return f"signal {signal.Signals(-code).name}" if code < 0 else f"code {code}"
 
 
 def check_token(settings: ServerSettings, token: str) -> None:
@@ -188,9 +195,9 @@ def check_token(settings: ServerSettings, token: str) -> None:
 
 def stop(process: subprocess.Popen) -> None:
     if process.poll() is None:
-        os.killpg(process.pid, 15)
+        os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait()

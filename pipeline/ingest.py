@@ -30,6 +30,7 @@ from tqdm import tqdm
 from pipeline.atomic import write_arrow, write_csv, write_json, write_parquet
 from pipeline.images import Inspected, content_id, inspect_image
 from pipeline.settings import DEFAULT_PARAMS, IngestSettings, load_params
+from pipeline.tables import empty_table
 
 METADATA_FILE = "metadata.csv"
 METADATA_COLUMNS = ["source", "post_id", "posted_at"]
@@ -81,14 +82,10 @@ def stat_batch_files(batch_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["file", "size", "mtime_ns"]).sort_values("file", ignore_index=True)
 
 
-def empty_file_table() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in FILE_COLUMNS.items()})
-
-
 def read_batch_cache(path: Path) -> pd.DataFrame:
     """The cached rows of a batch; a cache in another layout (an older ingest) counts as empty."""
-    cache = pd.read_parquet(path) if path.exists() else empty_file_table()
-    return cache.astype(FILE_COLUMNS) if list(cache.columns) == list(FILE_COLUMNS) else empty_file_table()
+    cache = pd.read_parquet(path) if path.exists() else empty_table(FILE_COLUMNS)
+    return cache.astype(FILE_COLUMNS) if list(cache.columns) == list(FILE_COLUMNS) else empty_table(FILE_COLUMNS)
 
 
 def _inspected_row(name: str, size: int, mtime_ns: int, result: Inspected) -> dict:
@@ -153,7 +150,7 @@ def ingest_batch(
     counts.reused += len(reused) - reused.attrs["rehashed"]
     counts.rehashed += reused.attrs["rehashed"]
     counts.decoded += len(todo)
-    decoded = decode_files(batch_dir, todo, settings, pool_factory()) if len(todo) else empty_file_table()
+    decoded = decode_files(batch_dir, todo, settings, pool_factory()) if len(todo) else empty_table(FILE_COLUMNS)
     table = pd.concat([df for df in (reused, decoded) if len(df)] or [decoded], ignore_index=True)
     table = table.astype(FILE_COLUMNS).sort_values("file", ignore_index=True)
     if not table.equals(cache.sort_values("file", ignore_index=True)):
@@ -294,7 +291,7 @@ def ingest(
     for stale in set(cache_dir.glob("*.parquet")) - {cache_dir / f"{b.name}.parquet" for b in batches}:
         stale.unlink()  # a batch removed from the crawl leaves the catalog too
 
-    files = pd.concat(tables, ignore_index=True) if tables else empty_file_table().assign(batch=pd.Series(dtype="string"))
+    files = pd.concat(tables, ignore_index=True) if tables else empty_table(FILE_COLUMNS).assign(batch=pd.Series(dtype="string"))
     files = apply_limits(files, settings)
     catalog = build_catalog(files)
     rejects = files.loc[files["reason"].notna(), ["batch", "file", "reason"]].sort_values(["batch", "file"], ignore_index=True)

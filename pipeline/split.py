@@ -32,6 +32,7 @@ import pyarrow as pa
 from pipeline.atomic import write_json, write_parquet
 from pipeline.labelsets import main_and_sub_matrices
 from pipeline.settings import DEFAULT_PARAMS, ParamsError, load_params, load_section
+from pipeline.tables import empty_table
 from pipeline.taxonomy import load_taxonomy
 
 SPLITS = ("train", "val", "test")
@@ -147,7 +148,7 @@ def build_dataset(
 def read_splits(path: Path) -> pd.DataFrame:
     """Earlier assignments, or none on the first run."""
     if not path.exists():
-        return pd.DataFrame({"image_id": pd.Series(dtype="string"), "split": pd.Series(dtype="string")})
+        return empty_table({"image_id": "string", "split": "string"})
     return pd.read_parquet(path, columns=["image_id", "split"]).astype({"image_id": "string", "split": "string"})
 
 

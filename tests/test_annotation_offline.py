@@ -268,9 +268,11 @@ STAND_IN_LABEL_STUDIO = """#!{python}
 \"\"\"Stands in for `label-studio start` in serve's tests: the real one takes minutes to install and a minute to start.
 
 Like Label Studio it answers /health and keeps the API token of its FIRST start (in its data
-dir) for /api/current-user/whoami. STAND_IN=crash exits while starting; STAND_IN=mute never answers.
+dir) for /api/current-user/whoami. STAND_IN=crash exits while starting; STAND_IN=mute never answers;
+STAND_IN=die exits with code 3 once it has answered whoami (a crash while the experts work), STAND_IN=killed
+is killed by SIGKILL then (as by the out-of-memory killer).
 \"\"\"
-import os, sys, time
+import os, signal, sys, time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
@@ -292,6 +294,11 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response({{"/health": 200, "/api/current-user/whoami": 200 if accepted else 401}}.get(self.path, 404))
         self.send_header("Content-Length", "0")
         self.end_headers()
+        if self.path == "/api/current-user/whoami" and os.environ.get("STAND_IN") in ("die", "killed"):
+            self.wfile.flush()
+            if os.environ["STAND_IN"] == "killed":
+                os.kill(os.getpid(), signal.SIGKILL)
+            os._exit(3)
 
 
 HTTPServer(("127.0.0.1", port), Handler).serve_forever()
@@ -432,6 +439,15 @@ def test_a_server_that_exits_while_starting_is_an_error_naming_its_log(local_ser
     err = capsys.readouterr().err
     assert f"exited with code 1 while starting; its log says why: {Path('.labelstudio/server.log')}" in err and "Traceback" not in err
     assert "stand-in: cannot start" in (local_serve.settings.log_path).read_text()
+
+
+@pytest.mark.parametrize(("mode", "status"), [("die", "code 3"), ("killed", "signal SIGKILL")])
+def test_a_server_that_dies_while_serving_is_an_error_naming_its_log(local_serve, monkeypatch, capsys, mode, status):
+    monkeypatch.setenv("STAND_IN", mode)
+    assert local_serve.serve(once=lambda: False, delay_s=30) == 2, "a crash is not a clean stop"
+    err = capsys.readouterr().err
+    assert f"Label Studio exited on its own with {status}; its log says why: {Path('.labelstudio/server.log')}" in err
+    assert "Label Studio stopped" not in err
 
 
 def test_an_api_key_other_than_the_first_starts_is_refused_and_the_server_stopped(local_serve, monkeypatch, capsys):

@@ -532,11 +532,13 @@ def train(name: str, spec: ModelSpec, settings: TrainSettings, paths: argparse.N
 def configuration_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """'name saved -> current' for each recorded setting in which a checkpoint's meta and this run's differ, RESUMABLE_SETTINGS aside.
 
-    Names are meta keys, with those of the nested sections spelled section.key (train.lr_head, spec.kind).
+    Names are meta keys, with those of the nested sections spelled section.key (train.lr_head, spec.kind);
+    a nested setting that only repeats a top-level one's change (train.gcn_hidden, gcn_hidden) is named once.
     """
     was, now = _flat(saved), _flat(current)
-    names = sorted((was.keys() | now.keys()) - RESUMABLE_SETTINGS)
-    return [f"{name} {reprlib.repr(was.get(name))} -> {reprlib.repr(now.get(name))}" for name in names if was.get(name) != now.get(name)]
+    changed = {name: (was.get(name), now.get(name)) for name in (was.keys() | now.keys()) - RESUMABLE_SETTINGS if was.get(name) != now.get(name)}
+    repeats = {name for name, change in changed.items() if changed.get(name.partition(".")[2]) == change}
+    return [f"{name} {reprlib.repr(old)} -> {reprlib.repr(new)}" for name, (old, new) in sorted(changed.items()) if name not in repeats]
 
 
 def _flat(meta: dict[str, Any]) -> dict[str, Any]:
