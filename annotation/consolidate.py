@@ -20,6 +20,7 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline.atomic import write_arrow, write_csv, write_parquet
+from pipeline.cli import report_user_errors
 from pipeline.tables import empty_table
 
 IMAGE_LABEL_COLUMNS = {
@@ -124,6 +125,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    return report_user_errors("consolidate", lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
     labels, review, agreement = consolidate(pd.read_parquet(args.annotations), pd.read_parquet(args.catalog, columns=["image_id", "batch"]))
     write_arrow(labels_arrow(labels), args.out)
     write_csv(review, args.review)

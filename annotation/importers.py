@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pandas as pd
 
+from pipeline.cli import InputError
 from pipeline.images import content_id
 from pipeline.taxonomy import Taxonomy
 
@@ -100,7 +101,7 @@ def read_utf8(path: Path) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise ValueError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); save it as UTF-8 and import it again") from None
+        raise InputError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); save it as UTF-8 and import it again") from None
 
 
 def describe(value: object) -> str:
@@ -229,9 +230,9 @@ def read_label_studio_export(path: Path) -> list:
     try:
         tasks = json.loads(read_utf8(path))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not a Label Studio JSON export ({exc})") from None
+        raise InputError(f"{path}: not a Label Studio JSON export ({exc})") from None
     if not isinstance(tasks, list):
-        raise ValueError(f"{path}: a Label Studio JSON export is a list of tasks")
+        raise InputError(f"{path}: a Label Studio JSON export is a list of tasks")
     return tasks
 
 
@@ -315,14 +316,14 @@ def tag_csv_rows(path: Path) -> Iterable[tuple[int, int, list[str]]]:
     try:
         header = next((fields for fields in reader if fields), None)
         if header is None:
-            raise ValueError(f"{path}: empty file; expected the header line {','.join(TAG_CSV_HEADER)}")
+            raise InputError(f"{path}: empty file; expected the header line {','.join(TAG_CSV_HEADER)}")
         if [name.strip() for name in header[:2]] != TAG_CSV_HEADER:
-            raise ValueError(f"{path}: expected the header line {','.join(TAG_CSV_HEADER)}; found {','.join(header)}")
+            raise InputError(f"{path}: expected the header line {','.join(TAG_CSV_HEADER)}; found {','.join(header)}")
         for fields in reader:
             if fields:
                 yield reader.line_num, len(header), fields
     except csv.Error as exc:
-        raise ValueError(f"{path}, line {reader.line_num}: not readable as CSV ({exc})") from None
+        raise InputError(f"{path}, line {reader.line_num}: not readable as CSV ({exc})") from None
 
 
 def image_file_problem(name: str, file: Path) -> str | None:

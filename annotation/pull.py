@@ -22,6 +22,7 @@ from annotation.client import Connection, LabelStudioError
 from annotation.importers import Imported, import_label_studio, read_label_studio_export
 from annotation.push import find_projects, review_title
 from pipeline.atomic import atomic_path, write_csv, write_json, write_parquet
+from pipeline.cli import InputError, report_user_errors
 from pipeline.settings import DEFAULT_PARAMS, load_params
 from pipeline.taxonomy import Taxonomy, load_taxonomy
 
@@ -34,7 +35,7 @@ def catalog_lookup(catalog: pd.DataFrame) -> dict[str, str]:
 def import_exports(exports_dir: Path, catalog: pd.DataFrame, taxonomy: Taxonomy) -> Imported:
     exports = sorted(exports_dir.glob("*.json"))
     if not exports:
-        raise FileNotFoundError(f"no Label Studio exports (*.json) in {exports_dir}: run `make demo-data` or export a project there")
+        raise InputError(f"no Label Studio exports (*.json) in {exports_dir}: run `make demo-data` or export a project there")
     lookup, catalog_ids = catalog_lookup(catalog), set(catalog["image_id"])
     imported = Imported()
     for path in exports:
@@ -104,12 +105,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    return report_user_errors("labels", lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
     params = load_params(args.params)
-    try:
-        imported = import_exports(args.exports_dir or params.crawl.label_exports, pd.read_parquet(args.catalog), load_taxonomy(params.taxonomy))
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"labels: error: {exc}", file=sys.stderr)
-        return 2
+    imported = import_exports(args.exports_dir or params.crawl.label_exports, pd.read_parquet(args.catalog), load_taxonomy(params.taxonomy))
     rows, rejects = imported.tables()
     write_parquet(rows, args.out)
     write_csv(rejects, args.rejects)

@@ -41,6 +41,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_dir, atomic_path
+from pipeline.cli import InputError, report_user_errors
 from pipeline.images import content_id
 from pipeline.settings import DEFAULT_PARAMS, DemoSettings, load_params
 from pipeline.taxonomy import load_taxonomy
@@ -561,14 +562,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    return report_user_errors("demo_crawl", lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     overrides = {k: v for k, v in {"batches": args.batches, "images_per_batch": args.images_per_batch, "seed": args.seed}.items() if v is not None}
     settings = DemoSettings(**{**params.demo.__dict__, **overrides})
     names = load_taxonomy(params.taxonomy).names
     unknown = sorted(set(names) - set(LOOKS))
     if unknown:
-        print(f"demo_crawl: error: taxonomy {params.taxonomy} has styles with no demo look: {unknown}", file=sys.stderr)
-        return 2
+        raise InputError(f"taxonomy {params.taxonomy} has styles with no demo look: {unknown}")
     crawl_dir = args.crawl_dir or params.crawl.dir
     exports_dir = args.exports_dir or params.crawl.label_exports
     written = generate(settings, names, crawl_dir, exports_dir, force=args.force)

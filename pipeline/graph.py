@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from pipeline.atomic import atomic_path  # noqa: E402
+from pipeline.cli import InputError, report_user_errors  # noqa: E402
 from pipeline.labelsets import conditional, cooccurrence, flatten_lists, indicator  # noqa: E402
 from pipeline.settings import DEFAULT_PARAMS, ParamsError, load_params, load_section  # noqa: E402
 from pipeline.taxonomy import Taxonomy, load_taxonomy  # noqa: E402
@@ -35,7 +36,7 @@ BUILTIN_GLOVE = "glove-6b-50d"
 NORMALISATIONS = ("symmetric", "reference")
 
 
-class WordVectorError(LookupError):
+class WordVectorError(InputError):
     """A label word has no vector; the message lists every missing word and its label."""
 
 
@@ -172,6 +173,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    return report_user_errors("graph", lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
     settings = load_section(GraphSettings, "graph", args.params)
     settings.check()
     taxonomy = load_taxonomy(load_params(args.params).taxonomy)

@@ -28,6 +28,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from pipeline.atomic import write_arrow, write_csv, write_json, write_parquet
+from pipeline.cli import InputError, report_user_errors
 from pipeline.images import Inspected, content_id, inspect_image
 from pipeline.settings import DEFAULT_PARAMS, IngestSettings, load_params
 from pipeline.tables import empty_table
@@ -65,7 +66,7 @@ class IngestCounts:
 
 def list_batches(crawl_dir: Path) -> list[Path]:
     if not crawl_dir.is_dir():
-        raise FileNotFoundError(
+        raise InputError(
             f"crawl folder {crawl_dir} does not exist: run `make demo-data` for the demo crawl, "
             "or set crawl.dir in params.yaml to your crawl"
         )
@@ -187,7 +188,7 @@ def read_metadata(batch_dir: Path) -> pd.DataFrame:
     meta = pd.read_csv(path, dtype="string")
     missing = {"file", *METADATA_COLUMNS} - set(meta.columns)
     if missing:
-        raise ValueError(f"{path}: metadata lacks columns {sorted(missing)}; expected file,source,post_id,posted_at")
+        raise InputError(f"{path}: metadata lacks columns {sorted(missing)}; expected file,source,post_id,posted_at")
     return meta[["file", *METADATA_COLUMNS]].drop_duplicates("file")
 
 
@@ -325,13 +326,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    return report_user_errors("ingest", lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     crawl_dir = args.crawl_dir or params.crawl.dir
-    try:
-        catalog, rejects, near, counts = ingest(crawl_dir, args.cache_dir, params.ingest)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"ingest: error: {exc}", file=sys.stderr)
-        return 2
+    catalog, rejects, near, counts = ingest(crawl_dir, args.cache_dir, params.ingest)
     write_arrow(catalog, args.catalog)
     write_csv(rejects, args.rejects)
     write_parquet(near, args.near_duplicates)

@@ -35,6 +35,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_path, write_json, write_parquet
+from pipeline.cli import InputError, report_user_errors
 from pipeline.decoding import EXIF_ORIENTATION, pillow_bomb_guard_lifted
 from pipeline.settings import DEFAULT_PARAMS, load_params, load_section
 
@@ -174,7 +175,7 @@ class PixelStore:
     def __init__(self, cache_dir: Path):
         index = [pd.read_parquet(p).assign(shard=p.stem) for p in sorted(cache_dir.glob("*.parquet"))]
         if not index:
-            raise FileNotFoundError(f"no pixel cache in {cache_dir}: run the pixel_cache stage (`dvc repro pixel_cache`)")
+            raise InputError(f"no pixel cache in {cache_dir}: run the pixel_cache stage (`dvc repro pixel_cache`)")
         self.index = pd.concat(index, ignore_index=True).set_index("image_id")
         self.shards = {name: np.load(cache_dir / f"{name}.npy", mmap_mode="r") for name in self.index["shard"].unique()}
 
@@ -198,6 +199,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    return report_user_errors("pixel_cache", lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
     settings = load_section(PixelCacheSettings, "pixel_cache", args.params)
     crawl_dir = args.crawl_dir or load_params(args.params).crawl.dir
     catalog = pd.read_parquet(args.catalog, columns=["image_id", "path", "batch", "width", "height"])  # upright sizes (ingest)

@@ -10,14 +10,14 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
+from pipeline.cli import InputError, read_yaml
 
 DEFAULT_PARAMS = Path("params.yaml")
 
 T = TypeVar("T")
 
 
-class ParamsError(ValueError):
+class ParamsError(InputError):
     """params.yaml is missing a key or has one the code does not know."""
 
 
@@ -69,10 +69,18 @@ def _identity(value: Any) -> Any:
     return value
 
 
+def read_params_file(path: Path) -> dict[str, Any]:
+    """The parsed params file; ParamsError naming it when it is missing (stages run from the project root) or not YAML."""
+    raw = read_yaml(path, ParamsError, f"params file not found in {Path.cwd()}; run from the project root (the folder with dvc.yaml), or pass --params")
+    if raw is not None and not isinstance(raw, dict):
+        raise ParamsError(f"{path}: a params file is a mapping of sections")
+    return raw or {}
+
+
 def load_section(cls: type[T], section: str, path: str | Path = DEFAULT_PARAMS) -> T:
     """One params.yaml section as dataclass `cls` (fields typed int/float/str/bool/Path; others as-is)."""
     path = Path(path)
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    raw = read_params_file(path)
     if section not in raw:
         raise ParamsError(f"{path}: section '{section}' is missing")
     return _section(cls, raw[section], section, path)
@@ -80,7 +88,9 @@ def load_section(cls: type[T], section: str, path: str | Path = DEFAULT_PARAMS) 
 
 def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
     path = Path(path)
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    raw = read_params_file(path)
+    if "taxonomy" not in raw:
+        raise ParamsError(f"{path}: 'taxonomy' (the taxonomy file) is missing")
     return Params(
         taxonomy=Path(raw["taxonomy"]),
         crawl=_section(CrawlSettings, raw.get("crawl"), "crawl", path),

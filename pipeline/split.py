@@ -30,6 +30,7 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline.atomic import write_json, write_parquet
+from pipeline.cli import report_user_errors
 from pipeline.labelsets import main_and_sub_matrices
 from pipeline.settings import DEFAULT_PARAMS, ParamsError, load_params, load_section
 from pipeline.tables import empty_table
@@ -165,6 +166,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    return report_user_errors("split", lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
     settings = load_section(SplitSettings, "split", args.params)
     names = load_taxonomy(load_params(args.params).taxonomy).names
     labels = pd.read_parquet(args.labels, columns=["image_id", "main_style", "sub_styles", "needs_review"])

@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from pipeline.atomic import atomic_path, write_parquet  # noqa: E402
+from pipeline.cli import report_user_errors  # noqa: E402
 from pipeline.labelsets import conditional, cooccurrence, cross_counts, main_and_sub_matrices  # noqa: E402
 from pipeline.settings import DEFAULT_PARAMS, load_params  # noqa: E402
 from pipeline.taxonomy import load_taxonomy  # noqa: E402
@@ -117,6 +118,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    return report_user_errors("stats", lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
     names = load_taxonomy(load_params(args.params).taxonomy).names
     labels = pd.read_parquet(args.labels, columns=["image_id", "batch", "main_style", "sub_styles"])
     main_matrix, sub_matrix = main_and_sub_matrices(labels["main_style"], labels["sub_styles"], names)

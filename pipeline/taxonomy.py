@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+from pipeline.cli import InputError, read_yaml
 
 
-class TaxonomyError(ValueError):
+class TaxonomyError(InputError):
     """The taxonomy file is malformed; the message names the file and the entry."""
 
 
@@ -58,10 +58,7 @@ def label_words(entry: dict, path: Path) -> tuple[str, ...]:
 
 def load_taxonomy(path: str | Path) -> Taxonomy:
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TaxonomyError(f"{path}: taxonomy file not found (set 'taxonomy' in params.yaml)") from None
+    raw = read_yaml(path, TaxonomyError, "taxonomy file not found (set 'taxonomy' in params.yaml)")
     if not isinstance(raw, dict) or not isinstance(raw.get("labels"), list) or not raw["labels"]:
         raise TaxonomyError(f"{path}: expected a mapping with a non-empty 'labels' list")
     labels = []

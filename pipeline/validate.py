@@ -28,6 +28,7 @@ import pyarrow as pa
 from pandas.api import types as ptypes
 
 from pipeline.atomic import atomic_dir, write_json
+from pipeline.cli import report_user_errors
 from pipeline.labelsets import flatten_lists
 from pipeline.settings import DEFAULT_PARAMS, load_params, load_section
 from pipeline.taxonomy import load_taxonomy
@@ -308,6 +309,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    return report_user_errors("validate", lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
     settings = load_section(ValidateSettings, "validate", args.params)
     names = load_taxonomy(load_params(args.params).taxonomy).names
     inputs = {

@@ -12,6 +12,7 @@ import pytest
 from annotation.importers import import_kfashion, import_label_studio, import_tag_csv, read_label_studio_export
 from annotation.consolidate import consolidate
 from annotation.pull import catalog_lookup, import_exports
+from pipeline.cli import InputError
 from pipeline.ingest import ingest
 from pipeline.taxonomy import load_taxonomy
 
@@ -135,7 +136,7 @@ def test_an_export_is_read_with_or_without_bom_and_one_not_in_utf8_is_named(tmp_
     (tmp_path / "bom.json").write_text('[{"id": 1}]', encoding="utf-8-sig")
     assert read_label_studio_export(tmp_path / "bom.json") == [{"id": 1}]
     (tmp_path / "latin1.json").write_bytes('[{"id": 1, "data": {"note": "café"}}]'.encode("latin-1"))
-    with pytest.raises(ValueError, match=f"{tmp_path / 'latin1.json'}: not UTF-8 text \\(byte 0xe9 on line 1\\)"):
+    with pytest.raises(InputError, match=f"{tmp_path / 'latin1.json'}: not UTF-8 text \\(byte 0xe9 on line 1\\)"):
         read_label_studio_export(tmp_path / "latin1.json")
 
 
@@ -235,5 +236,5 @@ def test_tag_csv_columns_after_image_and_tags_are_ignored(tmp_path):
 )  # fmt: skip
 def test_a_tag_csv_that_cannot_be_read_is_named(tmp_path, content, problem):
     (tmp_path / "labels.csv").write_bytes(content)
-    with pytest.raises(ValueError, match=f"{tmp_path / 'labels.csv'}: {problem}"):
+    with pytest.raises(InputError, match=f"{tmp_path / 'labels.csv'}: {problem}"):
         import_tag_csv(tmp_path / "labels.csv", load_taxonomy(ROOT / "taxonomies/ccp_garments.yaml"), tmp_path)

@@ -1,7 +1,9 @@
-"""params.yaml and taxonomy files: typed, and wrong ones fail with the file and key named."""
+"""params.yaml and taxonomy files: typed, and wrong ones fail with the file and key named,
+in one line from every stage's command line."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import pytest
@@ -50,3 +52,45 @@ def test_malformed_taxonomy_is_a_clear_error(tmp_path, body, message):
     with pytest.raises(TaxonomyError, match=message) as error:
         load_taxonomy(path)
     assert str(error.value).startswith(f"{path}: ")
+
+
+STAGE_COMMANDS = {  # prog -> (module, arguments)
+    "ingest": ("pipeline.ingest", []),
+    "pixel_cache": ("pipeline.pixel_cache", []),
+    "labels": ("annotation.pull", []),
+    "consolidate": ("annotation.consolidate", []),
+    "validate": ("pipeline.validate", []),
+    "stats": ("pipeline.stats", []),
+    "split": ("pipeline.split", []),
+    "graph": ("pipeline.graph", []),
+    "demo_crawl": ("pipeline.demo_crawl", []),
+    "annotation config": ("annotation.__main__", ["config"]),
+}
+
+
+def run_stage(prog: str, options: list[str], capsys) -> str:
+    """The stage's stderr, checked to be one `<prog>: error:` line after exit status 2 (no traceback)."""
+    module, arguments = STAGE_COMMANDS[prog]
+    assert importlib.import_module(module).main(options + arguments) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{prog}: error: ") and err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize("prog", sorted(STAGE_COMMANDS))
+def test_a_stage_run_outside_the_project_says_where_to_run_it(prog, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    err = run_stage(prog, [], capsys)
+    if prog == "consolidate":  # reads no params: its first input is missing instead
+        assert f"{Path('data/annotations.parquet')}: not found (`dvc repro` builds each stage's inputs in order; or check the path)" in err
+    else:
+        assert f"params.yaml: params file not found in {tmp_path}; run from the project root (the folder with dvc.yaml), or pass --params" in err
+
+
+def test_a_malformed_taxonomy_or_params_file_stops_a_stage_with_its_name(tmp_path, capsys):
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text().replace("taxonomy: taxonomies/kfashion_styles.yaml", f"taxonomy: {tmp_path / 't.yaml'}"))
+    (tmp_path / "t.yaml").write_text("labels: []")
+    assert "non-empty 'labels'" in run_stage("stats", ["--params", str(params)], capsys)
+    params.write_text("ingest: [min_side: 64\n")
+    assert f"{params}, line 2, column 1: not valid YAML (expected ',' or ']', but got '<stream end>')" in run_stage("ingest", ["--params", str(params)], capsys)

@@ -17,7 +17,8 @@ from PIL import Image
 from pipeline.demo_crawl import decompression_bomb_png
 import pipeline.images as images_module
 from pipeline.images import content_id, difference_hash, inspect_image
-from training.data import InputError, load_rgb
+from pipeline.cli import InputError
+from training.data import load_rgb
 
 
 def jpeg(size=(120, 160), colour=(200, 30, 30), mode="RGB", quality=90, **save) -> bytes:

@@ -13,7 +13,8 @@ from torch import nn
 
 from pipeline.settings import ParamsError
 from training.backbones import create_backbone
-from training.data import InputError, read_label_graph
+from pipeline.cli import InputError
+from training.data import read_label_graph
 from training.device import compile_for_training
 from training.models import BasicCNN, GCNHead, ModelSpec, StyleNet, build_head, global_pool
 
@@ -98,7 +99,7 @@ def test_basic_cnn_maps_pixels_to_one_logit_per_class():
 
 
 def test_model_spec_rejects_unknown_values_with_the_params_section_named():
-    with pytest.raises(ValueError, match="models section"):
+    with pytest.raises(ParamsError, match="models section"):
         ModelSpec(kind="gcn", pooling="median")
 
 

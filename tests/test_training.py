@@ -22,11 +22,12 @@ from torch import nn
 from PIL import Image
 
 import training.train as train_module
+from pipeline.cli import InputError, report_user_errors
 from pipeline.pixel_cache import PixelCacheSettings, build_cache
-from pipeline.settings import load_section
+from pipeline.settings import ParamsError, load_section
 from training import evaluate, features, predict
 from training.checkpoint import CHECKPOINT_REMEDY, build_trained_module, load_checkpoint
-from training.data import ImageDataset, InputError, eval_transform, report_user_errors
+from training.data import ImageDataset, eval_transform
 from training.distributed import SINGLE, World, shard
 from training.models import ModelSpec
 
@@ -336,7 +337,7 @@ def test_learning_rates_scale_with_the_global_batch():
 def test_invalid_training_settings_are_refused_with_the_choices(setting, message):
     valid = {"seed": 0, "epochs": 1, "patience": 1, "batch_size": 8, "lr_backbone": 1e-4, "lr_head": 1e-3, "gcn_hidden": 8, "finetune": False, "workers": 0,
              "cached_pixels": False, "compile": False, "lr_scaling": "none", "precision": "bf16", "warmup_epochs": 0.0}  # fmt: skip
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ParamsError, match=message):
         train_module.TrainSettings(**valid | setting)
 
 
@@ -395,6 +396,15 @@ def test_unknown_model_and_missing_inputs_say_what_to_do(inputs, tmp_path, capsy
     missing = dict(inputs, dataset=tmp_path / "nowhere.parquet")
     _train(missing, "linear", tmp_path, params, status=2)
     assert "nowhere.parquet: dataset not found; run the curation stages" in _error(capsys, "train")
+
+
+def test_a_model_entry_with_an_unknown_value_is_refused_in_one_line(inputs, tmp_path, capsys):
+    params = _params(tmp_path, inputs["weights"])
+    raw = yaml.safe_load(params.read_text())
+    raw["models"]["gcn"]["pooling"] = "median"
+    params.write_text(yaml.safe_dump(raw))
+    _train(inputs, "gcn", tmp_path, params, status=2)
+    assert "model pooling 'median' is not one of" in _error(capsys, "train")
 
 
 def test_resuming_under_another_configuration_is_refused(inputs, tmp_path, capsys):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -27,38 +26,13 @@ from torchvision.transforms import v2
 
 from pipeline.decoding import SUPPORTED_MODES, pillow_bomb_guard_lifted, unsupported_mode_reason
 from pipeline.pixel_cache import PixelStore
-from pipeline.settings import ParamsError
+from pipeline.cli import InputError
 from training.gpu_augment import Jitter, train_batch
 
 SPLITS = ("train", "val", "test")
 CROP_SCALE, CROP_RATIO = (0.6, 1.0), (0.6, 1.0)  # training crops: area share and width/height (the outfit stays in frame)
 JITTER = Jitter(brightness=0.3, contrast=0.3, saturation=0.2)  # light and colour casts; no hue shifts (colour carries style)
 DATASET_COLUMNS = ("image_id", "path", "split", "main_style", "labels")
-
-
-class InputError(ValueError):
-    """A model input file is missing or malformed; the message names the file and what to do."""
-
-
-USER_ERRORS = (InputError, ParamsError, FileNotFoundError)  # a file or setting the user gave is wrong: a message, not a traceback
-
-
-def report_user_errors(prog: str, command: Callable[[], int]) -> int:
-    """Run a stage's `command`; a USER_ERRORS exception becomes `<prog>: error: <message>` on stderr and exit status 2, as argparse reports a bad command line."""
-    try:
-        return command()
-    except USER_ERRORS as error:
-        print(f"{prog}: error: {user_message(error)}", file=sys.stderr)
-        return 2
-
-
-def user_message(error: Exception) -> str:
-    """The message of `error`; for one a DataLoader worker raised, the worker's own message without the traceback torch wraps it in."""
-    text = str(error)
-    if not (text.startswith("Caught ") and "\nOriginal Traceback" in text):
-        return text
-    last_line = text.rstrip().rsplit("\n", 1)[-1]  # "training.data.InputError: <message>"
-    return last_line.split(": ", 1)[-1]
 
 
 def read_torch_file(path: Path, what: str, remedy: str) -> Any:

@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader
 from pipeline.atomic import atomic_path, write_json
 from pipeline.settings import load_section
 from training.checkpoint import build_trained_module, load_checkpoint, pixel_model, trained_precision
-from training.data import ImageDataset, InputError, main_index, read_dataset, read_label_subset, report_user_errors, target_matrix
+from pipeline.cli import InputError, report_user_errors
+from training.data import ImageDataset, main_index, read_dataset, read_label_subset, target_matrix
 from training.device import pick_device, prepare
 from training.features import extracted_precision
 from training.metrics import PAPER_COLUMNS, bootstrap_interval, evaluate_scores, mean_average_precision, topk_hits

@@ -25,14 +25,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_path
-from pipeline.settings import ParamsError, load_section
+from pipeline.settings import ParamsError, load_section, read_params_file
 from training.backbones import Backbone, create_backbone
-from training.data import ImageDataset, eval_transform, read_dataset, read_label_subset, report_user_errors
+from pipeline.cli import report_user_errors
+from training.data import ImageDataset, eval_transform, read_dataset, read_label_subset
 from training.device import PRECISIONS, autocast, pick_device, prepare, to_device
 from training.models import global_pool
 
@@ -49,7 +49,7 @@ class FeatureSettings:
 
 def training_precision(params: Path) -> str:
     """train.precision of the params file: the precision features are extracted in (see the module docstring)."""
-    train = (yaml.safe_load(params.read_text(encoding="utf-8")) or {}).get("train")
+    train = read_params_file(params).get("train")
     if not isinstance(train, dict) or "precision" not in train:
         raise ParamsError(f"{params}: train.precision is missing; the features stage extracts in the precision the heads are trained in")
     if train["precision"] not in PRECISIONS:

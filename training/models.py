@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.settings import ParamsError
+
 KINDS = ("cnn", "linear", "gcn")
 POOLINGS = ("max", "avg")
 ADJACENCIES = ("graph", "identity")
@@ -35,9 +37,9 @@ class ModelSpec:
     def __post_init__(self) -> None:
         for field, value, allowed in (("kind", self.kind, KINDS), ("pooling", self.pooling, POOLINGS), ("adjacency", self.adjacency, ADJACENCIES)):
             if value not in allowed:
-                raise ValueError(f"model {field} {value!r} is not one of {allowed} (models section of params.yaml)")
+                raise ParamsError(f"model {field} {value!r} is not one of {allowed} (models section of params.yaml)")
         if self.kind == "cnn" and self.image_size <= 0:
-            raise ValueError("a cnn model needs image_size > 0 (models section of params.yaml)")
+            raise ParamsError("a cnn model needs image_size > 0 (models section of params.yaml)")
 
 
 def global_pool(maps: torch.Tensor, pooling: str) -> torch.Tensor:

@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from pipeline.atomic import atomic_path
 from training.checkpoint import load_checkpoint, pixel_model, trained_precision
-from training.data import InputError, load_rgb, report_user_errors
+from pipeline.cli import InputError, report_user_errors
+from training.data import load_rgb
 from training.device import autocast, pick_device, prepare, to_device
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}

@@ -52,7 +52,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from dvclive import Live
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader
@@ -60,20 +59,19 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_path
+from pipeline.cli import InputError, report_user_errors
 from pipeline.pixel_cache import PixelStore
-from pipeline.settings import ParamsError, load_section
+from pipeline.settings import ParamsError, load_section, read_params_file
 from training.backbones import create_backbone
 from training.checkpoint import build_trained_module, load_checkpoint, save_checkpoint
 from training.data import (
     CachedPixelBatches,
     ImageDataset,
-    InputError,
     device_train_augment,
     eval_transform,
     read_dataset,
     read_label_graph,
     read_label_subset,
-    report_user_errors,
     target_matrix,
     train_transform,
 )
@@ -201,7 +199,7 @@ class StageLive(Live):
 
 def load_model_specs(params: Path) -> dict[str, ModelSpec]:
     """The `models` section: model name -> ModelSpec."""
-    raw = yaml.safe_load(params.read_text(encoding="utf-8")) or {}
+    raw = read_params_file(params)
     if not isinstance(raw.get("models"), dict) or not raw["models"]:
         raise InputError(f"{params}: section 'models' is missing or empty")
     return {name: ModelSpec(**entry) for name, entry in raw["models"].items()}

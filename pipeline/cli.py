@@ -1,0 +1,65 @@
+"""How every stage's command line reports a mistake of the user's.
+
+A missing input, a malformed file or a bad setting is `<prog>: error: <message>` on
+stderr and exit status 2, as argparse reports a bad command line, not a traceback;
+the message names the file or setting and what to do. Anything else is a bug and
+keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class InputError(ValueError):
+    """A file or setting the user gave is missing or malformed; the message names it and what to do."""
+
+
+USER_ERRORS = (InputError, FileNotFoundError)
+DVC_HINT = "`dvc repro` builds each stage's inputs in order"
+
+
+def report_user_errors(prog: str, command: Callable[[], int]) -> int:
+    """Run a stage's `command`; a USER_ERRORS exception becomes `<prog>: error: <message>` on stderr and exit status 2."""
+    try:
+        return command()
+    except USER_ERRORS as error:
+        print(f"{prog}: error: {user_message(error)}", file=sys.stderr)
+        return 2
+
+
+def read_yaml(path: Path, error: type[InputError], missing: str) -> Any:
+    """The parsed YAML file. `error` names it, with `missing` as the advice, when it is not there,
+    and the line and column where it stops being YAML (or UTF-8) otherwise."""
+    if not path.is_file():
+        raise error(f"{path}: {missing}")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise error(f"{path}{where}: not valid YAML ({exc.problem or exc.context})") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: not valid YAML ({exc})") from None
+
+
+def user_message(error: Exception) -> str:
+    """The message of `error`, for the user.
+
+    A missing file is named with a hint: the stages raise InputError with their own advice,
+    so a FileNotFoundError comes from open() (its filename) or from pandas/pyarrow (the path
+    is its message). For an error a torch DataLoader worker raised, the worker's own message,
+    without the traceback torch wraps it in.
+    """
+    if isinstance(error, FileNotFoundError):
+        return f"{error.filename if error.filename is not None else error}: not found ({DVC_HINT}; or check the path)"
+    text = str(error)
+    if not (text.startswith("Caught ") and "\nOriginal Traceback" in text):
+        return text
+    last_line = text.rstrip().rsplit("\n", 1)[-1]  # "pipeline.cli.InputError: <message>"
+    return last_line.split(": ", 1)[-1]
