@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import PIL
 import pyarrow as pa
 from tqdm import tqdm
 
@@ -48,6 +49,7 @@ FILE_COLUMNS = {
     "mode": "string",
     "orientation": "Int64",
     "dhash": "UInt64",
+    "decoder": "string",  # the Pillow version that judged the bytes: another one judges the rejects again
 }
 
 
@@ -92,7 +94,7 @@ def read_batch_cache(path: Path) -> pd.DataFrame:
 def _inspected_row(name: str, size: int, mtime_ns: int, result: Inspected) -> dict:
     row = asdict(result)
     row.pop("bytes")
-    return {"file": name, "size": size, "mtime_ns": mtime_ns, **row}
+    return {"file": name, "size": size, "mtime_ns": mtime_ns, **row, "decoder": PIL.__version__}
 
 
 def current_id(path: Path) -> str | None:
@@ -109,8 +111,9 @@ def split_cached(files: pd.DataFrame, cache: pd.DataFrame, batch_dir: Path, max_
     A file whose size matches but whose mtime changed (a fresh `dvc checkout` rewrites
     mtimes) is re-hashed, ~20x cheaper than a decode, and reused when its bytes match.
     Never reused: a file that could not be read (no id; tried again on every run, as
-    fixing its permissions changes no mtime) and one whose decode the pixel guard
-    skipped but `max_pixels` now admits.
+    fixing its permissions changes no mtime), one whose decode the pixel guard
+    skipped but `max_pixels` now admits, and a reject judged by another Pillow version
+    (a newer one may read what an older one could not).
     """
     keyed = files.merge(cache, on=["file", "size"], how="left", suffixes=("", "_cached"))
     known = keyed["image_id"].notna().to_numpy()
@@ -119,7 +122,8 @@ def split_cached(files: pd.DataFrame, cache: pd.DataFrame, batch_dir: Path, max_
     same_bytes = rehash.copy()
     same_bytes[rehash] = [current_id(batch_dir / name) == cached for name, cached in zip(keyed["file"][rehash], keyed["image_id"][rehash])]
     admitted_now = (keyed["header_only"].eq(True) & (keyed["width"] * keyed["height"] <= max_pixels)).fillna(False).to_numpy(dtype=bool)
-    reuse = (same_mtime | same_bytes) & ~admitted_now
+    judged_by_another = (keyed["reason"].notna() & keyed["decoder"].ne(PIL.__version__)).fillna(False).to_numpy(dtype=bool)
+    reuse = (same_mtime | same_bytes) & ~admitted_now & ~judged_by_another
     reused = keyed.loc[reuse, list(FILE_COLUMNS)].copy()
     reused.attrs["rehashed"] = int((same_bytes & reuse).sum())
     return reused, keyed.loc[~reuse, ["file", "size", "mtime_ns"]]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import PIL
 import pytest
 from PIL import Image
 
@@ -141,6 +142,21 @@ def test_a_cache_written_by_an_older_ingest_is_rebuilt(tmp_path, demo_crawl, ing
     decode_spy.clear()
     assert ingest(demo_crawl, cache, ingest_settings)[0].equals(catalog)
     assert {p.parent.name for p in decode_spy} == {"batch-001"}
+
+
+def test_rejects_judged_by_another_pillow_version_are_judged_again(tmp_path, demo_crawl, ingest_settings, decode_spy):
+    cache = tmp_path / "cache"
+    catalog, rejects, _, _ = ingest(demo_crawl, cache, ingest_settings)
+    table = pd.read_parquet(cache / "batch-001.parquet")
+    table.assign(decoder="9.0.0").to_parquet(cache / "batch-001.parquet")  # as an older Pillow wrote it
+    bad_bytes = set(table.loc[table["reason"].notna(), "file"])
+    assert bad_bytes and len(bad_bytes) < len(table)
+    decode_spy.clear()
+    again = ingest(demo_crawl, cache, ingest_settings)
+    assert sorted(p.name for p in decode_spy) == sorted(bad_bytes) and {p.parent.name for p in decode_spy} == {"batch-001"}
+    assert again[0].equals(catalog) and again[1].equals(rejects)
+    rewritten = pd.read_parquet(cache / "batch-001.parquet").set_index("file")["decoder"]
+    assert set(rewritten[sorted(bad_bytes)]) == {PIL.__version__} and set(rewritten.drop(sorted(bad_bytes))) == {"9.0.0"}, "accepted images are not decoded again"
 
 
 def deny_reading(patch: pytest.MonkeyPatch, victim: Path) -> None:
