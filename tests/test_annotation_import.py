@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from annotation.importers import import_kfashion, import_label_studio, import_tag_csv, read_label_studio_export
 from annotation.consolidate import consolidate
+from annotation.importers import import_kfashion, import_label_studio, import_tag_csv, read_label_studio_export
 from annotation.pull import catalog_lookup, import_exports
 from pipeline.cli import InputError
 from pipeline.ingest import ingest

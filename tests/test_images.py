@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.cli import InputError
 from pipeline.demo_crawl import decompression_bomb_png
 import pipeline.images as images_module
 from pipeline.images import content_id, difference_hash, inspect_image
-from pipeline.cli import InputError
 from training.data import load_rgb
 
 

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from pipeline.cli import InputError
 from pipeline.settings import ParamsError
 from training.backbones import create_backbone
-from pipeline.cli import InputError
 from training.data import read_label_graph
 from training.device import compile_for_training
 from training.models import BasicCNN, GCNHead, ModelSpec, StyleNet, build_head, global_pool

@@ -16,8 +16,8 @@ from torch import nn
 from torchvision.transforms import v2
 
 from pipeline.atomic import atomic_path
-from training.backbones import create_backbone
 from pipeline.cli import InputError
+from training.backbones import create_backbone
 from training.data import check_state_fits, eval_transform, read_torch_file
 from training.models import BasicCNN, ModelSpec, StyleNet, build_head
 

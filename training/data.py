@@ -24,9 +24,9 @@ from torch import nn
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from pipeline.cli import InputError
 from pipeline.decoding import SUPPORTED_MODES, pillow_bomb_guard_lifted, unsupported_mode_reason
 from pipeline.pixel_cache import PixelStore
-from pipeline.cli import InputError
 from training.gpu_augment import Jitter, train_batch
 
 SPLITS = ("train", "val", "test")

@@ -21,9 +21,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline.atomic import atomic_path, write_json
+from pipeline.cli import InputError, report_user_errors
 from pipeline.settings import load_section
 from training.checkpoint import build_trained_module, load_checkpoint, pixel_model, trained_precision
-from pipeline.cli import InputError, report_user_errors
 from training.data import ImageDataset, main_index, read_dataset, read_label_subset, target_matrix
 from training.device import pick_device, prepare
 from training.features import extracted_precision

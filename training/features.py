@@ -29,9 +29,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_path
+from pipeline.cli import report_user_errors
 from pipeline.settings import ParamsError, load_section, read_params_file
 from training.backbones import Backbone, create_backbone
-from pipeline.cli import report_user_errors
 from training.data import ImageDataset, eval_transform, read_dataset, read_label_subset
 from training.device import PRECISIONS, autocast, pick_device, prepare, to_device
 from training.models import global_pool

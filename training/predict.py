@@ -23,8 +23,8 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_path
-from training.checkpoint import load_checkpoint, pixel_model, trained_precision
 from pipeline.cli import InputError, report_user_errors
+from training.checkpoint import load_checkpoint, pixel_model, trained_precision
 from training.data import load_rgb
 from training.device import autocast, pick_device, prepare, to_device
 
