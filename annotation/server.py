@@ -168,7 +168,12 @@ def wait_until_healthy(settings: ServerSettings, process: subprocess.Popen, time
 def exit_status(process: subprocess.Popen) -> str:
     """'code N', or the signal that ended the process ('signal SIGKILL': e.g. the kernel's out-of-memory killer)."""
     code = process.returncode
-    return f"signal {signal.Signals(-code).name}" if code < 0 else f"code {code}"
+    if code >= 0:
+        return f"code {code}"
+    try:
+        return f"signal {signal.Signals(-code).name}"
+    except ValueError:  # a real-time signal has no name in the enum
+        return f"signal {-code}"
 
 
 def check_token(settings: ServerSettings, token: str) -> None:

@@ -52,7 +52,7 @@ import pandas as pd
 import torch
 import yaml
 
-from bench_ccp_models import curation_argv, stage_inputs, write_params
+from bench_ccp_models import curation_argv, run_stage, stage_inputs, write_params
 from pipeline import graph, split
 from pipeline.pixel_cache import PixelCacheSettings, build_cache, height_for, upright_sizes
 from training import evaluate, train
@@ -77,8 +77,8 @@ def prepare(ccp: Path, work: Path, top_k: int, drop: set[str]) -> None:
     params = write_params(work, taxonomy, top_k, None)
     (work / "splits.parquet").unlink(missing_ok=True)
     stage_argv = curation_argv(work, labels, catalog, params)
-    split.main(stage_argv["split"])
-    graph.main(stage_argv["graph"])
+    run_stage("split", split.main, stage_argv["split"])
+    run_stage("graph", graph.main, stage_argv["graph"])
 
 
 def variant_params(work: Path, name: str, overrides: dict[str, Any], args: argparse.Namespace) -> Path:
@@ -101,7 +101,7 @@ def variant_params(work: Path, name: str, overrides: dict[str, Any], args: argpa
 def train_variant(work: Path, photos: Path, name: str, params: Path) -> str | None:
     """Train one variant through the real entry point; the divergence message if its loss turned NaN."""
     try:
-        train.main(["--model", name, "--dataset", str(work / "dataset.parquet"), "--label-subset", str(work / "label_subset.json"),
+        run_stage(f"train@{name}", train.main, ["--model", name, "--dataset", str(work / "dataset.parquet"), "--label-subset", str(work / "label_subset.json"),
                     "--graph", str(work / "label_graph.npz"), "--features", str(work / "unused.npz"), "--crawl-dir", str(photos),
                     "--out-dir", str(work / "models" / name), "--live-dir", str(work / "dvclive" / name), "--pixel-cache", str(work / "pixels"),
                     "--params", str(params)])  # fmt: skip
@@ -147,7 +147,7 @@ def run(ccp: Path, work: Path, args: argparse.Namespace) -> None:
     evaluated = yaml.safe_load((work / "params.yaml").read_text(encoding="utf-8")) | {"models": dict.fromkeys(trained, MLGCN)}
     (work / "params-evaluate.yaml").write_text(yaml.safe_dump(evaluated, sort_keys=False), encoding="utf-8")
     report = work / "evaluation.md"
-    evaluate.main(["--dataset", str(work / "dataset.parquet"), "--label-subset", str(work / "label_subset.json"), "--features", str(work / "unused.npz"),
+    run_stage("evaluate", evaluate.main, ["--dataset", str(work / "dataset.parquet"), "--label-subset", str(work / "label_subset.json"), "--features", str(work / "unused.npz"),
                    "--crawl-dir", str(photos), "--models-dir", str(work / "models"), "--report", str(report),
                    "--metrics", str(work / "evaluation.json"), "--params", str(work / "params-evaluate.yaml")])  # fmt: skip
     device = torch.cuda.get_device_name() if gpu else "cpu"

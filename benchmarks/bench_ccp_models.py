@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -28,6 +29,12 @@ from pipeline.taxonomy import load_taxonomy
 from training import evaluate, features, train
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_stage(name: str, main: Callable[[list[str]], int], argv: list[str]) -> None:
+    """Run a stage's command line; stop the benchmark when it fails (the stage printed why), so no later step reads stale outputs."""
+    if status := main(argv):
+        raise SystemExit(f"{name} failed with exit status {status}; its message is above")
 
 
 def stage_inputs(ccp: Path, work: Path, drop: set[str]) -> tuple[Path, Path, Path]:
@@ -89,9 +96,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
-    def timed(name: str, fn, *fn_args) -> None:
+    def timed(name: str, main: Callable[[list[str]], int], argv: list[str]) -> None:
         start = time.perf_counter()
-        fn(*fn_args)
+        run_stage(name, main, argv)
         timings[name] = time.perf_counter() - start
 
     labels, catalog, taxonomy = stage_inputs(args.ccp, work, {t for t in args.drop_tags.split(",") if t})

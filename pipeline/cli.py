@@ -21,7 +21,6 @@ class InputError(ValueError):
 
 
 USER_ERRORS = (InputError, FileNotFoundError)
-DVC_HINT = "`dvc repro` builds each stage's inputs in order"
 
 
 def report_user_errors(prog: str, command: Callable[[], int]) -> int:
@@ -51,15 +50,17 @@ def read_yaml(path: Path, error: type[InputError], missing: str) -> Any:
 def user_message(error: Exception) -> str:
     """The message of `error`, for the user.
 
-    A missing file is named with a hint: the stages raise InputError with their own advice,
-    so a FileNotFoundError comes from open() (its filename) or from pandas/pyarrow (the path
-    is its message). For an error a torch DataLoader worker raised, the worker's own message,
-    without the traceback torch wraps it in.
+    For an error a torch DataLoader worker raised, the worker's own message, without the
+    traceback torch wraps it in. A missing file is named with a hint (the stages raise
+    InputError with their own advice): open() gives its filename, pandas/pyarrow give the
+    path as the only argument.
     """
-    if isinstance(error, FileNotFoundError):
-        return f"{error.filename if error.filename is not None else error}: not found ({DVC_HINT}; or check the path)"
     text = str(error)
-    if not (text.startswith("Caught ") and "\nOriginal Traceback" in text):
-        return text
-    last_line = text.rstrip().rsplit("\n", 1)[-1]  # "pipeline.cli.InputError: <message>"
-    return last_line.split(": ", 1)[-1]
+    if text.startswith("Caught ") and "\nOriginal Traceback" in text:
+        last_line = text.rstrip().rsplit("\n", 1)[-1]  # "pipeline.cli.InputError: <message>"
+        return last_line.split(": ", 1)[-1]
+    if isinstance(error, FileNotFoundError):
+        missing = error.filename if error.filename is not None else error.args[0] if error.errno is None and len(error.args) == 1 else None
+        if missing is not None:
+            return f"{missing}: not found (if a stage writes it, `dvc repro` runs the stages in order; otherwise check the path)"
+    return text

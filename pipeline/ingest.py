@@ -189,7 +189,10 @@ def read_metadata(batch_dir: Path) -> pd.DataFrame:
     path = batch_dir / METADATA_FILE
     if not path.exists():
         return pd.DataFrame(columns=["file", *METADATA_COLUMNS], dtype="string")
-    meta = pd.read_csv(path, dtype="string")
+    try:
+        meta = pd.read_csv(path, dtype="string", encoding="utf-8-sig")
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not readable as UTF-8 CSV with the columns file,source,post_id,posted_at ({str(exc).strip()})") from None
     missing = {"file", *METADATA_COLUMNS} - set(meta.columns)
     if missing:
         raise InputError(f"{path}: metadata lacks columns {sorted(missing)}; expected file,source,post_id,posted_at")

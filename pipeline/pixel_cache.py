@@ -40,7 +40,7 @@ from pipeline.decoding import EXIF_ORIENTATION, pillow_bomb_guard_lifted
 from pipeline.settings import DEFAULT_PARAMS, load_params, load_section
 
 
-class UnreadableImage(OSError):
+class UnreadableImage(InputError):
     """A catalog image the pixel cache cannot decode (most likely changed or damaged after ingest)."""
 
 

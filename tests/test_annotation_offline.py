@@ -270,7 +270,7 @@ STAND_IN_LABEL_STUDIO = """#!{python}
 Like Label Studio it answers /health and keeps the API token of its FIRST start (in its data
 dir) for /api/current-user/whoami. STAND_IN=crash exits while starting; STAND_IN=mute never answers;
 STAND_IN=die exits with code 3 once it has answered whoami (a crash while the experts work), STAND_IN=killed
-is killed by SIGKILL then (as by the out-of-memory killer).
+is killed by SIGKILL then (as by the out-of-memory killer), STAND_IN=realtime by a real-time signal (no name).
 \"\"\"
 import os, signal, sys, time
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -294,10 +294,10 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response({{"/health": 200, "/api/current-user/whoami": 200 if accepted else 401}}.get(self.path, 404))
         self.send_header("Content-Length", "0")
         self.end_headers()
-        if self.path == "/api/current-user/whoami" and os.environ.get("STAND_IN") in ("die", "killed"):
+        if self.path == "/api/current-user/whoami" and os.environ.get("STAND_IN") in ("die", "killed", "realtime"):
             self.wfile.flush()
-            if os.environ["STAND_IN"] == "killed":
-                os.kill(os.getpid(), signal.SIGKILL)
+            if os.environ["STAND_IN"] != "die":
+                os.kill(os.getpid(), signal.SIGKILL if os.environ["STAND_IN"] == "killed" else signal.SIGRTMIN + 2)
             os._exit(3)
 
 
@@ -441,7 +441,7 @@ def test_a_server_that_exits_while_starting_is_an_error_naming_its_log(local_ser
     assert "stand-in: cannot start" in (local_serve.settings.log_path).read_text()
 
 
-@pytest.mark.parametrize(("mode", "status"), [("die", "code 3"), ("killed", "signal SIGKILL")])
+@pytest.mark.parametrize(("mode", "status"), [("die", "code 3"), ("killed", "signal SIGKILL"), ("realtime", f"signal {signal.SIGRTMIN + 2}")])
 def test_a_server_that_dies_while_serving_is_an_error_naming_its_log(local_serve, monkeypatch, capsys, mode, status):
     monkeypatch.setenv("STAND_IN", mode)
     assert local_serve.serve(once=lambda: False, delay_s=30) == 2, "a crash is not a clean stop"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.cli import user_message
 from pipeline.settings import ParamsError, load_params
 from pipeline.taxonomy import TaxonomyError, load_taxonomy
 
@@ -82,7 +83,7 @@ def test_a_stage_run_outside_the_project_says_where_to_run_it(prog, tmp_path, mo
     monkeypatch.chdir(tmp_path)
     err = run_stage(prog, [], capsys)
     if prog == "consolidate":  # reads no params: its first input is missing instead
-        assert f"{Path('data/annotations.parquet')}: not found (`dvc repro` builds each stage's inputs in order; or check the path)" in err
+        assert f"{Path('data/annotations.parquet')}: not found (if a stage writes it, `dvc repro` runs the stages in order; otherwise check the path)" in err
     else:
         assert f"params.yaml: params file not found in {tmp_path}; run from the project root (the folder with dvc.yaml), or pass --params" in err
 
@@ -94,3 +95,25 @@ def test_a_malformed_taxonomy_or_params_file_stops_a_stage_with_its_name(tmp_pat
     assert "non-empty 'labels'" in run_stage("stats", ["--params", str(params)], capsys)
     params.write_text("ingest: [min_side: 64\n")
     assert f"{params}, line 2, column 1: not valid YAML (expected ',' or ']', but got '<stream end>')" in run_stage("ingest", ["--params", str(params)], capsys)
+
+
+WORKER_TRACEBACK = """Caught FileNotFoundError in DataLoader worker process 0.
+Original Traceback (most recent call last):
+  File "/x/torch/utils/data/_utils/worker.py", line 349, in _worker_loop
+    data = fetcher.fetch(index)
+FileNotFoundError: [Errno 2] No such file or directory: '/crawl/b1/x.jpg'
+"""
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (FileNotFoundError(2, "No such file or directory", "data/a.parquet"), "data/a.parquet: not found (if a stage writes it, `dvc repro` runs the stages in order; otherwise check the path)"),
+        (FileNotFoundError("data/a.parquet"), "data/a.parquet: not found (if a stage writes it, `dvc repro` runs the stages in order; otherwise check the path)"),
+        (FileNotFoundError(2, "No such file or directory"), "[Errno 2] No such file or directory"),
+        (FileNotFoundError(WORKER_TRACEBACK), "[Errno 2] No such file or directory: '/crawl/b1/x.jpg'"),
+    ],
+    ids=["open", "pyarrow", "no-file-named", "dataloader-worker"],
+)
+def test_a_missing_file_is_named_once_with_what_to_do(error, message):
+    assert user_message(error) == message

@@ -247,6 +247,23 @@ def test_missing_crawl_folder_is_a_clear_error_and_writes_nothing(tmp_path, caps
     assert not catalog.exists()
 
 
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [(b"file,source,post_id,posted_at\na.jpg,sns,1,2026-01-01\nb.jpg,sns,2,2026-01-01,extra,fields,here\n", "Expected 4 fields in line 3, saw 7"), (b"file,source,post_id,posted_at\nb\xe9.jpg,sns,1,x\n", "can't decode byte 0xe9")],
+    ids=["ragged-row", "latin-1"],
+)
+def test_a_malformed_metadata_csv_is_named_in_one_line(tmp_path, capsys, demo_crawl, content, problem):
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text((Path(__file__).parents[1] / "params.yaml").read_text())
+    metadata = demo_crawl / "batch-002" / "metadata.csv"
+    metadata.write_bytes(content)
+    catalog = tmp_path / "catalog.parquet"
+    assert main(["--params", str(params_file), "--crawl-dir", str(demo_crawl), "--cache-dir", str(tmp_path / "cache"), "--catalog", str(catalog)]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"ingest: error: {metadata}: not readable as UTF-8 CSV with the columns file,source,post_id,posted_at (") and problem in line
+    assert not catalog.exists()
+
+
 def test_a_crash_while_writing_keeps_the_previous_catalog(tmp_path, demo_crawl, monkeypatch):
     params_file = tmp_path / "params.yaml"
     params_file.write_text((Path(__file__).parents[1] / "params.yaml").read_text())

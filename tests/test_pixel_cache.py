@@ -85,6 +85,14 @@ def test_an_image_damaged_after_ingest_names_the_file_and_leaves_its_shard_as_it
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # no temp file left behind
 
 
+def test_a_catalog_image_gone_since_ingest_stops_the_stage_with_one_line(tmp_path, capsys):
+    catalog = pd.DataFrame({"image_id": ["id0"], "path": ["gone.jpg"], "batch": "b1", "width": 240, "height": 320})
+    catalog.to_parquet(tmp_path / "catalog.parquet")
+    assert main(["--catalog", str(tmp_path / "catalog.parquet"), "--crawl-dir", str(tmp_path), "--out", str(tmp_path / "pixels")]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"pixel_cache: error: {tmp_path / 'gone.jpg'}: cannot decode it for the pixel cache (FileNotFoundError") and "`dvc repro`" in line
+
+
 def test_any_decode_error_names_the_file_and_its_cause(tmp_path, monkeypatch):
     Image.new("RGB", (64, 48), (200, 30, 30)).save(tmp_path / "photo.jpg")
 

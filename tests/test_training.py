@@ -398,13 +398,22 @@ def test_unknown_model_and_missing_inputs_say_what_to_do(inputs, tmp_path, capsy
     assert "nowhere.parquet: dataset not found; run the curation stages" in _error(capsys, "train")
 
 
-def test_a_model_entry_with_an_unknown_value_is_refused_in_one_line(inputs, tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"kind": "gcn", "pooling": "median"}, "model pooling 'median' is not one of"),
+        ({"kind": "gcn", "poolng": "max"}, r"models.gcn must be a mapping with 'kind' and at most \[.*\]; unknown \['poolng'\]"),
+        ("gcn", r"models.gcn must be a mapping with 'kind'"),
+    ],
+    ids=["unknown-value", "unknown-key", "not-a-mapping"],
+)
+def test_a_malformed_model_entry_is_refused_in_one_line(inputs, tmp_path, capsys, entry, message):
     params = _params(tmp_path, inputs["weights"])
     raw = yaml.safe_load(params.read_text())
-    raw["models"]["gcn"]["pooling"] = "median"
+    raw["models"]["gcn"] = entry
     params.write_text(yaml.safe_dump(raw))
     _train(inputs, "gcn", tmp_path, params, status=2)
-    assert "model pooling 'median' is not one of" in _error(capsys, "train")
+    assert re.search(message, _error(capsys, "train"))
 
 
 def test_resuming_under_another_configuration_is_refused(inputs, tmp_path, capsys):

@@ -44,7 +44,7 @@ import reprlib
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -201,7 +201,12 @@ def load_model_specs(params: Path) -> dict[str, ModelSpec]:
     """The `models` section: model name -> ModelSpec."""
     raw = read_params_file(params)
     if not isinstance(raw.get("models"), dict) or not raw["models"]:
-        raise InputError(f"{params}: section 'models' is missing or empty")
+        raise ParamsError(f"{params}: section 'models' is missing or empty")
+    known = {field.name for field in fields(ModelSpec)}
+    for name, entry in raw["models"].items():
+        if not isinstance(entry, dict) or not entry.keys() <= known or "kind" not in entry:
+            unknown = sorted(entry.keys() - known) if isinstance(entry, dict) else []
+            raise ParamsError(f"{params}: models.{name} must be a mapping with 'kind' and at most {sorted(known)}" + (f"; unknown {unknown}" if unknown else ""))
     return {name: ModelSpec(**entry) for name, entry in raw["models"].items()}
 
 
