@@ -15,6 +15,7 @@ from pipeline.cli import InputError, read_yaml
 DEFAULT_PARAMS = Path("params.yaml")
 
 T = TypeVar("T")
+CONVERTERS = {"Path": Path, "int": int, "float": float, "str": str, "bool": bool}
 
 
 class ParamsError(InputError):
@@ -61,8 +62,18 @@ def _section(cls: type[T], raw: Any, name: str, source: Path) -> T:
     missing = set(expected) - set(raw)
     if unknown or missing:
         raise ParamsError(f"{source}: section '{name}': missing {sorted(missing)}, unknown {sorted(unknown)}")
-    converters = {"Path": Path, "int": int, "float": float, "str": str, "bool": bool}
-    return cls(**{key: converters.get(str(expected[key]), _identity)(value) for key, value in raw.items()})
+    return cls(**{key: _converted(value, str(expected[key]), f"{name}.{key}", source) for key, value in raw.items()})
+
+
+def _converted(value: Any, type_name: str, key: str, source: Path) -> Any:
+    """`value` as the field's type (int/float/str/bool/Path; others as-is); ParamsError naming `key` when it is not one."""
+    converter = CONVERTERS.get(type_name, _identity)
+    if type_name in ("int", "float") and isinstance(value, bool) or type_name == "bool" and not isinstance(value, bool):
+        raise ParamsError(f"{source}: {key} must be {type_name}, not {value!r}")
+    try:
+        return converter(value)
+    except (TypeError, ValueError):
+        raise ParamsError(f"{source}: {key} must be {type_name}, not {value!r}") from None
 
 
 def _identity(value: Any) -> Any:
