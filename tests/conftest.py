@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,33 @@ from pipeline.taxonomy import load_taxonomy
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = PROJECT_ROOT.parent / "shared" / "datasets"
+
+
+# Written by tools while the tests run, not by the code under test: left out of the check below.
+TOOL_DIRS = {".git", ".dvc", ".venv", ".venv-labelstudio", ".labelstudio", ".pytest_cache", "__pycache__", "shared-data"}
+
+
+def project_files() -> dict[str, tuple[int, int]]:
+    """(mtime, size) of every project file outside TOOL_DIRS, by path."""
+    found = {}
+    for folder, subfolders, files in os.walk(PROJECT_ROOT):
+        subfolders[:] = [name for name in subfolders if name not in TOOL_DIRS and not name.endswith(".egg-info")]
+        for name in files:
+            path = Path(folder) / name
+            stat = path.lstat()
+            found[str(path.relative_to(PROJECT_ROOT))] = (stat.st_mtime_ns, stat.st_size)
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def project_left_as_it_was():
+    """Fail the run if a test wrote into the project (a stage's default output path, relative to the working
+    directory): that would silently replace the pipeline's real outputs with a test's."""
+    before = project_files()
+    yield
+    after = project_files()
+    changed = sorted(path for path in before.keys() | after.keys() if before.get(path) != after.get(path))
+    assert not changed, f"tests changed files of the project: {changed[:10]}"
 
 
 @pytest.fixture(scope="session")

@@ -236,7 +236,8 @@ def test_near_duplicate_banding_finds_exactly_the_brute_force_pairs():
     assert len(brute) >= 60
 
 
-def test_missing_crawl_folder_is_a_clear_error_and_writes_nothing(tmp_path, capsys, params):
+def test_missing_crawl_folder_is_a_clear_error_and_writes_nothing(tmp_path, capsys, params, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the outputs not named below would go to their default paths
     params_file = tmp_path / "params.yaml"
     params_file.write_text((Path(__file__).parents[1] / "params.yaml").read_text())
     catalog = tmp_path / "catalog.parquet"
@@ -252,7 +253,8 @@ def test_missing_crawl_folder_is_a_clear_error_and_writes_nothing(tmp_path, caps
     [(b"file,source,post_id,posted_at\na.jpg,sns,1,2026-01-01\nb.jpg,sns,2,2026-01-01,extra,fields,here\n", "Expected 4 fields in line 3, saw 7"), (b"file,source,post_id,posted_at\nb\xe9.jpg,sns,1,x\n", "can't decode byte 0xe9")],
     ids=["ragged-row", "latin-1"],
 )
-def test_a_malformed_metadata_csv_is_named_in_one_line(tmp_path, capsys, demo_crawl, content, problem):
+def test_a_malformed_metadata_csv_is_named_in_one_line(tmp_path, capsys, demo_crawl, content, problem, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the outputs not named below go to their default paths, here
     params_file = tmp_path / "params.yaml"
     params_file.write_text((Path(__file__).parents[1] / "params.yaml").read_text())
     metadata = demo_crawl / "batch-002" / "metadata.csv"
