@@ -60,7 +60,8 @@ def user_message(error: Exception) -> str:
         last_line = text.rstrip().rsplit("\n", 1)[-1]  # "pipeline.cli.InputError: <message>"
         return last_line.split(": ", 1)[-1]
     if isinstance(error, FileNotFoundError):
-        missing = error.filename if error.filename is not None else error.args[0] if error.errno is None and len(error.args) == 1 else None
+        named_by_pandas = error.errno is None and len(error.args) == 1
+        missing = error.filename if error.filename is not None else error.args[0] if named_by_pandas else None
         if missing is not None:
             return f"{missing}: not found (if a stage writes it, `dvc repro` runs the stages in order; otherwise check the path)"
     return text

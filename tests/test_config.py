@@ -37,8 +37,12 @@ def test_unknown_params_key_names_section_and_key(tmp_path):
 
 @pytest.mark.parametrize(
     ("old", "new", "message"),
-    [("min_side: 64", "min_side: sixty", "ingest.min_side must be int, not 'sixty'"), ("workers: 0", "workers: true", "ingest.workers must be int, not True")],
-    ids=["text-for-a-number", "bool-for-a-number"],
+    [
+        ("min_side: 64", "min_side: sixty", "ingest.min_side must be int, not 'sixty'"),
+        ("workers: 0", "workers: true", "ingest.workers must be int, not True"),
+        ("dir: data/crawl", "dir:", "crawl.dir must be Path, not None"),
+    ],
+    ids=["text-for-a-number", "bool-for-a-number", "empty"],
 )
 def test_a_params_value_of_the_wrong_type_names_its_key(tmp_path, old, new, message):
     text = (ROOT / "params.yaml").read_text()
