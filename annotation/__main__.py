@@ -20,6 +20,7 @@ from annotation.push import AnnotationSettings, Prediction, push_images, review_
 from annotation.server import ServerError, ServerSettings, check_token, credentials, exit_status, start, stop
 from pipeline.cli import USER_ERRORS, user_message
 from pipeline.settings import DEFAULT_PARAMS, Params, load_params, load_section
+from pipeline.tables import read_table
 from pipeline.taxonomy import load_taxonomy
 
 
@@ -79,7 +80,7 @@ def push(args: argparse.Namespace, params: Params, settings: AnnotationSettings)
     conn = Connection.from_env()  # before any work: a missing setting fails at once
     crawl_dir = params.crawl.dir
     taxonomy = load_taxonomy(params.taxonomy)
-    catalog = pd.read_parquet(args.catalog, columns=["image_id", "path", "batch"])
+    catalog = read_table(args.catalog, columns=["image_id", "path", "batch"])
     title = settings.project
     if args.review:
         review_ids = set(pd.read_csv(args.review, dtype="string")["image_id"])

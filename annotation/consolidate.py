@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from pipeline.atomic import write_arrow, write_csv, write_parquet
 from pipeline.cli import report_user_errors
-from pipeline.tables import empty_table
+from pipeline.tables import empty_table, read_table
 
 IMAGE_LABEL_COLUMNS = {
     "image_id": "string",
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    labels, review, agreement = consolidate(pd.read_parquet(args.annotations), pd.read_parquet(args.catalog, columns=["image_id", "batch"]))
+    labels, review, agreement = consolidate(read_table(args.annotations), read_table(args.catalog, columns=["image_id", "batch"]))
     write_arrow(labels_arrow(labels), args.out)
     write_csv(review, args.review)
     write_parquet(agreement, args.agreement)

@@ -24,6 +24,7 @@ from annotation.push import find_projects, review_title
 from pipeline.atomic import atomic_path, write_csv, write_json, write_parquet
 from pipeline.cli import InputError, report_user_errors
 from pipeline.settings import DEFAULT_PARAMS, load_params
+from pipeline.tables import read_table
 from pipeline.taxonomy import Taxonomy, load_taxonomy
 
 
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     params = load_params(args.params)
-    imported = import_exports(args.exports_dir or params.crawl.label_exports, pd.read_parquet(args.catalog), load_taxonomy(params.taxonomy))
+    imported = import_exports(args.exports_dir or params.crawl.label_exports, read_table(args.catalog), load_taxonomy(params.taxonomy))
     rows, rejects = imported.tables()
     write_parquet(rows, args.out)
     write_csv(rejects, args.rejects)

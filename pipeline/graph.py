@@ -30,6 +30,7 @@ from pipeline.atomic import atomic_path  # noqa: E402
 from pipeline.cli import InputError, report_user_errors  # noqa: E402
 from pipeline.labelsets import conditional, cooccurrence, flatten_lists, indicator  # noqa: E402
 from pipeline.settings import DEFAULT_PARAMS, ParamsError, load_params, load_section  # noqa: E402
+from pipeline.tables import read_table  # noqa: E402
 from pipeline.taxonomy import Taxonomy, load_taxonomy  # noqa: E402
 
 BUILTIN_GLOVE = "glove-6b-50d"
@@ -181,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     settings.check()
     taxonomy = load_taxonomy(load_params(args.params).taxonomy)
     labels = json.loads(args.subset.read_text(encoding="utf-8"))["labels"]
-    matrix = train_matrix(pd.read_parquet(args.dataset, columns=["split", "labels"]), labels)
+    matrix = train_matrix(read_table(args.dataset, columns=["split", "labels"]), labels)
     graph = build_graph(matrix, labels, settings)
     embeddings, source = label_embeddings(taxonomy, labels, settings.word_vectors)
     meta = {

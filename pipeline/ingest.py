@@ -32,7 +32,7 @@ from pipeline.atomic import write_arrow, write_csv, write_json, write_parquet
 from pipeline.cli import InputError, report_user_errors
 from pipeline.images import Inspected, content_id, inspect_image
 from pipeline.settings import DEFAULT_PARAMS, IngestSettings, load_params
-from pipeline.tables import empty_table
+from pipeline.tables import empty_table, read_table
 
 METADATA_FILE = "metadata.csv"
 METADATA_COLUMNS = ["source", "post_id", "posted_at"]
@@ -86,8 +86,14 @@ def stat_batch_files(batch_dir: Path) -> pd.DataFrame:
 
 
 def read_batch_cache(path: Path) -> pd.DataFrame:
-    """The cached rows of a batch; a cache in another layout (an older ingest) counts as empty."""
-    cache = pd.read_parquet(path) if path.exists() else empty_table(FILE_COLUMNS)
+    """The cached rows of a batch; a cache in another layout (an older ingest) or a damaged one counts as empty."""
+    if not path.exists():
+        return empty_table(FILE_COLUMNS)
+    try:
+        cache = read_table(path)
+    except InputError as error:
+        print(f"ingest: warning: {error}: decoding its batch again", file=sys.stderr)
+        return empty_table(FILE_COLUMNS)
     return cache.astype(FILE_COLUMNS) if list(cache.columns) == list(FILE_COLUMNS) else empty_table(FILE_COLUMNS)
 
 

@@ -38,6 +38,7 @@ from pipeline.atomic import atomic_path, write_json, write_parquet
 from pipeline.cli import InputError, report_user_errors
 from pipeline.decoding import EXIF_ORIENTATION, pillow_bomb_guard_lifted
 from pipeline.settings import DEFAULT_PARAMS, load_params, load_section
+from pipeline.tables import read_table
 
 
 class UnreadableImage(InputError):
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     settings = load_section(PixelCacheSettings, "pixel_cache", args.params)
     crawl_dir = args.crawl_dir or load_params(args.params).crawl.dir
-    catalog = pd.read_parquet(args.catalog, columns=["image_id", "path", "batch", "width", "height"])  # upright sizes (ingest)
+    catalog = read_table(args.catalog, columns=["image_id", "path", "batch", "width", "height"])  # upright sizes (ingest)
     widths, heights = catalog["width"].to_numpy(float), catalog["height"].to_numpy(float)
     if len(catalog) and (lost := cropped_share(widths, heights, settings)) > 0.05:
         print(f"pixel_cache: warning: the cache's {settings.height}x{settings.width} frame cuts {lost:.0%} off a typical photo (centre crop), which training "

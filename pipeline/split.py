@@ -33,7 +33,7 @@ from pipeline.atomic import write_json, write_parquet
 from pipeline.cli import report_user_errors
 from pipeline.labelsets import main_and_sub_matrices
 from pipeline.settings import DEFAULT_PARAMS, ParamsError, load_params, load_section
-from pipeline.tables import empty_table
+from pipeline.tables import empty_table, read_table
 from pipeline.taxonomy import load_taxonomy
 
 SPLITS = ("train", "val", "test")
@@ -150,7 +150,7 @@ def read_splits(path: Path) -> pd.DataFrame:
     """Earlier assignments, or none on the first run."""
     if not path.exists():
         return empty_table({"image_id": "string", "split": "string"})
-    return pd.read_parquet(path, columns=["image_id", "split"]).astype({"image_id": "string", "split": "string"})
+    return read_table(path, columns=["image_id", "split"]).astype({"image_id": "string", "split": "string"})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -172,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     settings = load_section(SplitSettings, "split", args.params)
     names = load_taxonomy(load_params(args.params).taxonomy).names
-    labels = pd.read_parquet(args.labels, columns=["image_id", "main_style", "sub_styles", "needs_review"])
-    catalog = pd.read_parquet(args.catalog, columns=["image_id", "path", "batch"])
+    labels = read_table(args.labels, columns=["image_id", "main_style", "sub_styles", "needs_review"])
+    catalog = read_table(args.catalog, columns=["image_id", "path", "batch"])
     rows, main, sub = eligible_images(labels, names)
     existing = read_splits(args.splits)
     splits = assign_splits(existing, rows[["image_id", "stratum"]], settings)

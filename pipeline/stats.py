@@ -25,6 +25,7 @@ from pipeline.atomic import atomic_path, write_parquet  # noqa: E402
 from pipeline.cli import report_user_errors  # noqa: E402
 from pipeline.labelsets import conditional, cooccurrence, cross_counts, main_and_sub_matrices  # noqa: E402
 from pipeline.settings import DEFAULT_PARAMS, load_params  # noqa: E402
+from pipeline.tables import read_table  # noqa: E402
 from pipeline.taxonomy import load_taxonomy  # noqa: E402
 
 
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     names = load_taxonomy(load_params(args.params).taxonomy).names
-    labels = pd.read_parquet(args.labels, columns=["image_id", "batch", "main_style", "sub_styles"])
+    labels = read_table(args.labels, columns=["image_id", "batch", "main_style", "sub_styles"])
     main_matrix, sub_matrix = main_and_sub_matrices(labels["main_style"], labels["sub_styles"], names)
     overall, by_batch = class_balance(main_matrix, sub_matrix, labels["batch"], names)
     cooc, prob = cooccurrence_table(main_matrix | sub_matrix, names)

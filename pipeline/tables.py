@@ -1,12 +1,43 @@
-"""Typed empty tables, so that a stage with nothing to write yet still writes its schema."""
+"""Tables between stages: typed empty tables, and Parquet inputs read with the file named when they are damaged."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.cli import InputError
+
+RESTORE_HINT = "rebuild it (`dvc repro`) or restore it (`dvc checkout`)"
 
 
 def empty_table(columns: Mapping[str, str]) -> pd.DataFrame:
     """A table with no rows and the given column dtypes (pandas names), in that order."""
     return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in columns.items()})
+
+
+def read_table(path: Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """A stage's Parquet input (only `columns`, if given).
+
+    A missing file stays a FileNotFoundError (reported with its own hint); a damaged
+    file, or one without the columns, is an InputError naming the file and what is wrong.
+    """
+    try:
+        return pd.read_parquet(path, columns=None if columns is None else list(columns))
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(f"{path}: {table_problem(Path(path), columns, exc)}; {RESTORE_HINT}") from None
+
+
+def table_problem(path: Path, columns: Sequence[str] | None, error: Exception) -> str:
+    """What is wrong with a Parquet file that could not be read: the columns it lacks, or the reader's error."""
+    try:
+        present = set(pq.read_schema(path).names)
+    except (pa.ArrowException, OSError):
+        return f"not a readable Parquet table ({error})"
+    missing = [column for column in columns or () if column not in present]
+    return f"lacks the column(s) {missing}" if missing else f"not a readable Parquet table ({error})"

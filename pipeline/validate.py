@@ -31,6 +31,7 @@ from pipeline.atomic import atomic_dir, write_json
 from pipeline.cli import report_user_errors
 from pipeline.labelsets import flatten_lists
 from pipeline.settings import DEFAULT_PARAMS, load_params, load_section
+from pipeline.tables import read_table
 from pipeline.taxonomy import load_taxonomy
 
 ERROR, WARNING = "error", "warning"
@@ -316,10 +317,10 @@ def run(args: argparse.Namespace) -> int:
     settings = load_section(ValidateSettings, "validate", args.params)
     names = load_taxonomy(load_params(args.params).taxonomy).names
     inputs = {
-        "catalog": pd.read_parquet(args.catalog),
-        "annotations": pd.read_parquet(args.annotations),
-        "image_labels": pd.read_parquet(args.labels),
-        "style_agreement": pd.read_parquet(args.agreement),
+        "catalog": read_table(args.catalog),
+        "annotations": read_table(args.annotations),
+        "image_labels": read_table(args.labels),
+        "style_agreement": read_table(args.agreement),
     }
     with atomic_dir(args.docs) as docs:
         outcomes = validate(inputs, settings, names, docs)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from pipeline.cli import user_message
@@ -103,6 +104,17 @@ def test_a_stage_run_outside_the_project_says_where_to_run_it(prog, tmp_path, mo
         assert f"{Path('data/annotations.parquet')}: not found (if a stage writes it, `dvc repro` runs the stages in order; otherwise check the path)" in err
     else:
         assert f"params.yaml: params file not found in {tmp_path}; run from the project root (the folder with dvc.yaml), or pass --params" in err
+
+
+def test_a_damaged_or_incomplete_input_table_is_named_with_what_to_do(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    damaged, incomplete = tmp_path / "annotations.parquet", tmp_path / "catalog.parquet"
+    damaged.write_bytes(b"PAR1 cut short")
+    pd.DataFrame({"image_id": ["a"]}).to_parquet(incomplete)
+    err = run_stage("consolidate", ["--annotations", str(damaged), "--catalog", str(incomplete)], capsys)
+    assert f"{damaged}: not a readable Parquet table (" in err and "rebuild it (`dvc repro`) or restore it (`dvc checkout`)" in err
+    pd.DataFrame({"image_id": ["a"]}).to_parquet(damaged)
+    assert f"{incomplete}: lacks the column(s) ['batch']; rebuild it" in run_stage("consolidate", ["--annotations", str(damaged), "--catalog", str(incomplete)], capsys)
 
 
 def test_a_malformed_taxonomy_or_params_file_stops_a_stage_with_its_name(tmp_path, capsys):

@@ -75,8 +75,8 @@ def test_repro_is_incremental_idempotent_and_restorable(project: Path):
 
 
 PACKAGES = ("pipeline", "training", "annotation")
-# How files are written, params read and errors reported, not what a stage computes: left out of stage deps.
-PLUMBING = {"pipeline/atomic.py", "pipeline/settings.py", "pipeline/cli.py"}
+# How files are written and read, params read and errors reported, not what a stage computes: left out of stage deps.
+PLUMBING = {"pipeline/atomic.py", "pipeline/tables.py", "pipeline/settings.py", "pipeline/cli.py"}
 
 
 def _module_file(module: str) -> Path | None:

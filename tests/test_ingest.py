@@ -159,6 +159,16 @@ def test_rejects_judged_by_another_pillow_version_are_judged_again(tmp_path, dem
     assert set(rewritten[sorted(bad_bytes)]) == {PIL.__version__} and set(rewritten.drop(sorted(bad_bytes))) == {"9.0.0"}, "accepted images are not decoded again"
 
 
+def test_a_damaged_batch_cache_is_rebuilt_with_a_warning(tmp_path, demo_crawl, ingest_settings, decode_spy, capsys):
+    cache = tmp_path / "cache"
+    catalog = ingest(demo_crawl, cache, ingest_settings)[0]
+    (cache / "batch-001.parquet").write_bytes(b"PAR1 cut short")
+    decode_spy.clear()
+    assert ingest(demo_crawl, cache, ingest_settings)[0].equals(catalog)
+    assert {p.parent.name for p in decode_spy} == {"batch-001"}
+    assert f"ingest: warning: {cache / 'batch-001.parquet'}: not a readable Parquet table" in capsys.readouterr().err
+
+
 def deny_reading(patch: pytest.MonkeyPatch, victim: Path) -> None:
     """Make `victim` unreadable to ingest (chmod does not stop root, as tests often run)."""
     real_read_bytes = Path.read_bytes

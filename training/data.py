@@ -27,6 +27,7 @@ from torchvision.transforms import v2
 from pipeline.cli import InputError
 from pipeline.decoding import SUPPORTED_MODES, pillow_bomb_guard_lifted, unsupported_mode_reason
 from pipeline.pixel_cache import PixelStore
+from pipeline.tables import read_table
 from training.gpu_augment import Jitter, train_batch
 
 SPLITS = ("train", "val", "test")
@@ -99,7 +100,7 @@ def read_label_graph(path: Path, labels: list[str]) -> LabelGraph:
 def read_dataset(path: Path, labels: list[str]) -> pd.DataFrame:
     """The curated dataset with its label lists checked against the label subset."""
     try:
-        table = pd.read_parquet(path)
+        table = read_table(path)
     except FileNotFoundError:
         raise InputError(f"{path}: dataset not found; run the curation stages first (dvc repro)") from None
     missing = set(DATASET_COLUMNS) - set(table.columns)
