@@ -68,12 +68,15 @@ def _section(cls: type[T], raw: Any, name: str, source: Path) -> T:
 def _converted(value: Any, type_name: str, key: str, source: Path) -> Any:
     """`value` as the field's type (int/float/str/bool/Path; others as-is); ParamsError naming `key` when it is not one."""
     converter = CONVERTERS.get(type_name, _identity)
+    refused = ParamsError(f"{source}: {key} must be {type_name}, not {value!r}")
     if type_name in CONVERTERS and value is None or type_name in ("int", "float") and isinstance(value, bool) or type_name == "bool" and not isinstance(value, bool):
-        raise ParamsError(f"{source}: {key} must be {type_name}, not {value!r}")
+        raise refused
+    if type_name == "int" and isinstance(value, float) and not value.is_integer():
+        raise refused  # int() would cut 5.9 to 5
     try:
         return converter(value)
-    except (TypeError, ValueError):
-        raise ParamsError(f"{source}: {key} must be {type_name}, not {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise refused from None
 
 
 def _identity(value: Any) -> Any:

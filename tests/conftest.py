@@ -16,17 +16,17 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = PROJECT_ROOT.parent / "shared" / "datasets"
 
 
-# Written by tools while the tests run, not by the code under test: left out of the check below.
-TOOL_DIRS = {".git", ".dvc", ".venv", ".venv-labelstudio", ".labelstudio", ".pytest_cache", "__pycache__", "shared-data"}
+# What the check below guards: the pipeline's outputs (the stages' default paths), its inputs and its code.
+# Logs, caches and venvs that tools write while the tests run lie elsewhere.
+PROTECTED = ("data", "metrics", "models", "reports", "dvclive", "pipeline", "annotation", "training", "taxonomies", "dvc.yaml", "dvc.lock", "params.yaml")
 
 
 def project_files() -> dict[str, tuple[int, int]]:
-    """(mtime, size) of every project file outside TOOL_DIRS, by path."""
+    """(mtime, size) of every file under PROTECTED (bytecode caches aside), by path."""
     found = {}
-    for folder, subfolders, files in os.walk(PROJECT_ROOT):
-        subfolders[:] = [name for name in subfolders if name not in TOOL_DIRS and not name.endswith(".egg-info")]
-        for name in files:
-            path = Path(folder) / name
+    for top in (PROJECT_ROOT / name for name in PROTECTED):
+        paths = [top] if top.is_file() else [Path(folder) / name for folder, _, files in os.walk(top) if "__pycache__" not in folder for name in files]
+        for path in paths:
             stat = path.lstat()
             found[str(path.relative_to(PROJECT_ROOT))] = (stat.st_mtime_ns, stat.st_size)
     return found

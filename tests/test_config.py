@@ -42,8 +42,10 @@ def test_unknown_params_key_names_section_and_key(tmp_path):
         ("min_side: 64", "min_side: sixty", "ingest.min_side must be int, not 'sixty'"),
         ("workers: 0", "workers: true", "ingest.workers must be int, not True"),
         ("dir: data/crawl", "dir:", "crawl.dir must be Path, not None"),
+        ("min_side: 64", "min_side: 64.5", "ingest.min_side must be int, not 64.5"),
+        ("min_side: 64", "min_side: .inf", "ingest.min_side must be int, not inf"),
     ],
-    ids=["text-for-a-number", "bool-for-a-number", "empty"],
+    ids=["text-for-a-number", "bool-for-a-number", "empty", "fraction-for-an-int", "infinity-for-an-int"],
 )
 def test_a_params_value_of_the_wrong_type_names_its_key(tmp_path, old, new, message):
     text = (ROOT / "params.yaml").read_text()
