@@ -38,8 +38,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise InputError(f"{path}: not a stylegraph checkpoint (no 'meta' and 'model' entries; a backbone's weights file goes in features.weights); {CHECKPOINT_REMEDY}")
     meta = checkpoint["meta"]
     try:
-        body = create_backbone(meta["backbone"], "none").body if meta["finetuned"] else None
-        module = build_trained_module(meta, body)
+        with torch.device("meta"):  # only names and shapes are compared: no memory, no initialisation
+            module = described_module(meta)
     except (KeyError, TypeError, ValueError) as error:  # a meta missing an entry, or with one of the wrong kind
         raise InputError(f"{path}: its description of the model is incomplete or damaged ({type(error).__name__}: {error}); {CHECKPOINT_REMEDY}") from error
     check_state_fits(module, checkpoint["model"], Path(path), f"The file does not match its own description (model {meta.get('name')}); {CHECKPOINT_REMEDY}")
@@ -49,6 +49,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 def trained_precision(meta: dict[str, Any]) -> str:
     """The train.precision a checkpoint's model was trained under, to score it the same way; "bf16" (the default) for checkpoints that do not record it."""
     return meta.get("train", {}).get("precision", "bf16")
+
+
+def described_module(meta: dict[str, Any]) -> nn.Module:
+    """The module whose state_dict the checkpoint with this `meta` stores (a fine-tuned model with its backbone)."""
+    body = create_backbone(meta["backbone"], "none").body if meta["finetuned"] else None
+    return build_trained_module(meta, body)
 
 
 def build_trained_module(meta: dict[str, Any], backbone_body: nn.Module | None = None) -> nn.Module:
@@ -67,8 +73,7 @@ def pixel_model(checkpoint: dict[str, Any]) -> tuple[nn.Module, v2.Compose]:
     meta = checkpoint["meta"]
     transform = eval_transform(meta["image_size"], tuple(meta["mean"]), tuple(meta["std"]))
     if meta["spec"]["kind"] == "cnn" or meta["finetuned"]:
-        body = create_backbone(meta["backbone"], "none").body if meta["finetuned"] else None
-        module = build_trained_module(meta, body)
+        module = described_module(meta)
         module.load_state_dict(checkpoint["model"])
         return module.eval(), transform
     if meta["weights"] == "none":
