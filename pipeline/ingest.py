@@ -123,15 +123,16 @@ def split_cached(files: pd.DataFrame, cache: pd.DataFrame, batch_dir: Path, max_
     """
     keyed = files.merge(cache, on=["file", "size"], how="left", suffixes=("", "_cached"))
     known = keyed["image_id"].notna().to_numpy()
-    same_mtime = known & (keyed["mtime_ns"] == keyed["mtime_ns_cached"]).to_numpy()
-    rehash = known & ~same_mtime
-    same_bytes = rehash.copy()
-    same_bytes[rehash] = [current_id(batch_dir / name) == cached for name, cached in zip(keyed["file"][rehash], keyed["image_id"][rehash])]
     admitted_now = (keyed["header_only"].eq(True) & (keyed["width"] * keyed["height"] <= max_pixels)).fillna(False).to_numpy(dtype=bool)
     judged_by_another = (keyed["reason"].notna() & keyed["decoder"].ne(PIL.__version__)).fillna(False).to_numpy(dtype=bool)
-    reuse = (same_mtime | same_bytes) & ~admitted_now & ~judged_by_another
+    reusable = known & ~admitted_now & ~judged_by_another  # decided first: files decoded anyway are not re-hashed first
+    same_mtime = reusable & (keyed["mtime_ns"] == keyed["mtime_ns_cached"]).to_numpy()
+    rehash = reusable & ~same_mtime
+    same_bytes = rehash.copy()
+    same_bytes[rehash] = [current_id(batch_dir / name) == cached for name, cached in zip(keyed["file"][rehash], keyed["image_id"][rehash])]
+    reuse = same_mtime | same_bytes
     reused = keyed.loc[reuse, list(FILE_COLUMNS)].copy()
-    reused.attrs["rehashed"] = int((same_bytes & reuse).sum())
+    reused.attrs["rehashed"] = int(same_bytes.sum())
     return reused, keyed.loc[~reuse, ["file", "size", "mtime_ns"]]
 
 
