@@ -18,7 +18,7 @@ from annotation.config import labeling_config
 from annotation.pull import snapshot_from_server
 from annotation.push import AnnotationSettings, Prediction, push_images, review_title
 from annotation.server import ServerError, ServerSettings, check_token, credentials, exit_status, start, stop
-from pipeline.cli import USER_ERRORS, user_message
+from pipeline.cli import USER_ERRORS, report_user_errors
 from pipeline.settings import DEFAULT_PARAMS, Params, load_params, load_section
 from pipeline.tables import read_table
 from pipeline.taxonomy import load_taxonomy
@@ -149,11 +149,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        return args.run(args, load_params(args.params), load_section(AnnotationSettings, "annotation", args.params))
-    except (LabelStudioError, CommandError, ServerError, *USER_ERRORS) as exc:
-        print(f"annotation {args.command}: error: {user_message(exc)}", file=sys.stderr)
-        return 2
+    return report_user_errors(
+        f"annotation {args.command}",
+        lambda: args.run(args, load_params(args.params), load_section(AnnotationSettings, "annotation", args.params)),
+        errors=(LabelStudioError, CommandError, ServerError, *USER_ERRORS),
+    )
 
 
 if __name__ == "__main__":

@@ -23,11 +23,11 @@ class InputError(ValueError):
 USER_ERRORS = (InputError, FileNotFoundError)
 
 
-def report_user_errors(prog: str, command: Callable[[], int]) -> int:
-    """Run a stage's `command`; a USER_ERRORS exception becomes `<prog>: error: <message>` on stderr and exit status 2."""
+def report_user_errors(prog: str, command: Callable[[], int], errors: tuple[type[Exception], ...] = USER_ERRORS) -> int:
+    """Run a stage's `command`; one of `errors` becomes `<prog>: error: <message>` on stderr and exit status 2."""
     try:
         return command()
-    except USER_ERRORS as error:
+    except errors as error:
         print(f"{prog}: error: {user_message(error)}", file=sys.stderr)
         return 2
 
