@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,13 @@ def project_files() -> dict[str, tuple[int, int]]:
             stat = path.lstat()
             found[str(path.relative_to(PROJECT_ROOT))] = (stat.st_mtime_ns, stat.st_size)
     return found
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -33,6 +33,7 @@ from annotation.pull import snapshot_from_server
 from annotation.push import AnnotationSettings, Prediction, find_projects, push_images
 from annotation.server import ServerError, ServerSettings, credentials, start
 from pipeline.taxonomy import load_taxonomy
+from conftest import free_port
 
 ROOT = Path(__file__).parents[1]
 
@@ -307,12 +308,6 @@ HTTPServer(("127.0.0.1", port), Handler).serve_forever()
 
 class SignalReachedTheTest(Exception):
     """serve left SIGTERM/SIGHUP to the test's handler instead of stopping its server."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def signal_this_process(send: signal.Signals, once: Callable[[], bool], delay_s: float, finished: threading.Event) -> threading.Thread:

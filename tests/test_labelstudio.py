@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import secrets
-import socket
 from pathlib import Path
 
 import pandas as pd
@@ -24,15 +23,10 @@ from pipeline.demo_crawl import generate
 from pipeline.ingest import ingest
 from pipeline.settings import IngestSettings
 from pipeline.taxonomy import load_taxonomy
+from conftest import free_port
 
 ROOT = Path(__file__).parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.labelstudio]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
