@@ -487,10 +487,16 @@ def test_evaluation_and_prediction_run_a_model_in_the_precision_it_was_trained_i
     monkeypatch.setattr(train_module, "autocast", recording)
     monkeypatch.setattr(predict, "autocast", recording)
     best = tmp_path / "models" / model / "best.pt"
-    table = pd.read_parquet(inputs["dataset"]).query("split == 'test'").reset_index(drop=True)
-    evaluate.test_probs(load_checkpoint(best), evaluate.TestSet(table, np.zeros((len(table), 3), np.float32), np.zeros(len(table), int), LABELS), inputs["features"], inputs["crawl"])
+    _test_probs(inputs, best, inputs["features"])
     predict.predict_images(best, [inputs["crawl"] / "00.png"])
     assert used and set(used) == {"fp32"}
+
+
+def _test_probs(inputs: dict[str, Path], best: Path, features: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    """(test split, the evaluate stage's scores of checkpoint `best` on it, with these cached features)."""
+    table = pd.read_parquet(inputs["dataset"]).query("split == 'test'").reset_index(drop=True)
+    test = evaluate.TestSet(table, np.zeros((len(table), 3), np.float32), np.zeros(len(table), int), LABELS)
+    return table, evaluate.test_probs(load_checkpoint(best), test, features, inputs["crawl"])
 
 
 def test_training_logs_inside_a_dvc_repo_without_commits(tmp_path, monkeypatch):
@@ -597,8 +603,7 @@ def test_features_are_extracted_in_train_precision_so_predict_scores_what_evalua
     assert json.loads(str(np.load(bf16["features"])["meta"]))["precision"] == "bf16-all"
     _train(bf16, "gcn", tmp_path, params)
     best = tmp_path / "models" / "gcn" / "best.pt"
-    table = pd.read_parquet(inputs["dataset"]).query("split == 'test'").reset_index(drop=True)
-    scored = evaluate.test_probs(load_checkpoint(best), evaluate.TestSet(table, np.zeros((len(table), 3), np.float32), np.zeros(len(table), int), LABELS), bf16["features"], inputs["crawl"])
+    table, scored = _test_probs(inputs, best, bf16["features"])
     predicted = predict.predict_images(best, [inputs["crawl"] / p for p in table["path"]])
     np.testing.assert_allclose([[r["scores"][label] for label in LABELS] for r in predicted], scored, atol=1e-4)  # fp32 features: off by 6.5e-3
 
