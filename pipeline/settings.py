@@ -67,20 +67,27 @@ def _section(cls: type[T], raw: Any, name: str, source: Path) -> T:
 
 def _converted(value: Any, type_name: str, key: str, source: Path) -> Any:
     """`value` as the field's type (int/float/str/bool/Path; others as-is); ParamsError naming `key` when it is not one."""
-    converter = CONVERTERS.get(type_name, _identity)
+    if type_name not in CONVERTERS:
+        return value
     refused = ParamsError(f"{source}: {key} must be {type_name}, not {value!r}")
-    if type_name in CONVERTERS and value is None or type_name in ("int", "float") and isinstance(value, bool) or type_name == "bool" and not isinstance(value, bool):
+    if not _convertible(value, type_name):
         raise refused
-    if type_name == "int" and isinstance(value, float) and not value.is_integer():
-        raise refused  # int() would cut 5.9 to 5
     try:
-        return converter(value)
+        return CONVERTERS[type_name](value)
     except (TypeError, ValueError, OverflowError):
         raise refused from None
 
 
-def _identity(value: Any) -> Any:
-    return value
+def _convertible(value: Any, type_name: str) -> bool:
+    """False where the conversion would silently change what was written: None, a bool as a number,
+    anything but a bool as a bool (bool("false") is True), a fraction as an int (int(5.9) is 5)."""
+    if value is None:
+        return False
+    if type_name == "bool":
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return type_name not in ("int", "float")
+    return not (type_name == "int" and isinstance(value, float) and not value.is_integer())
 
 
 def read_params_file(path: Path) -> dict[str, Any]:
