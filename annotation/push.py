@@ -11,6 +11,7 @@ sampling.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from urllib.parse import quote
 
 import pandas as pd
 from label_studio_sdk import LabelStudio
+from label_studio_sdk.core.api_error import ApiError
 from tqdm import tqdm
 
 from annotation.client import Connection, LabelStudioError
@@ -132,27 +134,62 @@ def chunked(items: list[dict], size: int) -> Iterable[list[dict]]:
         yield items[start : start + size]
 
 
-def import_chunk(conn: Connection, ls: LabelStudio, project_id: int, chunk: list[dict]) -> None:
-    """Import `chunk` so that no task is ever created twice.
+def import_chunk(conn: Connection, ls: LabelStudio, project_id: int, chunk: list[dict]) -> bool:
+    """Import `chunk`, never sending an image the project already lists; returns whether it retried.
 
     The import POST is not idempotent: when Label Studio saved the tasks but its answer
     was lost (a read timeout, a 5xx from a proxy), sending the chunk again would
     duplicate them. So the SDK does not retry it, and each retry of ours re-lists
-    the project and sends only the chunk's images still missing.
+    the project and sends only the chunk's images still missing. A server still
+    saving the lost attempt when the retry lists may yet create a second copy:
+    `remove_late_duplicates` looks for those after a retry.
     """
-    attempted = False
+    attempts = 0
 
     def send_missing() -> None:
-        nonlocal attempted
+        nonlocal attempts
         pending = chunk
-        if attempted:
+        if attempts:
             present = listed_image_ids(ls, project_id)
             pending = [task for task in chunk if task["data"]["image_id"] not in present]
-        attempted = True
+        attempts += 1
         if pending:
             ls.projects.import_tasks(project_id, request=pending, request_options={"max_retries": 0})
 
     conn.call(f"import {len(chunk)} tasks", send_missing)
+    return attempts > 1
+
+
+def delete_task(ls: LabelStudio, task_id: int) -> None:
+    """Delete one task; one already gone (a retry whose first answer was lost) counts as deleted."""
+    try:
+        ls.tasks.delete(str(task_id))
+    except ApiError as exc:
+        if exc.status_code != 404:
+            raise
+
+
+def remove_late_duplicates(conn: Connection, ls: LabelStudio, project_id: int, image_ids: set[str]) -> int:
+    """Delete the extra tasks of `image_ids` (images this push added); returns how many.
+
+    Each image keeps its oldest task. A copy an expert already annotated or skipped
+    is kept too (their work is worth more than a tidy project), and so is one whose
+    counts the server did not send.
+    """
+    copies: dict[str, list] = defaultdict(list)
+    for task in conn.call("list tasks", lambda: list(ls.tasks.list(project=project_id, fields="task_only"))):
+        image_id = str((task.data or {}).get("image_id"))
+        if image_id in image_ids:
+            copies[image_id].append(task)
+    extra = [
+        task
+        for tasks in copies.values()
+        for task in sorted(tasks, key=lambda t: t.id)[1:]
+        if task.total_annotations == 0 and task.cancelled_annotations == 0
+    ]
+    for task in extra:
+        conn.call(f"delete duplicate task {task.id}", lambda: delete_task(ls, task.id))
+    return len(extra)
 
 
 def push_images(
@@ -179,6 +216,9 @@ def push_images(
         new = new.assign(_confidence=new["image_id"].map(lambda i: predictions[i].confidence if i in predictions else 2.0))
         new = new.sort_values("_confidence", kind="stable")
     tasks = [task_for(i, p, prefix, predictions.get(i)) for i, p in zip(new["image_id"], new["path"])]
+    retried = False
     for chunk in tqdm(list(chunked(tasks, settings.chunk_size)), desc="push", unit="chunk", disable=None):
-        import_chunk(conn, ls, project_id, chunk)
+        retried |= import_chunk(conn, ls, project_id, chunk)
+    if retried and (removed := remove_late_duplicates(conn, ls, project_id, set(new["image_id"]))):
+        tqdm.write(f"push: deleted {removed} duplicate tasks that Label Studio saved late for a retried import")
     return project_id, len(tasks)

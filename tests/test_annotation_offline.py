@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from label_studio_sdk.core.api_error import ApiError
 
 from annotation.__main__ import load_predictions, stop_signals_interrupt
 from annotation.__main__ import main as annotation_main
@@ -30,7 +32,7 @@ from annotation.consolidate import IMAGE_LABEL_COLUMNS, consolidate
 from annotation.consolidate import main as consolidate_main
 from annotation.importers import ANNOTATION_COLUMNS
 from annotation.pull import snapshot_from_server
-from annotation.push import AnnotationSettings, Prediction, find_projects, push_images
+from annotation.push import AnnotationSettings, Prediction, delete_task, find_projects, push_images, remove_late_duplicates
 from annotation.server import ServerError, ServerSettings, credentials, start
 from pipeline.taxonomy import load_taxonomy
 from conftest import free_port
@@ -136,27 +138,52 @@ def test_no_valid_annotations_give_empty_typed_tables(tmp_path, capsys):
 
 
 class FakeLabelStudio:
-    """The SDK calls push makes, on one in-memory project; the first `lost_answers` imports save their tasks, then time out."""
+    """The SDK calls push makes, on one in-memory project.
 
-    def __init__(self, title: str, image_ids: list[str], lost_answers: int = 0):
-        self.saved = [{"image_id": i} for i in image_ids]
-        self.lost_answers = lost_answers
+    The first `lost_answers` imports save their tasks, then time out. The first `late_saves`
+    imports time out at once and their tasks land after the next import: the server was still saving.
+    """
+
+    def __init__(self, title: str, image_ids: list[str], lost_answers: int = 0, late_saves: int = 0):
+        self.saved: dict[int, dict] = {}  # task id -> data
+        self.ids = itertools.count(100)
+        self.annotated: set[int] = set()
+        self.late: list[list[dict]] = []
+        self.save([{"data": {"image_id": i}} for i in image_ids])
+        self.lost_answers, self.late_saves = lost_answers, late_saves
         self.requests: list[tuple[str, object]] = []
         project = SimpleNamespace(id=7, title=title, label_config="")
         self.projects = SimpleNamespace(list=lambda: [project], update=lambda *a, **k: None, import_tasks=self.import_tasks)
         self.import_storage = SimpleNamespace(local=SimpleNamespace(list=lambda project: [], create=lambda **k: None))
-        self.tasks = SimpleNamespace(list=self.list_tasks)
+        self.tasks = SimpleNamespace(list=self.list_tasks, delete=self.delete_task)
+
+    def save(self, tasks: list[dict]) -> None:
+        for task in tasks:
+            self.saved[next(self.ids)] = task["data"]
+
+    def image_ids(self) -> list[str]:
+        return [data["image_id"] for data in self.saved.values()]
 
     def list_tasks(self, project: int, fields: str):
         self.requests.append(("list tasks", fields))
-        return [SimpleNamespace(data=data) for data in self.saved]
+        return [SimpleNamespace(id=i, data=data, total_annotations=int(i in self.annotated), cancelled_annotations=0) for i, data in self.saved.items()]
 
     def import_tasks(self, project_id: int, request: list[dict], request_options: dict | None = None):
         self.requests.append(("import", request_options))
-        self.saved += [task["data"] for task in request]
+        if self.late_saves:
+            self.late_saves -= 1
+            self.late.append(request)
+            raise httpx.ReadTimeout("still saving")
+        self.save(request)
+        while self.late:
+            self.save(self.late.pop())
         if self.lost_answers:
             self.lost_answers -= 1
             raise httpx.ReadTimeout("saved, but the answer was lost")
+
+    def delete_task(self, id: str) -> None:
+        self.requests.append(("delete", int(id)))
+        del self.saved[int(id)]
 
 
 @pytest.fixture()
@@ -165,8 +192,8 @@ def push_setup(tmp_path, monkeypatch):
     settings = AnnotationSettings(project="styles", chunk_size=2, port=0, data_dir=tmp_path, document_root=tmp_path)
     conn = Connection(url="http://fake", token="t", attempts=3, backoff_s=0)
 
-    def serve(image_ids: list[str], lost_answers: int = 0) -> FakeLabelStudio:
-        fake = FakeLabelStudio(settings.project, image_ids, lost_answers)
+    def serve(image_ids: list[str], lost_answers: int = 0, late_saves: int = 0) -> FakeLabelStudio:
+        fake = FakeLabelStudio(settings.project, image_ids, lost_answers, late_saves)
         monkeypatch.setattr(Connection, "client", lambda self: fake)
         return fake
 
@@ -182,9 +209,47 @@ def test_an_import_whose_answer_is_lost_never_creates_a_task_twice(push_setup, l
     conn, settings, taxonomy, crawl, serve = push_setup
     fake = serve([], lost_answers)
     assert push_images(conn, settings, taxonomy, images("abc"), crawl) == (7, 3)
-    assert sorted(d["image_id"] for d in fake.saved) == ["a", "b", "c"]
+    assert sorted(fake.image_ids()) == ["a", "b", "c"]
     assert all(options == {"max_retries": 0} for what, options in fake.requests if what == "import"), "the SDK must not re-send the POST"
     assert all(fields == "task_only" for what, fields in fake.requests if what == "list tasks")
+
+
+@pytest.mark.parametrize("late_saves", [1, 2])
+def test_tasks_label_studio_saves_after_the_retry_listed_the_project_are_deleted_again(push_setup, late_saves, capsys):
+    conn, settings, taxonomy, crawl, serve = push_setup
+    fake = serve(["x"], late_saves=late_saves)
+    assert push_images(conn, settings, taxonomy, images("xabcde"), crawl) == (7, 5)
+    assert sorted(fake.image_ids()) == ["a", "b", "c", "d", "e", "x"]
+    assert list(fake.saved)[:3] == [100, 101, 102], "each image keeps its first task"
+    copies = 2 * late_saves  # a and b (the first chunk) each saved once more per late attempt
+    assert f"push: deleted {copies} duplicate tasks" in capsys.readouterr().out
+
+
+def test_only_unworked_copies_of_this_pushs_images_are_deleted(push_setup):
+    conn, settings, taxonomy, crawl, serve = push_setup
+    fake = serve(["a", "a", "b", "b", "z", "z"])  # ids 100..105
+    fake.annotated.add(103)  # an expert labelled b's second task already
+    assert remove_late_duplicates(conn, fake, 7, {"a", "b"}) == 1
+    assert sorted(fake.saved) == [100, 102, 103, 104, 105], "z was not pushed now: someone else's business"
+
+
+def test_a_delete_whose_answer_was_lost_is_not_an_error_when_retried():
+    def refuse(status: int) -> SimpleNamespace:
+        def delete(id: str) -> None:
+            raise ApiError(status_code=status, body={"detail": "Not found."})
+
+        return SimpleNamespace(tasks=SimpleNamespace(delete=delete))
+
+    delete_task(refuse(404), 101)  # the first try deleted it
+    with pytest.raises(ApiError):
+        delete_task(refuse(500), 101)
+
+
+def test_a_push_without_retries_lists_the_project_once(push_setup):
+    conn, settings, taxonomy, crawl, serve = push_setup
+    fake = serve(["a", "a"])
+    push_images(conn, settings, taxonomy, images("abcde"), crawl)
+    assert [what for what, _ in fake.requests].count("list tasks") == 1 and ("delete", 101) not in fake.requests
 
 
 def test_predictions_are_made_for_the_new_images_only(push_setup):
@@ -198,7 +263,7 @@ def test_predictions_are_made_for_the_new_images_only(push_setup):
 
     assert push_images(conn, settings, taxonomy, images("abcd"), crawl, predict) == (7, 2)
     assert asked == [["c", "d"]]
-    assert [d["image_id"] for d in fake.saved] == ["a", "b", "d", "c"], "most uncertain first"
+    assert fake.image_ids() == ["a", "b", "d", "c"], "most uncertain first"
     serve(list("abcd"))
     push_images(conn, settings, taxonomy, images("abcd"), crawl, predict)
     assert asked == [["c", "d"]], "nothing new: the model is not even loaded"

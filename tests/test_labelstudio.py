@@ -11,13 +11,14 @@ import json
 import secrets
 from pathlib import Path
 
+import httpx
 import pandas as pd
 import pytest
 
 from annotation.client import Connection, LabelStudioError
 from annotation.importers import import_label_studio, read_label_studio_export
 from annotation.pull import catalog_lookup, export_path, snapshot_from_server
-from annotation.push import AnnotationSettings, Prediction, push_images, review_title
+from annotation.push import AnnotationSettings, Prediction, push_images, remove_late_duplicates, review_title
 from annotation.server import ServerError, ServerSettings, check_token, start, stop
 from pipeline.demo_crawl import generate
 from pipeline.ingest import ingest
@@ -79,9 +80,43 @@ def test_push_twice_adds_each_image_once_in_chunks(server, workspace, annotation
     assert sorted(t.data["image_id"] for t in tasks) == sorted(catalog["image_id"])
 
 
-def test_label_studio_serves_the_pushed_photo(server, workspace, annotation_settings, styles):
-    import httpx
+def test_tasks_saved_after_the_retry_listed_the_project_are_deleted_again(server, workspace, annotation_settings, styles, monkeypatch):
+    """No test can make Label Studio finish an import late on demand, so the SDK call is wrapped to replay it:
+    the first import "times out" unsent and is sent right after the retry's. Listing and deleting are real."""
+    root, catalog = workspace
+    ls = server.client()
+    send = ls.projects.import_tasks
+    late: list[list[dict]] = []
 
+    def import_tasks(project_id: int, request: list[dict], request_options: dict | None = None) -> None:
+        if not late:
+            late.append(request)
+            raise httpx.ReadTimeout("still saving")
+        send(project_id, request=request, request_options=request_options)
+        send(project_id, request=late[0], request_options=request_options)
+
+    monkeypatch.setattr(ls.projects, "import_tasks", import_tasks)
+    monkeypatch.setattr(Connection, "client", lambda self: ls)
+    project_id, added = push_images(dataclasses.replace(server, backoff_s=0), annotation_settings, styles, catalog, root / "data/crawl")
+    assert added == len(catalog)
+    tasks = list(ls.tasks.list(project=project_id, fields="task_only"))
+    assert sorted(t.data["image_id"] for t in tasks) == sorted(catalog["image_id"])
+
+
+def test_a_duplicate_an_expert_already_worked_on_is_kept(server, workspace, annotation_settings, styles):
+    root, catalog = workspace
+    project_id, _ = push_images(server, annotation_settings, styles, catalog.head(2), root / "data/crawl")
+    ls = server.client()
+    first = sorted(ls.tasks.list(project=project_id, fields="task_only"), key=lambda t: t.id)
+    ls.projects.import_tasks(project_id, request=[{"data": t.data} for t in first])
+    copies = sorted(ls.tasks.list(project=project_id, fields="task_only"), key=lambda t: t.id)[2:]
+    ls.annotations.create(id=copies[0].id, result=[choices("main_style", ["Casual"])], was_cancelled=False)
+    assert remove_late_duplicates(server, ls, project_id, set(catalog["image_id"])) == 1
+    left = {t.id for t in ls.tasks.list(project=project_id, fields="task_only")}
+    assert left == {first[0].id, first[1].id, copies[0].id}
+
+
+def test_label_studio_serves_the_pushed_photo(server, workspace, annotation_settings, styles):
     root, catalog = workspace
     project_id, _ = push_images(server, annotation_settings, styles, catalog.head(1), root / "data/crawl")
     task = next(iter(server.client().tasks.list(project=project_id, fields="all")))
