@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -57,12 +58,16 @@ def test_repro_is_incremental_idempotent_and_restorable(project: Path):
     assert "Running stage" not in again, again
     assert "Data and pipelines are up to date." in run("dvc status", project)
 
-    # a new crawl batch arrives: copied in, tracked, reproduced; only it is decoded
-    run("python -m pipeline.demo_crawl --batches 3 && dvc add -q data/crawl/batch-003", project)
-    run("dvc repro", project)
+    # a new crawl batch arrives with its labels: copied in, tracked, reproduced; only it is decoded and extracted
+    run("python -m pipeline.demo_crawl --batches 3 && dvc add -q data/crawl/batch-003 data/label-exports", project)
+    output = run("dvc repro", project)
     new_files = len(list((project / "data/crawl/batch-003").iterdir())) - 1  # minus metadata.csv
     assert metrics(project)["decoded"] == new_files
     assert metrics(project)["batches"] == 3
+    dataset = pd.read_parquet(project / "data/dataset.parquet")
+    new = dataset[dataset["batch"] == "batch-003"]
+    assert 0 < len(new) < len(dataset)
+    assert f"features: {len(dataset)} images ({len(new)} + {(new['split'] == 'train').sum()} mirrored extracted" in output
 
     # everything DVC versions reaches a teammate: commit, push, fresh clone, pull
     run("dvc push -q && git add -A && git -c user.name=t -c user.email=t@t.invalid commit -qm crawl", project)

@@ -84,7 +84,8 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
 
 def _extract_features(inputs: dict[str, Path], out: Path, params: Path) -> Path:
     """Run the features stage's command line into `out`."""
-    assert features.main(["--dataset", str(inputs["dataset"]), "--label-subset", str(inputs["subset"]), "--crawl-dir", str(inputs["crawl"]), "--out", str(out), "--params", str(params)]) == 0
+    args = ["--dataset", str(inputs["dataset"]), "--label-subset", str(inputs["subset"]), "--crawl-dir", str(inputs["crawl"]), "--out", str(out), "--params", str(params)]
+    assert features.main([*args, "--cache-dir", str(out.parent / f"{out.stem}_cache")]) == 0
     return out
 
 
@@ -109,6 +110,77 @@ def test_features_cache_both_poolings_and_mirrored_training_images(inputs):
     assert npz["max_flip"].shape == (16, 1280) and len(npz["flip_image_id"]) == 16
     assert (npz["max"] >= npz["avg"]).all()
     assert json.loads(str(npz["meta"]))["mean"] == [0.5, 0.5, 0.5]
+
+
+def _spy_on_extraction(monkeypatch) -> list[tuple[int, bool]]:
+    """(images, mirrored) of every backbone pass the features stage makes from now on."""
+    passes: list[tuple[int, bool]] = []
+    real = features.extract
+
+    def extract(backbone, paths, settings, precision, mirror=False):
+        passes.append((len(paths), mirror))
+        return real(backbone, paths, settings, precision, mirror)
+
+    monkeypatch.setattr(features, "extract", extract)
+    return passes
+
+
+def _dataset_in_batches(inputs: dict[str, Path], tmp_path: Path, first_batch: int, keep: int = 28) -> dict[str, Path]:
+    """The fixture's first `keep` images, the first `first_batch` of them in crawl batch b1 and the rest in b2."""
+    table = pd.read_parquet(inputs["dataset"]).head(keep)
+    table["batch"] = ["b1" if i < first_batch else "b2" for i in range(len(table))]
+    table.to_parquet(tmp_path / "dataset.parquet")
+    return dict(inputs, dataset=tmp_path / "dataset.parquet")
+
+
+def test_a_new_batch_runs_the_backbone_over_its_own_images_only(inputs, tmp_path, monkeypatch):
+    params, out = _params(tmp_path, inputs["weights"]), tmp_path / "features.npz"
+    _extract_features(_dataset_in_batches(inputs, tmp_path, first_batch=20, keep=20), out, params)  # images 0-15 train, 16-19 val
+    shard = tmp_path / "features_cache" / "b1.npz"
+    written = shard.stat().st_mtime_ns
+    passes = _spy_on_extraction(monkeypatch)
+    _extract_features(_dataset_in_batches(inputs, tmp_path, first_batch=20), out, params)  # batch b2: 8 images, none in train
+    assert passes == [(8, False)] and shard.stat().st_mtime_ns == written
+    incremental, from_scratch = np.load(out), np.load(inputs["features"])
+    for array in ("image_id", "max", "avg", "flip_image_id", "max_flip", "avg_flip", "meta"):
+        np.testing.assert_array_equal(incremental[array], from_scratch[array], err_msg=array)
+    _extract_features(_dataset_in_batches(inputs, tmp_path, first_batch=20), out, params)
+    assert passes == [(8, False)], "nothing new: no backbone pass"
+
+
+def test_images_that_joined_an_old_batch_or_the_training_split_are_the_only_ones_extracted(inputs, tmp_path, monkeypatch):
+    params = _params(tmp_path, inputs["weights"])
+    table = pd.read_parquet(inputs["dataset"]).assign(batch="b1")
+    table.loc[table["image_id"].isin(["img03", "img04"]), "split"] = "val"  # img03, img04: training images once relabelled
+    table.drop(index=[5]).to_parquet(tmp_path / "dataset.parquet")  # img05: labelled later
+    partial = dict(inputs, dataset=tmp_path / "dataset.parquet")
+    _extract_features(partial, tmp_path / "features.npz", params)
+    passes = _spy_on_extraction(monkeypatch)
+    _extract_features(dict(inputs, dataset=_dataset_in_batches(inputs, tmp_path, first_batch=28)["dataset"]), tmp_path / "features.npz", params)
+    assert passes == [(1, False), (3, True)]
+
+
+@pytest.mark.parametrize("change", ["image_size", "weights file", "random weights", "damaged shard"])
+def test_features_are_extracted_again_when_the_cache_cannot_vouch_for_them(inputs, tmp_path, monkeypatch, capsys, change):
+    weights = tmp_path / "lite0.pth"
+    weights.write_bytes(inputs["weights"].read_bytes())
+    params, out = _params(tmp_path, weights), tmp_path / "features.npz"
+    batches = _dataset_in_batches(inputs, tmp_path, first_batch=20)
+    _extract_features(batches, out, params)
+    if change == "image_size":
+        params.write_text(params.read_text().replace("image_size: 32", "image_size: 48"))
+    elif change == "weights file":  # the same path, other contents
+        state = torch.load(weights)
+        torch.save(state | {"conv_stem.weight": state["conv_stem.weight"] * 2}, weights)
+    elif change == "random weights":
+        params.write_text(params.read_text().replace(f"weights: {weights}", "weights: none"))
+    else:
+        (tmp_path / "features_cache" / "b2.npz").write_bytes(b"PK\x03\x04 cut off")
+    passes = _spy_on_extraction(monkeypatch)
+    _extract_features(batches, out, params)
+    assert passes == ([(8, False)] if change == "damaged shard" else [(28, False), (16, True)])
+    if change == "damaged shard":
+        assert re.search(r"features: warning: cache shard .*b2.npz is unreadable .*: extracting its images again", capsys.readouterr().err)
 
 
 def test_smoke_run_of_every_model_then_the_evaluation_report(inputs, tmp_path):
@@ -589,7 +661,7 @@ def test_training_commands_refuse_bad_inputs_with_a_message_naming_the_file(inpu
 
     params = _params(tmp_path, inputs["weights"])
     params.write_text(params.read_text().replace("backbone: tf_efficientnet_lite0", "backbone: vgg"))
-    feature_args = ["--dataset", str(inputs["dataset"]), "--label-subset", str(inputs["subset"]), "--crawl-dir", str(inputs["crawl"]), "--out", str(tmp_path / "f.npz")]
+    feature_args = ["--dataset", str(inputs["dataset"]), "--label-subset", str(inputs["subset"]), "--crawl-dir", str(inputs["crawl"]), "--out", str(tmp_path / "f.npz"), "--cache-dir", str(tmp_path / "cache")]
     assert features.main([*feature_args, "--params", str(params)]) == 2
     assert _error(capsys, "features") == "unknown backbone 'vgg'; features.backbone in params.yaml must be one of ['resnet50', 'tf_efficientnet_lite0']"
     assert features.main([*feature_args, "--crawl-dir", str(tmp_path / "nowhere"), "--params", str(_params(tmp_path, inputs["weights"]))]) == 2
@@ -629,7 +701,7 @@ def test_a_head_is_not_trained_on_features_extracted_in_another_precision(inputs
 
 def test_the_features_stage_refuses_an_unknown_precision_before_extracting(inputs, tmp_path, capsys):
     params = _params(tmp_path, inputs["weights"], precision="fp16")
-    assert features.main(["--dataset", str(inputs["dataset"]), "--label-subset", str(inputs["subset"]), "--crawl-dir", str(inputs["crawl"]), "--out", str(tmp_path / "f.npz"), "--params", str(params)]) == 2
+    assert features.main(["--dataset", str(inputs["dataset"]), "--label-subset", str(inputs["subset"]), "--crawl-dir", str(inputs["crawl"]), "--out", str(tmp_path / "f.npz"), "--cache-dir", str(tmp_path / "cache"), "--params", str(params)]) == 2
     assert "train.precision 'fp16' is not one of ('bf16', 'bf16-all', 'fp32')" in _error(capsys, "features")
     assert not (tmp_path / "f.npz").exists()
 

@@ -9,6 +9,13 @@ no second pass. A horizontally mirrored copy of each TRAINING image is stored to
 (`flip`): the one augmentation that survives caching. Full fine-tuning (the paper's
 setting, for a GPU) is `train.finetune: true` and does not read this file.
 
+A new crawl batch costs a backbone pass over its own images only: pooled features are
+kept per batch in a cache folder (`--cache-dir`, data/features_cache/<batch>.npz), and
+only images missing there are extracted. A shard holds the key it was extracted under
+(backbone, weights, image size, precision, device type, torch version and a digest of
+the code that computes features); a shard under another key is ignored and rebuilt, so
+changing any of them extracts everything again. Batch size and workers change no feature.
+
 The backbone runs in `train.precision` (params.yaml's train section), the precision the
 heads are trained, evaluated and used for prediction in: predict runs backbone and head
 together under it, so features of any other precision would make evaluate score a model
@@ -18,18 +25,22 @@ other than the one predict runs.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
-from dataclasses import asdict, dataclass
+import zipfile
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, astuple, dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_path
-from pipeline.cli import report_user_errors
+from pipeline.cli import InputError, report_user_errors
 from pipeline.settings import ParamsError, load_section, read_params_file
 from training.backbones import Backbone, create_backbone
 from training.data import ImageDataset, eval_transform, read_dataset, read_label_subset
@@ -79,33 +90,129 @@ def extract(backbone: Backbone, paths: list[Path], settings: FeatureSettings, pr
     return {pooling: np.concatenate(chunks) if chunks else np.zeros((0, backbone.dim), np.float32) for pooling, chunks in pooled.items()}
 
 
-def write_features(dataset_path: Path, label_subset: Path, crawl_dir: Path, out: Path, settings: FeatureSettings, precision: str) -> int:
-    """Extract and save features of every dataset image in `precision` (train.precision); returns the number of images.
+@dataclass(frozen=True)
+class Pooled:
+    """Pooled features of some images: row i of `max` and `avg` belongs to image_ids[i]."""
+
+    image_ids: np.ndarray  # str
+    max: np.ndarray  # (n, dim) float32
+    avg: np.ndarray  # (n, dim) float32
+
+    @staticmethod
+    def concat(parts: Sequence[Pooled]) -> Pooled:
+        return Pooled(*(np.concatenate(arrays) for arrays in zip(*map(astuple, parts))))
+
+    def take(self, image_ids: Sequence[str]) -> Pooled:
+        """The rows of `image_ids`, in that order (the first row where an id repeats)."""
+        first = ~pd.Index(self.image_ids).duplicated()
+        rows = pd.Index(self.image_ids[first]).get_indexer(list(image_ids))
+        assert (rows >= 0).all(), "take() of an image without features"
+        return Pooled(*(a[first][rows] for a in astuple(self)))
+
+    def missing(self, image_ids: Iterable[str]) -> list[str]:
+        have = set(self.image_ids.tolist())
+        return [i for i in image_ids if i not in have]
+
+
+def no_features(dim: int) -> Pooled:
+    return Pooled(np.zeros(0, dtype=str), np.zeros((0, dim), np.float32), np.zeros((0, dim), np.float32))
+
+
+FEATURE_CODE = ("training.backbones", "training.data", "training.models", "training.device", "pipeline.decoding")  # besides this file
+
+
+def feature_code_digest() -> str:
+    """A digest of the code a feature's value depends on: editing it makes cached features stale."""
+    files = [Path(__file__), *(Path(sys.modules[name].__file__ or "") for name in FEATURE_CODE)]
+    return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
+
+
+def extraction_key(settings: FeatureSettings, precision: str, device: torch.device) -> dict | None:
+    """What cached features must have been extracted under to be reused; None when nothing is reusable (random weights)."""
+    if settings.weights == "none":  # a fresh random backbone on every run
+        return None
+    weights = settings.weights
+    if weights != "imagenet":
+        weights += "@" + hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16]
+    return {"backbone": settings.backbone, "weights": weights, "image_size": settings.image_size, "precision": precision,
+            "device": device.type, "torch": torch.__version__, "code": feature_code_digest()}  # fmt: skip
+
+
+def read_shard(path: Path, key: dict | None, dim: int) -> tuple[Pooled, Pooled]:
+    """(features, mirrored features) cached in `path` under `key`; none when it is missing, damaged or of another key."""
+    empty = (no_features(dim), no_features(dim))
+    if key is None or not path.exists():
+        return empty
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if json.loads(str(npz["key"])) != key:
+                return empty
+            return Pooled(npz["image_id"], npz["max"], npz["avg"]), Pooled(npz["flip_image_id"], npz["max_flip"], npz["avg_flip"])
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        print(f"features: warning: cache shard {path} is unreadable ({error}): extracting its images again", file=sys.stderr)
+        return empty
+
+
+def write_shard(path: Path, key: dict, plain: Pooled, mirrored: Pooled) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, key=json.dumps(key), image_id=plain.image_ids, max=plain.max, avg=plain.avg,
+                 flip_image_id=mirrored.image_ids, max_flip=mirrored.max, avg_flip=mirrored.avg)  # fmt: skip
+
+
+def extract_missing(backbone: Backbone, rows: pd.DataFrame, cached: Pooled, crawl_dir: Path, settings: FeatureSettings, precision: str, mirror: bool) -> tuple[Pooled, int]:
+    """(`cached` plus the features of the `rows` (image_id, path) it lacks, how many those were)."""
+    todo = rows[rows["image_id"].isin(cached.missing(rows["image_id"]))]
+    if todo.empty:
+        return cached, 0
+    pooled = extract(backbone, [crawl_dir / p for p in todo["path"]], settings, precision, mirror)
+    return Pooled.concat([cached, Pooled(todo["image_id"].to_numpy(dtype=str), pooled["max"], pooled["avg"])]), len(todo)
+
+
+@dataclass(frozen=True)
+class FeatureCounts:
+    images: int
+    extracted: int  # images whose features were computed in this run, not read from the cache
+    extracted_flips: int  # mirrored training images, likewise
+
+
+def write_features(dataset_path: Path, label_subset: Path, crawl_dir: Path, out: Path, cache_dir: Path, settings: FeatureSettings, precision: str) -> FeatureCounts:
+    """Save features of every dataset image in `precision` (train.precision), extracting only those `cache_dir` lacks.
 
     `meta` records the backbone, its weights, normalisation and the precision: a head
     trained on these features gets the same backbone back at prediction time, and
     evaluate refuses features that do not match a model.
     """
     table = read_dataset(dataset_path, read_label_subset(label_subset))
-    paths = [crawl_dir / p for p in table["path"]]
+    if "batch" not in table.columns:
+        raise InputError(f"{dataset_path}: no batch column, which the features cache is kept by; re-run the split stage (dvc repro split)")
     backbone = create_backbone(settings.backbone, settings.weights)
-    arrays = extract(backbone, paths, settings, precision)
-    train = (table["split"] == "train").to_numpy()
+    key = extraction_key(settings, precision, pick_device())
+    batches = sorted(table["batch"].unique())
+    shards = [read_shard(cache_dir / f"{batch}.npz", key, backbone.dim) for batch in batches]
+    cached = [Pooled.concat([no_features(backbone.dim), *parts]) for parts in zip(*shards)] or [no_features(backbone.dim)] * 2
+    flipped = table[table["split"] == "train"] if settings.flip else table.iloc[:0]
+    plain, extracted = extract_missing(backbone, table, cached[0], crawl_dir, settings, precision, mirror=False)
+    mirrored, extracted_flips = extract_missing(backbone, flipped, cached[1], crawl_dir, settings, precision, mirror=True)
+    if key is not None:
+        for batch, (old_plain, old_mirrored) in zip(batches, shards):
+            wanted, wanted_flip = (t.loc[t["batch"] == batch, "image_id"].tolist() for t in (table, flipped))
+            if (old_plain.image_ids.tolist(), old_mirrored.image_ids.tolist()) != (wanted, wanted_flip):
+                write_shard(cache_dir / f"{batch}.npz", key, plain.take(wanted), mirrored.take(wanted_flip))
+    plain, mirrored = plain.take(table["image_id"]), mirrored.take(flipped["image_id"])
+    arrays = {"max": plain.max, "avg": plain.avg}
     if settings.flip:
-        mirrored = extract(backbone, [p for p, t in zip(paths, train) if t], settings, precision, mirror=True)
-        arrays |= {"max_flip": mirrored["max"], "avg_flip": mirrored["avg"], "flip_image_id": table["image_id"][train].to_numpy(dtype=str)}
+        arrays |= {"max_flip": mirrored.max, "avg_flip": mirrored.avg, "flip_image_id": mirrored.image_ids}
     meta = asdict(settings) | {"mean": backbone.mean, "std": backbone.std, "precision": precision}
-    with atomic_path(out) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, image_id=table["image_id"].to_numpy(dtype=str), meta=json.dumps(meta), **arrays)
-    return len(table)
+    with atomic_path(out) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, image_id=table["image_id"].to_numpy(dtype=str), meta=json.dumps(meta), **arrays)
+    return FeatureCounts(len(table), extracted, extracted_flips)
 
 
 def run(args: argparse.Namespace) -> int:
     """Extract and write the features file; returns the exit status."""
     settings, precision = load_section(FeatureSettings, "features", args.params), training_precision(args.params)
-    n = write_features(args.dataset, args.label_subset, args.crawl_dir, args.out, settings, precision)
-    print(f"features: {n} images, backbone {settings.backbone} @ {settings.image_size} px, {precision} -> {args.out}")
+    counts = write_features(args.dataset, args.label_subset, args.crawl_dir, args.out, args.cache_dir, settings, precision)
+    print(f"features: {counts.images} images ({counts.extracted} + {counts.extracted_flips} mirrored extracted, the rest from {args.cache_dir}), backbone {settings.backbone} @ {settings.image_size} px, {precision} -> {args.out}")
     return 0
 
 
@@ -115,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label-subset", type=Path, required=True, help="label subset JSON (checks the dataset's labels)")
     parser.add_argument("--crawl-dir", type=Path, required=True, help="folder the dataset's image paths are relative to (crawl.dir)")
     parser.add_argument("--out", type=Path, required=True, help="features file to write (.npz)")
+    parser.add_argument("--cache-dir", type=Path, required=True, help="per-batch features cache (data/features_cache): only images missing there are extracted")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file with a 'features' section and train.precision")
     args = parser.parse_args(argv)
     return report_user_errors("features", lambda: run(args))
