@@ -168,6 +168,14 @@ def extract_missing(backbone: Backbone, rows: pd.DataFrame, cached: Pooled, craw
     return Pooled.concat([cached, Pooled(todo["image_id"].to_numpy(dtype=str), pooled["max"], pooled["avg"])]), len(todo)
 
 
+def refresh_shards(cache_dir: Path, key: dict, shards: dict[str, tuple[Pooled, Pooled]], *wanted: tuple[pd.DataFrame, Pooled]) -> None:
+    """Rewrite the shard of each batch whose images (dataset, mirrored training images) are not what it holds."""
+    for batch, held in shards.items():
+        ids = [rows.loc[rows["batch"] == batch, "image_id"].tolist() for rows, _ in wanted]
+        if [pooled.image_ids.tolist() for pooled in held] != ids:
+            write_shard(cache_dir / f"{batch}.npz", key, *(features.take(i) for (_, features), i in zip(wanted, ids)))
+
+
 @dataclass(frozen=True)
 class FeatureCounts:
     images: int
@@ -187,17 +195,15 @@ def write_features(dataset_path: Path, label_subset: Path, crawl_dir: Path, out:
         raise InputError(f"{dataset_path}: no batch column, which the features cache is kept by; re-run the split stage (dvc repro split)")
     backbone = create_backbone(settings.backbone, settings.weights)
     key = extraction_key(settings, precision, pick_device())
-    batches = sorted(table["batch"].unique())
-    shards = [read_shard(cache_dir / f"{batch}.npz", key, backbone.dim) for batch in batches]
-    cached = [Pooled.concat([no_features(backbone.dim), *parts]) for parts in zip(*shards)] or [no_features(backbone.dim)] * 2
+    shards = {batch: read_shard(cache_dir / f"{batch}.npz", key, backbone.dim) for batch in sorted(table["batch"].unique())}
+    empty = no_features(backbone.dim)
+    cached_plain = Pooled.concat([empty, *(plain for plain, _ in shards.values())])
+    cached_mirrored = Pooled.concat([empty, *(mirrored for _, mirrored in shards.values())])
     flipped = table[table["split"] == "train"] if settings.flip else table.iloc[:0]
-    plain, extracted = extract_missing(backbone, table, cached[0], crawl_dir, settings, precision, mirror=False)
-    mirrored, extracted_flips = extract_missing(backbone, flipped, cached[1], crawl_dir, settings, precision, mirror=True)
+    plain, extracted = extract_missing(backbone, table, cached_plain, crawl_dir, settings, precision, mirror=False)
+    mirrored, extracted_flips = extract_missing(backbone, flipped, cached_mirrored, crawl_dir, settings, precision, mirror=True)
     if key is not None:
-        for batch, (old_plain, old_mirrored) in zip(batches, shards):
-            wanted, wanted_flip = (t.loc[t["batch"] == batch, "image_id"].tolist() for t in (table, flipped))
-            if (old_plain.image_ids.tolist(), old_mirrored.image_ids.tolist()) != (wanted, wanted_flip):
-                write_shard(cache_dir / f"{batch}.npz", key, plain.take(wanted), mirrored.take(wanted_flip))
+        refresh_shards(cache_dir, key, shards, (table, plain), (flipped, mirrored))
     plain, mirrored = plain.take(table["image_id"]), mirrored.take(flipped["image_id"])
     arrays = {"max": plain.max, "avg": plain.avg}
     if settings.flip:
