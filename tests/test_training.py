@@ -117,9 +117,9 @@ def _spy_on_extraction(monkeypatch) -> list[tuple[int, bool]]:
     passes: list[tuple[int, bool]] = []
     real = features.extract
 
-    def extract(backbone, paths, settings, precision, mirror=False):
+    def extract(backbone, paths, settings, precision, mirror, progress):
         passes.append((len(paths), mirror))
-        return real(backbone, paths, settings, precision, mirror)
+        return real(backbone, paths, settings, precision, mirror, progress)
 
     monkeypatch.setattr(features, "extract", extract)
     return passes
@@ -160,6 +160,27 @@ def test_images_that_joined_an_old_batch_or_the_training_split_are_the_only_ones
     assert passes == [(1, False), (3, True)]
 
 
+def test_an_interrupted_extraction_keeps_the_batches_it_finished(inputs, tmp_path, monkeypatch):
+    batches, out = _dataset_in_batches(inputs, tmp_path, first_batch=20), tmp_path / "features.npz"
+    settings = features.FeatureSettings("tf_efficientnet_lite0", str(inputs["weights"]), image_size=32, batch_size=8, workers=0, flip=True)
+    stage = lambda: features.write_features(batches["dataset"], batches["subset"], batches["crawl"], out, tmp_path / "cache", settings, "bf16")  # noqa: E731
+    real = features.extract
+
+    def interrupted_in_b2(backbone, paths, *args):
+        if paths[0].name == "20.png":  # b2's first image
+            raise KeyboardInterrupt
+        return real(backbone, paths, *args)
+
+    monkeypatch.setattr(features, "extract", interrupted_in_b2)
+    with pytest.raises(KeyboardInterrupt):
+        stage()
+    assert not out.exists() and sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["b1.npz"]
+    monkeypatch.undo()
+    passes = _spy_on_extraction(monkeypatch)
+    stage()
+    assert passes == [(8, False)]
+
+
 @pytest.mark.parametrize("change", ["image_size", "weights file", "random weights", "damaged shard"])
 def test_features_are_extracted_again_when_the_cache_cannot_vouch_for_them(inputs, tmp_path, monkeypatch, capsys, change):
     weights = tmp_path / "lite0.pth"
@@ -178,7 +199,7 @@ def test_features_are_extracted_again_when_the_cache_cannot_vouch_for_them(input
         (tmp_path / "features_cache" / "b2.npz").write_bytes(b"PK\x03\x04 cut off")
     passes = _spy_on_extraction(monkeypatch)
     _extract_features(batches, out, params)
-    assert passes == ([(8, False)] if change == "damaged shard" else [(28, False), (16, True)])
+    assert passes == ([(8, False)] if change == "damaged shard" else [(20, False), (16, True), (8, False)]), "batch b1, its mirrored training images, b2"
     if change == "damaged shard":
         assert re.search(r"features: warning: cache shard .*b2.npz is unreadable .*: extracting its images again", capsys.readouterr().err)
 

@@ -15,6 +15,8 @@ only images missing there are extracted. A shard holds the key it was extracted 
 (backbone, weights, image size, precision, device type, torch version and a digest of
 the code that computes features); a shard under another key is ignored and rebuilt, so
 changing any of them extracts everything again. Batch size and workers change no feature.
+Batches are extracted one at a time, each shard written when its batch is done, so an
+interrupted run keeps the batches it finished.
 
 The backbone runs in `train.precision` (params.yaml's train section), the precision the
 heads are trained, evaluated and used for prediction in: predict runs backbone and head
@@ -29,7 +31,7 @@ import hashlib
 import json
 import sys
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, astuple, dataclass
 from pathlib import Path
 
@@ -74,19 +76,20 @@ def extracted_precision(features_meta: dict) -> str:
 
 
 @torch.inference_mode()
-def extract(backbone: Backbone, paths: list[Path], settings: FeatureSettings, precision: str, mirror: bool = False) -> dict[str, np.ndarray]:
+def extract(backbone: Backbone, paths: list[Path], settings: FeatureSettings, precision: str, mirror: bool, progress: tqdm) -> dict[str, np.ndarray]:
     """Global-max and global-average pooled backbone features of `paths` (optionally mirrored), the backbone run in `precision` (train.precision)."""
     device = pick_device()
     body = prepare(backbone.body, device).eval()
     dataset = ImageDataset(paths, np.zeros((len(paths), 0), dtype=np.float32), eval_transform(settings.image_size, backbone.mean, backbone.std), vetted=True)
     loader = DataLoader(dataset, batch_size=settings.batch_size, num_workers=settings.workers)
     pooled: dict[str, list[np.ndarray]] = {"max": [], "avg": []}
-    for images, _ in tqdm(loader, desc="features (mirrored)" if mirror else "features", unit="batch", disable=None):
+    for images, _ in loader:
         images = to_device(images.flip(-1) if mirror else images, device)
         with autocast(device, precision):
             maps = body(images).float()
         for pooling in pooled:
             pooled[pooling].append(global_pool(maps, pooling).cpu().numpy())
+        progress.update(len(images))
     return {pooling: np.concatenate(chunks) if chunks else np.zeros((0, backbone.dim), np.float32) for pooling, chunks in pooled.items()}
 
 
@@ -109,9 +112,9 @@ class Pooled:
         assert (rows >= 0).all(), "take() of an image without features"
         return Pooled(*(a[first][rows] for a in astuple(self)))
 
-    def missing(self, image_ids: Iterable[str]) -> list[str]:
-        have = set(self.image_ids.tolist())
-        return [i for i in image_ids if i not in have]
+    def lacking(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """The `rows` (with image_id) of images these are not the features of."""
+        return rows[~rows["image_id"].isin(self.image_ids)]
 
 
 def no_features(dim: int) -> Pooled:
@@ -159,27 +162,29 @@ def write_shard(path: Path, key: dict, plain: Pooled, mirrored: Pooled) -> None:
                  flip_image_id=mirrored.image_ids, max_flip=mirrored.max, avg_flip=mirrored.avg)  # fmt: skip
 
 
-def extract_missing(backbone: Backbone, rows: pd.DataFrame, cached: Pooled, crawl_dir: Path, settings: FeatureSettings, precision: str, mirror: bool) -> tuple[Pooled, int]:
-    """(`cached` plus the features of the `rows` (image_id, path) it lacks, how many those were)."""
-    todo = rows[rows["image_id"].isin(cached.missing(rows["image_id"]))]
-    if todo.empty:
-        return cached, 0
-    pooled = extract(backbone, [crawl_dir / p for p in todo["path"]], settings, precision, mirror)
-    return Pooled.concat([cached, Pooled(todo["image_id"].to_numpy(dtype=str), pooled["max"], pooled["avg"])]), len(todo)
+@dataclass(frozen=True)
+class Extraction:
+    """Runs the backbone over the images a cache shard lacks, advancing one progress bar for the whole stage."""
 
+    backbone: Backbone
+    crawl_dir: Path
+    settings: FeatureSettings
+    precision: str
+    progress: tqdm
 
-def refresh_shards(cache_dir: Path, key: dict, shards: dict[str, tuple[Pooled, Pooled]], *wanted: tuple[pd.DataFrame, Pooled]) -> None:
-    """Rewrite the shard of each batch whose images (dataset, mirrored training images) are not what it holds."""
-    for batch, held in shards.items():
-        ids = [rows.loc[rows["batch"] == batch, "image_id"].tolist() for rows, _ in wanted]
-        if [pooled.image_ids.tolist() for pooled in held] != ids:
-            write_shard(cache_dir / f"{batch}.npz", key, *(features.take(i) for (_, features), i in zip(wanted, ids)))
+    def completed(self, held: Pooled, rows: pd.DataFrame, mirror: bool) -> Pooled:
+        """Features of `rows` (image_id, path) in their order: those `held` has, the rest extracted now."""
+        todo = held.lacking(rows)
+        if len(todo):
+            arrays = extract(self.backbone, [self.crawl_dir / p for p in todo["path"]], self.settings, self.precision, mirror, self.progress)
+            held = Pooled.concat([held, Pooled(todo["image_id"].to_numpy(dtype=str), arrays["max"], arrays["avg"])])
+        return held.take(rows["image_id"])
 
 
 @dataclass(frozen=True)
 class FeatureCounts:
     images: int
-    extracted: int  # images whose features were computed in this run, not read from the cache
+    extracted: int  # images whose features are computed in this run, not read from the cache
     extracted_flips: int  # mirrored training images, likewise
 
 
@@ -195,15 +200,20 @@ def write_features(dataset_path: Path, label_subset: Path, crawl_dir: Path, out:
         raise InputError(f"{dataset_path}: no batch column, which the features cache is kept by; re-run the split stage (dvc repro split)")
     backbone = create_backbone(settings.backbone, settings.weights)
     key = extraction_key(settings, precision, pick_device())
-    shards = {batch: read_shard(cache_dir / f"{batch}.npz", key, backbone.dim) for batch in sorted(table["batch"].unique())}
-    empty = no_features(backbone.dim)
-    cached_plain = Pooled.concat([empty, *(plain for plain, _ in shards.values())])
-    cached_mirrored = Pooled.concat([empty, *(mirrored for _, mirrored in shards.values())])
     flipped = table[table["split"] == "train"] if settings.flip else table.iloc[:0]
-    plain, extracted = extract_missing(backbone, table, cached_plain, crawl_dir, settings, precision, mirror=False)
-    mirrored, extracted_flips = extract_missing(backbone, flipped, cached_mirrored, crawl_dir, settings, precision, mirror=True)
-    if key is not None:
-        refresh_shards(cache_dir, key, shards, (table, plain), (flipped, mirrored))
+    wanted = {batch: (table[table["batch"] == batch], flipped[flipped["batch"] == batch]) for batch in sorted(table["batch"].unique())}
+    held = {batch: read_shard(cache_dir / f"{batch}.npz", key, backbone.dim) for batch in wanted}
+    lacking = [[len(pooled.lacking(rows)) for rows, pooled in zip(wanted[batch], held[batch])] for batch in wanted]
+    counts = FeatureCounts(len(table), sum(n for n, _ in lacking), sum(n for _, n in lacking))
+    parts = [(no_features(backbone.dim), no_features(backbone.dim))]
+    with tqdm(total=counts.extracted + counts.extracted_flips, desc="features", unit="image", disable=None) as progress:
+        extraction = Extraction(backbone, crawl_dir, settings, precision, progress)
+        for batch, (rows, flips) in wanted.items():  # a batch at a time: an interrupted run keeps the shards it wrote
+            done = extraction.completed(held[batch][0], rows, mirror=False), extraction.completed(held[batch][1], flips, mirror=True)
+            if key is not None and [p.image_ids.tolist() for p in done] != [p.image_ids.tolist() for p in held[batch]]:
+                write_shard(cache_dir / f"{batch}.npz", key, *done)
+            parts.append(done)
+    plain, mirrored = (Pooled.concat(pooled) for pooled in zip(*parts))
     plain, mirrored = plain.take(table["image_id"]), mirrored.take(flipped["image_id"])
     arrays = {"max": plain.max, "avg": plain.avg}
     if settings.flip:
@@ -211,7 +221,7 @@ def write_features(dataset_path: Path, label_subset: Path, crawl_dir: Path, out:
     meta = asdict(settings) | {"mean": backbone.mean, "std": backbone.std, "precision": precision}
     with atomic_path(out) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, image_id=table["image_id"].to_numpy(dtype=str), meta=json.dumps(meta), **arrays)
-    return FeatureCounts(len(table), extracted, extracted_flips)
+    return counts
 
 
 def run(args: argparse.Namespace) -> int:
