@@ -64,6 +64,16 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def remove_leftover_temporaries(folder: Path) -> None:
+    """Delete the temporary files of `atomic_path` writes into `folder` that a killed process left.
+
+    For a persistent DVC output (a cache folder that outlives runs) nothing else ever
+    would, and `dvc commit` would store them as part of the output.
+    """
+    for leftover in folder.glob(".*.tmp"):
+        leftover.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield a temporary directory beside `target`; it replaces `target` only if the block succeeds.

@@ -28,7 +28,7 @@ import PIL
 import pyarrow as pa
 from tqdm import tqdm
 
-from pipeline.atomic import write_arrow, write_csv, write_json, write_parquet
+from pipeline.atomic import remove_leftover_temporaries, write_arrow, write_csv, write_json, write_parquet
 from pipeline.cli import InputError, report_user_errors
 from pipeline.images import Inspected, content_id, inspect_image
 from pipeline.settings import DEFAULT_PARAMS, IngestSettings, load_params
@@ -284,6 +284,7 @@ def ingest(
     """(catalog, rejects, near duplicates, counts) for every batch under `crawl_dir`."""
     counts = IngestCounts()
     batches = list_batches(crawl_dir)
+    remove_leftover_temporaries(cache_dir)
     counts.batches = len(batches)
     workers = settings.workers or os.cpu_count() or 1
     pool: ProcessPoolExecutor | None = None

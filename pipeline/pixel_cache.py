@@ -34,7 +34,7 @@ import pandas as pd
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from pipeline.atomic import atomic_path, write_json, write_parquet
+from pipeline.atomic import atomic_path, remove_leftover_temporaries, write_json, write_parquet
 from pipeline.cli import InputError, report_user_errors
 from pipeline.decoding import EXIF_ORIENTATION, pillow_bomb_guard_lifted
 from pipeline.settings import DEFAULT_PARAMS, load_params, load_section
@@ -132,6 +132,7 @@ def build_shard(
 def build_cache(catalog: pd.DataFrame, crawl_dir: Path, out_dir: Path, settings: PixelCacheSettings) -> tuple[int, int]:
     """Bring the cache in step with the catalog; returns (shards rebuilt, images decoded)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_leftover_temporaries(out_dir)
     catalog = catalog.sort_values(["batch", "image_id"], ignore_index=True)
     batches = {str(b): rows for b, rows in catalog.groupby("batch", sort=True)}
     for stale in {p.stem for p in out_dir.iterdir() if p.suffix in (".npy", ".parquet", ".json")} - set(batches):

@@ -54,7 +54,9 @@ def test_new_batch_builds_only_its_shard_and_a_new_size_rebuilds_all(tmp_path, d
     shards, decoded = build_cache(catalog, demo_crawl, out, SETTINGS)
     assert (shards, decoded) == (1, int((catalog["batch"] == "batch-003").sum()))
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.npy") if p.name in before} == before
+    (out / ".batch-001.npy.x81kd.tmp").write_bytes(b"left by a killed write")  # the cache persists: nothing else would remove it
     assert build_cache(catalog, demo_crawl, out, SETTINGS) == (0, 0)
+    assert not list(out.glob(".*"))
     assert build_cache(catalog, demo_crawl, out, dataclasses.replace(SETTINGS, height=32)) == (3, len(catalog))
 
 

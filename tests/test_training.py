@@ -133,6 +133,15 @@ def _dataset_in_batches(inputs: dict[str, Path], tmp_path: Path, first_batch: in
     return dict(inputs, dataset=tmp_path / "dataset.parquet")
 
 
+def _assert_same_features(features_file: Path, from_scratch: Path) -> None:
+    """Every array of the two features files has the same dtype and values: the file a from-scratch run writes."""
+    ours, theirs = np.load(features_file), np.load(from_scratch)
+    assert ours.files == theirs.files
+    for array in theirs.files:
+        assert ours[array].dtype == theirs[array].dtype, array
+        np.testing.assert_array_equal(ours[array], theirs[array], err_msg=array)
+
+
 def test_a_new_batch_runs_the_backbone_over_its_own_images_only(inputs, tmp_path, monkeypatch):
     params, out = _params(tmp_path, inputs["weights"]), tmp_path / "features.npz"
     _extract_features(_dataset_in_batches(inputs, tmp_path, first_batch=20, keep=20), out, params)  # images 0-15 train, 16-19 val
@@ -141,9 +150,7 @@ def test_a_new_batch_runs_the_backbone_over_its_own_images_only(inputs, tmp_path
     passes = _spy_on_extraction(monkeypatch)
     _extract_features(_dataset_in_batches(inputs, tmp_path, first_batch=20), out, params)  # batch b2: 8 images, none in train
     assert passes == [(8, False)] and shard.stat().st_mtime_ns == written
-    incremental, from_scratch = np.load(out), np.load(inputs["features"])
-    for array in ("image_id", "max", "avg", "flip_image_id", "max_flip", "avg_flip", "meta"):
-        np.testing.assert_array_equal(incremental[array], from_scratch[array], err_msg=array)
+    _assert_same_features(out, inputs["features"])
     _extract_features(_dataset_in_batches(inputs, tmp_path, first_batch=20), out, params)
     assert passes == [(8, False)], "nothing new: no backbone pass"
 
@@ -158,6 +165,17 @@ def test_images_that_joined_an_old_batch_or_the_training_split_are_the_only_ones
     passes = _spy_on_extraction(monkeypatch)
     _extract_features(dict(inputs, dataset=_dataset_in_batches(inputs, tmp_path, first_batch=28)["dataset"]), tmp_path / "features.npz", params)
     assert passes == [(1, False), (3, True)]
+    _assert_same_features(tmp_path / "features.npz", inputs["features"])  # a pass of one image computes what a pass of eight does
+
+
+def test_the_cache_folder_is_made_even_when_nothing_is_cached_and_leftovers_go(inputs, tmp_path):
+    """The folder is a DVC output, so it must exist after every run; a temporary file a killed write left must not stay in it."""
+    _extract_features(inputs, tmp_path / "features.npz", _params(tmp_path, "none"))  # a random backbone: nothing to reuse
+    cache = tmp_path / "features_cache"
+    assert cache.is_dir() and not any(cache.iterdir())
+    (cache / ".b1.npz.k2j4x.tmp").write_bytes(b"half a shard")
+    _extract_features(inputs, tmp_path / "features.npz", _params(tmp_path, inputs["weights"]))
+    assert sorted(p.name for p in cache.iterdir()) == ["b1.npz"]
 
 
 def test_an_interrupted_extraction_keeps_the_batches_it_finished(inputs, tmp_path, monkeypatch):
@@ -181,26 +199,27 @@ def test_an_interrupted_extraction_keeps_the_batches_it_finished(inputs, tmp_pat
     assert passes == [(8, False)]
 
 
-@pytest.mark.parametrize("change", ["image_size", "weights file", "random weights", "damaged shard"])
+@pytest.mark.parametrize("change", ["image_size", "batch_size", "weights file", "random weights", "damaged shard", "empty shard"])
 def test_features_are_extracted_again_when_the_cache_cannot_vouch_for_them(inputs, tmp_path, monkeypatch, capsys, change):
     weights = tmp_path / "lite0.pth"
     weights.write_bytes(inputs["weights"].read_bytes())
     params, out = _params(tmp_path, weights), tmp_path / "features.npz"
     batches = _dataset_in_batches(inputs, tmp_path, first_batch=20)
     _extract_features(batches, out, params)
-    if change == "image_size":
-        params.write_text(params.read_text().replace("image_size: 32", "image_size: 48"))
+    if change in ("image_size", "batch_size"):  # every pass has the batch size's shape, and kernels round differently for another
+        params.write_text(params.read_text().replace("image_size: 32", "image_size: 48") if change == "image_size" else params.read_text().replace("batch_size: 8", "batch_size: 4", 1))
     elif change == "weights file":  # the same path, other contents
         state = torch.load(weights)
         torch.save(state | {"conv_stem.weight": state["conv_stem.weight"] * 2}, weights)
     elif change == "random weights":
         params.write_text(params.read_text().replace(f"weights: {weights}", "weights: none"))
     else:
-        (tmp_path / "features_cache" / "b2.npz").write_bytes(b"PK\x03\x04 cut off")
+        (tmp_path / "features_cache" / "b2.npz").write_bytes(b"PK\x03\x04 cut off" if change == "damaged shard" else b"")
     passes = _spy_on_extraction(monkeypatch)
     _extract_features(batches, out, params)
-    assert passes == ([(8, False)] if change == "damaged shard" else [(20, False), (16, True), (8, False)]), "batch b1, its mirrored training images, b2"
-    if change == "damaged shard":
+    damaged = change.endswith("shard")
+    assert passes == ([(8, False)] if damaged else [(20, False), (16, True), (8, False)]), "batch b1, its mirrored training images, b2"
+    if damaged:
         assert re.search(r"features: warning: cache shard .*b2.npz is unreadable .*: extracting its images again", capsys.readouterr().err)
 
 

