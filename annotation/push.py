@@ -102,13 +102,12 @@ def ensure_local_storage(conn: Connection, ls: LabelStudio, project_id: int, cra
         conn.call("connect local storage", lambda: ls.import_storage.local.create(project=project_id, path=path, title="crawl", use_blob_urls=True))
 
 
-def listed_image_ids(ls: LabelStudio, project_id: int) -> set[str]:
-    tasks = ls.tasks.list(project=project_id, fields="task_only")  # data only, no annotations or predictions
-    return {str(t.data.get("image_id")) for t in tasks if t.data and t.data.get("image_id")}
+def listed_tasks(ls: LabelStudio, project_id: int) -> list:
+    return list(ls.tasks.list(project=project_id, fields="task_only"))  # data only, no annotations or predictions
 
 
-def project_image_ids(conn: Connection, ls: LabelStudio, project_id: int) -> set[str]:
-    return conn.call("list tasks", lambda: listed_image_ids(ls, project_id))
+def image_id_of(task) -> str | None:
+    return str(task.data["image_id"]) if task.data and task.data.get("image_id") else None
 
 
 def crawl_url_prefix(crawl_dir: Path, document_root: Path) -> str:
@@ -141,8 +140,8 @@ def import_chunk(conn: Connection, ls: LabelStudio, project_id: int, chunk: list
     was lost (a read timeout, a 5xx from a proxy), sending the chunk again would
     duplicate them. So the SDK does not retry it, and each retry of ours re-lists
     the project and sends only the chunk's images still missing. A server still
-    saving the lost attempt when the retry lists may yet create a second copy:
-    `remove_late_duplicates` looks for those after a retry.
+    saving the lost attempt when the retry lists may yet create a second copy, which
+    `remove_duplicate_tasks` deletes.
     """
     attempts = 0
 
@@ -150,7 +149,7 @@ def import_chunk(conn: Connection, ls: LabelStudio, project_id: int, chunk: list
         nonlocal attempts
         pending = chunk
         if attempts:
-            present = listed_image_ids(ls, project_id)
+            present = {image_id_of(task) for task in listed_tasks(ls, project_id)}
             pending = [task for task in chunk if task["data"]["image_id"] not in present]
         attempts += 1
         if pending:
@@ -158,6 +157,13 @@ def import_chunk(conn: Connection, ls: LabelStudio, project_id: int, chunk: list
 
     conn.call(f"import {len(chunk)} tasks", send_missing)
     return attempts > 1
+
+
+def untouched(task) -> bool:
+    """No one has started on `task`, as `tasks.get` reports it: no annotation, skip, draft (an
+    expert's autosaved work in progress), comment or annotator. A field the server did not send counts as work."""
+    return (task.total_annotations == 0 and task.cancelled_annotations == 0 and task.draft_exists is False
+            and task.drafts == [] and task.comment_count == 0 and task.annotators == [])  # fmt: skip
 
 
 def delete_task(ls: LabelStudio, task_id: int) -> None:
@@ -169,27 +175,23 @@ def delete_task(ls: LabelStudio, task_id: int) -> None:
             raise
 
 
-def remove_late_duplicates(conn: Connection, ls: LabelStudio, project_id: int, image_ids: set[str]) -> int:
-    """Delete the extra tasks of `image_ids` (images this push added); returns how many.
+def remove_duplicate_tasks(conn: Connection, ls: LabelStudio, tasks: list) -> int:
+    """Delete the extra tasks of images that `tasks` (a project's listing) holds more than once; returns how many.
 
-    Each image keeps its oldest task. A copy an expert already annotated or skipped
-    is kept too (their work is worth more than a tidy project), and so is one whose
-    counts the server did not send.
+    Only push sets `image_id`, so two tasks of one image are a copy that Label Studio saved
+    late for a retried import (see `import_chunk`). Each image keeps its oldest task; a
+    copy is read again just before and deleted only if no one has started on it.
     """
-    copies: dict[str, list] = defaultdict(list)
-    for task in conn.call("list tasks", lambda: list(ls.tasks.list(project=project_id, fields="task_only"))):
-        image_id = str((task.data or {}).get("image_id"))
-        if image_id in image_ids:
-            copies[image_id].append(task)
-    extra = [
-        task
-        for tasks in copies.values()
-        for task in sorted(tasks, key=lambda t: t.id)[1:]
-        if task.total_annotations == 0 and task.cancelled_annotations == 0
-    ]
-    for task in extra:
-        conn.call(f"delete duplicate task {task.id}", lambda: delete_task(ls, task.id))
-    return len(extra)
+    ids: dict[str, list[int]] = defaultdict(list)
+    for task in tasks:
+        if (image_id := image_id_of(task)) is not None:
+            ids[image_id].append(task.id)
+    removed = 0
+    for copy in (task_id for same in ids.values() for task_id in sorted(same)[1:]):
+        if untouched(conn.call(f"read task {copy}", lambda: ls.tasks.get(copy))):
+            conn.call(f"delete duplicate task {copy}", lambda: delete_task(ls, copy))
+            removed += 1
+    return removed
 
 
 def push_images(
@@ -210,7 +212,9 @@ def push_images(
     ls = conn.client()
     project_id = ensure_project(conn, ls, title or settings.project, labeling_config(taxonomy))
     ensure_local_storage(conn, ls, project_id, crawl_dir)
-    new = images[~images["image_id"].isin(project_image_ids(conn, ls, project_id))]
+    listed = conn.call("list tasks", lambda: listed_tasks(ls, project_id))
+    removed = remove_duplicate_tasks(conn, ls, listed)  # what an earlier push left: it failed, or a late save came after its check
+    new = images[~images["image_id"].isin({image_id_of(task) for task in listed})]
     predictions = predict(new) if predict is not None and len(new) else {}
     if predictions:  # most uncertain first: sequential sampling serves tasks in import order
         new = new.assign(_confidence=new["image_id"].map(lambda i: predictions[i].confidence if i in predictions else 2.0))
@@ -219,6 +223,8 @@ def push_images(
     retried = False
     for chunk in tqdm(list(chunked(tasks, settings.chunk_size)), desc="push", unit="chunk", disable=None):
         retried |= import_chunk(conn, ls, project_id, chunk)
-    if retried and (removed := remove_late_duplicates(conn, ls, project_id, set(new["image_id"]))):
-        tqdm.write(f"push: deleted {removed} duplicate tasks that Label Studio saved late for a retried import")
+    if retried:
+        removed += remove_duplicate_tasks(conn, ls, conn.call("list tasks", lambda: listed_tasks(ls, project_id)))
+    if removed:
+        tqdm.write(f"push: deleted {removed} duplicate tasks (copies Label Studio saved late for a retried import)")
     return project_id, len(tasks)

@@ -32,7 +32,7 @@ from annotation.consolidate import IMAGE_LABEL_COLUMNS, consolidate
 from annotation.consolidate import main as consolidate_main
 from annotation.importers import ANNOTATION_COLUMNS
 from annotation.pull import snapshot_from_server
-from annotation.push import AnnotationSettings, Prediction, delete_task, find_projects, push_images, remove_late_duplicates
+from annotation.push import AnnotationSettings, Prediction, delete_task, find_projects, push_images, remove_duplicate_tasks
 from annotation.server import ServerError, ServerSettings, credentials, start
 from pipeline.taxonomy import load_taxonomy
 from conftest import free_port
@@ -148,14 +148,16 @@ class FakeLabelStudio:
         self.saved: dict[int, dict] = {}  # task id -> data
         self.ids = itertools.count(100)
         self.annotated: set[int] = set()
+        self.drafted: set[int] = set()
         self.late: list[list[dict]] = []
         self.save([{"data": {"image_id": i}} for i in image_ids])
         self.lost_answers, self.late_saves = lost_answers, late_saves
+        self.down_from_import: int | None = None  # the server is down from this import request on
         self.requests: list[tuple[str, object]] = []
         project = SimpleNamespace(id=7, title=title, label_config="")
         self.projects = SimpleNamespace(list=lambda: [project], update=lambda *a, **k: None, import_tasks=self.import_tasks)
         self.import_storage = SimpleNamespace(local=SimpleNamespace(list=lambda project: [], create=lambda **k: None))
-        self.tasks = SimpleNamespace(list=self.list_tasks, delete=self.delete_task)
+        self.tasks = SimpleNamespace(list=self.list_tasks, get=self.get_task, delete=self.delete_task)
 
     def save(self, tasks: list[dict]) -> None:
         for task in tasks:
@@ -166,10 +168,18 @@ class FakeLabelStudio:
 
     def list_tasks(self, project: int, fields: str):
         self.requests.append(("list tasks", fields))
-        return [SimpleNamespace(id=i, data=data, total_annotations=int(i in self.annotated), cancelled_annotations=0) for i, data in self.saved.items()]
+        return [SimpleNamespace(id=i, data=data) for i, data in self.saved.items()]
+
+    def get_task(self, id: int):
+        self.requests.append(("get", id))
+        drafts = [{"result": []}] if id in self.drafted else []
+        return SimpleNamespace(id=id, data=self.saved[id], total_annotations=int(id in self.annotated), cancelled_annotations=0,
+                               draft_exists=bool(drafts), drafts=drafts, comment_count=0, annotators=[1] if id in self.annotated else [])  # fmt: skip
 
     def import_tasks(self, project_id: int, request: list[dict], request_options: dict | None = None):
         self.requests.append(("import", request_options))
+        if self.down_from_import is not None and [what for what, _ in self.requests].count("import") >= self.down_from_import:
+            raise httpx.ConnectError("connection refused")
         if self.late_saves:
             self.late_saves -= 1
             self.late.append(request)
@@ -225,12 +235,27 @@ def test_tasks_label_studio_saves_after_the_retry_listed_the_project_are_deleted
     assert f"push: deleted {copies} duplicate tasks" in capsys.readouterr().out
 
 
-def test_only_unworked_copies_of_this_pushs_images_are_deleted(push_setup):
+def test_an_images_extra_copies_are_deleted_unless_someone_started_on_them(push_setup):
     conn, settings, taxonomy, crawl, serve = push_setup
-    fake = serve(["a", "a", "b", "b", "z", "z"])  # ids 100..105
+    fake = serve(["a", "a", "b", "b", "c", "c", "d"])  # ids 100..106
     fake.annotated.add(103)  # an expert labelled b's second task already
-    assert remove_late_duplicates(conn, fake, 7, {"a", "b"}) == 1
-    assert sorted(fake.saved) == [100, 102, 103, 104, 105], "z was not pushed now: someone else's business"
+    fake.drafted.add(105)  # and is half-way through c's (an autosaved draft)
+    assert remove_duplicate_tasks(conn, fake, fake.list_tasks(7, "task_only")) == 1
+    assert sorted(fake.saved) == [100, 102, 103, 104, 105, 106]
+    assert [i for what, i in fake.requests if what == "get"] == [101, 103, 105], "each copy is read again right before"
+
+
+def test_copies_a_failed_push_left_are_deleted_by_the_next(push_setup, capsys):
+    conn, settings, taxonomy, crawl, serve = push_setup
+    fake = serve([], late_saves=1)
+    fake.down_from_import = 3  # 1: ab, saved late; 2: ab again; 3: cd
+    with pytest.raises(LabelStudioError, match="import 2 tasks: cannot reach Label Studio"):
+        push_images(conn, settings, taxonomy, images("abcd"), crawl)
+    assert sorted(fake.image_ids()) == ["a", "a", "b", "b"]
+    fake.down_from_import = None
+    assert push_images(conn, settings, taxonomy, images("abcd"), crawl) == (7, 2)
+    assert sorted(fake.image_ids()) == ["a", "b", "c", "d"]
+    assert "push: deleted 2 duplicate tasks" in capsys.readouterr().out
 
 
 def test_a_delete_whose_answer_was_lost_is_not_an_error_when_retried():
@@ -245,11 +270,11 @@ def test_a_delete_whose_answer_was_lost_is_not_an_error_when_retried():
         delete_task(refuse(500), 101)
 
 
-def test_a_push_without_retries_lists_the_project_once(push_setup):
+def test_a_push_without_retries_or_duplicates_lists_the_project_once_and_reads_no_task(push_setup):
     conn, settings, taxonomy, crawl, serve = push_setup
-    fake = serve(["a", "a"])
+    fake = serve(["a"])
     push_images(conn, settings, taxonomy, images("abcde"), crawl)
-    assert [what for what, _ in fake.requests].count("list tasks") == 1 and ("delete", 101) not in fake.requests
+    assert [what for what, _ in fake.requests if what in ("list tasks", "get", "delete")] == ["list tasks"]
 
 
 def test_predictions_are_made_for_the_new_images_only(push_setup):

@@ -18,7 +18,7 @@ import pytest
 from annotation.client import Connection, LabelStudioError
 from annotation.importers import import_label_studio, read_label_studio_export
 from annotation.pull import catalog_lookup, export_path, snapshot_from_server
-from annotation.push import AnnotationSettings, Prediction, push_images, remove_late_duplicates, review_title
+from annotation.push import AnnotationSettings, Prediction, push_images, remove_duplicate_tasks, review_title
 from annotation.server import ServerError, ServerSettings, check_token, start, stop
 from pipeline.demo_crawl import generate
 from pipeline.ingest import ingest
@@ -103,17 +103,19 @@ def test_tasks_saved_after_the_retry_listed_the_project_are_deleted_again(server
     assert sorted(t.data["image_id"] for t in tasks) == sorted(catalog["image_id"])
 
 
-def test_a_duplicate_an_expert_already_worked_on_is_kept(server, workspace, annotation_settings, styles):
+def test_a_duplicate_someone_started_on_is_kept(server, workspace, annotation_settings, styles):
     root, catalog = workspace
-    project_id, _ = push_images(server, annotation_settings, styles, catalog.head(2), root / "data/crawl")
+    project_id, _ = push_images(server, annotation_settings, styles, catalog.head(3), root / "data/crawl")
     ls = server.client()
     first = sorted(ls.tasks.list(project=project_id, fields="task_only"), key=lambda t: t.id)
-    ls.projects.import_tasks(project_id, request=[{"data": t.data} for t in first])
-    copies = sorted(ls.tasks.list(project=project_id, fields="task_only"), key=lambda t: t.id)[2:]
-    ls.annotations.create(id=copies[0].id, result=[choices("main_style", ["Casual"])], was_cancelled=False)
-    assert remove_late_duplicates(server, ls, project_id, set(catalog["image_id"])) == 1
+    ls.projects.import_tasks(project_id, request=[{"data": t.data} for t in first])  # a copy of each
+    annotated, drafted, untouched = sorted(ls.tasks.list(project=project_id, fields="task_only"), key=lambda t: t.id)[3:]
+    ls.annotations.create(id=annotated.id, result=[choices("main_style", ["Casual"])], was_cancelled=False)
+    draft = httpx.post(f"{server.url}/api/tasks/{drafted.id}/drafts", headers={"Authorization": f"Token {server.token}"}, json={"result": [choices("main_style", ["Retro"])], "lead_time": 3.0})
+    assert draft.status_code == 201, draft.text  # what the editor autosaves while an expert works
+    assert remove_duplicate_tasks(server, ls, list(ls.tasks.list(project=project_id, fields="task_only"))) == 1
     left = {t.id for t in ls.tasks.list(project=project_id, fields="task_only")}
-    assert left == {first[0].id, first[1].id, copies[0].id}
+    assert left == {t.id for t in first} | {annotated.id, drafted.id}
 
 
 def test_label_studio_serves_the_pushed_photo(server, workspace, annotation_settings, styles):
