@@ -102,12 +102,10 @@ def ensure_local_storage(conn: Connection, ls: LabelStudio, project_id: int, cra
         conn.call("connect local storage", lambda: ls.import_storage.local.create(project=project_id, path=path, title="crawl", use_blob_urls=True))
 
 
-def listed_tasks(ls: LabelStudio, project_id: int) -> list:
-    return list(ls.tasks.list(project=project_id, fields="task_only"))  # data only, no annotations or predictions
-
-
-def image_id_of(task) -> str | None:
-    return str(task.data["image_id"]) if task.data and task.data.get("image_id") else None
+def listed_images(ls: LabelStudio, project_id: int) -> list[tuple[int, str]]:
+    """(task id, image id) of every task of the project that push made; one page of task objects in memory at a time."""
+    tasks = ls.tasks.list(project=project_id, fields="task_only")  # data only, no annotations or predictions
+    return [(task.id, str(task.data["image_id"])) for task in tasks if task.data and task.data.get("image_id")]
 
 
 def crawl_url_prefix(crawl_dir: Path, document_root: Path) -> str:
@@ -149,7 +147,7 @@ def import_chunk(conn: Connection, ls: LabelStudio, project_id: int, chunk: list
         nonlocal attempts
         pending = chunk
         if attempts:
-            present = {image_id_of(task) for task in listed_tasks(ls, project_id)}
+            present = {image_id for _, image_id in listed_images(ls, project_id)}
             pending = [task for task in chunk if task["data"]["image_id"] not in present]
         attempts += 1
         if pending:
@@ -160,10 +158,23 @@ def import_chunk(conn: Connection, ls: LabelStudio, project_id: int, chunk: list
 
 
 def untouched(task) -> bool:
-    """No one has started on `task`, as `tasks.get` reports it: no annotation, skip, draft (an
-    expert's autosaved work in progress), comment or annotator. A field the server did not send counts as work."""
+    """No one has started on `task`, as `tasks.get` reports it: no annotation, skip, draft, comment or annotator.
+
+    `draft_exists` covers every user's autosaved work in progress (`drafts` lists only the
+    caller's own). A field the server did not send counts as work.
+    """
     return (task.total_annotations == 0 and task.cancelled_annotations == 0 and task.draft_exists is False
-            and task.drafts == [] and task.comment_count == 0 and task.annotators == [])  # fmt: skip
+            and task.comment_count == 0 and task.annotators == [])  # fmt: skip
+
+
+def read_task(ls: LabelStudio, task_id: int):
+    """The task as `tasks.get` reports it, or None when it is gone (deleted in the UI, or by another push)."""
+    try:
+        return ls.tasks.get(task_id)
+    except ApiError as exc:
+        if exc.status_code != 404:
+            raise
+        return None
 
 
 def delete_task(ls: LabelStudio, task_id: int) -> None:
@@ -175,21 +186,23 @@ def delete_task(ls: LabelStudio, task_id: int) -> None:
             raise
 
 
-def remove_duplicate_tasks(conn: Connection, ls: LabelStudio, tasks: list) -> int:
-    """Delete the extra tasks of images that `tasks` (a project's listing) holds more than once; returns how many.
+def remove_duplicate_tasks(conn: Connection, ls: LabelStudio, listed: list[tuple[int, str]]) -> int:
+    """Delete the extra tasks of images that `listed` (task id, image id) holds more than once; returns how many.
 
     Only push sets `image_id`, so two tasks of one image are a copy that Label Studio saved
-    late for a retried import (see `import_chunk`). Each image keeps its oldest task; a
-    copy is read again just before and deleted only if no one has started on it.
+    late for a retried import (see `import_chunk`). Every copy is read again, then those no
+    one has started on are deleted, except the oldest when no copy has been started on.
     """
-    ids: dict[str, list[int]] = defaultdict(list)
-    for task in tasks:
-        if (image_id := image_id_of(task)) is not None:
-            ids[image_id].append(task.id)
+    copies: dict[str, list[int]] = defaultdict(list)
+    for task_id, image_id in listed:
+        copies[image_id].append(task_id)
     removed = 0
-    for copy in (task_id for same in ids.values() for task_id in sorted(same)[1:]):
-        if untouched(conn.call(f"read task {copy}", lambda: ls.tasks.get(copy))):
-            conn.call(f"delete duplicate task {copy}", lambda: delete_task(ls, copy))
+    for same in (sorted(ids) for ids in copies.values() if len(ids) > 1):
+        read = {task_id: conn.call(f"read task {task_id}", lambda: read_task(ls, task_id)) for task_id in same}
+        fresh = [task_id for task_id, task in read.items() if task is not None and untouched(task)]
+        worked_on = [task_id for task_id, task in read.items() if task is not None and not untouched(task)]
+        for task_id in fresh[0 if worked_on else 1 :]:
+            conn.call(f"delete duplicate task {task_id}", lambda: delete_task(ls, task_id))
             removed += 1
     return removed
 
@@ -212,9 +225,9 @@ def push_images(
     ls = conn.client()
     project_id = ensure_project(conn, ls, title or settings.project, labeling_config(taxonomy))
     ensure_local_storage(conn, ls, project_id, crawl_dir)
-    listed = conn.call("list tasks", lambda: listed_tasks(ls, project_id))
+    listed = conn.call("list tasks", lambda: listed_images(ls, project_id))
     removed = remove_duplicate_tasks(conn, ls, listed)  # what an earlier push left: it failed, or a late save came after its check
-    new = images[~images["image_id"].isin({image_id_of(task) for task in listed})]
+    new = images[~images["image_id"].isin({image_id for _, image_id in listed})]
     predictions = predict(new) if predict is not None and len(new) else {}
     if predictions:  # most uncertain first: sequential sampling serves tasks in import order
         new = new.assign(_confidence=new["image_id"].map(lambda i: predictions[i].confidence if i in predictions else 2.0))
@@ -224,7 +237,7 @@ def push_images(
     for chunk in tqdm(list(chunked(tasks, settings.chunk_size)), desc="push", unit="chunk", disable=None):
         retried |= import_chunk(conn, ls, project_id, chunk)
     if retried:
-        removed += remove_duplicate_tasks(conn, ls, conn.call("list tasks", lambda: listed_tasks(ls, project_id)))
+        removed += remove_duplicate_tasks(conn, ls, conn.call("list tasks", lambda: listed_images(ls, project_id)))
     if removed:
         tqdm.write(f"push: deleted {removed} duplicate tasks (copies Label Studio saved late for a retried import)")
     return project_id, len(tasks)

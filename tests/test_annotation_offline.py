@@ -32,7 +32,7 @@ from annotation.consolidate import IMAGE_LABEL_COLUMNS, consolidate
 from annotation.consolidate import main as consolidate_main
 from annotation.importers import ANNOTATION_COLUMNS
 from annotation.pull import snapshot_from_server
-from annotation.push import AnnotationSettings, Prediction, delete_task, find_projects, push_images, remove_duplicate_tasks
+from annotation.push import AnnotationSettings, Prediction, delete_task, find_projects, listed_images, push_images, remove_duplicate_tasks
 from annotation.server import ServerError, ServerSettings, credentials, start
 from pipeline.taxonomy import load_taxonomy
 from conftest import free_port
@@ -147,8 +147,8 @@ class FakeLabelStudio:
     def __init__(self, title: str, image_ids: list[str], lost_answers: int = 0, late_saves: int = 0):
         self.saved: dict[int, dict] = {}  # task id -> data
         self.ids = itertools.count(100)
-        self.annotated: set[int] = set()
-        self.drafted: set[int] = set()
+        self.work: dict[int, dict] = {}  # task id -> fields of work someone started on it (as tasks.get reports them)
+        self.gone: set[int] = set()  # deleted behind the listing's back
         self.late: list[list[dict]] = []
         self.save([{"data": {"image_id": i}} for i in image_ids])
         self.lost_answers, self.late_saves = lost_answers, late_saves
@@ -172,9 +172,10 @@ class FakeLabelStudio:
 
     def get_task(self, id: int):
         self.requests.append(("get", id))
-        drafts = [{"result": []}] if id in self.drafted else []
-        return SimpleNamespace(id=id, data=self.saved[id], total_annotations=int(id in self.annotated), cancelled_annotations=0,
-                               draft_exists=bool(drafts), drafts=drafts, comment_count=0, annotators=[1] if id in self.annotated else [])  # fmt: skip
+        if id in self.gone:
+            raise ApiError(status_code=404, body={"detail": "Not found."})
+        untouched = {"total_annotations": 0, "cancelled_annotations": 0, "draft_exists": False, "comment_count": 0, "annotators": []}
+        return SimpleNamespace(id=id, data=self.saved[id], **untouched | self.work.get(id, {}))
 
     def import_tasks(self, project_id: int, request: list[dict], request_options: dict | None = None):
         self.requests.append(("import", request_options))
@@ -235,14 +236,32 @@ def test_tasks_label_studio_saves_after_the_retry_listed_the_project_are_deleted
     assert f"push: deleted {copies} duplicate tasks" in capsys.readouterr().out
 
 
-def test_an_images_extra_copies_are_deleted_unless_someone_started_on_them(push_setup):
+WORK = {
+    "annotation": {"total_annotations": 1},
+    "skip": {"cancelled_annotations": 1},
+    "draft": {"draft_exists": True},  # an expert's autosaved work in progress (tasks.get lists only the caller's own in `drafts`)
+    "comment": {"comment_count": 1},
+    "annotator": {"annotators": [2]},
+    "a field the server did not send": {"draft_exists": None},
+}
+
+
+@pytest.mark.parametrize("work", WORK.values(), ids=WORK.keys())
+def test_a_copy_someone_started_on_is_kept_and_the_untouched_ones_go(push_setup, work):
     conn, settings, taxonomy, crawl, serve = push_setup
-    fake = serve(["a", "a", "b", "b", "c", "c", "d"])  # ids 100..106
-    fake.annotated.add(103)  # an expert labelled b's second task already
-    fake.drafted.add(105)  # and is half-way through c's (an autosaved draft)
-    assert remove_duplicate_tasks(conn, fake, fake.list_tasks(7, "task_only")) == 1
-    assert sorted(fake.saved) == [100, 102, 103, 104, 105, 106]
-    assert [i for what, i in fake.requests if what == "get"] == [101, 103, 105], "each copy is read again right before"
+    fake = serve(["a", "a", "a", "b"])  # ids 100..103
+    fake.work[101] = work
+    assert remove_duplicate_tasks(conn, fake, listed_images(fake, 7)) == 2
+    assert sorted(fake.saved) == [101, 103], "the started copy stays, even when an untouched one is older"
+    assert [i for what, i in fake.requests if what == "get"] == [100, 101, 102], "each copy is read again right before"
+
+
+def test_without_work_on_any_copy_the_oldest_stays_and_a_copy_gone_meanwhile_is_no_error(push_setup):
+    conn, settings, taxonomy, crawl, serve = push_setup
+    fake = serve(["a", "a", "b", "b", "b"])  # ids 100..104
+    fake.gone.add(102)  # deleted in the UI after the listing
+    assert remove_duplicate_tasks(conn, fake, listed_images(fake, 7)) == 2
+    assert sorted(fake.saved) == [100, 102, 103]  # (102 is gone on the real server)
 
 
 def test_copies_a_failed_push_left_are_deleted_by_the_next(push_setup, capsys):

