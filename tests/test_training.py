@@ -25,6 +25,7 @@ import training.train as train_module
 from pipeline.cli import InputError, report_user_errors
 from pipeline.pixel_cache import PixelCacheSettings, build_cache
 from pipeline.settings import ParamsError, load_section
+from training import data as training_data
 from training import evaluate, features, predict
 from training.checkpoint import CHECKPOINT_REMEDY, build_trained_module, load_checkpoint
 from training.data import ImageDataset, eval_transform
@@ -112,14 +113,14 @@ def test_features_cache_both_poolings_and_mirrored_training_images(inputs):
     assert json.loads(str(npz["meta"]))["mean"] == [0.5, 0.5, 0.5]
 
 
-def _spy_on_extraction(monkeypatch) -> list[tuple[int, bool]]:
-    """(images, mirrored) of every backbone pass the features stage makes from now on."""
-    passes: list[tuple[int, bool]] = []
+def _spy_on_extraction(monkeypatch) -> list[tuple[int, int]]:
+    """(images, mirrored images) of every extraction the features stage starts from now on."""
+    passes: list[tuple[int, int]] = []
     real = features.extract
 
-    def extract(backbone, paths, settings, precision, mirror, progress):
-        passes.append((len(paths), mirror))
-        return real(backbone, paths, settings, precision, mirror, progress)
+    def extract(backbone, paths, mirrored, *args):
+        passes.append((len(paths) - sum(mirrored), sum(mirrored)))
+        return real(backbone, paths, mirrored, *args)
 
     monkeypatch.setattr(features, "extract", extract)
     return passes
@@ -149,10 +150,10 @@ def test_a_new_batch_runs_the_backbone_over_its_own_images_only(inputs, tmp_path
     written = shard.stat().st_mtime_ns
     passes = _spy_on_extraction(monkeypatch)
     _extract_features(_dataset_in_batches(inputs, tmp_path, first_batch=20), out, params)  # batch b2: 8 images, none in train
-    assert passes == [(8, False)] and shard.stat().st_mtime_ns == written
+    assert passes == [(8, 0)] and shard.stat().st_mtime_ns == written
     _assert_same_features(out, inputs["features"])
     _extract_features(_dataset_in_batches(inputs, tmp_path, first_batch=20), out, params)
-    assert passes == [(8, False)], "nothing new: no backbone pass"
+    assert passes == [(8, 0), (0, 0)], "nothing new: nothing extracted"
 
 
 def test_images_that_joined_an_old_batch_or_the_training_split_are_the_only_ones_extracted(inputs, tmp_path, monkeypatch):
@@ -164,7 +165,7 @@ def test_images_that_joined_an_old_batch_or_the_training_split_are_the_only_ones
     _extract_features(partial, tmp_path / "features.npz", params)
     passes = _spy_on_extraction(monkeypatch)
     _extract_features(dict(inputs, dataset=_dataset_in_batches(inputs, tmp_path, first_batch=28)["dataset"]), tmp_path / "features.npz", params)
-    assert passes == [(1, False), (3, True)]
+    assert passes == [(1, 3)]
     _assert_same_features(tmp_path / "features.npz", inputs["features"])  # a pass of one image computes what a pass of eight does
 
 
@@ -182,21 +183,21 @@ def test_an_interrupted_extraction_keeps_the_batches_it_finished(inputs, tmp_pat
     batches, out = _dataset_in_batches(inputs, tmp_path, first_batch=20), tmp_path / "features.npz"
     settings = features.FeatureSettings("tf_efficientnet_lite0", str(inputs["weights"]), image_size=32, batch_size=8, workers=0, flip=True)
     stage = lambda: features.write_features(batches["dataset"], batches["subset"], batches["crawl"], out, tmp_path / "cache", settings, "bf16")  # noqa: E731
-    real = features.extract
+    real = training_data.load_rgb
 
-    def interrupted_in_b2(backbone, paths, *args):
-        if paths[0].name == "20.png":  # b2's first image
+    def interrupted_in_b2(path, vetted):
+        if path.name == "27.png":  # b2's last image (one stream of passes of 8: b1's all end before it)
             raise KeyboardInterrupt
-        return real(backbone, paths, *args)
+        return real(path, vetted)
 
-    monkeypatch.setattr(features, "extract", interrupted_in_b2)
+    monkeypatch.setattr(training_data, "load_rgb", interrupted_in_b2)
     with pytest.raises(KeyboardInterrupt):
         stage()
     assert not out.exists() and sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["b1.npz"]
     monkeypatch.undo()
     passes = _spy_on_extraction(monkeypatch)
     stage()
-    assert passes == [(8, False)]
+    assert passes == [(8, 0)]
 
 
 @pytest.mark.parametrize("change", ["image_size", "batch_size", "thread count", "weights file", "random weights", "damaged shard", "empty shard"])
@@ -221,7 +222,7 @@ def test_features_are_extracted_again_when_the_cache_cannot_vouch_for_them(input
     passes = _spy_on_extraction(monkeypatch)
     _extract_features(batches, out, params)
     damaged = change.endswith("shard")
-    assert passes == ([(8, False)] if damaged else [(20, False), (16, True), (8, False)]), "batch b1, its mirrored training images, b2"
+    assert passes == ([(8, 0)] if damaged else [(28, 16)])
     if damaged:
         assert re.search(r"features: warning: cache shard .*b2.npz is unreadable .*: extracting its images again", capsys.readouterr().err)
 

