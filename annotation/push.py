@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote
 
 import pandas as pd
@@ -27,6 +28,7 @@ from annotation.config import labeling_config
 from annotation.importers import MAIN_FIELD, SUB_FIELD
 from pipeline.taxonomy import Taxonomy
 
+T = TypeVar("T")
 SUB_STYLE_THRESHOLD = 0.5  # a predicted sub-style is pre-ticked at this probability
 
 
@@ -167,23 +169,15 @@ def untouched(task) -> bool:
             and task.comment_count == 0 and task.annotators == [])  # fmt: skip
 
 
-def read_task(ls: LabelStudio, task_id: int):
-    """The task as `tasks.get` reports it, or None when it is gone (deleted in the UI, or by another push)."""
+def unless_gone(call: Callable[[], T]) -> T | None:
+    """`call()` on one task, or None when Label Studio answers 404: the task is gone already
+    (deleted in the UI, by another push, or by a retry of ours whose first answer was lost)."""
     try:
-        return ls.tasks.get(task_id)
+        return call()
     except ApiError as exc:
         if exc.status_code != 404:
             raise
         return None
-
-
-def delete_task(ls: LabelStudio, task_id: int) -> None:
-    """Delete one task; one already gone (a retry whose first answer was lost) counts as deleted."""
-    try:
-        ls.tasks.delete(str(task_id))
-    except ApiError as exc:
-        if exc.status_code != 404:
-            raise
 
 
 def remove_duplicate_tasks(conn: Connection, ls: LabelStudio, listed: list[tuple[int, str]]) -> int:
@@ -198,11 +192,12 @@ def remove_duplicate_tasks(conn: Connection, ls: LabelStudio, listed: list[tuple
         copies[image_id].append(task_id)
     removed = 0
     for same in (sorted(ids) for ids in copies.values() if len(ids) > 1):
-        read = {task_id: conn.call(f"read task {task_id}", lambda: read_task(ls, task_id)) for task_id in same}
-        fresh = [task_id for task_id, task in read.items() if task is not None and untouched(task)]
-        worked_on = [task_id for task_id, task in read.items() if task is not None and not untouched(task)]
-        for task_id in fresh[0 if worked_on else 1 :]:
-            conn.call(f"delete duplicate task {task_id}", lambda: delete_task(ls, task_id))
+        read = [(task_id, conn.call(f"read task {task_id}", lambda: unless_gone(lambda: ls.tasks.get(task_id)))) for task_id in same]
+        present = [(task_id, task) for task_id, task in read if task is not None]
+        fresh = [task_id for task_id, task in present if untouched(task)]
+        started = len(fresh) < len(present)
+        for task_id in fresh[0 if started else 1 :]:
+            conn.call(f"delete duplicate task {task_id}", lambda: unless_gone(lambda: ls.tasks.delete(str(task_id))))
             removed += 1
     return removed
 

@@ -32,7 +32,7 @@ from annotation.consolidate import IMAGE_LABEL_COLUMNS, consolidate
 from annotation.consolidate import main as consolidate_main
 from annotation.importers import ANNOTATION_COLUMNS
 from annotation.pull import snapshot_from_server
-from annotation.push import AnnotationSettings, Prediction, delete_task, find_projects, listed_images, push_images, remove_duplicate_tasks
+from annotation.push import AnnotationSettings, Prediction, find_projects, listed_images, push_images, remove_duplicate_tasks, unless_gone
 from annotation.server import ServerError, ServerSettings, credentials, start
 from pipeline.taxonomy import load_taxonomy
 from conftest import free_port
@@ -277,16 +277,13 @@ def test_copies_a_failed_push_left_are_deleted_by_the_next(push_setup, capsys):
     assert "push: deleted 2 duplicate tasks" in capsys.readouterr().out
 
 
-def test_a_delete_whose_answer_was_lost_is_not_an_error_when_retried():
-    def refuse(status: int) -> SimpleNamespace:
-        def delete(id: str) -> None:
-            raise ApiError(status_code=status, body={"detail": "Not found."})
+def test_a_task_already_gone_is_not_an_error_but_other_refusals_are():
+    def refuse(status: int) -> None:
+        raise ApiError(status_code=status, body={"detail": "Not found."})
 
-        return SimpleNamespace(tasks=SimpleNamespace(delete=delete))
-
-    delete_task(refuse(404), 101)  # the first try deleted it
+    assert unless_gone(lambda: refuse(404)) is None  # e.g. a delete retried after its first answer was lost
     with pytest.raises(ApiError):
-        delete_task(refuse(500), 101)
+        unless_gone(lambda: refuse(500))
 
 
 def test_a_push_without_retries_or_duplicates_lists_the_project_once_and_reads_no_task(push_setup):
