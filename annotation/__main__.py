@@ -73,7 +73,16 @@ def load_predictions(checkpoint: Path, images: pd.DataFrame, crawl_dir: Path, to
 
     rows = predict_images(checkpoint, [crawl_dir / p for p in images["path"]], top_k, vetted=True)
     version = f"{checkpoint.parent.name}@{int(checkpoint.stat().st_mtime)}"
-    return {image_id: Prediction(version, [tuple(pair) for pair in row["top"]]) for image_id, row in zip(images["image_id"], rows) if "error" not in row}
+    return {image_id: Prediction(version, [tuple(pair) for pair in row["top"]], frozenset(row["predicted"])) for image_id, row in zip(images["image_id"], rows) if "error" not in row}
+
+
+def chosen_checkpoint(args: argparse.Namespace) -> Path | None:
+    """The checkpoint whose predictions push attaches: --checkpoint, or --model's (a name, or 'best' by validation mAP); None for neither."""
+    if args.model is None:
+        return args.checkpoint
+    from training.predict import model_checkpoint  # torch is imported only when predictions are asked for
+
+    return model_checkpoint(args.model, args.models_dir)
 
 
 def push(args: argparse.Namespace, params: Params, settings: AnnotationSettings) -> int:
@@ -87,7 +96,8 @@ def push(args: argparse.Namespace, params: Params, settings: AnnotationSettings)
         catalog, title = catalog[catalog["image_id"].isin(review_ids)], review_title(settings.project)
     if args.batch:
         catalog = catalog[catalog["batch"].isin(args.batch)]
-    predict = (lambda new: load_predictions(args.checkpoint, new, crawl_dir, len(taxonomy.names))) if args.checkpoint else None
+    checkpoint = chosen_checkpoint(args)
+    predict = (lambda new: load_predictions(checkpoint, new, crawl_dir, len(taxonomy.names))) if checkpoint else None
     project_id, added = push_images(conn, settings, taxonomy, catalog, crawl_dir, predict, title=title)
     print(f"push: project {title!r} (id {project_id}): {added} new tasks, {len(catalog) - added} already there")
     return 0
@@ -136,7 +146,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = sub.add_parser("push", help="create/update the project and import catalog images not yet in it (server: LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY)")
     p.add_argument("--catalog", type=Path, default=Path("data/catalog.parquet"), help="image catalog from the ingest stage")
     p.add_argument("--batch", action="append", help="only images first seen in this crawl batch (repeatable)")
-    p.add_argument("--checkpoint", type=Path, help="trained model: attach its predictions and queue the most uncertain photos first")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--checkpoint", type=Path, help="trained model: attach its predictions and queue the most uncertain photos first")
+    which.add_argument("--model", help="the same with a model of params.yaml by name (MODELS_DIR/<name>/best.pt), or 'best': the highest validation mAP")
+    p.add_argument("--models-dir", type=Path, default=Path("models"), help="where --model looks (default: models)")
     p.add_argument("--review", type=Path, help="push the images of this review list (data/review.csv) to the '<project> (review)' project")
     p.set_defaults(run=push)
     p = sub.add_parser("pull", help="snapshot the project's (and its review project's) annotations into the label exports folder and `dvc add` it (server: LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY)")

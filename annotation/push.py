@@ -29,7 +29,6 @@ from annotation.importers import MAIN_FIELD, SUB_FIELD
 from pipeline.taxonomy import Taxonomy
 
 T = TypeVar("T")
-SUB_STYLE_THRESHOLD = 0.5  # a predicted sub-style is pre-ticked at this probability
 
 
 @dataclass(frozen=True)
@@ -43,10 +42,15 @@ class AnnotationSettings:
 
 @dataclass(frozen=True)
 class Prediction:
-    """A model's guess for one image: (label, probability) pairs, most likely first."""
+    """A model's guess for one image: (label, probability) pairs, most likely first, and the labels it calls present.
+
+    `present`: the labels at or above their thresholds chosen on the validation split
+    (training/predict.py); the pre-annotation ticks those as sub-styles.
+    """
 
     model_version: str
     ranked: Sequence[tuple[str, float]]
+    present: frozenset[str] = frozenset()
 
     @property
     def confidence(self) -> float:
@@ -55,7 +59,7 @@ class Prediction:
     def as_label_studio(self) -> dict:
         main, _ = self.ranked[0]
         result = [_choices(MAIN_FIELD, [main])]
-        subs = [label for label, p in self.ranked[1:] if p >= SUB_STYLE_THRESHOLD]
+        subs = [label for label, _ in self.ranked[1:] if label in self.present]
         if subs:
             result.append(_choices(SUB_FIELD, subs))
         return {"model_version": self.model_version, "score": round(self.confidence, 4), "result": result}

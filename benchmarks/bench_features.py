@@ -5,9 +5,10 @@ Prints, measured in this one process on this machine:
   2. the same stage once a 100-photo batch has arrived: only the new batch is extracted;
   3. the stage over history + new batch from scratch (what every batch cost before the
      cache), and the ratio of (2) to it.
-Seven in ten photos are training images, whose mirrored copies are extracted too.
+Every photo's mirror image is extracted too (features.flip). With --maps the cache keeps
+the last feature maps (fp16) as well, and the cache's size per 10,000 images is printed.
 
-Usage: python benchmarks/bench_features.py [--photos DIR] [--history N] [--backbone NAME] [--image-size PX]
+Usage: python benchmarks/bench_features.py [--photos DIR] [--history N] [--backbone NAME] [--image-size PX] [--maps]
 """
 
 from __future__ import annotations
@@ -58,13 +59,14 @@ def main() -> int:
     parser.add_argument("--history", type=int, default=800, help="photos already in the dataset before the new batch arrives")
     parser.add_argument("--backbone", default="tf_efficientnet_lite0", help="features.backbone (resnet50 needs its weights offline: see README)")
     parser.add_argument("--image-size", type=int, default=160, help="features.image_size in px (params.yaml's default: 160)")
+    parser.add_argument("--maps", action="store_true", help="features.maps: also cache the last feature maps (fp16), as csra heads need")
     args = parser.parse_args()
     if not args.photos.is_dir():
         print(f"bench_features: {args.photos} not found; this benchmark needs the shared CCP photos", file=sys.stderr)
         return 2
     photos = sorted(args.photos.glob("*.jpg"))[: args.history + BATCH]
-    settings = FeatureSettings(backbone=args.backbone, weights="imagenet", image_size=args.image_size, batch_size=32, workers=0, flip=True)
-    print(f"{len(photos)} photos from {args.photos}; {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads; {args.backbone} @ {args.image_size} px")
+    settings = FeatureSettings(backbone=args.backbone, weights="imagenet", image_size=args.image_size, batch_size=32, workers=0, flip=True, maps=args.maps)
+    print(f"{len(photos)} photos from {args.photos}; {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads; {args.backbone} @ {args.image_size} px, maps {args.maps}")
     with tempfile.TemporaryDirectory() as tmp_name:
         work = Path(tmp_name)
         (work / "label_subset.json").write_text(json.dumps({"labels": ["street"], "top_k": 1}))
@@ -74,7 +76,9 @@ def main() -> int:
         report(f"[2] + a {BATCH}-photo batch, from the cache", incremental, counts)
         rebuild, counts = timed_stage(photos, work, work / "scratch", settings)
         report(f"[3] all {len(photos)} photos from scratch", rebuild, counts)
+        cache_bytes = sum(f.stat().st_size for f in (work / "scratch").iterdir())
     print(f"\nnew batch / from scratch: {incremental / rebuild:.3f} (the batch is {BATCH / len(photos):.3f} of the photos)")
+    print(f"features cache: {cache_bytes / 2**20:.1f} MiB for {len(photos)} images and their mirror images = {cache_bytes / len(photos) * 10_000 / 2**30:.2f} GiB per 10,000 images")
     return 0
 
 

@@ -49,7 +49,8 @@ from training.backbones import create_backbone
 from training.data import CachedPixelBatches, ImageDataset, device_train_augment, train_transform
 from training.device import adam, compile_for_training, pick_device, prepare
 from training.models import ModelSpec, StyleNet, build_head
-from training.train import cached_pixel_loader, on_device, train_one_epoch
+from training.engine import train_one_epoch
+from training.feeds import cached_pixel_loader, on_device
 
 DEFAULT_PHOTOS = Path(__file__).resolve().parents[1].parent / "shared/datasets/ccp/photos"
 N_LABELS, EMBEDDING_DIM, GCN_HIDDEN = 23, 50, 1024

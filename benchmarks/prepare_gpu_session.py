@@ -26,7 +26,7 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from training.backbones import lite0_wheel_weights
+from training.backbones import lite_wheel_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 CARRY_LIMIT = 64 * 2**20
@@ -63,7 +63,7 @@ def main() -> int:
         scaled_copy(photo, small / photo.name, args.short_side)
     shutil.copy2(args.ccp / "labels.csv", small.parent / "labels.csv")
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    weights = {name: t.half() if t.is_floating_point() else t for name, t in lite0_wheel_weights(model).items()}
+    weights = {name: t.half() if t.is_floating_point() else t for name, t in lite_wheel_weights(model, 0).items()}
     torch.save(weights, args.out / "lite0-imagenet-fp16.pth")
     work = args.out / "ccp-finetune"
     shutil.rmtree(work, ignore_errors=True)

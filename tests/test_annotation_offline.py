@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 from label_studio_sdk.core.api_error import ApiError
 
-from annotation.__main__ import load_predictions, stop_signals_interrupt
+from annotation.__main__ import chosen_checkpoint, load_predictions, parse_args, stop_signals_interrupt
 from annotation.__main__ import main as annotation_main
 from annotation.client import Connection, LabelStudioError
 from annotation.config import labeling_config
@@ -327,6 +327,17 @@ def test_push_checks_the_connection_before_predicting(tmp_path, monkeypatch, cap
     assert "set LABEL_STUDIO_URL" in capsys.readouterr().err
 
 
+def test_push_takes_the_model_to_predict_with_by_name_by_validation_or_by_file(tmp_path):
+    def chosen(*argv: str) -> Path | None:
+        return chosen_checkpoint(parse_args(["push", "--models-dir", str(tmp_path), *argv]))
+
+    assert chosen("--model", "mlgcn") == tmp_path / "mlgcn" / "best.pt"
+    assert chosen("--checkpoint", "elsewhere/best.pt") == Path("elsewhere/best.pt")
+    assert chosen() is None, "no model: tasks without pre-annotations"
+    with pytest.raises(SystemExit):
+        chosen("--model", "best", "--checkpoint", "elsewhere/best.pt")
+
+
 def test_a_server_too_slow_to_answer_is_not_reported_as_down():
     with socket.socket() as listener:  # listens, never answers: the request times out after the connection
         listener.bind(("127.0.0.1", 0))
@@ -584,11 +595,12 @@ def test_an_image_the_model_cannot_read_gets_no_pre_annotation(tmp_path, monkeyp
     checkpoint = tmp_path / "models" / "mlgcn" / "best.pt"
     checkpoint.parent.mkdir(parents=True)
     checkpoint.write_bytes(b"stand-in: predict_images is replaced below")
-    rows = [{"path": "b1/a.jpg", "top": [["Casual", 0.9]]}, {"path": "b1/b.jpg", "error": "cannot read image"}]
+    rows = [{"path": "b1/a.jpg", "top": [["Casual", 0.9], ["Sexy", 0.2]], "predicted": ["Casual", "Sexy"]}, {"path": "b1/b.jpg", "error": "cannot read image"}]
     monkeypatch.setattr("training.predict.predict_images", lambda *args, **kwargs: rows)
     images = pd.DataFrame({"image_id": ["a", "b"], "path": ["b1/a.jpg", "b1/b.jpg"]})
     predictions = load_predictions(checkpoint, images, tmp_path, top_k=3)
-    assert list(predictions) == ["a"] and predictions["a"].ranked == [("Casual", 0.9)]
+    assert list(predictions) == ["a"] and predictions["a"].ranked == [("Casual", 0.9), ("Sexy", 0.2)]
+    assert predictions["a"].present == {"Casual", "Sexy"}, "the labels over their validation thresholds are the ones pre-ticked"
 
 
 def test_serve_under_nohup_keeps_ignoring_hang_ups():

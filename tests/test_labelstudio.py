@@ -163,7 +163,8 @@ def test_predictions_become_pre_annotations_most_uncertain_first(server, workspa
     confidences = [0.9, 0.2, 0.6, 0.4]
     subset = catalog.head(len(confidences))
     predictions = {
-        image_id: Prediction("mlgcn@1", [("Casual", p), ("Natural", 0.55), ("Sexy", 0.1)])
+        # Sexy at 0.1 is over its own (validation) threshold, Natural at 0.55 is not: the thresholds decide, not 0.5
+        image_id: Prediction("mlgcn@1", [("Casual", p), ("Natural", 0.55), ("Sexy", 0.1)], frozenset({"Sexy"}))
         for image_id, p in zip(subset["image_id"], confidences)
     }
     project_id, _ = push_images(server, annotation_settings, styles, subset, root / "data/crawl", lambda new: predictions)
@@ -172,7 +173,7 @@ def test_predictions_become_pre_annotations_most_uncertain_first(server, workspa
     assert queue == sorted(confidences)
     prediction = server.client().predictions.list(task=exported[0]["id"])[0]
     assert prediction.model_version == "mlgcn@1"
-    assert [r["value"]["choices"] for r in prediction.result] == [["Casual"], ["Natural"]]
+    assert [r["value"]["choices"] for r in prediction.result] == [["Casual"], ["Sexy"]]
 
 
 def test_pull_snapshots_the_review_project_once_push_review_made_it(server, workspace, annotation_settings, styles):

@@ -1,4 +1,4 @@
-"""Metrics against values computed by hand on small cases: ties, more labels than k, a class with no positives."""
+"""Metrics against values computed by hand on small cases: ties, more labels than k, a class with no positives, F1 thresholds."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ import numpy as np
 import pytest
 
 from training.metrics import (
+    all_recall_ceiling,
     average_precision,
     bootstrap_interval,
     evaluate_scores,
     f1_scores,
+    f1_thresholds,
     mean_average_precision,
+    own_count_all_hits,
     per_label_top2_all,
     topk_all_hits,
     topk_any_hits,
@@ -39,10 +42,32 @@ def test_topk_all_recall_needs_every_label_inside_the_top_k():
     assert topk_all_hits(SCORES, TARGETS, 3).tolist() == [True, True, True, True]
 
 
-def test_paper_columns_in_table_order_and_their_means():
+def test_paper_columns_in_table_order_and_their_means_then_top_n_all():
     hits = topk_hits(SCORES, TARGETS)
-    assert list(hits) == ["top1_any", "top2_all", "top2_any", "top3_all", "top3_any"]
-    assert {k: v.mean() for k, v in hits.items()} == {"top1_any": 0.5, "top2_all": 0.5, "top2_any": 1.0, "top3_all": 1.0, "top3_any": 1.0}
+    assert list(hits) == ["top1_any", "top2_all", "top2_any", "top3_all", "top3_any", "topn_all"]
+    assert {k: v.mean() for k, v in hits.items()} == {"top1_any": 0.5, "top2_all": 0.5, "top2_any": 1.0, "top3_all": 1.0, "top3_any": 1.0, "topn_all": 0.5}
+
+
+def test_top_n_all_recall_asks_for_exactly_the_images_own_labels_at_the_top_and_stays_meaningful_with_many_labels():
+    # row 0: its one label tied with a false one (a miss); row 1: all 3 labels are the top 3; row 2: a false label above a true one; row 3: clean
+    assert own_count_all_hits(SCORES, TARGETS).tolist() == [False, True, False, True]
+    many = np.array([[1, 1, 1, 0], [1, 1, 1, 1]])  # 3 and 4 labels: Top-2 all-recall is 0 for any model
+    perfect = many * 0.9 + 0.05
+    assert not topk_all_hits(perfect, many, 2).any() and own_count_all_hits(perfect, many).all()
+    assert all_recall_ceiling(many, 2) == 0.0 and all_recall_ceiling(many, 3) == 0.5 and all_recall_ceiling(TARGETS, 2) == 0.75
+    assert not own_count_all_hits(np.zeros((1, 2)), np.zeros((1, 2))).any(), "an image without labels is no hit"
+
+
+def test_f1_thresholds_by_hand_ties_on_one_side_and_the_default_without_positives():
+    probs = np.array([[0.9, 0.5, 0.2], [0.7, 0.5, 0.1], [0.4, 0.3, 0.3], [0.2, 0.1, 0.6]])
+    targets = np.array([[1, 1, 0], [1, 0, 0], [0, 1, 0], [1, 0, 0]])
+    thresholds = f1_thresholds(probs, targets)
+    # class 0: cuts after 0.9 (F1 2/4), 0.7 (4/5), 0.4 (4/6), 0.2 (6/7): all predicted is best -> threshold 0.2 itself
+    # class 1: the tie at 0.5 stays together: cut after it F1 2/4, after 0.3 F1 4/5 -> midpoint of 0.3 and 0.1
+    assert thresholds.tolist() == pytest.approx([0.2, 0.2, 0.5])
+    assert f1_scores(probs, targets, thresholds)["CF1"] >= f1_scores(probs, targets)["CF1"]
+    # equal F1 (2/3) after 0.8 and after 0.2: the higher threshold wins
+    assert f1_thresholds(np.array([[0.8], [0.6], [0.4], [0.2]]), np.array([[1], [0], [0], [1]]))[0] == pytest.approx(0.7)
 
 
 def test_a_constant_predictor_gets_no_top1_credit_whatever_the_class_order():
@@ -110,7 +135,7 @@ def test_bootstrap_interval_brackets_the_estimate_and_collapses_without_variance
 def test_evaluate_scores_reports_nan_ap_as_none_and_every_paper_column():
     result = evaluate_scores(SCORES, TARGETS * np.array([1, 1, 0]), np.array([0, 0, 0, 1]), ["a", "b", "c"], 50, seed=0)
     assert result["per_class_ap"]["c"] is None
-    assert set(result["summary"]) == {"top1_any", "top2_all", "top2_any", "top3_all", "top3_any", "mAP"}
+    assert set(result["summary"]) == {"top1_any", "top2_all", "top2_any", "top3_all", "top3_any", "topn_all", "mAP"}
     for entry in result["summary"].values():
         assert entry["ci_low"] <= entry["value"] <= entry["ci_high"]
 

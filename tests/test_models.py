@@ -1,7 +1,9 @@
-"""Models: GCN shapes and gradients, the graph the forward pass multiplies, the backbone registry's weight sources."""
+"""Models: GCN shapes and gradients, the graph the forward pass multiplies, CSRA attention and the ASL loss against hand-computed
+cases, the backbone registry's weight sources."""
 
 from __future__ import annotations
 
+import math
 from urllib.error import URLError
 
 import numpy as np
@@ -16,7 +18,8 @@ from pipeline.settings import ParamsError
 from training.backbones import create_backbone
 from training.data import read_label_graph
 from training.device import compile_for_training
-from training.models import BasicCNN, GCNHead, ModelSpec, StyleNet, build_head, global_pool
+from training.losses import AsymmetricLoss, binary_cross_entropy, make_loss
+from training.models import BasicCNN, CSRAHead, FreeClassifiers, GraphClassifiers, ModelSpec, PooledHead, StyleNet, build_head, csra_temperatures, global_pool
 
 
 def _graph(n_classes: int = 4, dim: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,30 +29,106 @@ def _graph(n_classes: int = 4, dim: int = 6) -> tuple[torch.Tensor, torch.Tensor
 
 def test_gcn_head_shapes_and_the_exact_two_layer_computation():
     embeddings, adjacency = _graph()
-    head = GCNHead(embeddings, adjacency, feature_dim=8, hidden=5)
+    gcn = GraphClassifiers(embeddings, adjacency, feature_dim=8, hidden=5)
+    head = PooledHead(gcn)
     features = torch.randn(3, 8)
-    assert head.classifiers().shape == (4, 8)
+    weight, bias = gcn()
+    assert weight.shape == (4, 8) and bias is None, "ML-GCN's classifiers have no bias (reference code)"
     assert head(features).shape == (3, 4)
-    w1, w2 = head.layer1.weight.T, head.layer2.weight.T
+    w1, w2 = gcn.layer1.weight.T, gcn.layer2.weight.T
     expected = adjacency @ F.leaky_relu(adjacency @ embeddings @ w1, 0.2) @ w2
     torch.testing.assert_close(head(features), features @ expected.T)
 
 
 def test_gradients_reach_both_gcn_layers_but_not_the_graph():
     embeddings, adjacency = _graph()
-    head = GCNHead(embeddings, adjacency, feature_dim=8, hidden=5)
+    head = PooledHead(GraphClassifiers(embeddings, adjacency, feature_dim=8, hidden=5))
     loss = F.binary_cross_entropy_with_logits(head(torch.randn(3, 8)), torch.ones(3, 4))
     loss.backward()
-    assert head.layer1.weight.grad.abs().sum() > 0 and head.layer2.weight.grad.abs().sum() > 0
-    assert [name for name, _ in head.named_parameters()] == ["layer1.weight", "layer2.weight"]
-    assert {name for name, _ in head.named_buffers()} == {"embeddings", "adjacency"}
+    assert head.classifiers.layer1.weight.grad.abs().sum() > 0 and head.classifiers.layer2.weight.grad.abs().sum() > 0
+    assert [name for name, _ in head.named_parameters()] == ["classifiers.layer1.weight", "classifiers.layer2.weight"]
+    assert {name for name, _ in head.named_buffers()} == {"classifiers.embeddings", "classifiers.adjacency"}
 
 
-def test_identity_ablation_replaces_the_graph_and_linear_is_a_plain_layer():
+def test_identity_ablation_replaces_the_graph_and_linear_is_a_linear_layer():
     embeddings, adjacency = _graph()
     ablation = build_head(ModelSpec(kind="gcn", adjacency="identity"), 8, 4, embeddings, adjacency, 5)
-    assert torch.equal(ablation.adjacency, torch.eye(4))
-    assert isinstance(build_head(ModelSpec(kind="linear"), 8, 4, embeddings, adjacency, 5), torch.nn.Linear)
+    assert torch.equal(ablation.classifiers.adjacency, torch.eye(4))
+    torch.manual_seed(3)
+    linear = build_head(ModelSpec(kind="linear"), 8, 4, embeddings, adjacency, 5)
+    torch.manual_seed(3)
+    reference = nn.Linear(8, 4)
+    features = torch.randn(3, 8)
+    torch.testing.assert_close(linear(features), reference(features), msg="the linear head is nn.Linear, initialised alike")
+
+
+def test_the_graph_residual_adds_gcn_made_classifiers_to_learned_ones_and_keeps_the_bias():
+    embeddings, adjacency = _graph()
+    head = build_head(ModelSpec(kind="gcn_residual"), 8, 4, embeddings, adjacency, 5)
+    free, graph = head.classifiers.free, head.classifiers.graph
+    features = torch.randn(3, 8)
+    expected = features @ (free.linear.weight + graph()[0]).T + free.linear.bias
+    torch.testing.assert_close(head(features), expected)
+    assert torch.equal(graph.adjacency, adjacency)
+
+
+def _one_label_csra(scores: list[float], temperatures: tuple[float, ...], lam: float) -> CSRAHead:
+    """A CSRA head over a 1-channel map whose classifier is 1 with bias 0: each position's score is its map value."""
+    free = FreeClassifiers(1, 1)
+    with torch.no_grad():
+        free.linear.weight.fill_(1.0)
+        free.linear.bias.zero_()
+    return CSRAHead(free, temperatures, lam)
+
+
+def test_csra_by_hand_and_its_limits_are_average_and_max_pooling():
+    values = [1.0, 2.0, 3.0, 6.0]
+    maps = torch.tensor(values).reshape(1, 1, 2, 2)
+    mean, top = sum(values) / 4, max(values)
+    weights = torch.softmax(torch.tensor(values), 0)  # T = 1, unit-length classifier
+    by_hand = mean + 0.5 * float((weights * torch.tensor(values)).sum())
+    torch.testing.assert_close(_one_label_csra(values, (1.0,), 0.5)(maps), torch.tensor([[by_hand]]))
+    torch.testing.assert_close(_one_label_csra(values, (0.0,), 0.5)(maps), torch.tensor([[mean * 1.5]]), msg="T = 0: attention is the mean")
+    torch.testing.assert_close(_one_label_csra(values, (math.inf,), 0.5)(maps), torch.tensor([[mean + 0.5 * top]]), msg="T = infinity: the max")
+    torch.testing.assert_close(_one_label_csra(values, (50.0,), 0.5)(maps), torch.tensor([[mean + 0.5 * top]]), msg="a large T tends to the max")
+    torch.testing.assert_close(_one_label_csra(values, (1.0, math.inf), 0.5)(maps), torch.tensor([[by_hand + mean + 0.5 * top]]), msg="heads add up")
+    torch.testing.assert_close(_one_label_csra(values, (1.0,), 0.0)(maps), torch.tensor([[mean]]), msg="lam = 0: average pooling")
+
+
+def test_csra_temperature_does_not_depend_on_the_classifiers_length_and_heads_follow_the_paper():
+    maps = torch.randn(2, 3, 4, 4)
+    head = build_head(ModelSpec(kind="linear", pooling="csra", lam=0.3), 3, 5, torch.zeros(5, 2), torch.eye(5), 4)
+    logits = head(maps)
+    assert logits.shape == (2, 5)
+    with torch.no_grad():
+        head.classifiers.linear.weight.mul_(10.0)
+        head.classifiers.linear.bias.mul_(10.0)
+    torch.testing.assert_close(head(maps), 10 * logits, msg="the same attention weights: the logits scale with the classifier")
+    assert csra_temperatures(1) == (1.0,) and csra_temperatures(2) == (1.0, math.inf) and csra_temperatures(4) == (1.0, 2.0, 3.0, math.inf)
+
+
+def test_a_csra_model_reads_whole_feature_maps_end_to_end():
+    body = nn.Conv2d(3, 6, 3, stride=4)
+    head = build_head(ModelSpec(kind="gcn", pooling="csra", heads=2), 6, 3, torch.randn(3, 4), torch.eye(3), 5)
+    net = StyleNet(body, "csra", head)
+    images = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(net(images), head(body(images)))
+
+
+def test_asl_by_hand_reduces_to_bce_and_ignores_easy_negatives():
+    logits, targets = torch.tensor([[2.0, -1.0, -3.0]]), torch.tensor([[1.0, 0.0, 0.0]])
+    p = torch.sigmoid(logits)[0]
+    shifted = (p - 0.05).clamp(min=0)
+    by_hand = -(torch.log(p[0]) * (1 - p[0]) ** 1 + sum(shifted[j] ** 4 * torch.log(1 - shifted[j]) for j in (1, 2)))
+    torch.testing.assert_close(AsymmetricLoss(gamma_neg=4, gamma_pos=1, clip=0.05)(logits, targets), by_hand)
+    torch.testing.assert_close(AsymmetricLoss(0, 0, 0)(logits, targets), binary_cross_entropy(logits, targets), msg="no focusing, no margin: BCE")
+    easy = torch.tensor([[-4.0]], requires_grad=True)  # p = 0.018 < clip
+    loss = AsymmetricLoss()(easy, torch.zeros(1, 1))
+    loss.backward()
+    assert loss.item() == 0 and easy.grad.item() == 0, "a negative scored below the margin costs nothing"
+    assert make_loss("asl", AsymmetricLoss()) is not make_loss("bce", AsymmetricLoss())
+    with pytest.raises(ParamsError, match=r"loss 'focal' is not one of \('bce', 'asl'\)"):
+        make_loss("focal", AsymmetricLoss())
 
 
 def test_the_graph_read_from_the_graph_stage_file_is_used_unchanged(tmp_path):
@@ -59,7 +138,7 @@ def test_the_graph_read_from_the_graph_stage_file_is_used_unchanged(tmp_path):
     np.savez(path, labels=np.array(labels), adjacency=np.eye(3), adjacency_norm=adjacency_norm, embeddings=np.ones((3, 4), np.float32))
     graph = read_label_graph(path, labels)
     head = build_head(ModelSpec(kind="gcn"), 8, 3, torch.from_numpy(graph.embeddings), torch.from_numpy(graph.adjacency_norm), 5)
-    assert torch.equal(head.adjacency, torch.from_numpy(adjacency_norm))
+    assert torch.equal(head.classifiers.adjacency, torch.from_numpy(adjacency_norm))
     with pytest.raises(InputError, match="label_graph.npz: labels"):
         read_label_graph(path, ["c", "b", "a"])
 
@@ -98,9 +177,10 @@ def test_basic_cnn_maps_pixels_to_one_logit_per_class():
     assert BasicCNN(5)(torch.randn(2, 3, 64, 48)).shape == (2, 5)
 
 
-def test_model_spec_rejects_unknown_values_with_the_params_section_named():
+@pytest.mark.parametrize("entry", [{"kind": "gcn", "pooling": "median"}, {"kind": "linear", "loss": "focal"}, {"kind": "linear", "pooling": "csra", "heads": 0}])
+def test_model_spec_rejects_unknown_values_with_the_params_section_named(entry):
     with pytest.raises(ParamsError, match="models section"):
-        ModelSpec(kind="gcn", pooling="median")
+        ModelSpec(**entry)
 
 
 def test_resnet50_loads_a_local_weights_file(tmp_path):
@@ -150,5 +230,5 @@ def test_efficientnet_lite0_gets_the_offline_imagenet_weights_by_position():
 
 
 def test_unknown_backbone_names_the_choices():
-    with pytest.raises(ParamsError, match=r"^unknown backbone 'vgg'; features.backbone in params.yaml must be one of \['resnet50', 'tf_efficientnet_lite0'\]$"):
+    with pytest.raises(ParamsError, match=r"^unknown backbone 'vgg'; features.backbone in params.yaml must be one of \['resnet50', 'tf_efficientnet_lite0', 'tf_efficientnet_lite1', 'tf_efficientnet_lite2'\]$"):
         create_backbone("vgg", "none")

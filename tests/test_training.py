@@ -26,11 +26,13 @@ from pipeline.cli import InputError, report_user_errors
 from pipeline.pixel_cache import PixelCacheSettings, build_cache
 from pipeline.settings import ParamsError, load_section
 from training import data as training_data
-from training import evaluate, features, predict
+from training import engine, evaluate, features, feeds, predict, schedule
 from training.checkpoint import CHECKPOINT_REMEDY, build_trained_module, load_checkpoint
 from training.data import ImageDataset, eval_transform
 from training.distributed import SINGLE, World, shard
+from training.metrics import f1_thresholds
 from training.models import ModelSpec
+from training.settings import TrainSettings
 
 LABELS = ["red", "green", "blue"]
 MODELS = {
@@ -38,17 +40,19 @@ MODELS = {
     "linear": {"kind": "linear", "pooling": "avg"},
     "gcn": {"kind": "gcn", "pooling": "max", "adjacency": "graph"},
     "gcn_identity": {"kind": "gcn", "pooling": "max", "adjacency": "identity"},
+    "residual_csra": {"kind": "gcn_residual", "pooling": "csra", "heads": 2, "lam": 0.5, "loss": "asl"},  # feature maps, the graph as a residual, ASL (last in sorted order)
 }
 ADJACENCY_NORM = np.array([[0.8, 0.2, 0.0], [0.3, 0.7, 0.0], [0.0, 0.4, 0.6]], dtype=np.float32)
 
 
 def _params(tmp: Path, weights: Path, **train_overrides) -> Path:
     params = {
-        "features": {"backbone": "tf_efficientnet_lite0", "weights": str(weights), "image_size": 32, "batch_size": 8, "workers": 0, "flip": True},
+        "features": {"backbone": "tf_efficientnet_lite0", "weights": str(weights), "image_size": 32, "batch_size": 8, "workers": 0, "flip": True, "maps": True},
         "train": {"seed": 7, "epochs": 2, "patience": 5, "batch_size": 8, "lr_backbone": 1e-4, "lr_head": 1e-3, "gcn_hidden": 16, "finetune": False, "workers": 0,
-                  "cached_pixels": False, "compile": False, "lr_scaling": "none", "precision": "bf16", "warmup_epochs": 1.5} | train_overrides,
+                  "cached_pixels": False, "compile": False, "lr_scaling": "none", "precision": "bf16", "warmup_epochs": 1.5, "loss": "bce",
+                  "asl_gamma_neg": 4.0, "asl_gamma_pos": 0.0, "asl_clip": 0.05, "tta_flip": True} | train_overrides,
         "models": MODELS,
-        "evaluate": {"split": "test", "bootstrap": 20, "seed": 0},
+        "evaluate": {"split": "test", "bootstrap": 20, "seed": 0, "baseline": "linear"},
     }  # fmt: skip
     path = tmp / "params.yaml"
     path.write_text(yaml.safe_dump(params), encoding="utf-8")
@@ -105,11 +109,13 @@ def _error(capsys, prog: str) -> str:
     return line.removeprefix(f"{prog}: error: ")
 
 
-def test_features_cache_both_poolings_and_mirrored_training_images(inputs):
+def test_features_cache_both_poolings_the_maps_and_every_image_mirrored(inputs):
     npz = np.load(inputs["features"])
     assert npz["max"].shape == npz["avg"].shape == (28, 1280)
-    assert npz["max_flip"].shape == (16, 1280) and len(npz["flip_image_id"]) == 16
+    assert npz["max_flip"].shape == (28, 1280) and list(npz["flip_image_id"]) == list(npz["image_id"]), "training augmentation and the test-time flip"
     assert (npz["max"] >= npz["avg"]).all()
+    assert npz["maps"].dtype == npz["maps_flip"].dtype == np.float16 and npz["maps"].shape[:2] == (28, 1280)
+    np.testing.assert_allclose(npz["maps"].astype(np.float32).max(axis=(2, 3)), npz["max"], rtol=1e-3, atol=1e-3)
     assert json.loads(str(npz["meta"]))["mean"] == [0.5, 0.5, 0.5]
 
 
@@ -149,23 +155,23 @@ def test_a_new_batch_runs_the_backbone_over_its_own_images_only(inputs, tmp_path
     shard = tmp_path / "features_cache" / "b1.npz"
     written = shard.stat().st_mtime_ns
     passes = _spy_on_extraction(monkeypatch)
-    _extract_features(_dataset_in_batches(inputs, tmp_path, first_batch=20), out, params)  # batch b2: 8 images, none in train
-    assert passes == [(8, 0)] and shard.stat().st_mtime_ns == written
+    _extract_features(_dataset_in_batches(inputs, tmp_path, first_batch=20), out, params)  # batch b2: 8 images, and their mirror images
+    assert passes == [(8, 8)] and shard.stat().st_mtime_ns == written
     _assert_same_features(out, inputs["features"])
     _extract_features(_dataset_in_batches(inputs, tmp_path, first_batch=20), out, params)
-    assert passes == [(8, 0), (0, 0)], "nothing new: nothing extracted"
+    assert passes == [(8, 8), (0, 0)], "nothing new: nothing extracted"
 
 
-def test_images_that_joined_an_old_batch_or_the_training_split_are_the_only_ones_extracted(inputs, tmp_path, monkeypatch):
+def test_an_image_that_joined_an_old_batch_is_the_only_one_extracted(inputs, tmp_path, monkeypatch):
     params = _params(tmp_path, inputs["weights"])
     table = pd.read_parquet(inputs["dataset"]).assign(batch="b1")
-    table.loc[table["image_id"].isin(["img03", "img04"]), "split"] = "val"  # img03, img04: training images once relabelled
+    table.loc[table["image_id"].isin(["img03", "img04"]), "split"] = "val"  # another split changes nothing: every image is mirrored
     table.drop(index=[5]).to_parquet(tmp_path / "dataset.parquet")  # img05: labelled later
     partial = dict(inputs, dataset=tmp_path / "dataset.parquet")
     _extract_features(partial, tmp_path / "features.npz", params)
     passes = _spy_on_extraction(monkeypatch)
     _extract_features(dict(inputs, dataset=_dataset_in_batches(inputs, tmp_path, first_batch=28)["dataset"]), tmp_path / "features.npz", params)
-    assert passes == [(1, 3)]
+    assert passes == [(1, 1)]
     _assert_same_features(tmp_path / "features.npz", inputs["features"])  # a pass of one image computes what a pass of eight does
 
 
@@ -181,7 +187,7 @@ def test_the_cache_folder_is_made_even_when_nothing_is_cached_and_leftovers_go(i
 
 def test_an_interrupted_extraction_keeps_the_batches_it_finished(inputs, tmp_path, monkeypatch):
     batches, out = _dataset_in_batches(inputs, tmp_path, first_batch=20), tmp_path / "features.npz"
-    settings = features.FeatureSettings("tf_efficientnet_lite0", str(inputs["weights"]), image_size=32, batch_size=8, workers=0, flip=True)
+    settings = features.FeatureSettings("tf_efficientnet_lite0", str(inputs["weights"]), image_size=32, batch_size=8, workers=0, flip=True, maps=True)
     stage = lambda: features.write_features(batches["dataset"], batches["subset"], batches["crawl"], out, tmp_path / "cache", settings, "bf16")  # noqa: E731
     real = training_data.load_rgb
 
@@ -197,7 +203,7 @@ def test_an_interrupted_extraction_keeps_the_batches_it_finished(inputs, tmp_pat
     monkeypatch.undo()
     passes = _spy_on_extraction(monkeypatch)
     stage()
-    assert passes == [(8, 0)]
+    assert passes == [(8, 8)]
 
 
 @pytest.mark.parametrize("change", ["image_size", "batch_size", "thread count", "weights file", "random weights", "damaged shard", "empty shard"])
@@ -222,7 +228,7 @@ def test_features_are_extracted_again_when_the_cache_cannot_vouch_for_them(input
     passes = _spy_on_extraction(monkeypatch)
     _extract_features(batches, out, params)
     damaged = change.endswith("shard")
-    assert passes == ([(8, 0)] if damaged else [(28, 16)])
+    assert passes == ([(8, 8)] if damaged else [(28, 28)])
     if damaged:
         assert re.search(r"features: warning: cache shard .*b2.npz is unreadable .*: extracting its images again", capsys.readouterr().err)
 
@@ -236,8 +242,10 @@ def test_smoke_run_of_every_model_then_the_evaluation_report(inputs, tmp_path):
         history = (tmp_path / "dvclive" / model / "plots" / "metrics" / "val" / "mAP.tsv").read_text().splitlines()
         assert len(history) == 1 + 2, "a header and one row per epoch"
     gcn = load_checkpoint(tmp_path / "models" / "gcn" / "best.pt")
-    assert torch.equal(gcn["model"]["adjacency"], torch.from_numpy(ADJACENCY_NORM)), "the forward pass multiplies the graph stage's adjacency_norm"
-    assert torch.equal(load_checkpoint(tmp_path / "models" / "gcn_identity" / "best.pt")["model"]["adjacency"], torch.eye(3))
+    assert torch.equal(gcn["model"]["classifiers.adjacency"], torch.from_numpy(ADJACENCY_NORM)), "the forward pass multiplies the graph stage's adjacency_norm"
+    assert torch.equal(load_checkpoint(tmp_path / "models" / "residual_csra" / "best.pt")["model"]["classifiers.graph.adjacency"], torch.from_numpy(ADJACENCY_NORM))
+    assert torch.equal(load_checkpoint(tmp_path / "models" / "gcn_identity" / "best.pt")["model"]["classifiers.adjacency"], torch.eye(3))
+    assert len(gcn["thresholds"]) == 3 and all(0 < t < 1 for t in gcn["thresholds"]), "per-label thresholds chosen on validation"
 
     report, metrics = tmp_path / "evaluation.md", tmp_path / "evaluation.json"
     evaluate.main([
@@ -245,12 +253,15 @@ def test_smoke_run_of_every_model_then_the_evaluation_report(inputs, tmp_path):
         "--crawl-dir", str(inputs["crawl"]), "--models-dir", str(tmp_path / "models"), "--report", str(report), "--metrics", str(metrics), "--params", str(params),
     ])  # fmt: skip
     text = report.read_text()
-    assert "| model | T1 any | T2 all | T2 any | T3 all | T3 any | mAP | CF1 | OF1 |" in text
+    assert "| model | T1 any | T2 all | T2 any | T3 all | T3 any | Tn all | mAP | CF1 | OF1 | CF1 (val thr) | OF1 (val thr) |" in text
     assert all(f"| {model} |" in text for model in MODELS)
-    assert "gcn minus each other model" in text and "| gcn_identity |" in text
+    assert "Each model minus linear" in text and "| gcn_identity |" in text and "| linear | " not in text.split("Each model minus linear")[1].split("##")[0]
     scores = json.loads(metrics.read_text())
+    val_maps = {name: load_checkpoint(tmp_path / "models" / name / "best.pt")["val"]["mAP"] for name in MODELS}
+    assert scores["chosen_model"] == max(val_maps, key=val_maps.get) and f"**Chosen on the validation split: {scores['chosen_model']}**" in text
     assert scores["n_images"] == 6 and set(scores["models"]) == set(MODELS)
     assert all(m["top2_all_ci_low"] <= m["top2_all"] <= m["top2_all_ci_high"] for m in scores["models"].values())
+    assert "mAP_minus_baseline" in scores["models"]["gcn"] and "mAP_minus_baseline" not in scores["models"]["linear"]
 
 
 def _interrupt_mid_epoch(monkeypatch, epoch: int) -> None:
@@ -408,7 +419,7 @@ def test_bf16_stays_off_on_the_cpu_unless_asked_for_everywhere(inputs, tmp_path)
 def test_the_cached_pixel_training_loop_waits_for_the_gpu_once_per_epoch(inputs, tmp_path):
     params = _params(tmp_path, inputs["weights"], finetune=True, cached_pixels=True, batch_size=4)
     paths = argparse.Namespace(label_subset=inputs["subset"], graph=inputs["graph"], dataset=inputs["dataset"], features=inputs["features"], crawl_dir=inputs["crawl"], pixel_cache=inputs["pixels"], params=params)
-    settings = load_section(train_module.TrainSettings, "train", params)
+    settings = load_section(TrainSettings, "train", params)
     device = torch.device("cuda")
     run = train_module.setup("linear", ModelSpec(**MODELS["linear"]), settings, paths, device)
     batches = run.train_batches(torch.Generator().manual_seed(0))
@@ -428,7 +439,7 @@ def test_prefetched_pixel_batches_arrive_whole_and_in_order_on_the_gpu():
     generator = torch.Generator().manual_seed(0)
     host = [(torch.randint(0, 256, (32, 224, 224, 3), dtype=torch.uint8, generator=generator).pin_memory(), torch.full((32,), i)) for i in range(6)]
     device = torch.device("cuda")
-    received = [(pixels.cpu(), targets) for pixels, targets in train_module.on_device(iter(host), device, lambda x: x.float().mul(2))]
+    received = [(pixels.cpu(), targets) for pixels, targets in feeds.on_device(iter(host), device, lambda x: x.float().mul(2))]
     assert [int(t[0]) for _, t in received] == list(range(6))
     assert all(torch.equal(got, sent.float().mul(2)) for (got, _), (sent, _) in zip(received, host, strict=True))
 
@@ -441,25 +452,27 @@ def test_a_pixel_cache_without_the_dataset_images_says_how_to_rebuild_it(inputs,
 
 
 def test_learning_rates_scale_with_the_global_batch():
-    assert train_module.lr_factor("none", 256) == 1.0
-    assert train_module.lr_factor("linear", 256) == 8.0
-    assert train_module.lr_factor("sqrt", 128) == 2.0
+    assert schedule.lr_factor("none", 256) == 1.0
+    assert schedule.lr_factor("linear", 256) == 8.0
+    assert schedule.lr_factor("sqrt", 128) == 2.0
 
 
 @pytest.mark.parametrize(
     ("setting", "message"),
-    [({"lr_scaling": "cubic"}, "lr_scaling 'cubic' is not one of"), ({"precision": "fp16"}, r"train.precision 'fp16' is not one of \('bf16', 'bf16-all', 'fp32'\)"), ({"warmup_epochs": -1}, "warmup_epochs must be >= 0")],
+    [({"lr_scaling": "cubic"}, "lr_scaling 'cubic' is not one of"), ({"precision": "fp16"}, r"train.precision 'fp16' is not one of \('bf16', 'bf16-all', 'fp32'\)"), ({"warmup_epochs": -1}, "warmup_epochs must be >= 0"),
+     ({"loss": "focal"}, r"loss 'focal' is not one of \('bce', 'asl'\) \(train.loss")],
 )
 def test_invalid_training_settings_are_refused_with_the_choices(setting, message):
     valid = {"seed": 0, "epochs": 1, "patience": 1, "batch_size": 8, "lr_backbone": 1e-4, "lr_head": 1e-3, "gcn_hidden": 8, "finetune": False, "workers": 0,
-             "cached_pixels": False, "compile": False, "lr_scaling": "none", "precision": "bf16", "warmup_epochs": 0.0}  # fmt: skip
+             "cached_pixels": False, "compile": False, "lr_scaling": "none", "precision": "bf16", "warmup_epochs": 0.0,
+             "loss": "bce", "asl_gamma_neg": 4.0, "asl_gamma_pos": 0.0, "asl_clip": 0.05, "tta_flip": False}  # fmt: skip
     with pytest.raises(ParamsError, match=message):
-        train_module.TrainSettings(**valid | setting)
+        TrainSettings(**valid | setting)
 
 
 def test_warmup_raises_every_group_rate_linearly_across_epochs_then_leaves_it():
     optimizer = torch.optim.Adam([{"params": [nn.Parameter(torch.zeros(1))], "lr": 1e-3}, {"params": [nn.Parameter(torch.zeros(1))], "lr": 1e-4}])
-    warmup = train_module.LinearWarmup((1e-3, 1e-4), steps=4, steps_per_epoch=train_module.steps_per_epoch(n_train=20, batch_size=8, world=SINGLE))
+    warmup = schedule.LinearWarmup((1e-3, 1e-4), steps=4, steps_per_epoch=schedule.steps_per_epoch(n_train=20, batch_size=8, world=SINGLE))
     rates = []
     for epoch in range(3):
         set_rates = warmup.setter(optimizer, epoch)
@@ -470,7 +483,7 @@ def test_warmup_raises_every_group_rate_linearly_across_epochs_then_leaves_it():
     assert np.allclose([r[0] for r in rates], [0.25e-3, 0.5e-3, 0.75e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3])
     assert np.allclose([r[1] for r in rates[:4]], [0.25e-4, 0.5e-4, 0.75e-4, 1e-4])
     assert warmup.setter(optimizer, 2) is None
-    assert train_module.steps_per_epoch(17, 4, World(rank=0, size=2)) == 3, "9 rows per rank in batches of 4"
+    assert schedule.steps_per_epoch(17, 4, World(rank=0, size=2)) == 3, "9 rows per rank in batches of 4"
 
 
 @pytest.mark.parametrize(("n", "size"), [(16, 2), (17, 2), (10, 3), (2, 4)])
@@ -495,20 +508,22 @@ def test_predictions_equal_the_cached_feature_path_and_the_cli_writes_csv(inputs
     head.load_state_dict(checkpoint["model"])
     npz = np.load(inputs["features"])
     rows = [list(npz["image_id"]).index(f"img{p.stem}") for p in images]
-    cached = torch.sigmoid(head(torch.from_numpy(npz["max"][rows]))).detach().numpy()
-    np.testing.assert_allclose([[r["scores"][label] for label in LABELS] for r in results], cached, atol=1e-5)
+    plain, mirrored = (torch.sigmoid(head(torch.from_numpy(npz[array][rows]))).detach().numpy() for array in ("max", "max_flip"))
+    np.testing.assert_allclose([[r["scores"][label] for label in LABELS] for r in results], (plain + mirrored) / 2, atol=1e-5, err_msg="train.tta_flip: the mean with the mirror image")
+    thresholds = checkpoint["thresholds"]
+    assert all(r["predicted"] == [label for label, p in sorted(r["scores"].items(), key=lambda item: -item[1]) if p >= thresholds[LABELS.index(label)]] for r in results)
 
     out = tmp_path / "predictions.csv"
     assert predict.main([str(inputs["crawl"]), "--checkpoint", str(best), "--top-k", "2", "--out", str(out)]) == 0
     table = pd.read_csv(out)
-    assert list(table.columns) == ["path", "label_1", "prob_1", "label_2", "prob_2", "error"] and len(table) == 28
+    assert list(table.columns) == ["path", "label_1", "prob_1", "label_2", "prob_2", "predicted", "error"] and len(table) == 28
     assert table["error"].isna().all()
 
 
 def test_unknown_model_and_missing_inputs_say_what_to_do(inputs, tmp_path, capsys):
     params = _params(tmp_path, inputs["weights"])
     _train(inputs, "resnet-9000", tmp_path, params, status=2)
-    assert _error(capsys, "train") == "unknown model 'resnet-9000'; params.yaml 'models' has ['cnn', 'gcn', 'gcn_identity', 'linear']"
+    assert _error(capsys, "train") == "unknown model 'resnet-9000'; params.yaml 'models' has ['cnn', 'gcn', 'gcn_identity', 'linear', 'residual_csra']"
     missing = dict(inputs, dataset=tmp_path / "nowhere.parquet")
     _train(missing, "linear", tmp_path, params, status=2)
     assert "nowhere.parquet: dataset not found; run the curation stages" in _error(capsys, "train")
@@ -560,7 +575,7 @@ def test_resuming_with_other_training_settings_or_processes_is_refused_but_longe
     _train(inputs, "gcn", tmp_path, _params(tmp_path, inputs["weights"], epochs=2, lr_head=1e-2, seed=99, batch_size=4), "--resume", status=2)
     assert re.search(r"other settings: train.batch_size 8 -> 4, train.lr_head 0.001 -> 0.01, train.seed 7 -> 99\. Rerun without --resume .* restore those settings", _error(capsys, "train"))
     params = _params(tmp_path, inputs["weights"], epochs=2)
-    settings = load_section(train_module.TrainSettings, "train", params)
+    settings = load_section(TrainSettings, "train", params)
     with pytest.raises(InputError, match=r"other settings: processes 1 -> 2\. .*the number of torchrun processes"):
         train_module.train("gcn", ModelSpec(**MODELS["gcn"]), settings, _stage_paths(inputs, tmp_path, params), resume=True, world=World(rank=0, size=2))
     _train(inputs, "gcn", tmp_path, _params(tmp_path, inputs["weights"], epochs=3, patience=9, workers=1), "--resume")
@@ -573,15 +588,15 @@ def test_ranks_augment_their_images_differently_and_rank_0_as_one_process_does(i
     """Eight copies of one picture, so that the batches differ by their augmentations alone; the shuffle stays shared."""
     table = pd.DataFrame({"image_id": [f"copy{i}" for i in range(8)], "path": "00.png", "batch": "b1", "split": "train"})
     build_cache(table, inputs["crawl"], tmp_path / "pixels", PixelCacheSettings(height=40, width=32, workers=1))
-    stage = train_module.StageInputs(table, torch.zeros(8, 3), {"train": np.ones(8, bool), "val": np.ones(8, bool)}, torch.zeros(3, 5), torch.eye(3))
+    stage = feeds.StageInputs(table, torch.zeros(8, 3), {"train": np.ones(8, bool), "val": np.ones(8, bool)}, torch.zeros(3, 5), torch.eye(3))
     paths = argparse.Namespace(crawl_dir=inputs["crawl"], pixel_cache=tmp_path / "pixels")
-    settings = load_section(train_module.TrainSettings, "train", _params(tmp_path, inputs["weights"], batch_size=4, workers=workers))
-    feeds = train_module._cached_pixel_feeds if cached_pixels else train_module._file_feeds
+    settings = load_section(TrainSettings, "train", _params(tmp_path, inputs["weights"], batch_size=4, workers=workers))
+    make_feeds = feeds.cached_pixel_feeds if cached_pixels else feeds.file_feeds
 
     def first_batch(world: World) -> torch.Tensor:
         generator = train_module.seed_everything(7000, world)
         assert generator.initial_seed() == 7000, "every rank shuffles alike (shard() needs the same order)"
-        train_batches, _ = feeds(stage, paths, settings, (32, (0.5,) * 3, (0.5,) * 3), torch.device("cpu"), world)
+        train_batches, _ = make_feeds(stage, paths, settings, (32, (0.5,) * 3, (0.5,) * 3), torch.device("cpu"), world)
         return next(iter(train_batches(generator)))[0]
 
     rank0 = first_batch(World(rank=0, size=2))
@@ -594,14 +609,13 @@ def test_evaluation_and_prediction_run_a_model_in_the_precision_it_was_trained_i
     params = _params(tmp_path, inputs["weights"], epochs=1, precision="fp32")
     inputs = dict(inputs, features=_extract_features(inputs, tmp_path / "features.npz", params))
     _train(inputs, model, tmp_path, params)
-    real, used = train_module.autocast, []
+    real, used = engine.autocast, []
 
     def recording(device, precision="bf16"):
         used.append(precision)
         return real(device, precision)
 
-    monkeypatch.setattr(train_module, "autocast", recording)
-    monkeypatch.setattr(predict, "autocast", recording)
+    monkeypatch.setattr(engine, "autocast", recording)  # evaluate and predict both score through engine.predict_probs
     best = tmp_path / "models" / model / "best.pt"
     _test_probs(inputs, best, inputs["features"])
     predict.predict_images(best, [inputs["crawl"] / "00.png"])
@@ -628,8 +642,8 @@ def test_training_logs_inside_a_dvc_repo_without_commits(tmp_path, monkeypatch):
 
 
 def test_fine_tuning_with_too_few_steps_per_epoch_is_flagged_with_a_batch_that_fits():
-    assert train_module.few_steps_warning(36, 1142, 32) is None  # batch 32 on the CCP benchmark: no accuracy lost
-    message = train_module.few_steps_warning(9, 1142, 128)
+    assert schedule.few_steps_warning(36, 1142, 32) is None  # batch 32 on the CCP benchmark: no accuracy lost
+    message = schedule.few_steps_warning(9, 1142, 128)
     assert message is not None and "9 optimizer steps per epoch on 1142 training images" in message and "train.batch_size to at most 57" in message
 
 
@@ -664,12 +678,42 @@ def test_predict_goes_past_unreadable_images_lists_each_with_its_error_and_exits
     out = tmp_path / "predictions.csv"
     assert predict.main([str(photos), "--checkpoint", str(best), "--top-k", "2", "--out", str(out)]) == 1
     table = pd.read_csv(out, keep_default_na=False)
-    assert list(table.columns) == ["path", "label_1", "prob_1", "label_2", "prob_2", "error"]
+    assert list(table.columns) == ["path", "label_1", "prob_1", "label_2", "prob_2", "predicted", "error"]
     assert list(table["error"] != "") == [False, True, False, True] and list(table["label_1"] == "") == [False, True, False, True]
 
     rows = predict.predict_images(best, [photos / "b.jpg", photos / "a.png"], top_k=3, vetted=True)  # annotation push --checkpoint
     assert "top" not in rows[0] and "scores" not in rows[0] and "crawl.dir" in rows[0]["error"]
     assert len(rows[1]["top"]) == 3
+
+
+def test_decision_thresholds_are_chosen_on_the_validation_split_as_evaluate_scores_it(inputs, tmp_path):
+    best = _trained_gcn(inputs, tmp_path)
+    table = pd.read_parquet(inputs["dataset"]).query("split == 'val'").reset_index(drop=True)
+    targets = training_data.target_matrix(table["labels"], LABELS)
+    val = evaluate.TestSet(table, targets, np.zeros(len(table), int), LABELS)
+    probs = evaluate.test_probs(load_checkpoint(best), val, inputs["features"], inputs["crawl"])
+    np.testing.assert_allclose(load_checkpoint(best)["thresholds"], f1_thresholds(probs, targets), atol=1e-6)
+
+
+def test_predict_and_push_take_a_model_by_name_or_the_one_validation_chose(inputs, tmp_path, capsys):
+    params = _params(tmp_path, inputs["weights"], epochs=2)
+    for model in ("linear", "gcn_identity"):
+        _train(inputs, model, tmp_path, params)
+    models = tmp_path / "models"
+    val_map = {name: load_checkpoint(models / name / "best.pt")["val"]["mAP"] for name in ("linear", "gcn_identity")}
+    chosen = max(val_map, key=val_map.get)
+    assert predict.model_checkpoint("best", models) == models / chosen / "best.pt"
+    assert f"predict: model {chosen} (highest validation mAP in {models})" in capsys.readouterr().err
+    assert predict.model_checkpoint("linear", models) == models / "linear" / "best.pt"
+    out = tmp_path / "best.json"
+    assert predict.main([str(inputs["crawl"] / "00.png"), "--model", "best", "--models-dir", str(models), "--out", str(out)]) == 0
+    assert json.loads(out.read_text()) == predict.predict_images(models / chosen / "best.pt", [inputs["crawl"] / "00.png"])
+    assert predict.main([str(inputs["crawl"]), "--model", "mlgcn", "--models-dir", str(models)]) == 2
+    assert _error(capsys, "predict").startswith(f"{models / 'mlgcn' / 'best.pt'}: checkpoint not found")
+    assert predict.main([str(inputs["crawl"]), "--model", "best", "--models-dir", str(tmp_path / "empty")]) == 2
+    assert _error(capsys, "predict").startswith(f"{tmp_path / 'empty'}: no trained model")
+    with pytest.raises(SystemExit):
+        predict.parse_args([str(inputs["crawl"]), "--model", "best", "--checkpoint", str(models / "linear" / "best.pt")])
 
 
 @pytest.mark.parametrize("top_k", ["0", "-1", "4"])
@@ -696,7 +740,7 @@ def test_training_commands_refuse_bad_inputs_with_a_message_naming_the_file(inpu
     other["model"] = {"weight": torch.zeros(3, 1280), "bias": torch.zeros(3)}  # a linear head's tensors under a GCN head's meta
     torch.save(other, tmp_path / "other.pt")
     assert predict.main([str(inputs["crawl"]), "--checkpoint", str(tmp_path / "other.pt")]) == 2
-    assert re.match(rf"{re.escape(str(tmp_path / 'other.pt'))}: its tensors do not fit GCNHead: \d+ missing \(e\.g\. .*\); 2 unexpected \(e\.g\. bias\)\. The file does not match", _error(capsys, "predict"))
+    assert re.match(rf"{re.escape(str(tmp_path / 'other.pt'))}: its tensors do not fit PooledHead: \d+ missing \(e\.g\. .*\); 2 unexpected \(e\.g\. bias\)\. The file does not match", _error(capsys, "predict"))
 
     evaluate_args = ["--dataset", str(inputs["dataset"]), "--label-subset", str(inputs["subset"]), "--features", str(inputs["features"]), "--crawl-dir", str(inputs["crawl"]),
                      "--report", str(tmp_path / "report.md"), "--metrics", str(tmp_path / "metrics.json"), "--params", str(_params(tmp_path, inputs["weights"]))]  # fmt: skip
@@ -707,7 +751,7 @@ def test_training_commands_refuse_bad_inputs_with_a_message_naming_the_file(inpu
     params.write_text(params.read_text().replace("backbone: tf_efficientnet_lite0", "backbone: vgg"))
     feature_args = ["--dataset", str(inputs["dataset"]), "--label-subset", str(inputs["subset"]), "--crawl-dir", str(inputs["crawl"]), "--out", str(tmp_path / "f.npz"), "--cache-dir", str(tmp_path / "cache")]
     assert features.main([*feature_args, "--params", str(params)]) == 2
-    assert _error(capsys, "features") == "unknown backbone 'vgg'; features.backbone in params.yaml must be one of ['resnet50', 'tf_efficientnet_lite0']"
+    assert _error(capsys, "features") == "unknown backbone 'vgg'; features.backbone in params.yaml must be one of ['resnet50', 'tf_efficientnet_lite0', 'tf_efficientnet_lite1', 'tf_efficientnet_lite2']"
     assert features.main([*feature_args, "--crawl-dir", str(tmp_path / "nowhere"), "--params", str(_params(tmp_path, inputs["weights"]))]) == 2
     assert "nowhere/00.png: cannot read image (FileNotFoundError" in _error(capsys, "features")
 

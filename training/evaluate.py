@@ -1,16 +1,19 @@
 """Evaluate stage: every trained model on the test split, side by side, shaped like the paper's Tables 3-5.
 
 Each model's `best.pt` (chosen on the validation split) is scored once on the test
-split. Reported: Top-k any/all-recall (k = 1, 2, 3) and mAP with bootstrap 95%
-intervals, CF1/OF1 at probability 0.5, the per-label Top-2 all-recall table, per-class
-AP, and paired bootstrap intervals of the difference between ML-GCN and every other
-model (the ablations included), so a gap inside the noise reads as such.
+split, the way it was selected (with the test-time flip where train.tta_flip).
+Reported: Top-k any/all-recall (k = 1, 2, 3), Top-n all-recall (n = the image's own
+label count) and mAP with bootstrap 95% intervals; the ceiling of Top-k all-recall
+where images carry more than k labels; CF1/OF1 at probability 0.5 and at the per-label
+thresholds chosen on the validation split; the per-label Top-2 all-recall table,
+per-class AP; the model the validation split picks (best validation mAP); and paired
+bootstrap intervals of every model minus the baseline (`evaluate.baseline`), so a gap
+inside the noise reads as such.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,17 +25,20 @@ from torch.utils.data import DataLoader
 
 from pipeline.atomic import atomic_path, write_json
 from pipeline.cli import InputError, report_user_errors
-from pipeline.settings import load_section
-from training.checkpoint import build_trained_module, load_checkpoint, pixel_model, trained_precision
+from pipeline.settings import ParamsError, load_section
+from training.checkpoint import build_trained_module, decision_thresholds, load_checkpoint, pixel_model, scores_mirrored, trained_precision
 from training.data import ImageDataset, main_index, read_dataset, read_label_subset, target_matrix
 from training.device import pick_device, prepare
-from training.features import extracted_precision
-from training.metrics import PAPER_COLUMNS, bootstrap_interval, evaluate_scores, mean_average_precision, topk_hits
+from training.features import extracted_precision, feature_array, read_features
+from training.metrics import OWN_COUNT_COLUMN, PAPER_COLUMNS, TOP_K, all_recall_ceiling, bootstrap_interval, evaluate_scores, mean_average_precision, topk_hits
 from training.models import ModelSpec
-from training.train import feature_batches, load_model_specs, predict_probs
+from training.engine import feature_batches, mirrored_mean, predict_probs
+from training.settings import load_model_specs
 
 FEATURE_SETTINGS = ("backbone", "weights", "image_size")  # features-file meta a head's checkpoint copies; precision is compared too
-COLUMN_TITLES = {"top1_any": "T1 any", "top2_all": "T2 all", "top2_any": "T2 any", "top3_all": "T3 all", "top3_any": "T3 any", "mAP": "mAP"}
+COLUMN_TITLES = {"top1_any": "T1 any", "top2_all": "T2 all", "top2_any": "T2 any", "top3_all": "T3 all", "top3_any": "T3 any", OWN_COUNT_COLUMN: "Tn all", "mAP": "mAP"}
+DIFFERENCE_COLUMNS = ("top1_any", "top2_all", OWN_COUNT_COLUMN)  # paired differences against the baseline, besides mAP
+UNINFORMATIVE_CEILING = 0.5  # a Top-k all-recall whose ceiling is below this is flagged as saying little
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ class EvaluateSettings:
     split: str  # the split the report is computed on
     bootstrap: int  # resamples for the 95% intervals
     seed: int
+    baseline: str  # the model every other one is compared with (paired differences): a name in `models`
 
 
 @dataclass
@@ -50,38 +57,45 @@ class TestSet:
     labels: list[str]
 
 
+HEAD_KINDS = {"linear": "linear head", "gcn": "ML-GCN classifiers", "gcn_residual": "linear head + ML-GCN classifiers (graph residual)"}
+
+
 def describe(checkpoint: dict[str, Any]) -> str:
     """One line saying what a model is, for the report."""
     meta = checkpoint["meta"]
     spec = ModelSpec(**meta["spec"])
     if spec.kind == "cnn":
         return f"basic CNN from scratch, {meta['image_size']} px"
-    head = "linear head" if spec.kind == "linear" else f"ML-GCN ({'label graph' if spec.adjacency == 'graph' else 'identity adjacency: no graph'})"
+    head = HEAD_KINDS[spec.kind] + (" (identity adjacency: no graph)" if spec.kind != "linear" and spec.adjacency == "identity" else "")
+    pooling = f"CSRA attention ({spec.heads} head{'s' * (spec.heads > 1)}, lambda {spec.lam:g})" if spec.spatial else f"global {spec.pooling} pool"
     how = "fine-tuned" if meta["finetuned"] else "frozen, cached features"
-    return f"{meta['backbone']} @ {meta['image_size']} px ({how}), global {spec.pooling} pool, {head}"
+    loss = spec.loss or meta.get("train", {}).get("loss", "bce")
+    flip = ", test-time flip" if scores_mirrored(meta) else ""
+    return f"{meta['backbone']} @ {meta['image_size']} px ({how}), {pooling}, {head}, {loss.upper()} loss{flip}"
 
 
 def test_probs(checkpoint: dict[str, Any], test: TestSet, features: Path, crawl_dir: Path, batch_size: int = 64) -> np.ndarray:
-    """(N, C) test probabilities: heads read the cached features, pixel models read the images."""
+    """(N, C) test probabilities, scored as the model was selected: heads read the cached features, pixel models read the images."""
     meta = checkpoint["meta"]
     if meta["labels"] != test.labels:
         raise InputError(f"model {meta['name']}: trained on labels {meta['labels']}, the label subset is now {test.labels}; retrain it")
-    device, precision = pick_device(), trained_precision(meta)
+    device, precision, mirror = pick_device(), trained_precision(meta), scores_mirrored(meta)
     targets = torch.from_numpy(test.targets)
     if meta["spec"]["kind"] == "cnn" or meta["finetuned"]:
         model, transform = pixel_model(checkpoint)
         dataset = ImageDataset([crawl_dir / p for p in test.table["path"]], test.targets, transform, vetted=True)
-        return predict_probs(prepare(model, device), DataLoader(dataset, batch_size=batch_size), device, precision)[0]
-    npz = np.load(features, allow_pickle=False)
-    check_features_fit(meta, json.loads(str(npz["meta"])), features)
-    row = {image_id: i for i, image_id in enumerate(npz["image_id"])}
-    missing = [i for i in test.table["image_id"] if i not in row]
-    if missing:
-        raise InputError(f"{features}: no features for {len(missing)} test images (e.g. {missing[0]}); re-run the features stage")
-    x = torch.from_numpy(npz[meta["spec"]["pooling"]][[row[i] for i in test.table["image_id"]]])
-    head = build_trained_module(meta)
+        return predict_probs(prepare(model, device), DataLoader(dataset, batch_size=batch_size), device, precision, mirror=mirror)[0]
+    cached = read_features(features, list(test.table["image_id"]), feature_array(ModelSpec(**meta["spec"])), mirrored=mirror)
+    check_features_fit(meta, cached.meta, features)
+    if mirror and cached.mirrored is None:
+        raise InputError(f"{features}: holds no mirrored features, but model {meta['name']} was selected with the test-time flip (train.tta_flip); re-run the features stage with features.flip: true (dvc repro)")
+    head = prepare(build_trained_module(meta), device)
     head.load_state_dict(checkpoint["model"])
-    return predict_probs(prepare(head, device), feature_batches(x, targets, batch_size, None), device, precision)[0]
+
+    def score(x: torch.Tensor) -> np.ndarray:
+        return predict_probs(head, feature_batches(x, targets, batch_size, None), device, precision)[0]
+
+    return mirrored_mean(score, cached.x, cached.mirrored)
 
 
 def check_features_fit(meta: dict[str, Any], features_meta: dict[str, Any], features: Path) -> None:
@@ -93,23 +107,24 @@ def check_features_fit(meta: dict[str, Any], features_meta: dict[str, Any], feat
         raise InputError(f"{features}: features of {', '.join(differences)}, not those model {meta['name']} was trained on; re-run the features stage and the training (dvc repro)")
 
 
-def paired_differences(probs: dict[str, np.ndarray], reference: str, test: TestSet, settings: EvaluateSettings) -> list[dict]:
-    """reference minus each other model: T2 all-recall and mAP, with paired bootstrap 95% intervals (same resampled images)."""
+def paired_differences(probs: dict[str, np.ndarray], baseline: str, test: TestSet, settings: EvaluateSettings) -> list[dict]:
+    """Each other model minus `baseline`: DIFFERENCE_COLUMNS and mAP, with paired bootstrap 95% intervals (same resampled images)."""
     rows = []
-    ref_hits = topk_hits(probs[reference], test.targets)["top2_all"]
+    base_hits = topk_hits(probs[baseline], test.targets)
     for name, p in probs.items():
-        if name == reference:
+        if name == baseline:
             continue
-        hits = topk_hits(p, test.targets)["top2_all"]
-        diff_hits = ref_hits.astype(float) - hits
-        t2 = bootstrap_interval(lambda idx: diff_hits[idx].mean(), len(hits), settings.bootstrap, settings.seed)
+        hits, row = topk_hits(p, test.targets), {"other": name}
+        for column in DIFFERENCE_COLUMNS:
+            diff = hits[column].astype(float) - base_hits[column]
+            row[column] = (float(diff.mean()), *bootstrap_interval(lambda idx, d=diff: d[idx].mean(), len(diff), settings.bootstrap, settings.seed))
 
         def map_gap(idx: np.ndarray, other: np.ndarray = p) -> float:
-            return mean_average_precision(probs[reference][idx], test.targets[idx]) - mean_average_precision(other[idx], test.targets[idx])
+            return mean_average_precision(other[idx], test.targets[idx]) - mean_average_precision(probs[baseline][idx], test.targets[idx])
 
-        gap = mean_average_precision(probs[reference], test.targets) - mean_average_precision(p, test.targets)
-        map_interval = bootstrap_interval(map_gap, len(hits), settings.bootstrap, settings.seed, around=gap)
-        rows.append({"other": name, "top2_all": (float(diff_hits.mean()), *t2), "mAP": (gap, *map_interval)})
+        gap = mean_average_precision(p, test.targets) - mean_average_precision(probs[baseline], test.targets)
+        row["mAP"] = (gap, *bootstrap_interval(map_gap, len(p), settings.bootstrap, settings.seed, around=gap))
+        rows.append(row)
     return rows
 
 
@@ -127,7 +142,21 @@ def _signed(triple: tuple[float, float, float]) -> str:
     return f"{value:+.2f} [{low:+.2f}, {high:+.2f}]{verdict}"
 
 
-def render_report(results: dict[str, dict], descriptions: dict[str, str], differences: list[dict], reference: str | None, test: TestSet, settings: EvaluateSettings) -> str:
+def ceiling_lines(targets: np.ndarray) -> list[str]:
+    """What Top-k all-recall can reach on these images, and a warning where it says little (most images carry more than k labels)."""
+    ceilings = {k: all_recall_ceiling(targets, k) for k in TOP_K[1:]}
+    lines = [
+        f"Images carry {targets.sum(axis=1).mean():.1f} labels on average, so Top-k all-recall cannot exceed the share with at most k: "
+        + ", ".join(f"k = {k}: {_pct(c)}" for k, c in ceilings.items())
+        + ". Tn all is all-recall at k = each image's own number of labels (its labels are exactly its n highest scores)."
+    ]
+    weak = [f"T{k} all" for k, c in ceilings.items() if c < UNINFORMATIVE_CEILING]
+    if weak:
+        lines.append(f"**{' and '.join(weak)} say little here**: more than {_pct(1 - UNINFORMATIVE_CEILING)} % of the images carry more labels than k; compare models on Tn all and mAP.")
+    return lines
+
+
+def render_report(results: dict[str, dict], descriptions: dict[str, str], differences: list[dict], chosen: str, test: TestSet, settings: EvaluateSettings) -> str:
     """The Markdown comparison report."""
     names = list(results)
     n_pos = test.targets.sum(axis=0).astype(int)
@@ -143,19 +172,29 @@ def render_report(results: dict[str, dict], descriptions: dict[str, str], differ
         "",
         "## Models",
         "",
-        *[f"- **{name}**: {descriptions[name]}" for name in names],
+        *[f"- **{name}**: {descriptions[name]}; validation mAP {_pct(results[name]['val_mAP'])}" for name in names],
+        "",
+        f"**Chosen on the validation split: {chosen}** (highest validation mAP). "
+        "`python -m training.predict --model best` and `python -m annotation push --model best` use it.",
         "",
         "## Top-k recall and mAP (paper Tables 3-4)",
         "",
-        "| model | " + " | ".join(COLUMN_TITLES.values()) + " | CF1 | OF1 |",
-        "|---|" + "---|" * (len(COLUMN_TITLES) + 2),
+        *ceiling_lines(test.targets),
+        "",
+        "CF1/OF1: labels called present at probability 0.5; (val thr): at each label's threshold chosen on the validation split (best F1 there), "
+        "as `predict` and pre-annotations call them.",
+        "",
+        "| model | " + " | ".join(COLUMN_TITLES.values()) + " | CF1 | OF1 | CF1 (val thr) | OF1 (val thr) |",
+        "|---|" + "---|" * (len(COLUMN_TITLES) + 4),
     ]
     for name in names:
-        summary, f1 = results[name]["summary"], results[name]["f1"]
-        lines.append(f"| {name} | " + " | ".join(_ci(summary[c]) for c in COLUMN_TITLES) + f" | {_pct(f1['CF1'])} | {_pct(f1['OF1'])} |")
-    if reference is not None and differences:
-        lines += ["", f"## {reference} minus each other model (paired bootstrap 95% intervals, points)", "", "| other model | Δ T2 all | Δ mAP |", "|---|---|---|"]
-        lines += [f"| {d['other']} | {_signed(d['top2_all'])} | {_signed(d['mAP'])} |" for d in differences]
+        summary, f1, tuned = results[name]["summary"], results[name]["f1"], results[name]["f1_val_thresholds"]
+        lines.append(f"| {name} | " + " | ".join(_ci(summary[c]) for c in COLUMN_TITLES) + f" | {_pct(f1['CF1'])} | {_pct(f1['OF1'])} | {_pct(tuned['CF1'])} | {_pct(tuned['OF1'])} |")
+    if differences:
+        titles = [COLUMN_TITLES[c] for c in (*DIFFERENCE_COLUMNS, "mAP")]
+        lines += ["", f"## Each model minus {settings.baseline} (paired bootstrap 95% intervals, points)", ""]
+        lines += ["| model | " + " | ".join(f"Δ {t}" for t in titles) + " |", "|---|" + "---|" * len(titles)]
+        lines += [f"| {d['other']} | " + " | ".join(_signed(d[c]) for c in (*DIFFERENCE_COLUMNS, "mAP")) + " |" for d in differences]
     lines += ["", "## Top-2 all-recall per label (paper Table 5)", "", "Images grouped by main label (by carried label for tag sets without one).", ""]
     lines += ["| label | support | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     per_label = {name: {row["label"]: row for row in results[name]["per_label_top2_all"]} for name in names}
@@ -169,19 +208,25 @@ def render_report(results: dict[str, dict], descriptions: dict[str, str], differ
     return "\n".join(lines) + "\n"
 
 
-def metrics_json(results: dict[str, dict], test: TestSet, settings: EvaluateSettings) -> dict:
-    """The numbers `dvc metrics diff` compares: headline metrics per model, with interval bounds."""
-    out: dict[str, Any] = {"split": settings.split, "n_images": len(test.targets), "models": {}}
+def metrics_json(results: dict[str, dict], differences: list[dict], chosen: str, test: TestSet, settings: EvaluateSettings) -> dict:
+    """The numbers `dvc metrics diff` compares: headline metrics per model with interval bounds, the chosen model, differences from the baseline."""
+    out: dict[str, Any] = {"split": settings.split, "n_images": len(test.targets), "chosen_model": chosen, "baseline": settings.baseline,
+                           "all_recall_ceiling": {f"top{k}_all": round(all_recall_ceiling(test.targets, k), 6) for k in TOP_K}, "models": {}}  # fmt: skip
     for name, result in results.items():
         entry = {key: round(value["value"], 6) for key, value in result["summary"].items()}
         entry |= {f"{key}_ci_{end}": round(value[f"ci_{end}"], 6) for key, value in result["summary"].items() for end in ("low", "high")}
-        entry |= {key: round(result["f1"][key], 6) for key in ("CF1", "OF1")}
+        entry |= {key: round(result["f1"][key], 6) for key in ("CF1", "OF1")} | {f"{key}_val_thr": round(result["f1_val_thresholds"][key], 6) for key in ("CF1", "OF1")}
+        entry["val_mAP"] = round(result["val_mAP"], 6)
         out["models"][name] = entry
+    for d in differences:
+        out["models"][d["other"]] |= {f"{key}_minus_baseline{suffix}": round(value, 6) for key in (*DIFFERENCE_COLUMNS, "mAP") for suffix, value in zip(("", "_ci_low", "_ci_high"), d[key])}
     return out
 
 
 def evaluate(specs: dict[str, ModelSpec], args: argparse.Namespace, settings: EvaluateSettings) -> tuple[str, dict]:
     """Score every model; returns the Markdown report and the metrics JSON."""
+    if settings.baseline not in specs:
+        raise ParamsError(f"evaluate.baseline {settings.baseline!r} is not a model of params.yaml (models: {sorted(specs)})")
     labels = read_label_subset(args.label_subset)
     table = read_dataset(args.dataset, labels)
     table = table[table["split"] == settings.split].reset_index(drop=True)
@@ -192,12 +237,13 @@ def evaluate(specs: dict[str, ModelSpec], args: argparse.Namespace, settings: Ev
     for name in specs:
         checkpoint = load_checkpoint(args.models_dir / name / "best.pt")
         probs[name] = test_probs(checkpoint, test, args.features, args.crawl_dir)
-        results[name] = evaluate_scores(probs[name], test.targets, test.main, labels, settings.bootstrap, settings.seed)
+        results[name] = evaluate_scores(probs[name], test.targets, test.main, labels, settings.bootstrap, settings.seed, decision_thresholds(checkpoint))
+        results[name]["val_mAP"] = float(checkpoint["val"]["mAP"])
         descriptions[name] = describe(checkpoint)
-        print(f"{name}: " + ", ".join(f"{c} {100 * results[name]['summary'][c]['value']:.2f}" for c in (*PAPER_COLUMNS, "mAP")))
-    reference = next((n for n, s in specs.items() if s.kind == "gcn" and s.adjacency == "graph"), None)
-    differences = paired_differences(probs, reference, test, settings) if reference else []
-    return render_report(results, descriptions, differences, reference, test, settings), metrics_json(results, test, settings)
+        print(f"{name}: " + ", ".join(f"{c} {100 * results[name]['summary'][c]['value']:.2f}" for c in (*PAPER_COLUMNS, OWN_COUNT_COLUMN, "mAP")))
+    chosen = max(results, key=lambda n: results[n]["val_mAP"])
+    differences = paired_differences(probs, settings.baseline, test, settings)
+    return render_report(results, descriptions, differences, chosen, test, settings), metrics_json(results, differences, chosen, test, settings)
 
 
 def run(args: argparse.Namespace) -> int:

