@@ -154,3 +154,13 @@ def test_map_intervals_are_centred_on_the_estimate_though_resampling_lifts_ap():
     assert shifted[0] < point < shifted[1]
     summary = evaluate_scores(scores, targets, np.full(235, -1), [str(c) for c in range(23)], 300, seed=0)["summary"]["mAP"]
     assert (summary["ci_low"], summary["ci_high"]) == pytest.approx(shifted)
+
+
+def test_the_report_warns_where_top_k_all_recall_cannot_mean_much():
+    from training.evaluate import ceiling_lines
+
+    six_labels = np.array([[1] * 6 + [0] * 4] * 3)  # a client's photos carry ~6 labels: Top-2 and Top-3 all-recall are 0 for any model
+    summary, *warnings = ceiling_lines(six_labels)
+    assert "k = 2: 0.00, k = 3: 0.00" in summary
+    assert warnings == [f"**T{k} all says little here**: 100.00 % of the images carry more than {k} labels; compare models on Tn all and mAP." for k in (2, 3)]
+    assert ceiling_lines(TARGETS)[1:] == [], "3 of 4 images with at most 2 labels: no warning"

@@ -768,6 +768,28 @@ def test_features_are_extracted_in_train_precision_so_predict_scores_what_evalua
     np.testing.assert_allclose([[r["scores"][label] for label in LABELS] for r in predicted], scored, atol=1e-4)  # fp32 features: off by 6.5e-3
 
 
+def test_a_csra_head_without_cached_maps_or_the_flip_without_mirror_images_is_refused_with_the_setting(inputs, tmp_path, capsys):
+    npz = dict(np.load(inputs["features"]))
+    pooled_only = {key: value for key, value in npz.items() if not key.startswith("maps")}
+    np.savez(tmp_path / "pooled.npz", **pooled_only)
+    np.savez(tmp_path / "unmirrored.npz", **{key: value for key, value in pooled_only.items() if "flip" not in key})
+    params = _params(tmp_path, inputs["weights"], epochs=1)
+    _train(dict(inputs, features=tmp_path / "pooled.npz"), "residual_csra", tmp_path, params, status=2)
+    assert _error(capsys, "train") == f"{tmp_path / 'pooled.npz'}: holds no feature maps, which a csra head reads; set features.maps: true (params.yaml) and re-run the features stage (dvc repro)"
+    _train(dict(inputs, features=tmp_path / "unmirrored.npz"), "linear", tmp_path, params, status=2)
+    assert _error(capsys, "train").startswith(f"{tmp_path / 'unmirrored.npz'}: holds no mirrored features, which train.tta_flip scores with; set features.flip: true")
+
+
+def test_a_csra_head_predicts_from_images_what_evaluate_scores_from_the_cached_fp16_maps(inputs, tmp_path):
+    params = _params(tmp_path, inputs["weights"], epochs=4, patience=4, lr_head=0.03)
+    _train(inputs, "residual_csra", tmp_path, params)
+    best = tmp_path / "models" / "residual_csra" / "best.pt"
+    table, scored = _test_probs(inputs, best, inputs["features"])
+    predicted = predict.predict_images(best, [inputs["crawl"] / p for p in table["path"]])
+    assert np.ptp(scored) > 0.01, "trained enough that the scores differ"
+    np.testing.assert_allclose([[r["scores"][label] for label in LABELS] for r in predicted], scored, atol=2e-3)  # the cache rounds maps to fp16
+
+
 @pytest.mark.parametrize(("setting", "value", "named"), [("image_size", 48, "image_size 48 (model: 32)"), ("precision", "fp32", "precision 'fp32' (model: 'bf16')")])
 def test_evaluate_refuses_features_extracted_otherwise_than_a_heads_training_features(inputs, tmp_path, capsys, setting, value, named):
     npz = dict(np.load(inputs["features"]))

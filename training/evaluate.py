@@ -150,9 +150,10 @@ def ceiling_lines(targets: np.ndarray) -> list[str]:
         + ", ".join(f"k = {k}: {_pct(c)}" for k, c in ceilings.items())
         + ". Tn all is all-recall at k = each image's own number of labels (its labels are exactly its n highest scores)."
     ]
-    weak = [f"T{k} all" for k, c in ceilings.items() if c < UNINFORMATIVE_CEILING]
-    if weak:
-        lines.append(f"**{' and '.join(weak)} say little here**: more than {_pct(1 - UNINFORMATIVE_CEILING)} % of the images carry more labels than k; compare models on Tn all and mAP.")
+    n_true = targets.sum(axis=1)
+    for k, ceiling in ceilings.items():
+        if ceiling < UNINFORMATIVE_CEILING:
+            lines.append(f"**T{k} all says little here**: {_pct(float((n_true > k).mean()))} % of the images carry more than {k} labels; compare models on Tn all and mAP.")
     return lines
 
 
