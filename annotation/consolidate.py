@@ -4,10 +4,10 @@ Rules: the main style is the majority of the annotators' main styles; a tie is
 not guessed but flagged for review (main_style empty, needs_review true). A
 sub-style is kept when at least half of the image's annotators named it (as
 main or sub), except the consolidated main style itself (on a tie: the tied
-candidates, which the review decides between). Per-style agreement
-(among images with two or more annotators: of the images where anyone named the
-style, the share where everyone did) shows which styles the experts read alike.
-Each expert counts once per image: only their newest valid annotation votes.
+candidates, which the review decides between). How far the experts agree beyond
+chance, overall, per style, per batch and per expert, is Krippendorff's alpha
+(annotation/agreement.py). Each expert counts once per image: only their newest valid
+annotation votes.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.atomic import write_arrow, write_csv, write_parquet
+from annotation.agreement import agreement_table
+from pipeline.atomic import write_arrow, write_csv, write_json, write_parquet
 from pipeline.cli import report_user_errors
 from pipeline.tables import empty_table, read_table
 
@@ -33,7 +34,6 @@ IMAGE_LABEL_COLUMNS = {
     "needs_review": "bool",
 }
 REVIEW_COLUMNS = {"image_id": "string", "reason": "string"}
-AGREEMENT_COLUMNS = {"style": "string", "images": "int64", "agreement": "float64"}
 
 
 def labels_arrow(labels: pd.DataFrame) -> pa.Table:
@@ -67,10 +67,11 @@ def named_styles(annotations: pd.DataFrame) -> pd.DataFrame:
 
 
 def consolidate(annotations: pd.DataFrame, catalog: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(image labels, review list, per-style agreement) from the valid annotations; empty tables when there are none."""
+    """(image labels, review list, agreement table) from the valid annotations; empty tables when there are none."""
     votes_per_expert = current_votes(annotations)
+    batches = catalog.set_index("image_id")["batch"]
     if votes_per_expert.empty:
-        return empty_table(IMAGE_LABEL_COLUMNS), empty_table(REVIEW_COLUMNS), empty_table(AGREEMENT_COLUMNS)
+        return empty_table(IMAGE_LABEL_COLUMNS), empty_table(REVIEW_COLUMNS), agreement_table(votes_per_expert, [])
     n_annotators = votes_per_expert.groupby("image_id").size().rename("n_annotators")
     named = named_styles(votes_per_expert)
 
@@ -94,7 +95,6 @@ def consolidate(annotations: pd.DataFrame, catalog: pd.DataFrame) -> tuple[pd.Da
     labels["n_annotators"] = n_annotators.astype("int64")
     labels["main_agreement"] = (votes.groupby("image_id")["votes"].max() / n_annotators).reindex(labels.index).astype("Float64")
     labels["needs_review"] = labels.index.isin(ties["image_id"])
-    batches = catalog.set_index("image_id")["batch"]
     labels = labels.reset_index().rename(columns={"index": "image_id"})
     labels.insert(1, "batch", labels["image_id"].map(batches).astype("string"))
 
@@ -102,15 +102,18 @@ def consolidate(annotations: pd.DataFrame, catalog: pd.DataFrame) -> tuple[pd.Da
         lambda g: "tie for main style: " + ", ".join(f"{s} {v}" for s, v in zip(g["style"], g["votes"])), include_groups=False
     )
     review = review.rename("reason").reset_index().astype(REVIEW_COLUMNS) if len(review) else empty_table(REVIEW_COLUMNS)
-    return labels[list(IMAGE_LABEL_COLUMNS)], review, style_agreement(named, n_annotators)
+    agreement = agreement_table(votes_per_expert.assign(batch=votes_per_expert["image_id"].map(batches)), sorted(named["style"].astype(str).unique()))
+    return labels[list(IMAGE_LABEL_COLUMNS)], review, agreement
 
 
-def style_agreement(named: pd.DataFrame, n_annotators: pd.Series) -> pd.DataFrame:
-    multi = n_annotators[n_annotators >= 2]
-    per_image = named[named["image_id"].isin(multi.index)].groupby(["style", "image_id"]).size().rename("named_by").reset_index()
-    per_image["everyone"] = per_image["named_by"] == per_image["image_id"].map(multi)
-    table = per_image.groupby("style").agg(images=("image_id", "size"), agreement=("everyone", "mean")).reset_index()
-    return table.astype(AGREEMENT_COLUMNS)
+def agreement_metrics(agreement: pd.DataFrame) -> dict:
+    """The overall alphas and each style's, for `dvc metrics show` (NaN, where alpha is undefined, as null)."""
+    def alpha(rows: pd.DataFrame) -> dict:
+        return {f"{key + '/' if key else ''}{measure}": (None if pd.isna(a) else round(float(a), 4)) for key, measure, a in zip(rows["key"], rows["measure"], rows["alpha"])}
+
+    overall = agreement[agreement["scope"] == "overall"]
+    return {"images_with_several_experts": int(overall["images"].max()) if len(overall) else 0,
+            "alpha": alpha(overall), "alpha_per_style": alpha(agreement[agreement["scope"] == "style"])}  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -119,7 +122,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--catalog", type=Path, default=Path("data/catalog.parquet"), help="image catalog (for each image's crawl batch)")
     parser.add_argument("--out", type=Path, default=Path("data/image_labels.parquet"), help="output: one label row per image")
     parser.add_argument("--review", type=Path, default=Path("data/review.csv"), help="output: images the experts disagree on (push sends them back)")
-    parser.add_argument("--agreement", type=Path, default=Path("data/style_agreement.parquet"), help="output: per-style agreement between annotators")
+    parser.add_argument("--agreement", type=Path, default=Path("data/style_agreement.parquet"), help="output: Krippendorff's alpha overall, per style, batch and expert")
+    parser.add_argument("--metrics", type=Path, default=Path("metrics/agreement.json"), help="output: the overall and per-style alphas (dvc metrics)")
     return parser.parse_args(argv)
 
 
@@ -133,13 +137,16 @@ def run(args: argparse.Namespace) -> int:
     write_arrow(labels_arrow(labels), args.out)
     write_csv(review, args.review)
     write_parquet(agreement, args.agreement)
+    write_json(agreement_metrics(agreement), args.metrics)
     if labels.empty:
         print(
             f"consolidate: no valid annotations in {args.annotations} yet (nothing submitted, or only skipped tasks): "
             "wrote empty tables; once experts submit labels, run `python -m annotation pull` and `dvc repro`"
         )
         return 0
-    print(f"consolidate: {len(labels)} images, {int((labels['n_annotators'] > 1).sum())} with several experts, {len(review)} ties sent to review ({args.review})")
+    overall = agreement_metrics(agreement)["alpha"]
+    alphas = ", ".join(f"{measure} {value if value is None else format(value, '.3f')}" for measure, value in overall.items())
+    print(f"consolidate: {len(labels)} images, {int((labels['n_annotators'] > 1).sum())} with several experts ({alphas}), {len(review)} ties sent to review ({args.review})")
     return 0
 
 

@@ -89,9 +89,11 @@ def test_consolidation_majority_main_half_vote_subs_and_ties_for_review():
     assert by_id.loc["b", "sub_styles"] == ["Sporty"]  # named by half; Casual and Natural wait for the review to pick the main
     assert by_id.loc["c", "main_style"] == "Sexy" and by_id.loc["c", "batch"] == "b2"
     assert list(review["image_id"]) == ["b"] and "Casual 1, Natural 1" in review.iloc[0]["reason"]
-    agree = agreement.set_index("style")["agreement"]
-    assert agree["Sporty"] == 1.0 and agree["Romantic"] == 0.0 and agree["Casual"] == 0.0  # everyone vs. not everyone
-    assert "c" not in set(agreement["style"])  # single-annotator images do not count
+    styles = agreement[agreement["scope"] == "style"].set_index("key")
+    assert styles.loc["Sporty", "alpha"] == 1.0 and styles.loc["Sporty", "images"] == 1  # named by both experts of b, by none of a
+    assert styles.loc["Romantic", "alpha"] < 0.5  # named by two of a's three experts
+    b2 = agreement[(agreement["scope"] == "batch") & (agreement["key"] == "b2")]
+    assert (b2["images"] == 0).all() and b2["alpha"].isna().all()  # single-annotator images do not count
 
 
 def test_an_expert_counts_once_per_image_with_their_newest_annotation():
@@ -118,7 +120,8 @@ def test_an_export_file_read_twice_changes_nothing():
     for once, doubled in zip(consolidate(table, catalog), consolidate(twice, catalog)):
         pd.testing.assert_frame_equal(once, doubled)
     _, _, agreement = consolidate(twice, catalog)
-    assert "Romantic" not in set(agreement["style"]), "one expert read twice is not two experts agreeing"
+    romantic = agreement[(agreement["scope"] == "style") & (agreement["key"] == "Romantic")].iloc[0]
+    assert romantic["images"] == 0 and pd.isna(romantic["alpha"]), "one expert read twice is not two experts agreeing"
 
 
 def test_no_valid_annotations_give_empty_typed_tables(tmp_path, capsys):
@@ -126,15 +129,17 @@ def test_no_valid_annotations_give_empty_typed_tables(tmp_path, capsys):
     pd.DataFrame({"image_id": ["a", "b"], "batch": ["b1", "b1"]}).to_parquet(tmp_path / "catalog.parquet")
     for table in (skipped, skipped.iloc[:0]):
         table.to_parquet(tmp_path / "annotations.parquet")
-        paths = ["--annotations", "annotations.parquet", "--catalog", "catalog.parquet", "--out", "labels.parquet", "--review", "review.csv", "--agreement", "agreement.parquet"]
-        assert consolidate_main([str(tmp_path / p) if p.endswith(("parquet", "csv")) else p for p in paths]) == 0
+        paths = ["--annotations", "annotations.parquet", "--catalog", "catalog.parquet", "--out", "labels.parquet", "--review", "review.csv", "--agreement", "agreement.parquet",
+                 "--metrics", "agreement.json"]  # fmt: skip
+        assert consolidate_main([str(tmp_path / p) if p.endswith(("parquet", "csv", "json")) else p for p in paths]) == 0
         assert "no valid annotations" in capsys.readouterr().out
         labels = pd.read_parquet(tmp_path / "labels.parquet")
         assert labels.empty and labels.dtypes.astype(str).to_dict() == {k: str(pd.Series(dtype=v).dtype) for k, v in IMAGE_LABEL_COLUMNS.items()}
         assert pq.read_schema(tmp_path / "labels.parquet").field("sub_styles").type == pa.list_(pa.string())
         assert pd.read_csv(tmp_path / "review.csv").columns.tolist() == ["image_id", "reason"]
         agreement = pd.read_parquet(tmp_path / "agreement.parquet")
-        assert agreement.empty and agreement.dtypes.astype(str).to_dict() == {"style": "string", "images": "int64", "agreement": "float64"}
+        assert agreement.empty and agreement.dtypes.astype(str).to_dict() == {"scope": "string", "key": "string", "measure": "string", "alpha": "float64", "images": "int64"}
+        assert json.loads((tmp_path / "agreement.json").read_text()) == {"images_with_several_experts": 0, "alpha": {}, "alpha_per_style": {}}
 
 
 class FakeLabelStudio:

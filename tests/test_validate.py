@@ -15,7 +15,7 @@ from pipeline.settings import load_section
 from pipeline.validate import ERROR, WARNING, ValidateSettings, main, summary, validate
 
 NAMES = ["Casual", "Romantic", "Sexy"]
-SETTINGS = ValidateSettings(require_main=True, min_images_per_style=2, min_agreement=0.5, fail_on_warnings=False)
+SETTINGS = ValidateSettings(require_main=True, min_images_per_style=2, min_alpha=0.667, fail_on_warnings=False)
 
 
 def clean_inputs() -> dict[str, pd.DataFrame]:
@@ -38,7 +38,8 @@ def clean_inputs() -> dict[str, pd.DataFrame]:
             "needs_review": False,
         }
     )
-    agreement = pd.DataFrame({"style": pd.Series(NAMES, dtype="string"), "images": np.int64(2), "agreement": [1.0, 0.8, 0.5]})
+    agreement = pd.DataFrame({"scope": "style", "key": pd.Series(NAMES, dtype="string"), "measure": "named", "alpha": [1.0, 0.8, 0.7], "images": np.int64(2)})
+    agreement = pd.concat([agreement, pd.DataFrame([{"scope": "overall", "key": "", "measure": "main_style", "alpha": 0.1, "images": 4}])], ignore_index=True)
     return {"catalog": catalog, "annotations": annotations, "image_labels": labels, "style_agreement": agreement}
 
 
@@ -102,7 +103,7 @@ DEFECTS = [
     (_add_catalog_row, "Every catalogued image is labelled", WARNING, "zz"),
     (_tie, "No ties for the main style (tied images are left out downstream)", WARNING, "a1"),
     (_set("image_labels", "sub_styles", 3, []), "Every style is named on at least 2 images", WARNING, "Sexy (1)"),
-    (_set("style_agreement", "agreement", 1, 0.25), "Experts agree on every style at least 50% of the time", WARNING, "Romantic (0.25)"),
+    (_set("style_agreement", "alpha", 1, 0.25), "Experts agree on every style beyond chance: Krippendorff's alpha at least 0.667", WARNING, "Romantic (0.25)"),
 ]
 
 
