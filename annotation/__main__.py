@@ -16,7 +16,7 @@ import pandas as pd
 from annotation.client import Connection, LabelStudioError
 from annotation.config import labeling_config
 from annotation.pull import snapshot_from_server
-from annotation.push import AnnotationSettings, Prediction, push_images, review_title
+from annotation.push import AnnotationSettings, Prediction, push_images, review_items, review_title
 from annotation.server import ServerError, ServerSettings, check_token, credentials, exit_status, start, stop
 from pipeline.cli import USER_ERRORS, report_user_errors
 from pipeline.settings import DEFAULT_PARAMS, Params, load_params, load_section
@@ -90,15 +90,16 @@ def push(args: argparse.Namespace, params: Params, settings: AnnotationSettings)
     crawl_dir = params.crawl.dir
     taxonomy = load_taxonomy(params.taxonomy)
     catalog = read_table(args.catalog, columns=["image_id", "path", "batch"])
-    title = settings.project
+    title, suspicions = settings.project, None
     if args.review:
-        review_ids = set(pd.read_csv(args.review, dtype="string")["image_id"])
-        catalog, title = catalog[catalog["image_id"].isin(review_ids)], review_title(settings.project)
+        items = review_items(args.review, args.top)
+        catalog = catalog.set_index("image_id").reindex(items["image_id"]).dropna(subset=["path"]).reset_index()  # the list's order: most urgent first
+        title, suspicions = review_title(settings.project), dict(zip(items["image_id"], items["suspicion"].fillna("")))
     if args.batch:
         catalog = catalog[catalog["batch"].isin(args.batch)]
     checkpoint = chosen_checkpoint(args)
     predict = (lambda new: load_predictions(checkpoint, new, crawl_dir, len(taxonomy.names))) if checkpoint else None
-    project_id, added = push_images(conn, settings, taxonomy, catalog, crawl_dir, predict, title=title)
+    project_id, added = push_images(conn, settings, taxonomy, catalog, crawl_dir, predict, title=title, suspicions=suspicions)
     print(f"push: project {title!r} (id {project_id}): {added} new tasks, {len(catalog) - added} already there")
     return 0
 
@@ -150,7 +151,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     which.add_argument("--checkpoint", type=Path, help="trained model: attach its predictions and queue the most uncertain photos first")
     which.add_argument("--model", help="the same with a model of params.yaml by name (MODELS_DIR/<name>/best.pt), or 'best': the highest validation mAP")
     p.add_argument("--models-dir", type=Path, default=Path("models"), help="where --model looks (default: models)")
-    p.add_argument("--review", type=Path, help="push the images of this review list (data/review.csv) to the '<project> (review)' project")
+    p.add_argument("--review", type=Path, help="push the images of a review list to the '<project> (review)' project, with why in a 'suspicion' column: "
+                   "data/review.csv (ties) or data/label_issues.parquet (likely label errors, most suspicious first)")
+    p.add_argument("--top", type=int, default=50, help="with --review data/label_issues.parquet: how many of the most suspicious images (default 50)")
     p.set_defaults(run=push)
     p = sub.add_parser("pull", help="snapshot the project's (and its review project's) annotations into the label exports folder and `dvc add` it (server: LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY)")
     p.add_argument("--no-dvc-add", action="store_true", help="write the snapshot only")

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from annotation.client import Connection, LabelStudioError
 from annotation.config import labeling_config
 from annotation.importers import MAIN_FIELD, SUB_FIELD
+from pipeline.tables import read_table
 from pipeline.taxonomy import Taxonomy
 
 T = TypeVar("T")
@@ -67,6 +68,23 @@ class Prediction:
 
 def _choices(from_name: str, values: list[str]) -> dict:
     return {"from_name": from_name, "to_name": "image", "type": "choices", "value": {"choices": values}}
+
+
+def review_items(path: Path, top: int) -> pd.DataFrame:
+    """(image_id, suspicion) of the images a review list names, most urgent first.
+
+    A review list is consolidate's `review.csv` (ties, with their reason) or the
+    label_issues stage's `label_issues.parquet`: there the `top` most suspicious images,
+    each with every suspicion about it ("missing Sexy (model 0.93)").
+    """
+    if path.suffix == ".parquet":
+        issues = read_table(path, columns=["rank", "image_id", "label", "kind", "model_probability"]).sort_values("rank")
+        notes = issues.groupby("image_id", sort=False).apply(
+            lambda g: "; ".join(f"{kind} {label} (model {p:.2f})" for kind, label, p in zip(g["kind"], g["label"], g["model_probability"])), include_groups=False
+        )
+        return notes.head(top).rename("suspicion").reset_index()
+    review = pd.read_csv(path, dtype="string")
+    return review.assign(suspicion=review["reason"] if "reason" in review else pd.NA)[["image_id", "suspicion"]]
 
 
 def review_title(project: str) -> str:
@@ -125,8 +143,11 @@ def crawl_url_prefix(crawl_dir: Path, document_root: Path) -> str:
     return crawl.relative_to(root).as_posix()
 
 
-def task_for(image_id: str, path: str, url_prefix: str, prediction: Prediction | None) -> dict:
+def task_for(image_id: str, path: str, url_prefix: str, prediction: Prediction | None, suspicion: str | None = None) -> dict:
+    """A Label Studio task; `suspicion` (why a review task was sent: a tie, a likely label error) becomes a data field, a column of the Data Manager."""
     task: dict = {"data": {"image": f"/data/local-files/?d={quote(url_prefix + '/' + path)}", "image_id": image_id}}
+    if suspicion:
+        task["data"]["suspicion"] = suspicion
     if prediction is not None:
         task["predictions"] = [prediction.as_label_studio()]
     return task
@@ -214,11 +235,12 @@ def push_images(
     crawl_dir: Path,
     predict: Callable[[pd.DataFrame], Mapping[str, Prediction]] | None = None,
     title: str | None = None,
+    suspicions: Mapping[str, str] | None = None,
 ) -> tuple[int, int]:
-    """Import `images` (image_id, path) not yet in the project; returns (project id, tasks added).
+    """Import `images` (image_id, path) not yet in the project, in their order; returns (project id, tasks added).
 
     `predict` gets only those new images, so a small batch on top of a long history
-    costs a small batch of model predictions.
+    costs a small batch of model predictions. `suspicions`: per image, why it is sent for review.
     """
     prefix = crawl_url_prefix(crawl_dir, settings.document_root)
     ls = conn.client()
@@ -231,7 +253,7 @@ def push_images(
     if predictions:  # most uncertain first: sequential sampling serves tasks in import order
         new = new.assign(_confidence=new["image_id"].map(lambda i: predictions[i].confidence if i in predictions else 2.0))
         new = new.sort_values("_confidence", kind="stable")
-    tasks = [task_for(i, p, prefix, predictions.get(i)) for i, p in zip(new["image_id"], new["path"])]
+    tasks = [task_for(i, p, prefix, predictions.get(i), (suspicions or {}).get(i)) for i, p in zip(new["image_id"], new["path"])]
     retried = False
     for chunk in tqdm(list(chunked(tasks, settings.chunk_size)), desc="push", unit="chunk", disable=None):
         retried |= import_chunk(conn, ls, project_id, chunk)

@@ -32,7 +32,7 @@ from annotation.consolidate import IMAGE_LABEL_COLUMNS, consolidate
 from annotation.consolidate import main as consolidate_main
 from annotation.importers import ANNOTATION_COLUMNS
 from annotation.pull import snapshot_from_server
-from annotation.push import AnnotationSettings, Prediction, find_projects, listed_images, push_images, remove_duplicate_tasks, unless_gone
+from annotation.push import AnnotationSettings, Prediction, find_projects, listed_images, push_images, remove_duplicate_tasks, review_items, unless_gone
 from annotation.server import ServerError, ServerSettings, credentials, start
 from pipeline.taxonomy import load_taxonomy
 from conftest import free_port
@@ -313,6 +313,21 @@ def test_predictions_are_made_for_the_new_images_only(push_setup):
     serve(list("abcd"))
     push_images(conn, settings, taxonomy, images("abcd"), crawl, predict)
     assert asked == [["c", "d"]], "nothing new: the model is not even loaded"
+
+
+def test_a_review_list_sends_its_images_most_urgent_first_with_why(push_setup, tmp_path):
+    conn, settings, taxonomy, crawl, serve = push_setup
+    issues = pd.DataFrame({"rank": [1, 2, 3, 4], "image_id": ["c", "a", "c", "d"], "label": ["Sexy", "Casual", "Romantic", "Sporty"],
+                           "kind": ["missing", "wrong main style", "extra sub-style", "missing"], "model_probability": [0.97, 0.02, 0.01, 0.9]})  # fmt: skip
+    issues.to_parquet(tmp_path / "label_issues.parquet")
+    items = review_items(tmp_path / "label_issues.parquet", top=2)
+    assert items.to_dict("records") == [{"image_id": "c", "suspicion": "missing Sexy (model 0.97); extra sub-style Romantic (model 0.01)"},
+                                        {"image_id": "a", "suspicion": "wrong main style Casual (model 0.02)"}]  # fmt: skip
+    pd.DataFrame({"image_id": ["b"], "reason": ["tie for main style: Casual 1, Natural 1"]}).to_csv(tmp_path / "review.csv", index=False)
+    assert review_items(tmp_path / "review.csv", top=2).to_dict("records") == [{"image_id": "b", "suspicion": "tie for main style: Casual 1, Natural 1"}]
+    fake = serve([])
+    push_images(conn, settings, taxonomy, images("ca"), crawl, suspicions=dict(zip(items["image_id"], items["suspicion"])))
+    assert fake.image_ids() == ["c", "a"] and [data["suspicion"] for data in fake.saved.values()] == list(items["suspicion"])
 
 
 def test_crawl_outside_the_document_root_is_named_before_any_request(tmp_path):

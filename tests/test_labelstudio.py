@@ -182,8 +182,10 @@ def test_pull_snapshots_the_review_project_once_push_review_made_it(server, work
     project, crawl, exports = settings.project, root / "data/crawl", root / "exports-with-review"
     push_images(server, settings, styles, catalog, crawl)
     assert snapshot_from_server(server, project, exports) == [(export_path(exports, project), True)]
-    review_id, _ = push_images(server, settings, styles, catalog.head(1), crawl, title=review_title(project))
+    why = {catalog.iloc[0]["image_id"]: "missing Sexy (model 0.97)"}  # a label_issues suspicion, shown as a Data Manager column
+    review_id, _ = push_images(server, settings, styles, catalog.head(1), crawl, title=review_title(project), suspicions=why)
     task = next(iter(server.client().tasks.list(project=review_id, fields="task_only")))
+    assert task.data["suspicion"] == "missing Sexy (model 0.97)"
     server.client().annotations.create(id=task.id, result=[choices("main_style", ["Sporty"])])
     main, review = snapshot_from_server(server, project, exports)
     assert main[1] is False and review == (export_path(exports, review_title(project)), True)

@@ -66,15 +66,22 @@ def decision_thresholds(checkpoint: dict[str, Any]) -> np.ndarray:
     return np.asarray(checkpoint.get("thresholds") or [DEFAULT_THRESHOLD] * len(checkpoint["meta"]["labels"]), dtype=np.float64)
 
 
-def best_model(models_dir: Path) -> tuple[str, Path]:
+def called_present(scores: np.ndarray, thresholds: np.ndarray, labels: list[str]) -> list[str]:
+    """The labels whose score reaches their decision threshold, most likely first."""
+    return [labels[c] for c in np.argsort(-np.asarray(scores), kind="stable") if scores[c] >= thresholds[c]]
+
+
+def best_model(models_dir: Path, heads_only: bool = False) -> tuple[str, Path]:
     """(name, best.pt) of the model in `models_dir` with the highest validation mAP: the one the validation split chooses.
 
+    `heads_only`: among heads on cached features (not the basic CNN or fine-tuned models).
     InputError when there is none to choose from.
     """
     candidates = {}
     for path in sorted(Path(models_dir).glob("*/best.pt")):
         checkpoint = load_checkpoint(path)
-        if "val" in checkpoint:
+        pixels = checkpoint["meta"]["spec"]["kind"] == "cnn" or checkpoint["meta"]["finetuned"]
+        if "val" in checkpoint and not (heads_only and pixels):
             candidates[path.parent.name] = (checkpoint["val"]["mAP"], path)
     if not candidates:
         raise InputError(f"{models_dir}: no trained model (<name>/best.pt with validation metrics) to choose from; {CHECKPOINT_REMEDY}")

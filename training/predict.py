@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from pipeline.atomic import atomic_path
 from pipeline.cli import InputError, report_user_errors
-from training.checkpoint import best_model, decision_thresholds, load_checkpoint, pixel_model, scores_mirrored, trained_precision
+from training.checkpoint import best_model, called_present, decision_thresholds, load_checkpoint, pixel_model, scores_mirrored, trained_precision
 from training.data import load_rgb
 from training.device import pick_device, prepare
 from training.engine import predict_probs
@@ -86,9 +86,9 @@ def _probabilities(model: nn.Module, images: list[torch.Tensor], device: torch.d
 
 
 def _ranked(path: Path, labels: list[str], scores: list[float], top_k: int, thresholds: np.ndarray) -> dict:
-    ranked = sorted(zip(labels, scores, thresholds), key=lambda item: -item[1])
-    return {"path": str(path), "scores": dict(zip(labels, scores)), "top": [[label, p] for label, p, _ in ranked[:top_k]],
-            "predicted": [label for label, p, threshold in ranked if p >= threshold]}  # fmt: skip
+    ranked = sorted(zip(labels, scores), key=lambda item: -item[1])
+    return {"path": str(path), "scores": dict(zip(labels, scores)), "top": [[label, p] for label, p in ranked[:top_k]],
+            "predicted": called_present(np.array(scores), thresholds, labels)}  # fmt: skip
 
 
 def model_checkpoint(model: str, models_dir: Path) -> Path:

@@ -1,0 +1,86 @@
+"""The label-issue finder on tiny pictures whose colours carry their labels: a planted wrong label ranks near the top."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from test_training import LABELS, _params, _train, inputs  # noqa: F401  (inputs is a fixture)
+
+from training import label_issues
+
+FINDER = {"model": "linear", "folds": 4, "seed": 0, "max_rows": 30}
+
+
+def _finder_params(tmp_path: Path, weights: Path, **finder) -> Path:
+    params = _params(tmp_path, weights, epochs=6, patience=6, lr_head=0.03)
+    raw = yaml.safe_load(params.read_text()) | {"label_issues": FINDER | finder}
+    params.write_text(yaml.safe_dump(raw))
+    return params
+
+
+def _find(inputs: dict[str, Path], tmp_path: Path, params: Path, dataset: Path) -> int:
+    """Run the label_issues stage's command line on `dataset` with the models trained into tmp_path/models."""
+    return label_issues.main([
+        "--dataset", str(dataset), "--label-subset", str(inputs["subset"]), "--features", str(inputs["features"]), "--models-dir", str(tmp_path / "models"),
+        "--out", str(tmp_path / "issues.parquet"), "--report", str(tmp_path / "issues.md"), "--metrics", str(tmp_path / "issues.json"), "--params", str(params),
+    ])  # fmt: skip
+
+
+def _telling_features(inputs: dict[str, Path], tmp_path: Path) -> dict[str, Path]:
+    """The fixture's features file with pooled vectors that carry each image's labels (a backbone that sees colour perfectly), plus noise."""
+    npz = dict(np.load(inputs["features"]))
+    table = pd.read_parquet(inputs["dataset"]).set_index("image_id")
+    rng = np.random.default_rng(0)
+    for array, ids in (("avg", npz["image_id"]), ("avg_flip", npz["flip_image_id"])):
+        vectors = rng.normal(0, 0.1, npz[array].shape).astype(np.float32)
+        vectors[:, :3] += 3 * np.array([[label in table.at[i, "labels"] for label in LABELS] for i in ids], dtype=np.float32)
+        npz[array] = vectors
+    np.savez(tmp_path / "telling.npz", **npz)
+    return dict(inputs, features=tmp_path / "telling.npz")
+
+
+def test_a_planted_wrong_label_ranks_near_the_top_and_the_test_split_stays_out(inputs, tmp_path):
+    params = _finder_params(tmp_path, inputs["weights"])
+    inputs = _telling_features(inputs, tmp_path)
+    _train(inputs, "linear", tmp_path, params)  # trained on the clean labels; the folds below train on the planted one
+    table = pd.read_parquet(inputs["dataset"])
+    planted = table.index[table["image_id"] == "img01"][0]  # a green picture, training split
+    assert table.at[planted, "labels"].tolist() == ["green"] and table.at[planted, "split"] == "train"
+    table.at[planted, "labels"], table.at[planted, "main_style"] = ["blue"], "blue"  # the expert clicked the wrong colour
+    table.to_parquet(tmp_path / "dataset.parquet")
+    assert _find(inputs, tmp_path, params, tmp_path / "dataset.parquet") == 0
+    issues = pd.read_parquet(tmp_path / "issues.parquet")
+    assert set(zip(issues.head(2)["image_id"], issues.head(2)["label"], issues.head(2)["kind"])) == {("img01", "blue", "wrong main style"), ("img01", "green", "missing")}
+    row = issues[(issues["image_id"] == "img01") & (issues["label"] == "green")].iloc[0]
+    assert row["experts_labels"].tolist() == ["blue"] and row["model_main"] == "green" and row["model_probability"] > 0.5
+    assert set(issues["split"]) <= {"train", "val"}, "the test split's labels are never put up for change"
+    assert list(issues["rank"]) == list(range(1, len(issues) + 1)) and issues["score"].is_monotonic_decreasing
+    metrics = json.loads((tmp_path / "issues.json").read_text())
+    assert metrics["model"] == "linear" and metrics["images"] == 22 and metrics["rows"] == len(issues) == 30
+    assert "| 1 | " in (tmp_path / "issues.md").read_text()
+
+
+def test_every_image_is_scored_by_a_head_that_never_saw_it(inputs):
+    fold = label_issues.assign_folds(22, 4, seed=0)
+    assert sorted(np.bincount(fold)) == [5, 5, 6, 6]
+    assert (label_issues.assign_folds(22, 4, seed=0) == fold).all(), "seeded"
+
+
+@pytest.mark.parametrize(("finder", "message"), [({"model": "cnn"}, "trains from pixels"), ({"folds": 1}, "label_issues.folds must be >= 2")])
+def test_a_finder_that_cannot_work_is_refused_naming_the_setting(inputs, tmp_path, capsys, finder, message):
+    params = _finder_params(tmp_path, inputs["weights"], **finder)
+    if finder.get("model") == "cnn":
+        _train(inputs, "cnn", tmp_path, params)
+    assert _find(inputs, tmp_path, params, inputs["dataset"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_kinds_name_what_the_fix_would_be():
+    kinds = label_issues.issue_kinds(np.array([[1, 0, 1], [0, 1, 0]]), np.array([0, 1]))
+    assert kinds.tolist() == [["wrong main style", "missing", "extra sub-style"], ["missing", "wrong main style", "missing"]]
+    assert label_issues.issue_kinds(np.array([[1, 0]]), np.array([-1])).tolist() == [["extra", "missing"]], "tag sets have no main label"
