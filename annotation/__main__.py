@@ -71,9 +71,12 @@ def load_predictions(checkpoint: Path, images: pd.DataFrame, crawl_dir: Path, to
     """Model guesses for pre-annotation, from the trainer's predict function; an image it cannot read (warned about) gets none."""
     from training.predict import predict_images  # torch is imported only when predictions are asked for
 
-    rows = predict_images(checkpoint, [crawl_dir / p for p in images["path"]], top_k, vetted=True)
+    rows = predict_images(checkpoint, [crawl_dir / p for p in images["path"]], top_k, vetted=True, embeddings=True)
     version = f"{checkpoint.parent.name}@{int(checkpoint.stat().st_mtime)}"
-    return {image_id: Prediction(version, [tuple(pair) for pair in row["top"]], frozenset(row["predicted"])) for image_id, row in zip(images["image_id"], rows) if "error" not in row}
+    return {
+        image_id: Prediction(version, [tuple(pair) for pair in row["top"]], frozenset(row["predicted"]), list(row["scores"].values()), row["embedding"].tolist())
+        for image_id, row in zip(images["image_id"], rows) if "error" not in row
+    }  # fmt: skip
 
 
 def chosen_checkpoint(args: argparse.Namespace) -> Path | None:

@@ -4,9 +4,10 @@ The project is found by title (created when missing, its labeling config kept in
 step with the taxonomy), a local-files storage covering the crawl is connected,
 and only catalog images whose id is not yet in the project become tasks, in
 chunks. With model predictions (made for those new images only), each task carries
-a pre-annotation (model version, score) and tasks are imported most-uncertain
-first, which is the order experts see them in under Label Studio's sequential
-sampling.
+a pre-annotation (model version, score) and tasks are imported in the labelling order
+of `annotation.order` (training/labelling_order.py; default entropy_diverse: the most uncertain
+images, thinned so that one round of `annotation.round_size` does not hold near-copies),
+which is the order experts see them in under Label Studio's sequential sampling.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote
 
+import numpy as np
 import pandas as pd
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
@@ -27,7 +29,9 @@ from annotation.client import Connection, LabelStudioError
 from annotation.config import labeling_config
 from annotation.importers import MAIN_FIELD, SUB_FIELD
 from pipeline.tables import read_table
+from pipeline.settings import ParamsError
 from pipeline.taxonomy import Taxonomy
+from training.labelling_order import ORDERS, labelling_queue
 
 T = TypeVar("T")
 
@@ -39,6 +43,12 @@ class AnnotationSettings:
     port: int
     data_dir: Path
     document_root: Path
+    order: str  # labelling order of new tasks with predictions: random | least_confident | entropy | entropy_diverse (training/labelling_order.py)
+    round_size: int  # entropy_diverse: images per round, thinned for diversity among themselves and the rounds before
+
+    def __post_init__(self) -> None:
+        if self.order not in ORDERS or self.round_size < 1:
+            raise ParamsError(f"annotation.order must be one of {', '.join(ORDERS)} and annotation.round_size >= 1, not {self.order!r} and {self.round_size} (params.yaml)")
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,8 @@ class Prediction:
     model_version: str
     ranked: Sequence[tuple[str, float]]
     present: frozenset[str] = frozenset()
+    scores: Sequence[float] = ()  # every label's probability, in class order (the labelling order reads them)
+    embedding: Sequence[float] = ()  # the image's pooled backbone features (how alike images look, for a diverse order)
 
     @property
     def confidence(self) -> float:
@@ -153,6 +165,18 @@ def task_for(image_id: str, path: str, url_prefix: str, prediction: Prediction |
     return task
 
 
+def in_labelling_order(images: pd.DataFrame, predictions: Mapping[str, Prediction], settings: AnnotationSettings) -> pd.DataFrame:
+    """`images` in the order experts should label them (`annotation.order`); images without a prediction (unreadable) last."""
+    guessed = images[images["image_id"].isin(predictions)]
+    if guessed.empty:
+        return images
+    rows = [predictions[i] for i in guessed["image_id"]]
+    probs = np.array([p.scores if len(p.scores) else [p.confidence] for p in rows], dtype=np.float64)
+    features = np.array([p.embedding if len(p.embedding) else [0.0] for p in rows], dtype=np.float64)
+    queue = labelling_queue(settings.order, probs, features, settings.round_size)
+    return pd.concat([guessed.iloc[queue], images[~images["image_id"].isin(predictions)]])
+
+
 def chunked(items: list[dict], size: int) -> Iterable[list[dict]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -250,9 +274,8 @@ def push_images(
     removed = remove_duplicate_tasks(conn, ls, listed)  # what an earlier push left: it failed, or a late save came after its check
     new = images[~images["image_id"].isin({image_id for _, image_id in listed})]
     predictions = predict(new) if predict is not None and len(new) else {}
-    if predictions:  # most uncertain first: sequential sampling serves tasks in import order
-        new = new.assign(_confidence=new["image_id"].map(lambda i: predictions[i].confidence if i in predictions else 2.0))
-        new = new.sort_values("_confidence", kind="stable")
+    if predictions:  # sequential sampling serves tasks in import order
+        new = in_labelling_order(new, predictions, settings)
     tasks = [task_for(i, p, prefix, predictions.get(i), (suspicions or {}).get(i)) for i, p in zip(new["image_id"], new["path"])]
     retried = False
     for chunk in tqdm(list(chunked(tasks, settings.chunk_size)), desc="push", unit="chunk", disable=None):

@@ -8,8 +8,8 @@ model whose recipe the finder copies (--model) is trained once on the clean labe
 Then, under each seed, a share --noise of the train and validation images gets one
 corruption each: a true tag dropped (only where the image keeps another) or a wrong tag
 added; where images have a main style (the demo) a third kind swaps it for another
-style. The finder (training/label_issues.py: out-of-fold heads, relative
-self-confidence) ranks every (image, label) cell of the corrupted labels; printed: the
+style. The finder (training/label_issues.py: out-of-fold heads, self-confidence)
+ranks every (image, label) cell of the corrupted labels; printed: the
 share of corruptions among its top 2 x (number injected) cells (recall) and the share
 of those cells that are corruptions (precision), for the finder's ranking and, beside
 it, self-confidence divided by the mean of its label's cells of the same given value

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import itertools
 import json
 import os
@@ -18,6 +20,7 @@ from types import SimpleNamespace
 from xml.etree import ElementTree
 
 import httpx
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -205,7 +208,7 @@ class FakeLabelStudio:
 @pytest.fixture()
 def push_setup(tmp_path, monkeypatch):
     """(connection, settings, taxonomy, crawl dir, fake server factory): push_images against a FakeLabelStudio."""
-    settings = AnnotationSettings(project="styles", chunk_size=2, port=0, data_dir=tmp_path, document_root=tmp_path)
+    settings = AnnotationSettings(project="styles", chunk_size=2, port=0, data_dir=tmp_path, document_root=tmp_path, order="least_confident", round_size=2)
     conn = Connection(url="http://fake", token="t", attempts=3, backoff_s=0)
 
     def serve(image_ids: list[str], lost_answers: int = 0, late_saves: int = 0) -> FakeLabelStudio:
@@ -330,8 +333,20 @@ def test_a_review_list_sends_its_images_most_urgent_first_with_why(push_setup, t
     assert fake.image_ids() == ["c", "a"] and [data["suspicion"] for data in fake.saved.values()] == list(items["suspicion"])
 
 
+def test_new_tasks_follow_the_labelling_order_of_the_settings(push_setup):
+    conn, settings, taxonomy, crawl, serve = push_setup
+    fake = serve([])
+    scores = {"a": [0.9, 0.1], "b": [0.5, 0.5], "c": [0.95, 0.6], "d": [0.6, 0.1]}  # mean entropy: b > d > c > a; top-1: b < d < a < c
+    predict = lambda new: {i: Prediction("m@1", [("Casual", max(scores[i]))], scores=scores[i], embedding=[1.0, 0.0]) for i in new["image_id"]}  # noqa: E731
+    push_images(conn, dataclasses.replace(settings, order="entropy"), taxonomy, images("abcd"), crawl, predict)
+    assert fake.image_ids() == ["b", "d", "c", "a"]
+    fake = serve([])
+    push_images(conn, dataclasses.replace(settings, order="least_confident"), taxonomy, images("abcd"), crawl, predict)
+    assert fake.image_ids() == ["b", "d", "a", "c"]
+
+
 def test_crawl_outside_the_document_root_is_named_before_any_request(tmp_path):
-    settings = AnnotationSettings(project="styles", chunk_size=2, port=0, data_dir=tmp_path, document_root=tmp_path / "data")
+    settings = AnnotationSettings(project="styles", chunk_size=2, port=0, data_dir=tmp_path, document_root=tmp_path / "data", order="least_confident", round_size=2)
     closed = Connection(url="http://127.0.0.1:9", token="x", attempts=1)
     taxonomy = load_taxonomy(ROOT / "taxonomies/kfashion_styles.yaml")
     with pytest.raises(LabelStudioError, match=r"crawl.dir .*/srv-crawl is not under annotation.document_root .*/data.*params.yaml"):
@@ -615,12 +630,14 @@ def test_an_image_the_model_cannot_read_gets_no_pre_annotation(tmp_path, monkeyp
     checkpoint = tmp_path / "models" / "mlgcn" / "best.pt"
     checkpoint.parent.mkdir(parents=True)
     checkpoint.write_bytes(b"stand-in: predict_images is replaced below")
-    rows = [{"path": "b1/a.jpg", "top": [["Casual", 0.9], ["Sexy", 0.2]], "predicted": ["Casual", "Sexy"]}, {"path": "b1/b.jpg", "error": "cannot read image"}]
+    rows = [{"path": "b1/a.jpg", "top": [["Casual", 0.9], ["Sexy", 0.2]], "predicted": ["Casual", "Sexy"], "scores": {"Casual": 0.9, "Sexy": 0.2}, "embedding": np.ones(3)},
+            {"path": "b1/b.jpg", "error": "cannot read image"}]  # fmt: skip
     monkeypatch.setattr("training.predict.predict_images", lambda *args, **kwargs: rows)
     images = pd.DataFrame({"image_id": ["a", "b"], "path": ["b1/a.jpg", "b1/b.jpg"]})
     predictions = load_predictions(checkpoint, images, tmp_path, top_k=3)
     assert list(predictions) == ["a"] and predictions["a"].ranked == [("Casual", 0.9), ("Sexy", 0.2)]
     assert predictions["a"].present == {"Casual", "Sexy"}, "the labels over their validation thresholds are the ones pre-ticked"
+    assert predictions["a"].scores == [0.9, 0.2] and predictions["a"].embedding == [1.0, 1.0, 1.0], "what the labelling order reads"
 
 
 def test_serve_under_nohup_keeps_ignoring_hang_ups():

@@ -59,7 +59,7 @@ def server(server_settings):
 @pytest.fixture()
 def annotation_settings(workspace, request) -> AnnotationSettings:
     root, _ = workspace
-    return AnnotationSettings(project=request.node.name[5:50], chunk_size=4, port=0, data_dir=root, document_root=root / "data")
+    return AnnotationSettings(project=request.node.name[5:50], chunk_size=4, port=0, data_dir=root, document_root=root / "data", order="least_confident", round_size=4)
 
 
 @pytest.fixture(scope="session")

@@ -512,6 +512,8 @@ def test_predictions_equal_the_cached_feature_path_and_the_cli_writes_csv(inputs
     np.testing.assert_allclose([[r["scores"][label] for label in LABELS] for r in results], (plain + mirrored) / 2, atol=1e-5, err_msg="train.tta_flip: the mean with the mirror image")
     thresholds = checkpoint["thresholds"]
     assert all(r["predicted"] == [label for label, p in sorted(r["scores"].items(), key=lambda item: -item[1]) if p >= thresholds[LABELS.index(label)]] for r in results)
+    embedded = predict.predict_images(best, images, embeddings=True)  # what push's diverse labelling order compares images by
+    np.testing.assert_allclose([r["embedding"] for r in embedded], (npz["avg"][rows] + npz["avg_flip"][rows]) / 2, atol=1e-4)
 
     out = tmp_path / "predictions.csv"
     assert predict.main([str(inputs["crawl"]), "--checkpoint", str(best), "--top-k", "2", "--out", str(out)]) == 0

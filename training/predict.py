@@ -15,10 +15,12 @@ annotation push imports to make pre-annotations.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,24 +36,29 @@ from training.checkpoint import best_model, called_present, decision_thresholds,
 from training.data import load_rgb
 from training.device import pick_device, prepare
 from training.engine import predict_probs
+from training.models import StyleNet
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 SOME_IMAGES_FAILED = 1  # exit status: predictions were written, but some images could not be read
 
 
-def predict_images(checkpoint_path: str | Path, image_paths: list[str | Path], top_k: int = 3, batch_size: int = 32, vetted: bool = False) -> list[dict]:
+def predict_images(
+    checkpoint_path: str | Path, image_paths: list[str | Path], top_k: int = 3, batch_size: int = 32, vetted: bool = False, embeddings: bool = False
+) -> list[dict]:
     """Per image, in input order: {"path", "scores": {label: prob} in class order, "top": [[label, prob], ...] (k highest),
     "predicted": [labels at or above their validation thresholds, most likely first]}.
 
     An image that cannot be read gets {"path", "error"} instead (and a warning on stderr);
     the other images are predicted all the same. A `top_k` above the number of labels lists
     them all. `vetted`: the images are catalog images (ingest's max_pixels, not Pillow's
-    own limit, decides; see load_rgb).
+    own limit, decides; see load_rgb). `embeddings`: each result also holds "embedding",
+    the image's global-average-pooled backbone maps (np.ndarray), where push measures how
+    alike two images look.
     """
-    return predict_checkpoint(load_checkpoint(Path(checkpoint_path)), [Path(p) for p in image_paths], top_k, batch_size, vetted)
+    return predict_checkpoint(load_checkpoint(Path(checkpoint_path)), [Path(p) for p in image_paths], top_k, batch_size, vetted, embeddings)
 
 
-def predict_checkpoint(checkpoint: dict[str, Any], paths: list[Path], top_k: int, batch_size: int = 32, vetted: bool = False) -> list[dict]:
+def predict_checkpoint(checkpoint: dict[str, Any], paths: list[Path], top_k: int, batch_size: int = 32, vetted: bool = False, embeddings: bool = False) -> list[dict]:
     """predict_images for a loaded checkpoint; the model runs in the train.precision it was trained in."""
     if top_k < 1:
         raise InputError(f"top_k must be at least 1, not {top_k}")
@@ -60,12 +67,33 @@ def predict_checkpoint(checkpoint: dict[str, Any], paths: list[Path], top_k: int
     device, precision, mirror = pick_device(), trained_precision(checkpoint["meta"]), scores_mirrored(checkpoint["meta"])
     model = prepare(model, device)
     results: list[dict] = []
-    for start in tqdm(range(0, len(paths), batch_size), desc="predict", unit="batch", disable=None):
-        batch = paths[start : start + batch_size]
-        pixels = [_pixels(path, transform, vetted) for path in batch]
-        scores = iter(_probabilities(model, [x for x in pixels if isinstance(x, torch.Tensor)], device, precision, mirror))
-        results += [_ranked(path, labels, next(scores), top_k, thresholds) if isinstance(x, torch.Tensor) else {"path": str(path), "error": x} for path, x in zip(batch, pixels)]
+    with pooled_maps(model) if embeddings else contextlib.nullcontext() as views:
+        for start in tqdm(range(0, len(paths), batch_size), desc="predict", unit="batch", disable=None):
+            batch = paths[start : start + batch_size]
+            pixels = [_pixels(path, transform, vetted) for path in batch]
+            scores = iter(_probabilities(model, [x for x in pixels if isinstance(x, torch.Tensor)], device, precision, mirror))
+            pooled = iter(torch.stack(views).mean(dim=0).numpy() if views else [])
+            if views is not None:
+                views.clear()
+            for path, x in zip(batch, pixels):
+                if not isinstance(x, torch.Tensor):
+                    results.append({"path": str(path), "error": x})
+                    continue
+                results.append(_ranked(path, labels, next(scores), top_k, thresholds) | ({"embedding": next(pooled)} if embeddings else {}))
     return results
+
+
+@contextlib.contextmanager
+def pooled_maps(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collects, for every forward pass of `model`, its feature maps averaged over positions (B, D): the backbone's
+    (StyleNet) or the convolutional blocks' (the basic CNN). With the test-time flip there are two per batch."""
+    views: list[torch.Tensor] = []
+    trunk = model.body if isinstance(model, StyleNet) else model.features
+    hook = trunk.register_forward_hook(lambda module, inputs, maps: views.append(maps.float().mean(dim=(2, 3)).cpu()))
+    try:
+        yield views
+    finally:
+        hook.remove()
 
 
 def _pixels(path: Path, transform: v2.Compose, vetted: bool) -> torch.Tensor | str:
