@@ -15,13 +15,15 @@ import pandas as pd
 
 from annotation.client import Connection, LabelStudioError
 from annotation.config import labeling_config
+from annotation.consolidate import consolidate
 from annotation.pull import snapshot_from_server
-from annotation.push import AnnotationSettings, Prediction, push_images, review_items, review_title
+from annotation.push import AnnotationSettings, Prediction, imported_predictions, push_images, review_items, review_title
 from annotation.server import ServerError, ServerSettings, check_token, credentials, exit_status, start, stop
+from annotation.sources import read_labels_at
 from pipeline.cli import USER_ERRORS, report_user_errors
 from pipeline.settings import DEFAULT_PARAMS, Params, load_params, load_section
 from pipeline.tables import read_table
-from pipeline.taxonomy import load_taxonomy
+from pipeline.taxonomy import Taxonomy, load_taxonomy
 
 
 class CommandError(RuntimeError):
@@ -79,6 +81,20 @@ def load_predictions(checkpoint: Path, images: pd.DataFrame, crawl_dir: Path, to
     }  # fmt: skip
 
 
+def imported_labels(source: Path, crawl_dir: Path, catalog_path: Path, taxonomy: Taxonomy, cache_dir: Path) -> dict[str, Prediction]:
+    """Pre-annotations from an existing label source (K-Fashion folder, tag CSV, export), consolidated per image.
+
+    K-Fashion files parsed here are cached in `cache_dir` (under annotation.data_dir: the labels stage's own cache is a DVC output).
+    """
+    catalog = read_table(catalog_path, columns=["image_id", "batch", "sources"])
+    rows, rejects = read_labels_at(source, crawl_dir, catalog, taxonomy, cache_dir).tables()
+    if len(rejects):
+        print(f"push: {len(rejects)} records of {source} not imported (first: {rejects.iloc[0]['record']}: {rejects.iloc[0]['reason']}); "
+              "`dvc repro` lists them all in data/annotation_rejects.csv")  # fmt: skip
+    labels, _, _ = consolidate(rows, catalog)
+    return imported_predictions(labels, f"import:{source.name}")
+
+
 def chosen_checkpoint(args: argparse.Namespace) -> Path | None:
     """The checkpoint whose predictions push attaches: --checkpoint, or --model's (a name, or 'best' by validation mAP); None for neither."""
     if args.model is None:
@@ -102,6 +118,12 @@ def push(args: argparse.Namespace, params: Params, settings: AnnotationSettings)
         catalog = catalog[catalog["batch"].isin(args.batch)]
     checkpoint = chosen_checkpoint(args)
     predict = (lambda new: load_predictions(checkpoint, new, crawl_dir, len(taxonomy.names))) if checkpoint else None
+    if args.labels:
+        imported = imported_labels(args.labels, crawl_dir, args.catalog, taxonomy, settings.data_dir / "labels_cache")
+
+        def predict(new: pd.DataFrame) -> dict[str, Prediction]:
+            return {i: imported[i] for i in new["image_id"] if i in imported}
+
     project_id, added = push_images(conn, settings, taxonomy, catalog, crawl_dir, predict, title=title, suspicions=suspicions)
     print(f"push: project {title!r} (id {project_id}): {added} new tasks, {len(catalog) - added} already there")
     return 0
@@ -151,7 +173,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--catalog", type=Path, default=Path("data/catalog.parquet"), help="image catalog from the ingest stage")
     p.add_argument("--batch", action="append", help="only images first seen in this crawl batch (repeatable)")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--checkpoint", type=Path, help="trained model: attach its predictions and queue the most uncertain photos first")
+    which.add_argument("--checkpoint", type=Path, help="trained model: attach its predictions and queue the photos by annotation.order (most uncertain, spread over looks)")
+    which.add_argument("--labels", type=Path, help="existing labels as pre-annotations (model version 'import:<name>'), for experts to "
+                       "review rather than label from scratch: a K-Fashion folder, an image,tags CSV, a Label Studio export, or a crawl batch "
+                       "with K-Fashion files beside its photos; combine with --review to fill the review project")
     which.add_argument("--model", help="the same with a model of params.yaml by name (MODELS_DIR/<name>/best.pt), or 'best': the highest validation mAP")
     p.add_argument("--models-dir", type=Path, default=Path("models"), help="where --model looks (default: models)")
     p.add_argument("--review", type=Path, help="push the images of a review list to the '<project> (review)' project, with why in a 'suspicion' column: "

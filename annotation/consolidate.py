@@ -7,7 +7,8 @@ main or sub), except the consolidated main style itself (on a tie: the tied
 candidates, which the review decides between). How far the experts agree beyond
 chance, overall, per style, per batch and per expert, is Krippendorff's alpha
 (annotation/agreement.py). Each expert counts once per image: only their newest valid
-annotation votes.
+annotation votes; an imported source (one annotator) that labels a photo twice, differently,
+sends it to review (`current_votes`).
 """
 
 from __future__ import annotations
@@ -43,18 +44,39 @@ def labels_arrow(labels: pd.DataFrame) -> pa.Table:
     return pa.Table.from_pandas(labels, schema=schema, preserve_index=False)
 
 
-def current_votes(annotations: pd.DataFrame) -> pd.DataFrame:
-    """Each expert's one vote per image: their valid annotation updated last.
+def current_votes(annotations: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(each expert's one vote per image, the review list of conflicting versions).
 
-    The same expert's annotation of an image can be read several times (the same
-    export file twice in the exports folder, an image imported as two tasks, a second
-    annotation tab, a re-label in the review project); counting rows would let one
-    expert outvote another. Rows without a timestamp (K-Fashion, tag CSV) keep the
-    last one read.
+    A vote is the expert's valid annotation updated last. The same expert's annotation of
+    an image can be read several times (the same export file twice in the exports folder,
+    an image imported as two tasks, a second annotation tab, a re-label in the review
+    project); counting rows would let one expert outvote another. Where an expert's newest
+    annotations of one image disagree and no time orders them (imported sources have none:
+    a K-Fashion folder or a CSV that labels byte-identical copies of a photo differently),
+    no version is chosen silently: the vote keeps what every version says (the main style
+    if they share it, the styles they all name) and the image goes to review with each
+    version.
     """
     valid = annotations[~annotations["cancelled"]]
-    newest_last = valid.sort_values("updated_at", kind="stable", na_position="first")
-    return newest_last.drop_duplicates(["image_id", "annotator"], keep="last").sort_index().reset_index(drop=True)
+    newest = valid.groupby(["image_id", "annotator"])["updated_at"].transform("max")
+    current = valid[newest.isna() | (valid["updated_at"] == newest)]
+    versions = current["main_style"].fillna("").astype(str) + "|" + current["sub_styles"].map(lambda s: ",".join(sorted(s)))
+    n_versions = versions.groupby([current["image_id"], current["annotator"]]).transform("nunique")
+    agreeing = current[n_versions == 1].drop_duplicates(["image_id", "annotator"], keep="last")
+    conflicting = current[n_versions > 1]
+    agreed = conflicting.drop_duplicates(["image_id", "annotator"], keep="last").set_index(["image_id", "annotator"])
+    review = []
+    for (image_id, annotator), group in conflicting.groupby(["image_id", "annotator"], sort=False):
+        mains = set(group["main_style"].fillna(""))
+        main = (next(iter(mains)) or None) if len(mains) == 1 else None
+        named = set.intersection(*({*subs, *([m] if isinstance(m, str) else [])} for m, subs in zip(group["main_style"], group["sub_styles"])))
+        agreed.loc[(image_id, annotator), "main_style"] = main
+        agreed.at[(image_id, annotator), "sub_styles"] = sorted(named - {main})
+        described = "; ".join(f"{record}: {m if isinstance(m, str) else '(no main)'}{' | ' + ', '.join(subs) if len(subs) else ''}"
+                              for record, m, subs in zip(group["record"], group["main_style"], group["sub_styles"]))  # fmt: skip
+        review.append({"image_id": image_id, "reason": f"{annotator} labels it {len(group)} times, differently: {described}"})
+    votes = pd.concat([agreeing, agreed.reset_index()[list(current.columns)]], ignore_index=True)
+    return votes.reset_index(drop=True), pd.DataFrame(review, columns=list(REVIEW_COLUMNS)).astype(REVIEW_COLUMNS)
 
 
 def named_styles(annotations: pd.DataFrame) -> pd.DataFrame:
@@ -68,7 +90,7 @@ def named_styles(annotations: pd.DataFrame) -> pd.DataFrame:
 
 def consolidate(annotations: pd.DataFrame, catalog: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(image labels, review list, agreement table) from the valid annotations; empty tables when there are none."""
-    votes_per_expert = current_votes(annotations)
+    votes_per_expert, conflicts = current_votes(annotations)
     batches = catalog.set_index("image_id")["batch"]
     if votes_per_expert.empty:
         return empty_table(IMAGE_LABEL_COLUMNS), empty_table(REVIEW_COLUMNS), agreement_table(votes_per_expert, [])
@@ -94,7 +116,7 @@ def consolidate(annotations: pd.DataFrame, catalog: pd.DataFrame) -> tuple[pd.Da
     labels["sub_styles"] = pd.Series([s if isinstance(s, list) else [] for s in subs.reindex(labels.index)], index=labels.index, dtype=object)
     labels["n_annotators"] = n_annotators.astype("int64")
     labels["main_agreement"] = (votes.groupby("image_id")["votes"].max() / n_annotators).reindex(labels.index).astype("Float64")
-    labels["needs_review"] = labels.index.isin(ties["image_id"])
+    labels["needs_review"] = labels.index.isin(ties["image_id"]) | labels.index.isin(conflicts["image_id"])
     labels = labels.reset_index().rename(columns={"index": "image_id"})
     labels.insert(1, "batch", labels["image_id"].map(batches).astype("string"))
 
@@ -102,6 +124,7 @@ def consolidate(annotations: pd.DataFrame, catalog: pd.DataFrame) -> tuple[pd.Da
         lambda g: "tie for main style: " + ", ".join(f"{s} {v}" for s, v in zip(g["style"], g["votes"])), include_groups=False
     )
     review = review.rename("reason").reset_index().astype(REVIEW_COLUMNS) if len(review) else empty_table(REVIEW_COLUMNS)
+    review = pd.concat([review, conflicts], ignore_index=True).groupby("image_id", sort=False)["reason"].agg("; ".join).reset_index().astype(REVIEW_COLUMNS)
     agreement = agreement_table(votes_per_expert.assign(batch=votes_per_expert["image_id"].map(batches)), sorted(named["style"].astype(str).unique()))
     return labels[list(IMAGE_LABEL_COLUMNS)], review, agreement
 
@@ -146,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     overall = agreement_metrics(agreement)["alpha"]
     alphas = ", ".join(f"{measure} {value if value is None else format(value, '.3f')}" for measure, value in overall.items())
-    print(f"consolidate: {len(labels)} images, {int((labels['n_annotators'] > 1).sum())} with several experts ({alphas}), {len(review)} ties sent to review ({args.review})")
+    print(f"consolidate: {len(labels)} images, {int((labels['n_annotators'] > 1).sum())} with several experts ({alphas}), {len(review)} sent to review ({args.review}: ties, and sources that label a photo twice, differently)")
     return 0
 
 

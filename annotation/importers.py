@@ -6,8 +6,11 @@ a valid row goes to the rejects report (source, record, reason) instead: nothing
 is dropped silently, and one bad record never stops an import.
 
 Sources: Label Studio JSON exports, K-Fashion (AI Hub) JSON label files with
-Korean keys and style names, and `image,tags` CSV files (garment tag sets, which
-have no main label: main_style is empty there).
+Korean keys and style names, and `image,tags[,main_style]` CSV files (tag sets; without
+a main_style column the main label is empty). For the two imported formats the
+annotator is the source (a K-Fashion folder, a CSV file), so consolidation counts each
+source as one expert. How a record's image is found is the caller's `ImageMatcher`
+(annotation/sources.py matches the catalog; `files_in` hashes files in a folder).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -46,7 +49,12 @@ MAIN_FIELD, SUB_FIELD = "main_style", "sub_styles"
 KF_LABEL_PATH = ("데이터셋 정보", "데이터셋 상세설명", "라벨링", "스타일")
 KF_STYLE, KF_SUB_STYLE = "스타일", "서브스타일"
 TAG_CSV_HEADER = ["image", "tags"]
+TAG_CSV_MAIN = "main_style"  # optional column of a tag CSV: the image's main label
 TIMESTAMP_FORMAT = "ISO8601"  # created_at / updated_at, as pandas parses them
+
+
+ImageMatcher = Callable[[str], tuple[str | None, str | None]]
+"""A record's image name -> (image id, None), or (image id or None, why the record cannot be imported)."""
 
 
 class RejectedRecord(ValueError):
@@ -269,46 +277,74 @@ def kfashion_style_names(entries: list[dict]) -> tuple[str, list[str]]:
     return styles[0], styles[1:] + sub_styles
 
 
-def import_kfashion(label_files: Iterable[Path], taxonomy: Taxonomy) -> Imported:
-    """K-Fashion JSON files (UTF-8); the image is the .jpg of the same stem beside each file.
+@dataclass(frozen=True)
+class KFashionRecord:
+    """One K-Fashion label file, parsed: Korean style names as written, or why it cannot be imported."""
 
-    Korean style names map through the taxonomy's `korean` field. The 스타일 of the
-    first style entry that has one is the main style; the 스타일 of later entries
-    (K-Fashion files with several entries, e.g. one per outfit part) and every
-    서브스타일 become sub-styles, so no style a labeller gave is lost. Style entries
-    that are all empty mean the image is unlabelled and are reported, not imported;
-    so is an image with sub-styles but no 스타일.
+    stem: str  # the file's name without .json: its image is <stem>.jpg
+    main: str | None = None
+    sub_styles: tuple[str, ...] = ()
+    problem: str | None = None
+
+
+def parse_kfashion(path: Path) -> KFashionRecord:
+    """The styles of one K-Fashion file; never raises (a bad file is a record with its problem)."""
+    try:
+        entries = kfashion_style_entries(path)
+        if not entries:
+            raise RejectedRecord("unlabelled: the style entry is empty")
+        main, sub_styles = kfashion_style_names(entries)
+    except (RejectedRecord, InputError) as exc:
+        return KFashionRecord(path.stem, problem=str(exc))
+    return KFashionRecord(path.stem, main, tuple(sub_styles))
+
+
+def kfashion_rows(records: Iterable[KFashionRecord], source: str, taxonomy: Taxonomy, match: ImageMatcher) -> Imported:
+    """Rows of parsed K-Fashion records; Korean style names map through the taxonomy's `korean` field.
+
+    The 스타일 of the first style entry that has one is the main style; the 스타일 of later
+    entries (K-Fashion files with several entries, e.g. one per outfit part) and every
+    서브스타일 become sub-styles, so no style a labeller gave is lost. Style entries that are
+    all empty mean the image is unlabelled and are reported, not imported; so is an image
+    with sub-styles but no 스타일.
     """
     out = Imported()
     korean = taxonomy.by_korean()
-    for path in label_files:
-        source, record = f"kfashion:{path.name}", path.stem
-        image = path.with_suffix(".jpg")
-        image_id = content_id(image.read_bytes()) if image.is_file() else None
+    for record in records:
+        image_id, problem = match(f"{record.stem}.jpg")
         try:
-            entries = kfashion_style_entries(path)
-            if image_id is None:
-                raise RejectedRecord(f"image {image.name} not found beside the label file")
-            if not entries:
-                raise RejectedRecord("unlabelled: the style entry is empty")
-            main, sub_styles = kfashion_style_names(entries)
-            unmapped = sorted({n for n in [main, *sub_styles] if n not in korean})
+            if record.problem or problem:
+                raise RejectedRecord(record.problem or problem)
+            unmapped = sorted({n for n in [record.main, *record.sub_styles] if n not in korean})
             if unmapped:
                 raise RejectedRecord(f"Korean style name(s) {unmapped} not in taxonomy '{taxonomy.name}'")
         except RejectedRecord as exc:
-            out.reject(source, record, image_id, str(exc))
+            out.reject(source, record.stem, image_id, str(exc))
             continue
-        out.rows.append(
-            {"image_id": image_id, "annotator": "kfashion", "main_style": korean[main], "sub_styles": sorted({korean[n] for n in sub_styles} - {korean[main]}, key=taxonomy.index_of),
-             "lead_time": None, "created_at": None, "updated_at": None, "cancelled": False, "source": source, "record": record}
-        )  # fmt: skip
+        main = korean[record.main]
+        sub_styles = sorted({korean[n] for n in record.sub_styles} - {main}, key=taxonomy.index_of)
+        out.rows.append(imported_row(image_id, source, record.stem, main, sub_styles))
     return out
 
 
-def tag_csv_rows(path: Path) -> Iterable[tuple[int, int, list[str]]]:
-    """(line number, header width, fields) of each data row of an `image,tags[,...]` CSV; blank lines are skipped.
+def import_kfashion(label_files: Iterable[Path], taxonomy: Taxonomy) -> Imported:
+    """K-Fashion JSON files (UTF-8), each with its image, the .jpg of the same stem, beside it (matched by content)."""
+    out = Imported()
+    for path in label_files:
+        out.extend(kfashion_rows([parse_kfashion(path)], f"kfashion:{path.parent.name}", taxonomy, files_in(path.parent)))
+    return out
 
-    Columns after the first two are allowed (and ignored).
+
+def imported_row(image_id: str | None, source: str, record: str, main: str | None, sub_styles: list[str]) -> dict:
+    """An annotation row of an imported source: the source is the annotator; no times, nothing cancelled."""
+    return {"image_id": image_id, "annotator": source, "main_style": main, "sub_styles": sub_styles,
+            "lead_time": None, "created_at": None, "updated_at": None, "cancelled": False, "source": source, "record": record}  # fmt: skip
+
+
+def tag_csv_rows(path: Path) -> Iterable[tuple[int, list[str], list[str]]]:
+    """(line number, header, fields) of each data row of an `image,tags[,...]` CSV; blank lines are skipped.
+
+    Columns after the first two are allowed (a `main_style` column is read, others ignored).
 
     File-level problems (not UTF-8, empty, wrong header, unreadable CSV) are ValueErrors naming the file.
     """
@@ -317,11 +353,12 @@ def tag_csv_rows(path: Path) -> Iterable[tuple[int, int, list[str]]]:
         header = next((fields for fields in reader if fields), None)
         if header is None:
             raise InputError(f"{path}: empty file; expected the header line {','.join(TAG_CSV_HEADER)}")
-        if [name.strip() for name in header[:2]] != TAG_CSV_HEADER:
+        header = [name.strip() for name in header]
+        if header[:2] != TAG_CSV_HEADER:
             raise InputError(f"{path}: expected the header line {','.join(TAG_CSV_HEADER)}; found {','.join(header)}")
         for fields in reader:
             if fields:
-                yield reader.line_num, len(header), fields
+                yield reader.line_num, header, fields
     except csv.Error as exc:
         raise InputError(f"{path}, line {reader.line_num}: not readable as CSV ({exc})") from None
 
@@ -335,36 +372,44 @@ def image_file_problem(name: str, file: Path) -> str | None:
     return None if file.is_file() else f"image {name!r} is {file}, not a file"
 
 
-def import_tag_csv(path: Path, taxonomy: Taxonomy, images_dir: Path) -> Imported:
-    """`image,tags` CSV, UTF-8 (tags separated by ';'): a tag set per image, no main label.
+def files_in(folder: Path) -> ImageMatcher:
+    """Matches a record's image name to the file of that name in `folder`, by content (the image id is the file's content id)."""
+
+    def match(name: str) -> tuple[str | None, str | None]:
+        file = folder / name
+        problem = image_file_problem(name, file)
+        return (None, problem) if problem else (content_id(file.read_bytes()), None)
+
+    return match
+
+
+def import_tag_csv(path: Path, taxonomy: Taxonomy, match: ImageMatcher) -> Imported:
+    """`image,tags[,main_style]` CSV, UTF-8 (tags separated by ';'): a tag set per image, and its main label where the column is there.
 
     Records name the file's real line numbers; a row with more or fewer fields than the
-    header (an unquoted comma in the tags) is a reject.
+    header (an unquoted comma in the tags) is a reject. A main label counts as named:
+    it need not be repeated among the tags.
     """
     out = Imported()
     source = f"csv:{path.name}"
-    for line, width, fields in tag_csv_rows(path):
+    for line, header, fields in tag_csv_rows(path):
         image = fields[0].strip()
         record = f"line {line} ({image})"
-        if len(fields) != width:
-            out.reject(source, record, None, f"{len(fields)} fields {fields}: expected {width}, as the header has (quote a field that holds a comma)")
+        if len(fields) != len(header):
+            out.reject(source, record, None, f"{len(fields)} fields {fields}: expected {len(header)}, as the header has (quote a field that holds a comma)")
             continue
-        file = images_dir / image
-        problem = image_file_problem(image, file)
+        image_id, problem = (None, "no image file name") if not image else match(image)
         if problem:
-            out.reject(source, record, None, problem)
+            out.reject(source, record, image_id, problem)
             continue
-        image_id = content_id(file.read_bytes())
+        main = fields[header.index(TAG_CSV_MAIN)].strip() or None if TAG_CSV_MAIN in header else None
         tag_list = [tag.strip() for tag in fields[1].split(";") if tag.strip()]
-        if not tag_list:
+        if not tag_list and main is None:
             out.reject(source, record, image_id, "no tags")
             continue
-        unknown = unknown_styles(tag_list, taxonomy)
+        unknown = unknown_styles([*tag_list, *([main] if main else [])], taxonomy)
         if unknown:
             out.reject(source, record, image_id, f"unknown tag(s) {unknown}: not in taxonomy '{taxonomy.name}'")
             continue
-        out.rows.append(
-            {"image_id": image_id, "annotator": "csv", "main_style": None, "sub_styles": sorted(set(tag_list), key=taxonomy.index_of),
-             "lead_time": None, "created_at": None, "updated_at": None, "cancelled": False, "source": source, "record": record}
-        )  # fmt: skip
+        out.rows.append(imported_row(image_id, source, record, main, sorted(set(tag_list) - {main}, key=taxonomy.index_of)))
     return out

@@ -64,15 +64,16 @@ class Prediction:
     present: frozenset[str] = frozenset()
     scores: Sequence[float] = ()  # every label's probability, in class order (the labelling order reads them)
     embedding: Sequence[float] = ()  # the image's pooled backbone features (how alike images look, for a diverse order)
+    main_known: bool = True  # False for an imported tag set without a main label: nothing to pre-select as main
 
     @property
     def confidence(self) -> float:
         return float(self.ranked[0][1]) if self.ranked else 0.0
 
     def as_label_studio(self) -> dict:
-        main, _ = self.ranked[0]
-        result = [_choices(MAIN_FIELD, [main])]
-        subs = [label for label, _ in self.ranked[1:] if label in self.present]
+        mains = [label for label, _ in self.ranked[:1]] if self.main_known else []
+        result = [_choices(MAIN_FIELD, mains)] if mains else []
+        subs = [label for label, _ in self.ranked[len(mains) :] if label in self.present]
         if subs:
             result.append(_choices(SUB_FIELD, subs))
         return {"model_version": self.model_version, "score": round(self.confidence, 4), "result": result}
@@ -80,6 +81,18 @@ class Prediction:
 
 def _choices(from_name: str, values: list[str]) -> dict:
     return {"from_name": from_name, "to_name": "image", "type": "choices", "value": {"choices": values}}
+
+
+def imported_predictions(labels: pd.DataFrame, version: str) -> dict[str, Prediction]:
+    """Pre-annotations from imported labels (consolidated, one row per image): experts review them rather than label from scratch.
+
+    The model version `version` ("import:<source>") tells them apart from a model's guesses in Label Studio.
+    """
+    return {
+        image_id: Prediction(version, [(main, 1.0)] * isinstance(main, str) + [(s, 1.0) for s in subs], frozenset(subs), main_known=isinstance(main, str))
+        for image_id, main, subs in zip(labels["image_id"], labels["main_style"].astype(object), labels["sub_styles"])
+        if isinstance(main, str) or len(subs)
+    }
 
 
 def review_items(path: Path, top: int) -> pd.DataFrame:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from annotation.importers import import_tag_csv
+from annotation.importers import files_in, import_tag_csv
 from pipeline import graph, split
 from pipeline.images import content_id
 from pipeline.taxonomy import load_taxonomy
@@ -51,7 +51,7 @@ def stage_inputs(ccp: Path, work: Path, drop: set[str]) -> tuple[Path, Path, Pat
     """image_labels, catalog and a taxonomy without the dropped tags, as the curation stages expect them."""
     photos = ccp / "photos"
     taxonomy_path = ROOT / "taxonomies" / "ccp_garments.yaml"
-    imported = import_tag_csv(ccp / "labels.csv", load_taxonomy(taxonomy_path), photos)
+    imported = import_tag_csv(ccp / "labels.csv", load_taxonomy(taxonomy_path), files_in(photos))
     rows, rejects = imported.tables()
     if len(rejects):
         print(f"importer rejected {len(rejects)} rows, e.g. {rejects.iloc[0].to_dict()}")

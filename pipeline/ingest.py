@@ -1,7 +1,8 @@
 """Ingest stage: crawl batches -> image catalog (Parquet), rejects (CSV), near duplicates.
 
 A crawl batch is a folder `<crawl-dir>/<batch>/` of image files plus an optional
-`metadata.csv` (file, source, post_id, posted_at). Every file is decoded once;
+`metadata.csv` (file, source, post_id, posted_at) and optional `.json` label files
+beside the photos (the K-Fashion layout; the labels stage reads them). Every file is decoded once;
 the facts of its bytes (size, hashes, or what is wrong with them) are kept in a
 per-batch cache (`<cache-dir>/<batch>.parquet`) keyed by file name, size and
 modification time, so adding a batch decodes only that batch. The limits of
@@ -35,6 +36,7 @@ from pipeline.settings import DEFAULT_PARAMS, IngestSettings, load_params
 from pipeline.tables import empty_table, read_table
 
 METADATA_FILE = "metadata.csv"
+LABEL_SUFFIX = ".json"  # label files beside the photos (the K-Fashion layout): the labels stage reads them
 METADATA_COLUMNS = ["source", "post_id", "posted_at"]
 FILE_COLUMNS = {
     "file": "string",
@@ -80,7 +82,7 @@ def stat_batch_files(batch_dir: Path) -> pd.DataFrame:
     rows = [
         (entry.name, entry.stat().st_size, entry.stat().st_mtime_ns)
         for entry in os.scandir(batch_dir)
-        if entry.is_file() and entry.name != METADATA_FILE and not entry.name.startswith(".")
+        if entry.is_file() and entry.name != METADATA_FILE and not entry.name.startswith(".") and not entry.name.lower().endswith(LABEL_SUFFIX)
     ]
     return pd.DataFrame(rows, columns=["file", "size", "mtime_ns"]).sort_values("file", ignore_index=True)
 

@@ -229,7 +229,7 @@ def content_checks(settings: ValidateSettings, names: Sequence[str]) -> list[Che
         checks[2:2] = [
             expect("labels", ERROR, gxe.ExpectColumnValuesToNotBeNull, image, "Exactly one main style per labelled image (ties aside)",
                    column="main_style", row_condition=Column("needs_review") == False),  # noqa: E712 (builds a GX condition)
-            expect("labels", WARNING, gxe.ExpectColumnValuesToBeInSet, image, "No ties for the main style (tied images are left out downstream)",
+            expect("labels", WARNING, gxe.ExpectColumnValuesToBeInSet, image, "No image waits for review: a tie for the main style, or a source that labels it twice, differently (left out downstream)",
                    column="needs_review", value_set=[False]),
         ]
     return checks

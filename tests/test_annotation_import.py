@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from annotation.consolidate import consolidate
-from annotation.importers import import_kfashion, import_label_studio, import_tag_csv, read_label_studio_export
-from annotation.pull import catalog_lookup, import_exports
+from annotation.importers import files_in, import_kfashion, import_label_studio, import_tag_csv, read_label_studio_export
+from annotation.sources import CatalogIndex, read_label_sources
 from pipeline.cli import InputError
 from pipeline.ingest import ingest
 from pipeline.taxonomy import load_taxonomy
@@ -34,7 +34,7 @@ def demo_catalog(demo_crawl, tmp_path, ingest_settings):
 def demo_export(demo_crawl, demo_catalog):
     """(tasks of batch-001, 'batch/file' -> image id, catalog ids) for the tiny demo crawl."""
     tasks = read_label_studio_export(demo_crawl.parent / "exports" / "batch-001.json")
-    return tasks, catalog_lookup(demo_catalog), set(demo_catalog["image_id"])
+    return tasks, CatalogIndex(demo_catalog).by_key, set(demo_catalog["image_id"])
 
 
 def choices(from_name: str, values: list[str]) -> dict:
@@ -53,7 +53,7 @@ def test_the_review_projects_vote_settles_a_tie_and_each_expert_counts_once(demo
     exports.mkdir()
     for name, tasks in (("label-studio-styles.json", main), ("label-studio-styles-review.json", review), ("copy-of-main.json", main)):
         (exports / name).write_text(json.dumps(tasks))
-    rows, _ = import_exports(exports, demo_catalog, styles).tables()
+    rows, _ = read_label_sources(exports, tmp_path / 'no-crawl', demo_catalog, styles, tmp_path / 'cache').tables()
     labels, review_list, _ = consolidate(rows, demo_catalog)
     label = labels.set_index("image_id").loc[image]
     assert (label["main_style"], label["n_annotators"], label["needs_review"]) == ("Sporty", 3, False)
@@ -188,7 +188,7 @@ def test_kfashion_bad_files_are_rejected_one_by_one_and_no_style_is_dropped(tmp_
 @pytest.mark.skipif(not (SHARED / "ccp").is_dir(), reason="needs ../shared/datasets/ccp")
 def test_ccp_tags_import_cleanly_with_their_own_taxonomy():
     garments = load_taxonomy(ROOT / "taxonomies/ccp_garments.yaml")
-    rows, rejects = import_tag_csv(SHARED / "ccp/labels.csv", garments, SHARED / "ccp/photos").tables()
+    rows, rejects = import_tag_csv(SHARED / "ccp/labels.csv", garments, files_in(SHARED / "ccp/photos")).tables()
     assert len(rows) + len(rejects) == 1658
     assert list(rejects["reason"]) == ["no tags"]  # the one photo with an empty tag list
     assert rows["main_style"].isna().all() and rows["sub_styles"].map(len).min() >= 1
@@ -198,7 +198,7 @@ def test_tag_csv_rejects_unknown_tags_and_missing_images(tmp_path):
     garments = load_taxonomy(ROOT / "taxonomies/ccp_garments.yaml")
     (tmp_path / "a.jpg").write_bytes(b"a")
     (tmp_path / "labels.csv").write_text("image,tags\na.jpg,skirt;cape;laser-sword\nmissing.jpg,skirt\n")
-    rows, rejects = import_tag_csv(tmp_path / "labels.csv", garments, tmp_path).tables()
+    rows, rejects = import_tag_csv(tmp_path / "labels.csv", garments, files_in(tmp_path)).tables()
     assert rows.empty
     assert list(rejects["reason"]) == ["unknown tag(s) ['laser-sword']: not in taxonomy 'ccp-garments'", f"image {tmp_path / 'missing.jpg'} not found"]
 
@@ -209,7 +209,7 @@ def test_tag_csv_rows_are_checked_one_by_one_with_their_real_line_numbers(tmp_pa
         (tmp_path / name).write_bytes(name.encode())
     lines = ["\ufeffimage,tags", "a.jpg,skirt,oops", "", "b.jpg,skirt; hat", "a.jpg", ",skirt", ".,skirt", '"b.jpg","hat;skirt"']
     (tmp_path / "labels.csv").write_text("\r\n".join(lines) + "\r\n", encoding="utf-8")
-    rows, rejects = import_tag_csv(tmp_path / "labels.csv", garments, tmp_path).tables()
+    rows, rejects = import_tag_csv(tmp_path / "labels.csv", garments, files_in(tmp_path)).tables()
     assert list(rows["record"]) == ["line 4 (b.jpg)", "line 8 (b.jpg)"]
     assert [sorted(tags) for tags in rows["sub_styles"]] == [["hat", "skirt"]] * 2
     assert list(zip(rejects["record"], rejects["reason"])) == [
@@ -223,7 +223,7 @@ def test_tag_csv_rows_are_checked_one_by_one_with_their_real_line_numbers(tmp_pa
 def test_tag_csv_columns_after_image_and_tags_are_ignored(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"a")
     (tmp_path / "labels.csv").write_text("image,tags,source\na.jpg,skirt;hat,street\na.jpg,skirt\n")
-    rows, rejects = import_tag_csv(tmp_path / "labels.csv", load_taxonomy(ROOT / "taxonomies/ccp_garments.yaml"), tmp_path).tables()
+    rows, rejects = import_tag_csv(tmp_path / "labels.csv", load_taxonomy(ROOT / "taxonomies/ccp_garments.yaml"), files_in(tmp_path)).tables()
     assert [sorted(tags) for tags in rows["sub_styles"]] == [["hat", "skirt"]]
     assert list(rejects["reason"]) == ["2 fields ['a.jpg', 'skirt']: expected 3, as the header has (quote a field that holds a comma)"]
 
@@ -237,4 +237,4 @@ def test_tag_csv_columns_after_image_and_tags_are_ignored(tmp_path):
 def test_a_tag_csv_that_cannot_be_read_is_named(tmp_path, content, problem):
     (tmp_path / "labels.csv").write_bytes(content)
     with pytest.raises(InputError, match=f"{tmp_path / 'labels.csv'}: {problem}"):
-        import_tag_csv(tmp_path / "labels.csv", load_taxonomy(ROOT / "taxonomies/ccp_garments.yaml"), tmp_path)
+        import_tag_csv(tmp_path / "labels.csv", load_taxonomy(ROOT / "taxonomies/ccp_garments.yaml"), files_in(tmp_path))

@@ -103,16 +103,17 @@ def test_an_expert_counts_once_per_image_with_their_newest_annotation():
     table = annotations([
         ("a", "Casual", []), ("a", "Casual", []), ("a", "Sporty", []),  # expert 1 twice (second tab) vs. expert 2
         ("b", "Casual", []), ("b", "Sporty", []), ("b", "Sporty", []),  # expert 1 changed their mind in a later annotation
-        ("c", "Natural", []), ("c", "Sexy", []),                         # no timestamps (K-Fashion, CSV): the last row read
+        ("c", "Natural", []), ("c", "Sexy", []),                         # no timestamps (K-Fashion, CSV): nothing orders them
     ])  # fmt: skip
     table["annotator"] = ["1", "1", "2", "1", "1", "2", "kfashion", "kfashion"]
     table["updated_at"] = pd.to_datetime(["2019-07-01", "2019-07-02", "2019-07-01", "2019-07-02", "2019-07-03", "2019-07-01", None, None], utc=True)
     labels, review, _ = consolidate(table, pd.DataFrame({"image_id": ["a", "b", "c"], "batch": ["b1"] * 3}))
     by_id = labels.set_index("image_id")
     assert pd.isna(by_id.loc["a", "main_style"]) and by_id.loc["a", "needs_review"] and by_id.loc["a", "n_annotators"] == 2
-    assert list(review["image_id"]) == ["a"] and "Casual 1, Sporty 1" in review.iloc[0]["reason"]
+    assert list(review["image_id"]) == ["a", "c"] and "Casual 1, Sporty 1" in review.iloc[0]["reason"]
     assert by_id.loc["b", "main_style"] == "Sporty" and by_id.loc["b", "main_agreement"] == 1.0 and by_id.loc["b", "n_annotators"] == 2
-    assert by_id.loc["c", "main_style"] == "Sexy" and by_id.loc["c", "n_annotators"] == 1
+    assert pd.isna(by_id.loc["c", "main_style"]) and by_id.loc["c", "needs_review"], "no version is chosen silently"
+    assert review.iloc[1]["reason"].startswith("kfashion labels it 2 times, differently: ")
 
 
 def test_an_export_file_read_twice_changes_nothing():

@@ -78,7 +78,7 @@ def test_malformed_taxonomy_is_a_clear_error(tmp_path, body, message):
 STAGE_COMMANDS = {  # prog -> (module, arguments)
     "ingest": ("pipeline.ingest", []),
     "pixel_cache": ("pipeline.pixel_cache", []),
-    "labels": ("annotation.pull", []),
+    "labels": ("annotation.labels", []),
     "consolidate": ("annotation.consolidate", []),
     "validate": ("pipeline.validate", []),
     "stats": ("pipeline.stats", []),

@@ -79,6 +79,55 @@ def test_repro_is_incremental_idempotent_and_restorable(project: Path):
     assert "Running stage" not in run("dvc repro", clone)
 
 
+def write_existing_labels(project: Path) -> None:
+    """Turn the demo's Label Studio exports into what a team arriving with labels has: K-Fashion files (in a folder of the
+    label folder and beside the photos of batch-002) and a CSV with a main label column; one bad record of each; no export."""
+    from annotation.importers import annotation_choices, local_file_key, read_label_studio_export
+    from pipeline.taxonomy import load_taxonomy
+
+    korean = {name: k for k, name in load_taxonomy(project / "taxonomies/kfashion_styles.yaml").by_korean().items()}
+    exports = project / "data/label-exports"
+    csv_lines = ["image,tags,main_style"]
+    for export in sorted(exports.glob("*.json")):
+        for task in read_label_studio_export(export):
+            batch, file = local_file_key(task["data"]["image"]).split("/")
+            choices = annotation_choices(task["annotations"][0])
+            main, subs = choices["main_style"][0], choices.get("sub_styles", [])
+            if main in korean and len(csv_lines) > 2:  # the first images go to the CSV, so that it holds some
+                entries = [{"스타일": main, "서브스타일": ""}, *({"스타일": "", "서브스타일": korean[s]} for s in subs if s in korean)]
+                entries[0]["스타일"] = korean[main]
+                folder = project / "data/crawl" / batch if batch == "batch-002" else exports / "kfashion"
+                folder.mkdir(exist_ok=True)
+                label = {"데이터셋 정보": {"데이터셋 상세설명": {"라벨링": {"스타일": entries}}}}
+                (folder / f"{Path(file).stem}.json").write_text(json.dumps(label, ensure_ascii=False), encoding="utf-8")
+            else:
+                csv_lines.append(f"{batch}/{file},{';'.join(subs)},{main}")
+        export.unlink()
+    bad = {"데이터셋 정보": {"데이터셋 상세설명": {"라벨링": {"스타일": [{"스타일": "페미닌"}]}}}}
+    bad_stem = Path(csv_lines[1].split(",")[0]).stem  # a photo of the catalog, labelled with a style K-Fashion's taxonomy lacks
+    (exports / "kfashion" / f"{bad_stem}.json").write_text(json.dumps(bad, ensure_ascii=False), encoding="utf-8")
+    csv_lines.append("batch-001/no-such-photo.jpg,Casual,Casual")
+    (exports / "tags.csv").write_text("\n".join(csv_lines) + "\n", encoding="utf-8")
+
+
+def test_repro_with_kfashion_files_and_a_csv_instead_of_label_studio_exports(project: Path):
+    run("python -m pipeline.demo_crawl", project)
+    write_existing_labels(project)
+    run("dvc add -q data/crawl/batch-* data/label-exports", project)
+    run("dvc repro", project)
+    annotations = pd.read_parquet(project / "data/annotations.parquet")
+    kinds = {source.split(":")[0] for source in annotations["source"]}
+    assert kinds == {"kfashion", "csv"}, kinds
+    assert "kfashion:batch-002" in set(annotations["source"]), "K-Fashion files beside the photos of a batch are read"
+    rejects = pd.read_csv(project / "data/annotation_rejects.csv")
+    reasons = dict(zip(rejects["record"], rejects["reason"]))
+    bad_stem = Path(pd.read_csv(project / "data/label-exports/tags.csv")["image"][0]).stem
+    assert reasons[bad_stem] == "Korean style name(s) ['페미닌'] not in taxonomy 'kfashion-styles'"
+    assert reasons[next(r for r in reasons if "no-such-photo" in r)].startswith("image batch-001/no-such-photo.jpg not in the catalog")
+    assert len(pd.read_parquet(project / "data/dataset.parquet")) > 0 and (project / "metrics/evaluation.json").exists()
+    assert not (pd.read_csv(project / "data/ingest/rejects.csv")["file"].astype(str).str.endswith(".json")).any()
+
+
 PACKAGES = ("pipeline", "training", "annotation")
 # How files are written and read, params read and errors reported, not what a stage computes: left out of stage deps.
 PLUMBING = {"pipeline/atomic.py", "pipeline/tables.py", "pipeline/settings.py", "pipeline/cli.py"}

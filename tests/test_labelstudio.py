@@ -17,7 +17,9 @@ import pytest
 
 from annotation.client import Connection, LabelStudioError
 from annotation.importers import import_label_studio, read_label_studio_export
-from annotation.pull import catalog_lookup, export_path, snapshot_from_server
+from annotation.__main__ import imported_labels
+from annotation.pull import export_path, snapshot_from_server
+from annotation.sources import CatalogIndex
 from annotation.push import AnnotationSettings, Prediction, listed_images, push_images, remove_duplicate_tasks, review_title
 from annotation.server import ServerError, ServerSettings, check_token, start, stop
 from pipeline.demo_crawl import generate
@@ -146,7 +148,7 @@ def test_round_trip_keeps_exactly_the_valid_annotations(server, workspace, annot
     exports = root / f"exports-{project_id}"
     [(path, changed)] = snapshot_from_server(server, annotation_settings.project, exports)
     assert changed and snapshot_from_server(server, annotation_settings.project, exports) == [(path, False)]
-    imported = import_label_studio(read_label_studio_export(path), str(path), styles, catalog_lookup(catalog), set(catalog["image_id"]))
+    imported = import_label_studio(read_label_studio_export(path), str(path), styles, CatalogIndex(catalog).by_key, set(catalog["image_id"]))
     rows, rejects = imported.tables()
     valid = rows[~rows["cancelled"]].sort_values("main_style")
     assert list(valid["main_style"]) == ["Casual", "Romantic"]
@@ -174,6 +176,24 @@ def test_predictions_become_pre_annotations_most_uncertain_first(server, workspa
     prediction = server.client().predictions.list(task=exported[0]["id"])[0]
     assert prediction.model_version == "mlgcn@1"
     assert [r["value"]["choices"] for r in prediction.result] == [["Casual"], ["Sexy"]]
+
+
+def test_push_labels_sends_existing_labels_as_pre_annotations_for_review(server, workspace, annotation_settings, styles, tmp_path):
+    root, catalog = workspace
+    files = [s[0]["file"] for s in catalog["sources"].head(2)]
+    (tmp_path / "tags.csv").write_text(f"image,tags,main_style\n{files[0]},Sporty;Hiphop,Casual\n", encoding="utf-8")
+    (tmp_path / "sets.csv").write_text(f"image,tags\n{files[1]},Sexy\n", encoding="utf-8")  # a tag set: no main label to pre-select
+    catalog.to_parquet(tmp_path / "catalog.parquet")
+    predictions = {**imported_labels(tmp_path / "tags.csv", root / "data/crawl", tmp_path / "catalog.parquet", styles, tmp_path / "cache"),
+                   **imported_labels(tmp_path / "sets.csv", root / "data/crawl", tmp_path / "catalog.parquet", styles, tmp_path / "cache")}  # fmt: skip
+    project_id, _ = push_images(server, annotation_settings, styles, catalog.head(2), root / "data/crawl", lambda new: predictions)
+    results = {}
+    for task in server.client().projects.exports.as_json(project_id):
+        [prediction] = server.client().predictions.list(task=task["id"])
+        results[task["data"]["image_id"]] = (prediction.model_version, [(r["from_name"], r["value"]["choices"]) for r in prediction.result])
+    ids = list(catalog["image_id"].head(2))
+    assert results[ids[0]] == ("import:tags.csv", [("main_style", ["Casual"]), ("sub_styles", ["Hiphop", "Sporty"])])
+    assert results[ids[1]] == ("import:sets.csv", [("sub_styles", ["Sexy"])])
 
 
 def test_pull_snapshots_the_review_project_once_push_review_made_it(server, workspace, annotation_settings, styles):

@@ -101,7 +101,7 @@ DEFECTS = [
     (_set("image_labels", "sub_styles", 1, ["Romantic", "Sexy"]), "The main style is not repeated among the sub-styles", ERROR, "a2 Romantic"),
     (_drop_catalog_row, "Every labelled image is in the catalog", ERROR, "a1"),
     (_add_catalog_row, "Every catalogued image is labelled", WARNING, "zz"),
-    (_tie, "No ties for the main style (tied images are left out downstream)", WARNING, "a1"),
+    (_tie, "No image waits for review: a tie for the main style, or a source that labels it twice, differently (left out downstream)", WARNING, "a1"),
     (_set("image_labels", "sub_styles", 3, []), "Every style is named on at least 2 images", WARNING, "Sexy (1)"),
     (_set("style_agreement", "alpha", 1, 0.25), "Experts agree on every style beyond chance: Krippendorff's alpha at least 0.667", WARNING, "Romantic (0.25)"),
 ]
