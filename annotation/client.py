@@ -14,7 +14,8 @@ from label_studio_sdk.core.api_error import ApiError
 
 T = TypeVar("T")
 
-URL_ENV, TOKEN_ENV = "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY"
+URL_ENV, TOKEN_ENV, WAIT_ENV = "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "LABEL_STUDIO_WAIT_S"
+DEFAULT_WAIT_S = 60.0
 
 
 class LabelStudioError(RuntimeError):
@@ -27,7 +28,12 @@ class Connection:
     token: str
     attempts: int = 4
     backoff_s: float = 1.0
-    timeout_s: float = 120.0
+    wait_s: float = DEFAULT_WAIT_S  # the most one call waits in all, retries included (LABEL_STUDIO_WAIT_S)
+
+    @property
+    def timeout_s(self) -> float:
+        """One request's limit: a third of the wait, so that a timed-out request leaves room for another try."""
+        return self.wait_s / 3
 
     @classmethod
     def from_env(cls, url: str | None = None) -> Connection:
@@ -38,13 +44,21 @@ class Connection:
                 f"no Label Studio configured: set {URL_ENV} (e.g. http://127.0.0.1:8080) and {TOKEN_ENV} "
                 "(your account's legacy API token), or start one with `python -m annotation serve`"
             )
-        return cls(url=url.rstrip("/"), token=token)
+        wait = os.environ.get(WAIT_ENV, str(DEFAULT_WAIT_S))
+        try:
+            wait_s = float(wait)
+        except ValueError:
+            wait_s = -1.0
+        if not wait_s > 0:
+            raise LabelStudioError(f"{WAIT_ENV}={wait!r}: set it to the seconds one Label Studio call may wait in all (default {DEFAULT_WAIT_S:g})")
+        return cls(url=url.rstrip("/"), token=token, wait_s=wait_s)
 
     def client(self) -> LabelStudio:
         return LabelStudio(base_url=self.url, api_key=self.token, timeout=self.timeout_s)
 
     def call(self, what: str, fn: Callable[[], T]) -> T:
-        """Run one API call; retry network failures and 5xx with exponential backoff."""
+        """Run one API call; retry network failures and 5xx with exponential backoff, within `wait_s` in all."""
+        deadline = time.monotonic() + self.wait_s
         for attempt in range(1, self.attempts + 1):
             try:
                 return fn()
@@ -61,19 +75,21 @@ class Connection:
                 error: Exception = exc
             except (httpx.TransportError, httpx.TimeoutException) as exc:
                 error = exc
-            if attempt < self.attempts:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-        raise self.gave_up(what, error)
+            pause = self.backoff_s * 2 ** (attempt - 1)
+            if attempt == self.attempts or time.monotonic() + pause + self.timeout_s > deadline:
+                break
+            time.sleep(pause)
+        raise self.gave_up(what, error, attempt)
 
-    def gave_up(self, what: str, error: Exception) -> LabelStudioError:
+    def gave_up(self, what: str, error: Exception, attempts: int) -> LabelStudioError:
         """The error after the last attempt: a server too slow to answer is not a server that is down."""
         if isinstance(error, httpx.TimeoutException) and not isinstance(error, httpx.ConnectTimeout):
             return LabelStudioError(
                 f"{what}: Label Studio at {self.url} took the request but did not answer within {self.timeout_s:g} s "
-                f"({self.attempts} attempts): it runs but is busy or the request is large (e.g. a big project's export); "
-                "look at the server's log and retry when it is idle"
+                f"({attempts} attempts in {self.wait_s:g} s): it runs but is busy or the request is large (e.g. a big project's export); "
+                f"look at the server's log and retry when it is idle, or allow a longer wait with {WAIT_ENV} (seconds)"
             )
         return LabelStudioError(
-            f"{what}: cannot reach Label Studio at {self.url} after {self.attempts} attempts ({type(error).__name__}: {error}); "
+            f"{what}: cannot reach Label Studio at {self.url} after {attempts} attempts ({type(error).__name__}: {error}); "
             f"check that the server runs (`python -m annotation serve`) and that {URL_ENV} points at it"
         )

@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 
 from annotation.agreement import agreement_table
-from pipeline.atomic import write_arrow, write_csv, write_json, write_parquet
+from pipeline.atomic import outputs_together, write_arrow, write_csv, write_json, write_parquet
 from pipeline.cli import report_user_errors
 from pipeline.tables import empty_table, read_table
 
@@ -157,10 +157,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     labels, review, agreement = consolidate(read_table(args.annotations), read_table(args.catalog, columns=["image_id", "batch"]))
-    write_arrow(labels_arrow(labels), args.out)
-    write_csv(review, args.review)
-    write_parquet(agreement, args.agreement)
-    write_json(agreement_metrics(agreement), args.metrics)
+    with outputs_together():
+        write_arrow(labels_arrow(labels), args.out)
+        write_csv(review, args.review)
+        write_parquet(agreement, args.agreement)
+        write_json(agreement_metrics(agreement), args.metrics)
     if labels.empty:
         print(
             f"consolidate: no valid annotations in {args.annotations} yet (nothing submitted, or only skipped tasks): "

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from annotation.sources import read_label_sources
-from pipeline.atomic import write_csv, write_json, write_parquet
+from pipeline.atomic import outputs_together, write_csv, write_json, write_parquet
 from pipeline.cli import report_user_errors
 from pipeline.settings import DEFAULT_PARAMS, load_params
 from pipeline.tables import read_table
@@ -58,8 +58,6 @@ def run(args: argparse.Namespace) -> int:
     catalog = read_table(args.catalog, columns=["image_id", "sources"])
     imported = read_label_sources(args.label_dir or params.crawl.label_exports, args.crawl_dir or params.crawl.dir, catalog, load_taxonomy(params.taxonomy), args.cache_dir)
     rows, rejects = imported.tables()
-    write_parquet(rows, args.out)
-    write_csv(rejects, args.rejects)
     valid = rows[~rows["cancelled"]]
     counts = {
         "annotations": len(valid),
@@ -68,7 +66,10 @@ def run(args: argparse.Namespace) -> int:
         "rejected": len(rejects),
         "per_kind": {kind: int(n) for kind, n in valid["source"].map(source_kind).value_counts().sort_index().items()},
     }
-    write_json(counts, args.metrics)
+    with outputs_together():
+        write_parquet(rows, args.out)
+        write_csv(rejects, args.rejects)
+        write_json(counts, args.metrics)
     print(f"labels: {counts['annotations']} annotations of {counts['labelled_images']} images ({', '.join(f'{n} {kind}' for kind, n in counts['per_kind'].items())}); {counts['rejected']} rejected -> {args.rejects}")
     for row in rejects.head(10).itertuples(index=False):
         print(f"  rejected {row.source} {row.record}: {row.reason}")

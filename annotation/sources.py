@@ -184,7 +184,7 @@ def read_label_folder(label_dir: Path, index: CatalogIndex, taxonomy: Taxonomy, 
 
 def read_batch_labels(batch_dir: Path, index: CatalogIndex, taxonomy: Taxonomy, cache_dir: Path) -> Imported:
     """The .json label files beside the photos of one crawl batch (the K-Fashion layout), matched within the batch."""
-    names = sorted(e.name for e in os.scandir(batch_dir) if e.name.lower().endswith(".json") and not e.name.startswith(".") and e.is_file())
+    names = sorted(e.name for e in os.scandir(batch_dir) if e.name.lower().endswith(".json") and not e.name.startswith(".") and e.is_file(follow_symlinks=False))
     return read_folder(batch_dir, names, batch_dir.name, batch_dir.name, index, taxonomy, cache_dir) if names else Imported()
 
 

@@ -1,5 +1,10 @@
 """Write outputs through a temporary file and a rename, so a crash never leaves half a file.
 
+`outputs_together` makes the outputs of one stage replace the old ones together or not
+at all: a stage that fails on its third output leaves the first two as they were. A full
+disk or a read-only folder becomes an OutputError naming the file (`<stage>: error: ...`,
+exit 2), and the previous output stays.
+
 The temporary file (or every file of a temporary folder) is flushed to disk before the
 rename and the parent folder after it, so a power loss leaves the old output or the new
 one, never an empty one. `mkstemp`/`mkdtemp` create private files (0600/0700); the
@@ -16,12 +21,36 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from pipeline.cli import OutputError
+
+STORAGE_ERRORS = {
+    errno.ENOSPC: "the disk is full: free space there and run again",
+    errno.EDQUOT: "the disk quota is used up: free space there and run again",
+    errno.EFBIG: "the file is larger than this process may write (ulimit -f): raise the limit and run again",
+    errno.EROFS: "the file system is read-only: write the outputs to a writable folder",
+    errno.EACCES: "no permission to write there: make the folder writable and run again",
+    errno.EPERM: "no permission to write there: make the folder writable and run again",
+}
+_deferred: ContextVar[list[tuple[Path, Path]] | None] = ContextVar("_deferred", default=None)
+
+
+@contextmanager
+def storage_errors(target: Path) -> Iterator[None]:
+    """A full disk or a write refused while writing `target` becomes an OutputError that names it and says what to do."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRORS:
+            raise
+        raise OutputError(f"{target}: cannot write it ({os.strerror(exc.errno)}); {STORAGE_ERRORS[exc.errno]}. The previous {target.name}, if any, is unchanged") from exc
 
 
 def _umask() -> int:
@@ -50,18 +79,43 @@ def _sync(path: Path) -> None:
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    with storage_errors(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path, pending, deferred = Path(tmp), _deferred.get(), False
     try:
-        yield tmp_path
-        tmp_path.chmod(0o666 & ~_umask())
-        _sync(tmp_path)
-        os.replace(tmp_path, target)
-        _sync(target.parent)
+        with storage_errors(target):
+            yield tmp_path
+            tmp_path.chmod(0o666 & ~_umask())
+            _sync(tmp_path)
+            if pending is not None:  # inside outputs_together: renamed with the stage's other outputs
+                pending.append((tmp_path, target))
+                deferred = True
+            else:
+                os.replace(tmp_path, target)
+                _sync(target.parent)
     finally:
-        tmp_path.unlink(missing_ok=True)
+        if not deferred:
+            tmp_path.unlink(missing_ok=True)
+
+
+@contextmanager
+def outputs_together() -> Iterator[None]:
+    """The files written in the block (write_parquet, write_csv, atomic_path, ...) replace their targets together at its
+    end, or, if the block fails, none of them does."""
+    pending: list[tuple[Path, Path]] = []
+    token = _deferred.set(pending)
+    try:
+        yield
+        for tmp, target in pending:
+            os.replace(tmp, target)
+        for folder in {target.parent for _, target in pending}:
+            _sync(folder)
+    finally:
+        _deferred.reset(token)
+        for tmp, _ in pending:
+            tmp.unlink(missing_ok=True)
 
 
 def remove_leftover_temporaries(folder: Path) -> None:

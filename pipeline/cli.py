@@ -1,6 +1,7 @@
 """How every stage's command line reports a mistake of the user's.
 
-A missing input, a malformed file or a bad setting is `<prog>: error: <message>` on
+A missing input, a malformed file, a bad setting or an output that cannot be written
+(a full disk, a read-only folder) is `<prog>: error: <message>` on
 stderr and exit status 2, as argparse reports a bad command line, not a traceback;
 the message names the file or setting and what to do. Anything else is a bug and
 keeps its traceback.
@@ -20,7 +21,11 @@ class InputError(ValueError):
     """A file or setting the user gave is missing or malformed; the message names it and what to do."""
 
 
-USER_ERRORS = (InputError, FileNotFoundError)
+class OutputError(RuntimeError):
+    """An output cannot be written (a full disk, a read-only folder); the message names the file and what to do."""
+
+
+USER_ERRORS = (InputError, OutputError, FileNotFoundError)
 
 
 def report_user_errors(prog: str, command: Callable[[], int], errors: tuple[type[Exception], ...] = USER_ERRORS) -> int:

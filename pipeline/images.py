@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipeline.decoding import EXIF_ORIENTATION, SUPPORTED_MODES, pillow_bomb_guard_lifted, unsupported_mode_reason
+from pipeline.decoding import EIGHT_BIT_MODES, EXIF_ORIENTATION, SUPPORTED_MODES, pillow_bomb_guard_lifted, to_rgb, unsupported_mode_reason
 
 IMAGE_ID_HEX_CHARS = 16  # 64 bits of SHA-256: collision odds ~1e-8 at 1.2 M images
 
@@ -32,7 +32,7 @@ def content_id(data: bytes) -> str:
 
 def difference_hash(image: Image.Image) -> int:
     """64-bit dHash: is each pixel brighter than its right neighbour, on a 9x8 grey thumbnail."""
-    grey = np.asarray(image.convert("L").resize((9, 8), Image.Resampling.BOX), dtype=np.int16)
+    grey = np.asarray((image if image.mode in EIGHT_BIT_MODES else to_rgb(image)).convert("L").resize((9, 8), Image.Resampling.BOX), dtype=np.int16)
     bits = (grey[:, 1:] > grey[:, :-1]).ravel()
     return int(np.packbits(bits).view(">u8")[0])
 

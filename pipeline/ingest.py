@@ -15,7 +15,9 @@ that lists all its sources. Bad files land in the rejects file and never stop th
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import stat
 import sys
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -29,10 +31,11 @@ import PIL
 import pyarrow as pa
 from tqdm import tqdm
 
-from pipeline.atomic import remove_leftover_temporaries, write_arrow, write_csv, write_json, write_parquet
+from pipeline.atomic import outputs_together, remove_leftover_temporaries, write_arrow, write_csv, write_json, write_parquet
 from pipeline.cli import InputError, report_user_errors
 from pipeline.images import Inspected, content_id, inspect_image
 from pipeline.settings import DEFAULT_PARAMS, IngestSettings, load_params
+from pipeline.near_duplicates import catalog_near_duplicates
 from pipeline.tables import empty_table, read_table
 
 METADATA_FILE = "metadata.csv"
@@ -66,6 +69,7 @@ class IngestCounts:
     duplicate_files: int = 0
     rejected: int = 0
     near_duplicate_pairs: int = 0
+    near_duplicate_searched: int = 0  # images searched against the catalog this run (the other batches' pairs are cached)
 
 
 def list_batches(crawl_dir: Path) -> list[Path]:
@@ -74,17 +78,70 @@ def list_batches(crawl_dir: Path) -> list[Path]:
             f"crawl folder {crawl_dir} does not exist: run `make demo-data` for the demo crawl, "
             "or set crawl.dir in params.yaml to your crawl"
         )
-    return sorted(p for p in crawl_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    root = os.path.realpath(crawl_dir)
+    batches = []
+    for path in sorted(p for p in crawl_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if os.path.commonpath([os.path.realpath(path), root]) != root:
+            print(f"ingest: warning: {path} links to {os.path.realpath(path)}, outside the crawl folder: not read (copy the batch in instead)", file=sys.stderr)
+        else:
+            batches.append(path)
+    return batches
 
 
-def stat_batch_files(batch_dir: Path) -> pd.DataFrame:
-    """Name, size and mtime of every candidate image file in a batch (no file is opened)."""
-    rows = [
-        (entry.name, entry.stat().st_size, entry.stat().st_mtime_ns)
-        for entry in os.scandir(batch_dir)
-        if entry.is_file() and entry.name != METADATA_FILE and not entry.name.startswith(".") and not entry.name.lower().endswith(LABEL_SUFFIX)
-    ]
-    return pd.DataFrame(rows, columns=["file", "size", "mtime_ns"]).sort_values("file", ignore_index=True)
+def printable_name(name: str) -> str:
+    """A file name as the rejects report can hold it: bytes that are not UTF-8 shown as \\xNN escapes."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def entry_problem(entry: os.DirEntry, crawl_root: str) -> str | None:
+    """Why a batch-folder entry cannot be an image file, judged without opening it; None for a regular file (or a link to one inside the crawl).
+
+    Symlink policy: a link is followed only when its target is a regular file inside the crawl folder (a crawler may
+    link a re-post to the copy it already has); a link leaving the crawl would let a crawl folder read any file of
+    the machine, and Label Studio would serve it.
+    """
+    try:
+        entry.name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "file name is not valid UTF-8: rename the file (the catalog, Label Studio and DVC need UTF-8 paths)"
+    try:
+        own = entry.stat(follow_symlinks=False)
+        if stat.S_ISLNK(own.st_mode):
+            target = os.path.realpath(entry.path)
+            try:
+                followed = os.stat(entry.path)
+            except OSError as exc:
+                return "symlink loop" if exc.errno == errno.ELOOP else f"dangling symlink: its target {target} does not exist"
+            if os.path.commonpath([target, crawl_root]) != crawl_root:
+                return f"symlink to {target}, outside the crawl folder: links may only point inside it (copy the file into the batch instead)"
+            own = followed
+    except OSError as exc:
+        return f"cannot inspect the entry: {exc.strerror or exc}"
+    if stat.S_ISREG(own.st_mode):
+        return None
+    kind = next((k for test, k in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")) if test(own.st_mode)), "not a regular file")  # fmt: skip
+    return f"{kind}, not an image file (batches are flat folders of files)"
+
+
+def stat_batch_files(batch_dir: Path, crawl_root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(name, size and mtime of every candidate image file, entries rejected as they are listed) of a batch; no file is opened.
+
+    Every entry is judged on its own (`entry_problem`): one bad entry never stops a batch.
+    """
+    root = os.path.realpath(crawl_root)
+    files, rejected = [], []
+    for entry in os.scandir(batch_dir):
+        if entry.name == METADATA_FILE or entry.name.startswith(".") or entry.name.lower().endswith(LABEL_SUFFIX):
+            continue
+        problem = entry_problem(entry, root)
+        if problem:
+            rejected.append({"file": printable_name(entry.name), "reason": problem})
+        else:
+            st = os.stat(entry.path)
+            files.append((entry.name, st.st_size, st.st_mtime_ns))
+    listed = pd.DataFrame(files, columns=["file", "size", "mtime_ns"]).sort_values("file", ignore_index=True)
+    entries = pd.DataFrame(rejected, columns=["file", "reason"]).reindex(columns=list(FILE_COLUMNS)).assign(size=0, mtime_ns=0, header_only=False)
+    return listed, entries.astype(FILE_COLUMNS)
 
 
 def read_batch_cache(path: Path) -> pd.DataFrame:
@@ -155,12 +212,13 @@ def decode_files(
 
 
 def ingest_batch(
-    batch_dir: Path, cache_dir: Path, settings: IngestSettings, pool_factory, counts: IngestCounts
+    batch_dir: Path, crawl_root: Path, cache_dir: Path, settings: IngestSettings, pool_factory, counts: IngestCounts
 ) -> pd.DataFrame:
     """Per-file facts of one batch (the size limits not yet applied), decoding only files the cache does not vouch for."""
     cache_path = cache_dir / f"{batch_dir.name}.parquet"
     cache = read_batch_cache(cache_path)
-    reused, todo = split_cached(stat_batch_files(batch_dir), cache, batch_dir, settings.max_pixels)
+    listed, entries = stat_batch_files(batch_dir, crawl_root)
+    reused, todo = split_cached(listed, cache, batch_dir, settings.max_pixels)
     counts.reused += len(reused) - reused.attrs["rehashed"]
     counts.rehashed += reused.attrs["rehashed"]
     counts.decoded += len(todo)
@@ -169,7 +227,7 @@ def ingest_batch(
     table = table.astype(FILE_COLUMNS).sort_values("file", ignore_index=True)
     if not table.equals(cache.sort_values("file", ignore_index=True)):
         write_parquet(table, cache_path)
-    return table
+    return pd.concat([table, entries], ignore_index=True) if len(entries) else table  # entries are judged afresh on every run
 
 
 def limit_reason(width: int, height: int, settings: IngestSettings) -> str | None:
@@ -242,44 +300,6 @@ def build_catalog(files: pd.DataFrame) -> pa.Table:
     return table.sort_by([("batch", "ascending"), ("path", "ascending")])
 
 
-def near_duplicate_pairs(image_ids: np.ndarray, hashes: np.ndarray, max_distance: int) -> pd.DataFrame:
-    """Pairs of distinct images whose dHashes differ in at most `max_distance` bits.
-
-    Pigeonhole banding: two 64-bit hashes within distance d agree exactly on at least
-    one of d + 1 bit bands, so only images sharing a band value are compared.
-    """
-    columns = ["image_id_a", "image_id_b", "distance"]
-    if max_distance < 0 or len(hashes) < 2:
-        return pd.DataFrame(columns=columns).astype({"distance": "int64"})
-    hashes = hashes.astype(np.uint64)
-    edges = np.linspace(0, 64, max_distance + 2).astype(int)
-    found_a, found_b = [], []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        key = (hashes >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
-        order = np.argsort(key, kind="stable")
-        sorted_key = key[order]
-        for shift in range(1, len(order)):
-            same = sorted_key[shift:] == sorted_key[:-shift]
-            if not same.any():
-                break
-            found_a.append(order[:-shift][same])
-            found_b.append(order[shift:][same])
-    if not found_a:
-        return pd.DataFrame(columns=columns).astype({"distance": "int64"})
-    a, b = np.concatenate(found_a), np.concatenate(found_b)
-    a, b = np.minimum(a, b), np.maximum(a, b)
-    pairs = np.unique(np.stack([a, b], axis=1), axis=0)
-    distance = np.bitwise_count(hashes[pairs[:, 0]] ^ hashes[pairs[:, 1]]).astype(np.int64)
-    keep = distance <= max_distance
-    return pd.DataFrame(
-        {
-            "image_id_a": image_ids[pairs[keep, 0]],
-            "image_id_b": image_ids[pairs[keep, 1]],
-            "distance": distance[keep],
-        }
-    )
-
-
 def ingest(
     crawl_dir: Path, cache_dir: Path, settings: IngestSettings
 ) -> tuple[pa.Table, pd.DataFrame, pd.DataFrame, IngestCounts]:
@@ -300,7 +320,7 @@ def ingest(
     tables = []
     try:
         for batch_dir in batches:
-            table = ingest_batch(batch_dir, cache_dir, settings, pool_factory, counts)
+            table = ingest_batch(batch_dir, crawl_dir, cache_dir, settings, pool_factory, counts)
             table = table.merge(read_metadata(batch_dir), on="file", how="left")
             tables.append(table.assign(batch=batch_dir.name))
     finally:
@@ -313,8 +333,8 @@ def ingest(
     files = apply_limits(files, settings)
     catalog = build_catalog(files)
     rejects = files.loc[files["reason"].notna(), ["batch", "file", "reason"]].sort_values(["batch", "file"], ignore_index=True)
-    near = near_duplicate_pairs(
-        catalog["image_id"].to_numpy(), catalog["dhash"].to_numpy(), settings.near_duplicate_distance
+    near, counts.near_duplicate_searched = catalog_near_duplicates(
+        catalog.select(["image_id", "batch", "dhash"]).to_pandas(), cache_dir / "near", settings.near_duplicate_distance, settings.workers
     )
     counts.files = len(files)
     counts.images = catalog.num_rows
@@ -350,10 +370,11 @@ def run(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     crawl_dir = args.crawl_dir or params.crawl.dir
     catalog, rejects, near, counts = ingest(crawl_dir, args.cache_dir, params.ingest)
-    write_arrow(catalog, args.catalog)
-    write_csv(rejects, args.rejects)
-    write_parquet(near, args.near_duplicates)
-    write_json(asdict(counts), args.metrics)
+    with outputs_together():
+        write_arrow(catalog, args.catalog)
+        write_csv(rejects, args.rejects)
+        write_parquet(near, args.near_duplicates)
+        write_json(asdict(counts), args.metrics)
     print(
         f"ingest: {counts.images} images from {counts.files} files in {counts.batches} batches "
         f"({counts.decoded} decoded, {counts.reused + counts.rehashed} from cache); "

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from pipeline.atomic import atomic_path, remove_leftover_temporaries, write_json, write_parquet
 from pipeline.cli import InputError, report_user_errors
-from pipeline.decoding import EXIF_ORIENTATION, pillow_bomb_guard_lifted
+from pipeline.decoding import EXIF_ORIENTATION, pillow_bomb_guard_lifted, to_rgb
 from pipeline.settings import DEFAULT_PARAMS, load_params, load_section
 from pipeline.tables import read_table
 
@@ -65,7 +65,7 @@ def load_resized(path: Path, height: int, width: int) -> np.ndarray:
         if image.getexif().get(EXIF_ORIENTATION, 1) != 1:
             picture = ImageOps.exif_transpose(picture)
         if picture.mode != "RGB":
-            picture = picture.convert("RGB")
+            picture = to_rgb(picture)
         return np.asarray(ImageOps.fit(picture, (width, height), Image.Resampling.BILINEAR))
 
 

@@ -378,10 +378,12 @@ def test_a_server_too_slow_to_answer_is_not_reported_as_down():
     with socket.socket() as listener:  # listens, never answers: the request times out after the connection
         listener.bind(("127.0.0.1", 0))
         listener.listen()
-        slow = Connection(url=f"http://127.0.0.1:{listener.getsockname()[1]}", token="x", attempts=2, backoff_s=0.01, timeout_s=0.2)
-        with pytest.raises(LabelStudioError, match=r"export project 'styles': .* did not answer within 0.2 s \(2 attempts\)") as failure:
+        slow = Connection(url=f"http://127.0.0.1:{listener.getsockname()[1]}", token="x", attempts=4, backoff_s=0.01, wait_s=0.6)
+        started = time.monotonic()
+        with pytest.raises(LabelStudioError, match=r"export project 'styles': .* did not answer within 0.2 s \(2 attempts in 0.6 s\)") as failure:
             slow.call("export project 'styles'", lambda: list(slow.client().projects.list()))
-    assert "cannot reach" not in str(failure.value)
+        assert time.monotonic() - started < 0.6 + 0.3, "the whole wait is bounded, not attempts x timeout"
+    assert "cannot reach" not in str(failure.value) and "LABEL_STUDIO_WAIT_S" in str(failure.value)
 
 
 def test_pull_names_the_dvc_command_to_run_when_dvc_add_fails(tmp_path, monkeypatch, capsys):

@@ -70,3 +70,45 @@ def test_a_folder_output_is_replaced_whole_or_not_at_all(tmp_path: Path) -> None
         (tmp / "new.html").write_text("new")
     assert [p.name for p in docs.iterdir()] == ["new.html"]
     assert [p.name for p in tmp_path.iterdir()] == ["docs"]  # no temporary or set-aside folder left
+
+
+def test_a_stage_replaces_its_outputs_together_or_not_at_all(tmp_path: Path) -> None:
+    from pipeline.atomic import outputs_together, write_json
+
+    first, second = tmp_path / "catalog.json", tmp_path / "rejects.json"
+    write_json({"run": 1}, first)
+    write_json({"run": 1}, second)
+    with pytest.raises(RuntimeError, match="the second output failed"), outputs_together():
+        write_json({"run": 2}, first)
+        raise RuntimeError("the second output failed")
+    assert first.read_text() == second.read_text() == '{\n  "run": 1\n}\n', "the first output is not replaced alone"
+    with outputs_together():
+        write_json({"run": 2}, first)
+        write_json({"run": 2}, second)
+    assert '"run": 2' in first.read_text() and '"run": 2' in second.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["catalog.json", "rejects.json"], "no temporary left"
+
+
+def test_a_full_disk_while_a_stage_writes_is_a_clear_error_and_the_old_outputs_stay(demo_crawl: Path, tmp_path: Path) -> None:
+    """A real write failure: the stage runs in a process whose files may not grow past 64 KiB (RLIMIT_FSIZE: the kernel
+    refuses the write with EFBIG, as a full disk refuses it with ENOSPC; the same path handles both)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    args = ["--crawl-dir", str(demo_crawl), "--cache-dir", str(out / "cache"), "--catalog", str(out / "catalog.parquet"), "--rejects", str(out / "rejects.csv"),
+            "--near-duplicates", str(out / "near.parquet"), "--metrics", str(out / "metrics.json")]  # fmt: skip
+    run = [sys.executable, "-c", "import sys; from pipeline.ingest import main; sys.exit(main(sys.argv[1:]))", *args]
+    assert subprocess.run(run, cwd=Path(__file__).parents[1], capture_output=True).returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    big = demo_crawl / "batch-001" / "big.png"
+    big.write_bytes(os.urandom(1))  # a reject whose long reason makes rejects.csv grow
+    (demo_crawl / "batch-001" / ("x" * 200 + ".jpg")).write_bytes(b"not an image")
+    limited = [sys.executable, "-c", "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+               "resource.setrlimit(resource.RLIMIT_FSIZE, (1200, 1200)); from pipeline.ingest import main; sys.exit(main(sys.argv[1:]))", *args]  # fmt: skip
+    done = subprocess.run(limited, cwd=Path(__file__).parents[1], capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("ingest: error: ") and "cannot write it (File too large)" in done.stderr and "is unchanged" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before, "every output as it was"
+    assert not [p for p in out.rglob(".*.tmp")], "no temporary left"

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.cli import InputError
 from pipeline.demo_crawl import decompression_bomb_png
 import pipeline.images as images_module
 from pipeline.images import content_id, difference_hash, inspect_image
@@ -131,21 +130,33 @@ def test_cmyk_photo_is_accepted_and_its_mode_recorded(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("picture", "fmt", "mode"),
+    ("picture", "fmt", "expected"),
     [
-        (Image.fromarray(np.full((80, 80), 40_000, np.uint16)), "PNG", "I;16"),
-        (Image.fromarray(np.full((80, 80), 70_000, np.int32)), "TIFF", "I"),
-        (Image.fromarray(np.full((80, 80), 0.5, np.float32)), "TIFF", "F"),
-        (Image.new("LAB", (80, 80)), "TIFF", "LAB"),
+        (Image.fromarray(np.array([[0, 257 * 100, 65535, 40_000]], np.uint16)), "PNG", [0, 100, 255, 156]),  # I;16: / 257, not clipped
+        (Image.fromarray(np.array([[0, 257 * 100, 65535, 40_000]], np.int32)), "TIFF", [0, 100, 255, 156]),  # I within 16 bits: the same
+        (Image.fromarray(np.array([[-100, 0, 100, 410]], np.int32)), "TIFF", [0, 50, 100, 255]),  # I beyond: stretched min..max
+        (Image.fromarray(np.array([[0.0, 0.5, 1.0, 0.2]], np.float32)), "TIFF", [0, 128, 255, 51]),  # F within 0-1: * 255
     ],
-    ids=["16-bit-png", "32-bit-int-tiff", "float-tiff", "lab-tiff"],
+    ids=["16-bit-png", "32-bit-int-tiff", "32-bit-int-wide-tiff", "float-tiff"],
 )
-def test_modes_that_8_bit_rgb_would_wreck_are_rejected_with_what_to_do(tmp_path, picture, fmt, mode):
-    result = inspect_bytes(tmp_path, saved(picture, fmt), name=f"x.{fmt.lower()}")
-    assert result.reason.startswith(f"unsupported pixel mode {mode}:") and "convert the file to 8-bit RGB" in result.reason
-    with pytest.raises(InputError) as refused:  # predict and training refuse what ingest rejects
-        load_rgb(tmp_path / f"x.{fmt.lower()}")
-    assert str(refused.value) == f"{tmp_path / f'x.{fmt.lower()}'}: {result.reason}"
+def test_wide_grey_pictures_are_scaled_to_8_bit_not_clipped(tmp_path, picture, fmt, expected):
+    path = tmp_path / f"x.{fmt.lower()}"
+    path.write_bytes(saved(picture.resize((64, 64), Image.Resampling.NEAREST), fmt))
+    result = inspect_image(path, max_pixels=10**8)
+    assert result.reason is None and result.width == 64
+    rgb = np.asarray(load_rgb(path))
+    assert rgb.shape == (64, 64, 3) and (rgb[0, ::16, 0].tolist(), rgb[0, ::16, 1].tolist()) == (expected, expected)
+
+
+def test_lab_pictures_go_through_a_colour_conversion(tmp_path):
+    lab = Image.new("LAB", (64, 64), (128, 128, 128))  # L* 50, a* 0, b* 0: neutral mid grey
+    lab.paste((255, 128, 128), (0, 0, 32, 64))  # L* 100: white
+    path = tmp_path / "x.tiff"
+    path.write_bytes(saved(lab, "TIFF"))
+    assert inspect_image(path, max_pixels=10**8).reason is None
+    rgb = np.asarray(load_rgb(path))
+    assert rgb[0, 40].tolist() == [119, 119, 119], "sRGB of L* 50 is 119 (a plain 8-bit reading would give 128 and tinted channels)"
+    assert rgb[0, 0].tolist() in ([254, 255, 254], [255, 255, 255])
 
 
 def test_training_applies_the_decoding_policy_without_importing_ingests_code():

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from pipeline.cli import InputError
-from pipeline.decoding import SUPPORTED_MODES, pillow_bomb_guard_lifted, unsupported_mode_reason
+from pipeline.decoding import SUPPORTED_MODES, pillow_bomb_guard_lifted, to_rgb, unsupported_mode_reason
 from pipeline.pixel_cache import PixelStore
 from pipeline.tables import read_table
 from training.gpu_augment import Jitter, train_batch
@@ -135,13 +135,13 @@ def load_rgb(path: Path, vetted: bool = False) -> Image.Image:
     """An image upright and in RGB (the crawl holds EXIF-rotated and CMYK JPEGs); InputError names the file and why it cannot be used.
 
     `vetted`: a catalog image, which ingest's max_pixels admitted, so Pillow's own bomb guard is lifted for it.
-    Pixel modes without a faithful 8-bit RGB conversion (16- and 32-bit, LAB) are refused, as ingest refuses them.
+    16- and 32-bit pictures are scaled and LAB converted to 8-bit RGB (pipeline/decoding.py); other modes are refused, as ingest refuses them.
     """
     try:
         with pillow_bomb_guard_lifted() if vetted else contextlib.nullcontext(), Image.open(path) as image:
             mode = image.mode
             if mode in SUPPORTED_MODES:
-                return ImageOps.exif_transpose(image).convert("RGB")
+                return to_rgb(ImageOps.exif_transpose(image))
     except MemoryError:
         raise
     except Exception as error:  # Pillow raises many types on untrusted bytes (OSError, DecompressionBombError, SyntaxError, TypeError, ...)
