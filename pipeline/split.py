@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.atomic import write_json, write_parquet
+from pipeline.atomic import outputs_together, write_json, write_parquet
 from pipeline.cli import report_user_errors
 from pipeline.labelsets import main_and_sub_matrices
 from pipeline.settings import DEFAULT_PARAMS, ParamsError, load_params, load_section
@@ -179,9 +179,10 @@ def run(args: argparse.Namespace) -> int:
     splits = assign_splits(existing, rows[["image_id", "stratum"]], settings)
     subset = select_labels(main, sub, names, settings.top_k)
     dataset = build_dataset(rows, main, sub, subset, names, splits, catalog)
-    write_parquet(splits, args.splits)
-    write_parquet(dataset, args.dataset)
-    write_json({"labels": subset, "top_k": settings.top_k}, args.subset)
+    with outputs_together():
+        write_parquet(splits, args.splits)
+        write_parquet(dataset, args.dataset)
+        write_json({"labels": subset, "top_k": settings.top_k}, args.subset)
     sizes = dataset["split"].value_counts().reindex(list(SPLITS), fill_value=0)
     print(
         f"split: {len(splits) - len(existing)} new images assigned ({len(splits)} in all); dataset {len(dataset)} images, "

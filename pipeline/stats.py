@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pipeline.atomic import atomic_path, write_parquet  # noqa: E402
+from pipeline.atomic import atomic_path, outputs_together, write_parquet  # noqa: E402
 from pipeline.cli import report_user_errors  # noqa: E402
 from pipeline.labelsets import conditional, cooccurrence, cross_counts, main_and_sub_matrices  # noqa: E402
 from pipeline.settings import DEFAULT_PARAMS, load_params  # noqa: E402
@@ -128,11 +128,12 @@ def run(args: argparse.Namespace) -> int:
     main_matrix, sub_matrix = main_and_sub_matrices(labels["main_style"], labels["sub_styles"], names)
     overall, by_batch = class_balance(main_matrix, sub_matrix, labels["batch"], names)
     cooc, prob = cooccurrence_table(main_matrix | sub_matrix, names)
-    write_parquet(overall, args.balance)
-    write_parquet(by_batch, args.balance_by_batch)
-    write_parquet(cooc, args.cooccurrence)
-    plot_cooccurrence(prob, names, args.heatmap)
-    plot_trend(by_batch, args.trend)
+    with outputs_together():
+        write_parquet(overall, args.balance)
+        write_parquet(by_batch, args.balance_by_batch)
+        write_parquet(cooc, args.cooccurrence)
+        plot_cooccurrence(prob, names, args.heatmap)
+        plot_trend(by_batch, args.trend)
     top = overall.nlargest(3, "images")
     print(f"stats: {len(labels)} images, {by_batch['batch'].nunique()} batches; top styles " + ", ".join(f"{r.style} {r.main_share:.1%}" for r in top.itertuples()))
     return 0

@@ -112,3 +112,21 @@ def test_a_full_disk_while_a_stage_writes_is_a_clear_error_and_the_old_outputs_s
     assert "Traceback" not in done.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before, "every output as it was"
     assert not [p for p in out.rglob(".*.tmp")], "no temporary left"
+
+
+def test_a_checkpoint_that_cannot_be_written_is_a_clear_error_and_the_old_one_stays(tmp_path: Path) -> None:
+    """torch's writer fails without an errno ("basic_ios::clear" on a full disk); here a real refusal: a 64 KiB file-size limit."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "best.pt"
+    save_checkpoint({"weights": torch.zeros(10)}, path)
+    before = path.read_bytes()
+    script = ("import resource, signal, sys, torch; from pathlib import Path; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536)); from training.checkpoint import save_checkpoint; "
+              "from pipeline.cli import report_user_errors; "
+              "sys.exit(report_user_errors('train', lambda: save_checkpoint({'weights': torch.zeros(100_000)}, Path(sys.argv[1])) or 0))")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", script, str(path)], cwd=Path(__file__).parents[1], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.startswith(f"train: error: {path}: cannot write it (torch: "), done.stderr
+    assert "is unchanged" in done.stderr and path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]

@@ -9,6 +9,7 @@ split, `last.pt` the optimizer and the loop state that `--resume` continues from
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +19,27 @@ from torch import nn
 from torchvision.transforms import v2
 
 from pipeline.atomic import atomic_path
-from pipeline.cli import InputError
+from pipeline.cli import InputError, OutputError
 from training.backbones import create_backbone
 from training.data import check_state_fits, eval_transform, read_torch_file
 from training.models import BasicCNN, ModelSpec, StyleNet, build_head
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """torch.save through a temporary file and a rename: a kill never leaves half a checkpoint."""
+    """torch.save through a temporary file and a rename: a kill never leaves half a checkpoint.
+
+    torch's C++ writer reports a full disk or a refused write as a RuntimeError without an errno ("basic_ios::clear",
+    "unexpected pos ..."): it becomes an OutputError that names the file, like every other output's.
+    """
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as exc:
+            free = shutil.disk_usage(tmp.parent).free
+            raise OutputError(
+                f"{path}: cannot write it (torch: {str(exc).strip()[:120]}); {free / 2**20:.0f} MiB free on its disk: free space "
+                f"(or raise a file-size limit, ulimit -f) and run again. The previous {Path(path).name}, if any, is unchanged"
+            ) from exc
 
 
 CHECKPOINT_REMEDY = "train the model (python -m training.train, the command is in dvc.yaml) or restore the file (dvc checkout / dvc pull)"

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.atomic import atomic_path, write_json
+from pipeline.atomic import atomic_path, outputs_together, write_json
 from pipeline.cli import InputError, report_user_errors
 from pipeline.settings import ParamsError, load_section
 from training.checkpoint import build_trained_module, decision_thresholds, load_checkpoint, pixel_model, scores_mirrored, trained_precision
@@ -251,9 +251,10 @@ def run(args: argparse.Namespace) -> int:
     """Score every model and write the report and metrics; returns the exit status."""
     settings = load_section(EvaluateSettings, "evaluate", args.params)
     report, metrics = evaluate(load_model_specs(args.params), args, settings)
-    with atomic_path(args.report) as tmp:
-        tmp.write_text(report, encoding="utf-8")
-    write_json(metrics, args.metrics)
+    with outputs_together():
+        with atomic_path(args.report) as tmp:
+            tmp.write_text(report, encoding="utf-8")
+        write_json(metrics, args.metrics)
     print(f"evaluate: {len(metrics['models'])} models on {metrics['n_images']} {settings.split} images -> {args.report}, {args.metrics}")
     return 0
 

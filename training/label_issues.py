@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.atomic import atomic_path, write_json, write_parquet
+from pipeline.atomic import atomic_path, outputs_together, write_json, write_parquet
 from pipeline.cli import InputError, report_user_errors
 from pipeline.settings import ParamsError, load_section
 from training.checkpoint import best_model, build_trained_module, called_present, decision_thresholds, load_checkpoint, scores_mirrored, trained_precision
@@ -202,10 +202,11 @@ def find_issues(args: argparse.Namespace, settings: LabelIssueSettings) -> tuple
 def run(args: argparse.Namespace) -> int:
     settings = load_section(LabelIssueSettings, "label_issues", args.params)
     issues, text, metrics = find_issues(args, settings)
-    write_parquet(issues, args.out)
-    with atomic_path(args.report) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    write_json(metrics, args.metrics)
+    with outputs_together():
+        write_parquet(issues, args.out)
+        with atomic_path(args.report) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+        write_json(metrics, args.metrics)
     print(f"label_issues: {metrics['images']} images, {len(issues)} most suspicious (image, label) cells -> {args.out}, {args.report}")
     return 0
 
