@@ -9,6 +9,10 @@ an order fixed by a seeded hash of the image id. Delete splits.parquet to re-spl
 
 Eligible images: consolidated, not tied (needs_review false), at least one label.
 
+Leakage: given ingest's near-duplicate pairs, the pairs whose two images lie in
+different splits (a re-post in test of a photo in train flatters the test scores) are
+listed in the leakage table for review. Assignments are not moved to fix them.
+
 Label subset (the paper's top-K): the K styles with most images as main style
 (most images with the label, for tag taxonomies), ties broken by taxonomy order;
 top_k 0 keeps every label. An image whose MAIN style is outside the subset is left
@@ -146,6 +150,14 @@ def build_dataset(
     return dataset[["image_id", "path", "batch", "split", "main_style", "labels"]].sort_values("image_id", ignore_index=True)
 
 
+def split_leakage(pairs: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
+    """The near-duplicate pairs whose two images are assigned to different splits, with both splits."""
+    split_of = splits.set_index("image_id")["split"]
+    table = pairs.assign(split_a=pairs["image_id_a"].map(split_of), split_b=pairs["image_id_b"].map(split_of))
+    crossing = table[table["split_a"].notna() & table["split_b"].notna() & (table["split_a"] != table["split_b"])]
+    return crossing[["image_id_a", "split_a", "image_id_b", "split_b", "distance"]].astype({"split_a": "string", "split_b": "string"}).reset_index(drop=True)
+
+
 def read_splits(path: Path) -> pd.DataFrame:
     """Earlier assignments, or none on the first run."""
     if not path.exists():
@@ -161,6 +173,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dataset", type=Path, default=Path("data/dataset.parquet"), help="output: the images training reads, with split and labels")
     parser.add_argument("--subset", type=Path, default=Path("data/label_subset.json"), help="output: the selected labels in taxonomy order")
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params.yaml (sections 'split' and 'taxonomy')")
+    parser.add_argument("--near-duplicates", type=Path, help="ingest's near-duplicate pairs; with --leakage, the pairs that cross splits are listed")
+    parser.add_argument("--leakage", type=Path, help="output: near-duplicate pairs whose images lie in different splits (image_id_a, split_a, image_id_b, split_b, distance)")
     return parser.parse_args(argv)
 
 
@@ -179,15 +193,19 @@ def run(args: argparse.Namespace) -> int:
     splits = assign_splits(existing, rows[["image_id", "stratum"]], settings)
     subset = select_labels(main, sub, names, settings.top_k)
     dataset = build_dataset(rows, main, sub, subset, names, splits, catalog)
+    leakage = split_leakage(read_table(args.near_duplicates), splits) if args.near_duplicates and args.leakage else None
     with outputs_together():
         write_parquet(splits, args.splits)
         write_parquet(dataset, args.dataset)
         write_json({"labels": subset, "top_k": settings.top_k}, args.subset)
+        if leakage is not None:
+            write_parquet(leakage, args.leakage)
     sizes = dataset["split"].value_counts().reindex(list(SPLITS), fill_value=0)
     print(
         f"split: {len(splits) - len(existing)} new images assigned ({len(splits)} in all); dataset {len(dataset)} images, "
         + ", ".join(f"{k} {v}" for k, v in sizes.items())
         + f"; {len(subset)} labels"
+        + (f"; {len(leakage)} near-duplicate pairs cross splits (leakage, for review) -> {args.leakage}" if leakage is not None else "")
     )
     return 0
 

@@ -167,3 +167,18 @@ def test_stage_rerun_with_an_added_batch_keeps_every_split(tmp_path):
     assert (after.loc[before["image_id"], "split"].to_numpy() == before["split"].to_numpy()).all()
     dataset = pd.read_parquet(tmp_path / "dataset.parquet").set_index("image_id")
     assert (dataset.loc[before["image_id"], "split"].to_numpy() == before["split"].to_numpy()).all()
+
+
+def test_near_duplicate_pairs_across_splits_are_listed_as_leakage(tmp_path):
+    rng = np.random.default_rng(1)
+    labels = label_rows([(f"a{k:03d}", NAMES[rng.integers(0, 4)], [], False) for k in range(60)])
+    args = write_stage_inputs(tmp_path, labels)
+    assert main(args) == 0
+    split_of = pd.read_parquet(tmp_path / "splits.parquet").set_index("image_id")["split"]
+    train, test = split_of[split_of == "train"].index[:2], split_of[split_of == "test"].index[:1]
+    pairs = pd.DataFrame({"image_id_a": [train[0], train[0]], "image_id_b": [train[1], test[0]], "distance": [3, 7]})
+    pairs.to_parquet(tmp_path / "near.parquet")
+    assert main([*args, "--near-duplicates", str(tmp_path / "near.parquet"), "--leakage", str(tmp_path / "leakage.parquet")]) == 0
+    leakage = pd.read_parquet(tmp_path / "leakage.parquet")
+    assert leakage.to_dict("records") == [{"image_id_a": train[0], "split_a": "train", "image_id_b": test[0], "split_b": "test", "distance": 7}]
+    assert (pd.read_parquet(tmp_path / "splits.parquet").set_index("image_id")["split"] == split_of).all(), "nothing moved"
