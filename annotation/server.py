@@ -12,6 +12,7 @@ token it was given against the running server.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -125,12 +126,22 @@ def ensure_port_free(port: int) -> None:
             raise ServerError(f"port {port} in use (an earlier `serve`?): stop it or use --port / annotation.port") from None
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def end_with_parent() -> None:
+    """Run in the server's process before it execs: Linux sends it SIGTERM when serve dies, even by SIGKILL, which
+    no handler of serve's can catch; without this the server, in a session of its own, would keep the port."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def start(settings: ServerSettings, creds: dict[str, str]) -> subprocess.Popen:
     """Start the server in the background; returns once it answers /health.
 
     The server runs in a session of its own, out of reach of the terminal's signals, so
     whatever ends the wait (a failed start, the timeout, Ctrl-C) stops it here; otherwise
-    it would keep running, orphaned, and hold the port.
+    it would keep running, orphaned, and hold the port. On Linux it also ends when serve
+    is killed outright (SIGKILL, the out-of-memory killer): `end_with_parent`.
     """
     exe = ensure_installed(settings.venv)
     ensure_port_free(settings.port)
@@ -142,6 +153,7 @@ def start(settings: ServerSettings, creds: dict[str, str]) -> subprocess.Popen:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=end_with_parent if sys.platform == "linux" else None,
         )
     try:
         wait_until_healthy(settings, process, timeout_s=START_TIMEOUT_S)

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -560,6 +561,27 @@ def test_ctrl_c_while_the_server_starts_stops_it(local_serve, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         start(local_serve.settings, credentials())
     assert local_serve.server_pid() is not None and not local_serve.server_running()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the server ends with serve through Linux's PR_SET_PDEATHSIG")
+def test_a_serve_killed_outright_does_not_leave_its_server_holding_the_port(local_serve):
+    command = [sys.executable, "-m", "annotation", "--params", str(local_serve.root / "params.yaml"), "serve", "--port", str(local_serve.port)]
+    log = local_serve.root / "serve.log"
+    with log.open("wb") as out:
+        serve = subprocess.Popen(command, cwd=local_serve.root, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        deadline = time.monotonic() + 60
+        while not local_serve.answering() and time.monotonic() < deadline and serve.poll() is None:
+            time.sleep(0.05)
+        assert local_serve.answering() and local_serve.server_running(), log.read_text()
+        serve.kill()  # SIGKILL: serve cannot stop its server itself
+        serve.wait()
+        deadline = time.monotonic() + 10
+        while local_serve.server_running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not local_serve.server_running(), "the server went with serve"
+    finally:
+        serve.kill()
 
 
 @pytest.mark.parametrize(("send", "phase"), [(signal.SIGTERM, "starting"), (signal.SIGHUP, "answering")], ids=["SIGTERM-starting", "SIGHUP-answering"])
