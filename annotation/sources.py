@@ -30,16 +30,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from annotation.importers import (
-    Imported,
-    ImageMatcher,
-    KFashionRecord,
-    import_label_studio,
-    import_tag_csv,
-    kfashion_rows,
-    parse_kfashion,
-    read_label_studio_export,
-)
+from annotation.importers import ImageMatcher, Imported, import_label_studio, import_tag_csv, read_label_studio_export
+from annotation.kfashion import KFashionRecord, kfashion_rows, parse_kfashion
 from pipeline.atomic import write_parquet
 from pipeline.cli import InputError
 from pipeline.tables import read_table

@@ -33,7 +33,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from annotation.importers import KF_LABEL_PATH  # noqa: E402
+from annotation.kfashion import KF_LABEL_PATH  # noqa: E402
 from annotation.sources import read_label_sources  # noqa: E402
 from pipeline.taxonomy import load_taxonomy  # noqa: E402
 

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from annotation.consolidate import consolidate
-from annotation.importers import files_in, import_kfashion, import_label_studio, import_tag_csv, read_label_studio_export
+from annotation.importers import files_in, import_label_studio, import_tag_csv, read_label_studio_export
+from annotation.kfashion import import_kfashion
 from annotation.sources import CatalogIndex, read_label_sources
 from pipeline.cli import InputError
 from pipeline.ingest import ingest
