@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import sys
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -34,7 +33,7 @@ from annotation.importers import ImageMatcher, Imported, import_label_studio, im
 from annotation.kfashion import KFashionRecord, kfashion_rows, parse_kfashion
 from pipeline.atomic import write_parquet
 from pipeline.cli import InputError
-from pipeline.tables import read_table
+from pipeline.tables import empty_table, read_cache
 from pipeline.taxonomy import Taxonomy
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}  # photos beside K-Fashion files: skipped
@@ -111,19 +110,6 @@ def cache_path(cache_dir: Path, folder: Path) -> Path:
     return cache_dir / f"{slug}-{hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:8]}.parquet"
 
 
-def read_cache(path: Path) -> pd.DataFrame:
-    """Cached K-Fashion records of a folder; a damaged cache or one in another layout counts as empty."""
-    empty = pd.DataFrame({c: pd.Series(dtype=t) for c, t in CACHE_COLUMNS.items()})
-    if not path.exists():
-        return empty
-    try:
-        cache = read_table(path)
-    except InputError as error:
-        print(f"labels: warning: {error}: parsing its folder again", file=sys.stderr)
-        return empty
-    return cache.astype(CACHE_COLUMNS) if list(cache.columns) == list(CACHE_COLUMNS) else empty
-
-
 def file_stats(folder: Path, names: list[str]) -> pd.DataFrame:
     """Name, size and modification time of each file (no file is opened)."""
     rows = [(name, st.st_size, st.st_mtime_ns) for name in names for st in [os.stat(os.path.join(folder, name))]]
@@ -140,7 +126,8 @@ def read_folder(folder: Path, names: list[str], source_name: str, batch: str | N
         out.extend(import_tag_csv(folder / name, taxonomy, match))
     cache_file = cache_path(cache_dir, folder)
     stats = file_stats(folder, [n for n in names if n.lower().endswith(".json")])
-    cache = read_cache(cache_file)
+    cache = read_cache(cache_file, CACHE_COLUMNS, "labels", "parsing its folder again")
+    cache = empty_table(CACHE_COLUMNS) if cache is None else cache
     known = stats.merge(cache, on=["file", "size", "mtime_ns"], how="inner")
     parsed = []
     for name, size, mtime_ns in stats[~stats["file"].isin(set(known["file"].tolist()))].itertuples(index=False):

@@ -36,7 +36,7 @@ from pipeline.cli import InputError, report_user_errors
 from pipeline.images import Inspected, content_id, inspect_image
 from pipeline.settings import DEFAULT_PARAMS, IngestSettings, load_params
 from pipeline.near_duplicates import catalog_near_duplicates
-from pipeline.tables import empty_table, read_table
+from pipeline.tables import empty_table, read_cache
 
 METADATA_FILE = "metadata.csv"
 LABEL_SUFFIX = ".json"  # label files beside the photos (the K-Fashion layout): the labels stage reads them
@@ -146,14 +146,8 @@ def stat_batch_files(batch_dir: Path, crawl_root: Path) -> tuple[pd.DataFrame, p
 
 def read_batch_cache(path: Path) -> pd.DataFrame:
     """The cached rows of a batch; a cache in another layout (an older ingest) or a damaged one counts as empty."""
-    if not path.exists():
-        return empty_table(FILE_COLUMNS)
-    try:
-        cache = read_table(path)
-    except InputError as error:
-        print(f"ingest: warning: {error}: decoding its batch again", file=sys.stderr)
-        return empty_table(FILE_COLUMNS)
-    return cache.astype(FILE_COLUMNS) if list(cache.columns) == list(FILE_COLUMNS) else empty_table(FILE_COLUMNS)
+    cache = read_cache(path, FILE_COLUMNS, "ingest", "decoding its batch again")
+    return empty_table(FILE_COLUMNS) if cache is None else cache
 
 
 def _inspected_row(name: str, size: int, mtime_ns: int, result: Inspected) -> dict:

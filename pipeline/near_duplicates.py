@@ -22,14 +22,14 @@ import numpy as np
 import pandas as pd
 
 from pipeline.atomic import remove_leftover_temporaries, write_parquet
-from pipeline.tables import read_table
+from pipeline.tables import empty_table, read_cache
 
 PAIR_COLUMNS = {"image_id_a": "string", "image_id_b": "string", "distance": "int64"}
 QUERY_BLOCK, CATALOG_CHUNK = 64, 65_536  # one block x chunk of uint64: 32 MiB
 
 
 def empty_pairs() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in PAIR_COLUMNS.items()})
+    return empty_table(PAIR_COLUMNS)
 
 
 def close_pairs(queries: np.ndarray, catalog: np.ndarray, max_distance: int, workers: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -99,13 +99,12 @@ def catalog_near_duplicates(catalog: pd.DataFrame, cache_dir: Path, max_distance
         own, earlier = np.flatnonzero(batches == batch), np.flatnonzero(batches < batch)
         path = cache_dir / f"{batch}-{batch_key(max_distance, ids[own], ids[earlier])}.parquet"
         kept.add(path)
-        if path.exists():
-            tables.append(read_table(path).astype(PAIR_COLUMNS))
-            continue
-        pairs = batch_pairs(ids, hashes, own, earlier, max_distance, workers)
-        write_parquet(pairs, path)
+        pairs = read_cache(path, PAIR_COLUMNS, "ingest", "searching its batch again")
+        if pairs is None:
+            pairs = batch_pairs(ids, hashes, own, earlier, max_distance, workers)
+            write_parquet(pairs, path)
+            searched += len(own)
         tables.append(pairs)
-        searched += len(own)
     for stale in set(cache_dir.glob("*.parquet")) - kept:
         stale.unlink()  # a batch changed or gone, or another distance
     pairs = pd.concat(tables, ignore_index=True) if tables else empty_pairs()

@@ -1,7 +1,8 @@
-"""Tables between stages: typed empty tables, and Parquet inputs read with the file named when they are damaged."""
+"""Tables between stages: typed empty tables, Parquet inputs read with the file named when they are damaged, and caches."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -31,6 +32,22 @@ def read_table(path: Path, columns: Sequence[str] | None = None) -> pd.DataFrame
         raise
     except (pa.ArrowException, OSError) as exc:
         raise InputError(f"{path}: {table_problem(Path(path), columns, exc)}; {RESTORE_HINT}") from None
+
+
+def read_cache(path: Path, columns: Mapping[str, str], prog: str, remedy: str) -> pd.DataFrame | None:
+    """A stage's own cache table (a persistent output it reads back), typed as `columns`; None when there is none to use.
+
+    A damaged cache, or one in another layout (written by an older version), is not an error: `<prog>: warning:`
+    says so and what the stage does instead (`remedy`), and the stage rebuilds it.
+    """
+    if not path.exists():
+        return None
+    try:
+        cache = read_table(path)
+    except InputError as error:
+        print(f"{prog}: warning: {error}: {remedy}", file=sys.stderr)
+        return None
+    return cache.astype(dict(columns)) if list(cache.columns) == list(columns) else None
 
 
 def table_problem(path: Path, columns: Sequence[str] | None, error: Exception) -> str:

@@ -53,3 +53,13 @@ def test_a_repost_scaled_and_recompressed_is_found_at_the_default_distance(demo_
     catalog, _, near, _ = ingest(demo_crawl, tmp_path / "cache", settings)
     ids = {s["file"]: row["image_id"] for row in catalog.to_pylist() for s in row["sources"]}
     assert {ids[photo.name], ids["repost.jpg"]} in [{a, b} for a, b in zip(near["image_id_a"], near["image_id_b"])]
+
+
+def test_a_damaged_batch_cache_is_searched_again_with_a_warning(tmp_path: Path, capsys):
+    catalog = synthetic_catalog(batches=2, per_batch=30)
+    expected, _ = catalog_near_duplicates(catalog, tmp_path, 6)
+    damaged = sorted(tmp_path.glob("batch-001-*.parquet"))[0]
+    damaged.write_bytes(b"not parquet")
+    pairs, searched = catalog_near_duplicates(catalog, tmp_path, 6)
+    assert searched == 30 and as_set(pairs) == as_set(expected)
+    assert f"ingest: warning: {damaged}" in capsys.readouterr().err
