@@ -24,7 +24,6 @@ import hashlib
 import os
 import re
 from collections import defaultdict
-from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -33,6 +32,7 @@ from annotation.importers import ImageMatcher, Imported, import_label_studio, im
 from annotation.kfashion import KFashionRecord, kfashion_rows, parse_kfashion
 from pipeline.atomic import write_parquet
 from pipeline.cli import InputError
+from pipeline.crawl import batch_folders
 from pipeline.tables import empty_table, read_cache
 from pipeline.taxonomy import Taxonomy
 
@@ -171,7 +171,7 @@ def read_label_sources(label_dir: Path, crawl_dir: Path, catalog: pd.DataFrame, 
     """Every label record of the label folder and of the crawl batches' label files, with the rejects (the labels stage)."""
     index = CatalogIndex(catalog)
     imported = read_label_folder(label_dir, index, taxonomy, cache_dir)
-    for batch_dir in crawl_batches(crawl_dir):
+    for batch_dir in batch_folders(crawl_dir)[0] if crawl_dir.is_dir() else []:  # a batch linking outside the crawl is not read
         imported.extend(read_batch_labels(batch_dir, index, taxonomy, cache_dir))
     return imported
 
@@ -185,6 +185,3 @@ def read_labels_at(path: Path, crawl_dir: Path, catalog: pd.DataFrame, taxonomy:
         return read_batch_labels(path, index, taxonomy, cache_dir)
     return read_label_folder(path, index, taxonomy, cache_dir)
 
-
-def crawl_batches(crawl_dir: Path) -> Iterable[Path]:
-    return sorted(p for p in crawl_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) if crawl_dir.is_dir() else []

@@ -33,9 +33,10 @@ from tqdm import tqdm
 
 from pipeline.atomic import outputs_together, remove_leftover_temporaries, write_arrow, write_csv, write_json, write_parquet
 from pipeline.cli import InputError, report_user_errors
+from pipeline.crawl import batch_folders, inside
 from pipeline.images import Inspected, content_id, inspect_image
-from pipeline.settings import DEFAULT_PARAMS, IngestSettings, load_params
 from pipeline.near_duplicates import catalog_near_duplicates
+from pipeline.settings import DEFAULT_PARAMS, IngestSettings, load_params
 from pipeline.tables import empty_table, read_cache
 
 METADATA_FILE = "metadata.csv"
@@ -78,13 +79,9 @@ def list_batches(crawl_dir: Path) -> list[Path]:
             f"crawl folder {crawl_dir} does not exist: run `make demo-data` for the demo crawl, "
             "or set crawl.dir in params.yaml to your crawl"
         )
-    root = os.path.realpath(crawl_dir)
-    batches = []
-    for path in sorted(p for p in crawl_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if os.path.commonpath([os.path.realpath(path), root]) != root:
-            print(f"ingest: warning: {path} links to {os.path.realpath(path)}, outside the crawl folder: not read (copy the batch in instead)", file=sys.stderr)
-        else:
-            batches.append(path)
+    batches, outside = batch_folders(crawl_dir)
+    for path in outside:
+        print(f"ingest: warning: {path} links to {os.path.realpath(path)}, outside the crawl folder: not read (copy the batch in instead)", file=sys.stderr)
     return batches
 
 
@@ -93,8 +90,9 @@ def printable_name(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def entry_problem(entry: os.DirEntry, crawl_root: str) -> str | None:
-    """Why a batch-folder entry cannot be an image file, judged without opening it; None for a regular file (or a link to one inside the crawl).
+def judge_entry(entry: os.DirEntry, crawl_root: str) -> tuple[os.stat_result | None, str | None]:
+    """(its stat, None) for a batch-folder entry that is a regular file (or a link to one inside the crawl), else (None, why it
+    cannot be an image file); judged without opening it.
 
     Symlink policy: a link is followed only when its target is a regular file inside the crawl folder (a crawler may
     link a re-post to the copy it already has); a link leaving the crawl would let a crawl folder read any file of
@@ -103,7 +101,7 @@ def entry_problem(entry: os.DirEntry, crawl_root: str) -> str | None:
     try:
         entry.name.encode("utf-8")
     except UnicodeEncodeError:
-        return "file name is not valid UTF-8: rename the file (the catalog, Label Studio and DVC need UTF-8 paths)"
+        return None, "file name is not valid UTF-8: rename the file (the catalog, Label Studio and DVC need UTF-8 paths)"
     try:
         own = entry.stat(follow_symlinks=False)
         if stat.S_ISLNK(own.st_mode):
@@ -111,33 +109,32 @@ def entry_problem(entry: os.DirEntry, crawl_root: str) -> str | None:
             try:
                 followed = os.stat(entry.path)
             except OSError as exc:
-                return "symlink loop" if exc.errno == errno.ELOOP else f"dangling symlink: its target {target} does not exist"
-            if os.path.commonpath([target, crawl_root]) != crawl_root:
-                return f"symlink to {target}, outside the crawl folder: links may only point inside it (copy the file into the batch instead)"
+                return None, "symlink loop" if exc.errno == errno.ELOOP else f"dangling symlink: its target {target} does not exist"
+            if not inside(target, crawl_root):
+                return None, f"symlink to {target}, outside the crawl folder: links may only point inside it (copy the file into the batch instead)"
             own = followed
     except OSError as exc:
-        return f"cannot inspect the entry: {exc.strerror or exc}"
+        return None, f"cannot inspect the entry: {exc.strerror or exc}"
     if stat.S_ISREG(own.st_mode):
-        return None
+        return own, None
     kind = next((k for test, k in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")) if test(own.st_mode)), "not a regular file")  # fmt: skip
-    return f"{kind}, not an image file (batches are flat folders of files)"
+    return None, f"{kind}, not an image file (batches are flat folders of files)"
 
 
 def stat_batch_files(batch_dir: Path, crawl_root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(name, size and mtime of every candidate image file, entries rejected as they are listed) of a batch; no file is opened.
 
-    Every entry is judged on its own (`entry_problem`): one bad entry never stops a batch.
+    Every entry is judged on its own (`judge_entry`): one bad entry never stops a batch.
     """
     root = os.path.realpath(crawl_root)
     files, rejected = [], []
     for entry in os.scandir(batch_dir):
         if entry.name == METADATA_FILE or entry.name.startswith(".") or entry.name.lower().endswith(LABEL_SUFFIX):
             continue
-        problem = entry_problem(entry, root)
-        if problem:
+        st, problem = judge_entry(entry, root)
+        if st is None:
             rejected.append({"file": printable_name(entry.name), "reason": problem})
         else:
-            st = os.stat(entry.path)
             files.append((entry.name, st.st_size, st.st_mtime_ns))
     listed = pd.DataFrame(files, columns=["file", "size", "mtime_ns"]).sort_values("file", ignore_index=True)
     entries = pd.DataFrame(rejected, columns=["file", "reason"]).reindex(columns=list(FILE_COLUMNS)).assign(size=0, mtime_ns=0, header_only=False)

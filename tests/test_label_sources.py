@@ -164,3 +164,16 @@ def test_ingest_leaves_label_files_beside_the_photos_to_the_labels_stage(crawl, 
     kfashion(crawl_dir / batch / f"{Path(file).stem}.json", "로맨틱")
     again, rejects, _, _ = ingest(crawl_dir, tmp_path / "ingest-cache-2", ingest_settings)
     assert again.num_rows == len(catalog) and not rejects["file"].astype(str).str.endswith(".json").any()
+
+
+def test_label_files_of_a_batch_linking_outside_the_crawl_are_not_read(crawl, tmp_path, styles):
+    crawl_dir, catalog = crawl
+    outside = tmp_path / "outside-batch"
+    batch, file, _ = photo(catalog, 0)
+    shutil.copytree(crawl_dir / batch, outside)
+    kfashion(outside / f"{Path(file).stem}.json", "로맨틱")
+    (crawl_dir / "batch-009").symlink_to(outside)
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    rows, rejects = read_label_sources(labels, crawl_dir, catalog, styles, tmp_path / "cache").tables()
+    assert rows.empty and rejects.empty, "the crawl folder is no way to read files elsewhere"
