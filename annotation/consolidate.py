@@ -157,19 +157,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     labels, review, agreement = consolidate(read_table(args.annotations), read_table(args.catalog, columns=["image_id", "batch"]))
+    metrics = agreement_metrics(agreement)
     with outputs_together():
         write_arrow(labels_arrow(labels), args.out)
         write_csv(review, args.review)
         write_parquet(agreement, args.agreement)
-        write_json(agreement_metrics(agreement), args.metrics)
+        write_json(metrics, args.metrics)
     if labels.empty:
         print(
             f"consolidate: no valid annotations in {args.annotations} yet (nothing submitted, or only skipped tasks): "
             "wrote empty tables; once experts submit labels, run `python -m annotation pull` and `dvc repro`"
         )
         return 0
-    overall = agreement_metrics(agreement)["alpha"]
-    alphas = ", ".join(f"{measure} {value if value is None else format(value, '.3f')}" for measure, value in overall.items())
+    alphas = ", ".join(f"{measure} {value if value is None else format(value, '.3f')}" for measure, value in metrics["alpha"].items())
     print(f"consolidate: {len(labels)} images, {int((labels['n_annotators'] > 1).sum())} with several experts ({alphas}), {len(review)} sent to review ({args.review}: ties, and sources that label a photo twice, differently)")
     return 0
 
