@@ -17,7 +17,14 @@ from annotation.client import Connection, LabelStudioError
 from annotation.config import labeling_config
 from annotation.consolidate import consolidate
 from annotation.pull import snapshot_from_server
-from annotation.push import AnnotationSettings, Prediction, imported_predictions, push_images, review_items, review_title
+from annotation.push import (
+    AnnotationSettings,
+    Prediction,
+    imported_predictions,
+    push_images,
+    review_items,
+    review_title,
+)
 from annotation.server import ServerError, ServerSettings, check_token, credentials, exit_status, start, stop
 from annotation.sources import read_labels_at
 from pipeline.cli import USER_ERRORS, report_user_errors
@@ -41,7 +48,9 @@ def stop_signals_interrupt() -> Iterator[None]:
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    caught = [signum for signum in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(signum) is not signal.SIG_IGN]  # nohup: hang-ups stay ignored
+    caught = [
+        signum for signum in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(signum) is not signal.SIG_IGN
+    ]  # nohup: hang-ups stay ignored
     previous = {signum: signal.signal(signum, interrupt) for signum in caught}
     try:
         yield
@@ -51,7 +60,9 @@ def stop_signals_interrupt() -> Iterator[None]:
 
 
 def serve(args: argparse.Namespace, params: Params, settings: AnnotationSettings) -> int:
-    server = ServerSettings(port=args.port or settings.port, data_dir=settings.data_dir, document_root=settings.document_root)
+    server = ServerSettings(
+        port=args.port or settings.port, data_dir=settings.data_dir, document_root=settings.document_root
+    )
     creds = credentials()
     with stop_signals_interrupt():
         try:
@@ -59,9 +70,13 @@ def serve(args: argparse.Namespace, params: Params, settings: AnnotationSettings
             try:
                 check_token(server, creds["LABEL_STUDIO_API_KEY"])
                 print(f"Label Studio runs at {server.url} (log: {server.log_path}); Ctrl-C stops it.")
-                print(f"Pipeline commands use it with: export LABEL_STUDIO_URL={server.url} LABEL_STUDIO_API_KEY=<your token>")
+                print(
+                    f"Pipeline commands use it with: export LABEL_STUDIO_URL={server.url} LABEL_STUDIO_API_KEY=<your token>"
+                )
                 process.wait()
-                raise ServerError(f"Label Studio exited on its own with {exit_status(process)}; its log says why: {server.log_path}")
+                raise ServerError(
+                    f"Label Studio exited on its own with {exit_status(process)}; its log says why: {server.log_path}"
+                )
             finally:
                 stop(process)
         except KeyboardInterrupt:
@@ -81,7 +96,9 @@ def load_predictions(checkpoint: Path, images: pd.DataFrame, crawl_dir: Path, to
     }  # fmt: skip
 
 
-def imported_labels(source: Path, crawl_dir: Path, catalog_path: Path, taxonomy: Taxonomy, cache_dir: Path) -> dict[str, Prediction]:
+def imported_labels(
+    source: Path, crawl_dir: Path, catalog_path: Path, taxonomy: Taxonomy, cache_dir: Path
+) -> dict[str, Prediction]:
     """Pre-annotations from an existing label source (K-Fashion folder, tag CSV, export), consolidated per image.
 
     K-Fashion files parsed here are cached in `cache_dir` (under annotation.data_dir: the labels stage's own cache is a DVC output).
@@ -112,7 +129,9 @@ def push(args: argparse.Namespace, params: Params, settings: AnnotationSettings)
     title, suspicions = settings.project, None
     if args.review:
         items = review_items(args.review, args.top)
-        catalog = catalog.set_index("image_id").reindex(items["image_id"]).dropna(subset=["path"]).reset_index()  # the list's order: most urgent first
+        catalog = (
+            catalog.set_index("image_id").reindex(items["image_id"]).dropna(subset=["path"]).reset_index()
+        )  # the list's order: most urgent first
         title, suspicions = review_title(settings.project), dict(zip(items["image_id"], items["suspicion"].fillna("")))
     if args.batch:
         catalog = catalog[catalog["batch"].isin(args.batch)]
@@ -124,7 +143,9 @@ def push(args: argparse.Namespace, params: Params, settings: AnnotationSettings)
         def predict(new: pd.DataFrame) -> dict[str, Prediction]:
             return {i: imported[i] for i in new["image_id"] if i in imported}
 
-    project_id, added = push_images(conn, settings, taxonomy, catalog, crawl_dir, predict, title=title, suspicions=suspicions)
+    project_id, added = push_images(
+        conn, settings, taxonomy, catalog, crawl_dir, predict, title=title, suspicions=suspicions
+    )
     print(f"push: project {title!r} (id {project_id}): {added} new tasks, {len(catalog) - added} already there")
     return 0
 
@@ -134,7 +155,11 @@ def dvc_add(folder: Path) -> None:
     try:
         subprocess.run(command, check=True)
     except (OSError, subprocess.CalledProcessError) as exc:
-        reason = f"exit status {exc.returncode}, dvc's message is above" if isinstance(exc, subprocess.CalledProcessError) else str(exc)
+        reason = (
+            f"exit status {exc.returncode}, dvc's message is above"
+            if isinstance(exc, subprocess.CalledProcessError)
+            else str(exc)
+        )
         raise CommandError(
             f"`{shlex.join(command)}` failed ({reason}); the snapshot is written but not tracked: fix the cause "
             f"(dvc not installed in this environment? not run from the DVC repository?) and run `dvc add {folder}` by hand"
@@ -163,27 +188,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Expert labelling through Label Studio. A day: `serve` (or use your team's server: set "
         "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY), `push` new crawl images, experts label, `pull` the labels, `dvc repro`.",
     )
-    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params.yaml (sections annotation, crawl, taxonomy)")
+    parser.add_argument(
+        "--params", type=Path, default=DEFAULT_PARAMS, help="params.yaml (sections annotation, crawl, taxonomy)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("serve", help="start a local Label Studio (installed into .venv-labelstudio on first use); "
                        "needs LABEL_STUDIO_USERNAME, LABEL_STUDIO_PASSWORD, LABEL_STUDIO_API_KEY")  # fmt: skip
     p.add_argument("--port", type=int, help="port on 127.0.0.1 (default: annotation.port)")
     p.set_defaults(run=serve)
-    p = sub.add_parser("push", help="create/update the project and import catalog images not yet in it (server: LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY)")
-    p.add_argument("--catalog", type=Path, default=Path("data/catalog.parquet"), help="image catalog from the ingest stage")
+    p = sub.add_parser(
+        "push",
+        help="create/update the project and import catalog images not yet in it (server: LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY)",
+    )
+    p.add_argument(
+        "--catalog", type=Path, default=Path("data/catalog.parquet"), help="image catalog from the ingest stage"
+    )
     p.add_argument("--batch", action="append", help="only images first seen in this crawl batch (repeatable)")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--checkpoint", type=Path, help="trained model: attach its predictions and queue the photos by annotation.order (most uncertain, spread over looks)")
-    which.add_argument("--labels", type=Path, help="existing labels as pre-annotations (model version 'import:<name>'), for experts to "
-                       "review rather than label from scratch: a K-Fashion folder, an image,tags CSV, a Label Studio export, or a crawl batch "
-                       "with K-Fashion files beside its photos; combine with --review to fill the review project")
-    which.add_argument("--model", help="the same with a model of params.yaml by name (MODELS_DIR/<name>/best.pt), or 'best': the highest validation mAP")
+    which.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="trained model: attach its predictions and queue the photos by annotation.order (most uncertain, spread over looks)",
+    )
+    which.add_argument(
+        "--labels",
+        type=Path,
+        help="existing labels as pre-annotations (model version 'import:<name>'), for experts to "
+        "review rather than label from scratch: a K-Fashion folder, an image,tags CSV, a Label Studio export, or a crawl batch "
+        "with K-Fashion files beside its photos; combine with --review to fill the review project",
+    )
+    which.add_argument(
+        "--model",
+        help="the same with a model of params.yaml by name (MODELS_DIR/<name>/best.pt), or 'best': the highest validation mAP",
+    )
     p.add_argument("--models-dir", type=Path, default=Path("models"), help="where --model looks (default: models)")
-    p.add_argument("--review", type=Path, help="push the images of a review list to the '<project> (review)' project, with why in a 'suspicion' column: "
-                   "data/review.csv (ties) or data/label_issues.parquet (likely label errors, most suspicious first)")
-    p.add_argument("--top", type=int, default=50, help="with --review data/label_issues.parquet: how many of the most suspicious images (default 50)")
+    p.add_argument(
+        "--review",
+        type=Path,
+        help="push the images of a review list to the '<project> (review)' project, with why in a 'suspicion' column: "
+        "data/review.csv (ties) or data/label_issues.parquet (likely label errors, most suspicious first)",
+    )
+    p.add_argument(
+        "--top",
+        type=int,
+        default=50,
+        help="with --review data/label_issues.parquet: how many of the most suspicious images (default 50)",
+    )
     p.set_defaults(run=push)
-    p = sub.add_parser("pull", help="snapshot the project's (and its review project's) annotations into the label exports folder and `dvc add` it (server: LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY)")
+    p = sub.add_parser(
+        "pull",
+        help="snapshot the project's (and its review project's) annotations into the label exports folder and `dvc add` it (server: LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY)",
+    )
     p.add_argument("--no-dvc-add", action="store_true", help="write the snapshot only")
     p.set_defaults(run=pull)
     p = sub.add_parser("config", help="print the labeling config generated from the taxonomy")

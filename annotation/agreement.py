@@ -39,7 +39,9 @@ def nominal_alpha(values: pd.DataFrame) -> float:
     if pairable.empty or pairable["value"].nunique() < 2:
         return float("nan")
     codes = {value: i for i, value in enumerate(sorted(pairable["value"].astype(str).unique()))}
-    matrix = pairable.assign(code=pairable["value"].astype(str).map(codes)).pivot_table(index="coder", columns="unit", values="code", aggfunc="first")
+    matrix = pairable.assign(code=pairable["value"].astype(str).map(codes)).pivot_table(
+        index="coder", columns="unit", values="code", aggfunc="first"
+    )
     return float(krippendorff.alpha(reliability_data=matrix.to_numpy(dtype=float), level_of_measurement="nominal"))
 
 
@@ -54,7 +56,11 @@ def masi_alpha(values: pd.DataFrame) -> float:
     sets = [frozenset(v) for v in pairable["value"]]
     if pairable.empty or len(set(sets)) < 2:
         return float("nan")
-    return float(AnnotationTask(data=list(zip(pairable["coder"].astype(str), pairable["unit"].astype(str), sets)), distance=set_distance).alpha())
+    return float(
+        AnnotationTask(
+            data=list(zip(pairable["coder"].astype(str), pairable["unit"].astype(str), sets)), distance=set_distance
+        ).alpha()
+    )
 
 
 def _pairable(values: pd.DataFrame) -> pd.DataFrame:
@@ -66,7 +72,11 @@ def _pairable(values: pd.DataFrame) -> pd.DataFrame:
 
 def expert_votes(votes: pd.DataFrame) -> pd.DataFrame:
     """(image_id, batch, annotator, main_style, sub_styles) with each expert's sub-styles as a frozenset, from consolidate's current votes."""
-    return votes.assign(sub_styles=[frozenset(s) if isinstance(s, (list, tuple, np.ndarray)) else frozenset() for s in votes["sub_styles"]])
+    return votes.assign(
+        sub_styles=[
+            frozenset(s) if isinstance(s, (list, tuple, np.ndarray)) else frozenset() for s in votes["sub_styles"]
+        ]
+    )
 
 
 def _rows(votes: pd.DataFrame, value: str) -> pd.DataFrame:
@@ -76,20 +86,39 @@ def _rows(votes: pd.DataFrame, value: str) -> pd.DataFrame:
 def _both(scope: str, key: str, votes: pd.DataFrame) -> list[dict]:
     units = int((votes.groupby("image_id")["annotator"].nunique() >= 2).sum())
     return [
-        {"scope": scope, "key": key, "measure": "main_style", "alpha": nominal_alpha(_rows(votes, "main_style")), "images": units},
-        {"scope": scope, "key": key, "measure": "sub_styles", "alpha": masi_alpha(_rows(votes, "sub_styles")), "images": units},
+        {
+            "scope": scope,
+            "key": key,
+            "measure": "main_style",
+            "alpha": nominal_alpha(_rows(votes, "main_style")),
+            "images": units,
+        },
+        {
+            "scope": scope,
+            "key": key,
+            "measure": "sub_styles",
+            "alpha": masi_alpha(_rows(votes, "sub_styles")),
+            "images": units,
+        },
     ]
 
 
 def style_rows(votes: pd.DataFrame, styles: Iterable[str]) -> list[dict]:
     """Per style: nominal alpha on 'named it or not' (main or sub), over images with two or more experts."""
     multi = votes[votes.groupby("image_id")["annotator"].transform("nunique") >= 2]
-    named = [{s, *subs} - {None} for s, subs in zip(multi["main_style"].where(multi["main_style"].notna(), None), multi["sub_styles"])]
+    named = [
+        {s, *subs} - {None}
+        for s, subs in zip(multi["main_style"].where(multi["main_style"].notna(), None), multi["sub_styles"])
+    ]
     rows = []
     for style in styles:
-        flags = pd.DataFrame({"unit": multi["image_id"], "coder": multi["annotator"], "value": [style in n for n in named]})
+        flags = pd.DataFrame(
+            {"unit": multi["image_id"], "coder": multi["annotator"], "value": [style in n for n in named]}
+        )
         images = int(flags.groupby("unit")["value"].any().sum())  # images where anyone named it
-        rows.append({"scope": "style", "key": style, "measure": "named", "alpha": nominal_alpha(flags), "images": images})
+        rows.append(
+            {"scope": "style", "key": style, "measure": "named", "alpha": nominal_alpha(flags), "images": images}
+        )
     return rows
 
 
@@ -114,7 +143,10 @@ def expert_rows(votes: pd.DataFrame) -> list[dict]:
         consensus = leave_one_out_consensus(votes, expert)
         if consensus.empty:
             continue
-        paired = pd.concat([votes[(votes["annotator"] == expert) & votes["image_id"].isin(consensus["image_id"])], consensus], ignore_index=True)
+        paired = pd.concat(
+            [votes[(votes["annotator"] == expert) & votes["image_id"].isin(consensus["image_id"])], consensus],
+            ignore_index=True,
+        )
         rows += _both("expert", str(expert), paired)
     return rows
 

@@ -50,7 +50,9 @@ class Connection:
         except ValueError:
             wait_s = -1.0
         if not wait_s > 0:
-            raise LabelStudioError(f"{WAIT_ENV}={wait!r}: set it to the seconds one Label Studio call may wait in all (default {DEFAULT_WAIT_S:g})")
+            raise LabelStudioError(
+                f"{WAIT_ENV}={wait!r}: set it to the seconds one Label Studio call may wait in all (default {DEFAULT_WAIT_S:g})"
+            )
         return cls(url=url.rstrip("/"), token=token, wait_s=wait_s)
 
     def client(self) -> LabelStudio:
@@ -71,7 +73,9 @@ class Connection:
                         "rejects legacy tokens"
                     ) from None
                 if exc.status_code is not None and exc.status_code < 500:
-                    raise LabelStudioError(f"{what}: Label Studio answered HTTP {exc.status_code}: {str(exc.body)[:300]}") from None
+                    raise LabelStudioError(
+                        f"{what}: Label Studio answered HTTP {exc.status_code}: {str(exc.body)[:300]}"
+                    ) from None
                 error: Exception = exc
             except (httpx.TransportError, httpx.TimeoutException) as exc:
                 error = exc

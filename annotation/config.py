@@ -18,7 +18,9 @@ def labeling_config(taxonomy: Taxonomy) -> str:
 
     def choices(indent: str) -> str:
         return "\n".join(
-            f"{indent}<Choice value={quoteattr(label.name)}" + (f" hint={quoteattr(label.korean)}" if label.korean else "") + "/>"
+            f"{indent}<Choice value={quoteattr(label.name)}"
+            + (f" hint={quoteattr(label.korean)}" if label.korean else "")
+            + "/>"
             for label in taxonomy.labels
         )
 

@@ -60,7 +60,9 @@ def current_votes(annotations: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame
     valid = annotations[~annotations["cancelled"]]
     newest = valid.groupby(["image_id", "annotator"])["updated_at"].transform("max")
     current = valid[newest.isna() | (valid["updated_at"] == newest)]
-    versions = current["main_style"].fillna("").astype(str) + "|" + current["sub_styles"].map(lambda s: ",".join(sorted(s)))
+    versions = (
+        current["main_style"].fillna("").astype(str) + "|" + current["sub_styles"].map(lambda s: ",".join(sorted(s)))
+    )
     n_versions = versions.groupby([current["image_id"], current["annotator"]]).transform("nunique")
     agreeing = current[n_versions == 1].drop_duplicates(["image_id", "annotator"], keep="last")
     conflicting = current[n_versions > 1]
@@ -69,12 +71,19 @@ def current_votes(annotations: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame
     for (image_id, annotator), group in conflicting.groupby(["image_id", "annotator"], sort=False):
         mains = set(group["main_style"].fillna(""))
         main = (next(iter(mains)) or None) if len(mains) == 1 else None
-        named = set.intersection(*({*subs, *([m] if isinstance(m, str) else [])} for m, subs in zip(group["main_style"], group["sub_styles"])))
+        named = set.intersection(
+            *(
+                {*subs, *([m] if isinstance(m, str) else [])}
+                for m, subs in zip(group["main_style"], group["sub_styles"])
+            )
+        )
         agreed.loc[(image_id, annotator), "main_style"] = main
         agreed.at[(image_id, annotator), "sub_styles"] = sorted(named - {main})
         described = "; ".join(f"{record}: {m if isinstance(m, str) else '(no main)'}{' | ' + ', '.join(subs) if len(subs) else ''}"
                               for record, m, subs in zip(group["record"], group["main_style"], group["sub_styles"]))  # fmt: skip
-        review.append({"image_id": image_id, "reason": f"{annotator} labels it {len(group)} times, differently: {described}"})
+        review.append(
+            {"image_id": image_id, "reason": f"{annotator} labels it {len(group)} times, differently: {described}"}
+        )
     votes = pd.concat([agreeing, agreed.reset_index()[list(current.columns)]], ignore_index=True)
     return votes.reset_index(drop=True), pd.DataFrame(review, columns=list(REVIEW_COLUMNS)).astype(REVIEW_COLUMNS)
 
@@ -113,26 +122,46 @@ def consolidate(annotations: pd.DataFrame, catalog: pd.DataFrame) -> tuple[pd.Da
 
     labels = pd.DataFrame(index=n_annotators.index)
     labels["main_style"] = winner["style"].reindex(labels.index).astype("string")
-    labels["sub_styles"] = pd.Series([s if isinstance(s, list) else [] for s in subs.reindex(labels.index)], index=labels.index, dtype=object)
+    labels["sub_styles"] = pd.Series(
+        [s if isinstance(s, list) else [] for s in subs.reindex(labels.index)], index=labels.index, dtype=object
+    )
     labels["n_annotators"] = n_annotators.astype("int64")
-    labels["main_agreement"] = (votes.groupby("image_id")["votes"].max() / n_annotators).reindex(labels.index).astype("Float64")
+    labels["main_agreement"] = (
+        (votes.groupby("image_id")["votes"].max() / n_annotators).reindex(labels.index).astype("Float64")
+    )
     labels["needs_review"] = labels.index.isin(ties["image_id"]) | labels.index.isin(conflicts["image_id"])
     labels = labels.reset_index().rename(columns={"index": "image_id"})
     labels.insert(1, "batch", labels["image_id"].map(batches).astype("string"))
 
     review = ties.groupby("image_id").apply(
-        lambda g: "tie for main style: " + ", ".join(f"{s} {v}" for s, v in zip(g["style"], g["votes"])), include_groups=False
+        lambda g: "tie for main style: " + ", ".join(f"{s} {v}" for s, v in zip(g["style"], g["votes"])),
+        include_groups=False,
     )
-    review = review.rename("reason").reset_index().astype(REVIEW_COLUMNS) if len(review) else empty_table(REVIEW_COLUMNS)
-    review = pd.concat([review, conflicts], ignore_index=True).groupby("image_id", sort=False)["reason"].agg("; ".join).reset_index().astype(REVIEW_COLUMNS)
-    agreement = agreement_table(votes_per_expert.assign(batch=votes_per_expert["image_id"].map(batches)), sorted(named["style"].astype(str).unique()))
+    review = (
+        review.rename("reason").reset_index().astype(REVIEW_COLUMNS) if len(review) else empty_table(REVIEW_COLUMNS)
+    )
+    review = (
+        pd.concat([review, conflicts], ignore_index=True)
+        .groupby("image_id", sort=False)["reason"]
+        .agg("; ".join)
+        .reset_index()
+        .astype(REVIEW_COLUMNS)
+    )
+    agreement = agreement_table(
+        votes_per_expert.assign(batch=votes_per_expert["image_id"].map(batches)),
+        sorted(named["style"].astype(str).unique()),
+    )
     return labels[list(IMAGE_LABEL_COLUMNS)], review, agreement
 
 
 def agreement_metrics(agreement: pd.DataFrame) -> dict:
     """The overall alphas and each style's, for `dvc metrics show` (NaN, where alpha is undefined, as null)."""
+
     def alpha(rows: pd.DataFrame) -> dict:
-        return {f"{key + '/' if key else ''}{measure}": (None if pd.isna(a) else round(float(a), 4)) for key, measure, a in zip(rows["key"], rows["measure"], rows["alpha"])}
+        return {
+            f"{key + '/' if key else ''}{measure}": (None if pd.isna(a) else round(float(a), 4))
+            for key, measure, a in zip(rows["key"], rows["measure"], rows["alpha"])
+        }
 
     overall = agreement[agreement["scope"] == "overall"]
     return {"images_with_several_experts": int(overall["images"].max()) if len(overall) else 0,
@@ -141,12 +170,39 @@ def agreement_metrics(agreement: pd.DataFrame) -> dict:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m annotation.consolidate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--annotations", type=Path, default=Path("data/annotations.parquet"), help="annotations table from the labels stage")
-    parser.add_argument("--catalog", type=Path, default=Path("data/catalog.parquet"), help="image catalog (for each image's crawl batch)")
-    parser.add_argument("--out", type=Path, default=Path("data/image_labels.parquet"), help="output: one label row per image")
-    parser.add_argument("--review", type=Path, default=Path("data/review.csv"), help="output: images the experts disagree on (push sends them back)")
-    parser.add_argument("--agreement", type=Path, default=Path("data/style_agreement.parquet"), help="output: Krippendorff's alpha overall, per style, batch and expert")
-    parser.add_argument("--metrics", type=Path, default=Path("metrics/agreement.json"), help="output: the overall and per-style alphas (dvc metrics)")
+    parser.add_argument(
+        "--annotations",
+        type=Path,
+        default=Path("data/annotations.parquet"),
+        help="annotations table from the labels stage",
+    )
+    parser.add_argument(
+        "--catalog",
+        type=Path,
+        default=Path("data/catalog.parquet"),
+        help="image catalog (for each image's crawl batch)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("data/image_labels.parquet"), help="output: one label row per image"
+    )
+    parser.add_argument(
+        "--review",
+        type=Path,
+        default=Path("data/review.csv"),
+        help="output: images the experts disagree on (push sends them back)",
+    )
+    parser.add_argument(
+        "--agreement",
+        type=Path,
+        default=Path("data/style_agreement.parquet"),
+        help="output: Krippendorff's alpha overall, per style, batch and expert",
+    )
+    parser.add_argument(
+        "--metrics",
+        type=Path,
+        default=Path("metrics/agreement.json"),
+        help="output: the overall and per-style alphas (dvc metrics)",
+    )
     return parser.parse_args(argv)
 
 
@@ -156,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    labels, review, agreement = consolidate(read_table(args.annotations), read_table(args.catalog, columns=["image_id", "batch"]))
+    labels, review, agreement = consolidate(
+        read_table(args.annotations), read_table(args.catalog, columns=["image_id", "batch"])
+    )
     metrics = agreement_metrics(agreement)
     with outputs_together():
         write_arrow(labels_arrow(labels), args.out)
@@ -169,8 +227,12 @@ def run(args: argparse.Namespace) -> int:
             "wrote empty tables; once experts submit labels, run `python -m annotation pull` and `dvc repro`"
         )
         return 0
-    alphas = ", ".join(f"{measure} {value if value is None else format(value, '.3f')}" for measure, value in metrics["alpha"].items())
-    print(f"consolidate: {len(labels)} images, {int((labels['n_annotators'] > 1).sum())} with several experts ({alphas}), {len(review)} sent to review ({args.review}: ties, and sources that label a photo twice, differently)")
+    alphas = ", ".join(
+        f"{measure} {value if value is None else format(value, '.3f')}" for measure, value in metrics["alpha"].items()
+    )
+    print(
+        f"consolidate: {len(labels)} images, {int((labels['n_annotators'] > 1).sum())} with several experts ({alphas}), {len(review)} sent to review ({args.review}: ties, and sources that label a photo twice, differently)"
+    )
     return 0
 
 

@@ -106,7 +106,9 @@ def read_utf8(path: Path) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise InputError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); save it as UTF-8 and import it again") from None
+        raise InputError(
+            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); save it as UTF-8 and import it again"
+        ) from None
 
 
 def describe(value: object) -> str:
@@ -168,10 +170,14 @@ def annotation_choices(annotation: Mapping) -> dict[str, list[str]]:
         value = result.get("value")
         values = value.get("choices") if isinstance(value, Mapping) else None
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-            raise RejectedRecord(f"malformed annotation: result {number} has value {describe(value)}, not {{\"choices\": [names]}}")
+            raise RejectedRecord(
+                f'malformed annotation: result {number} has value {describe(value)}, not {{"choices": [names]}}'
+            )
         control = result.get("from_name")
         if not isinstance(control, str):
-            raise RejectedRecord(f"malformed annotation: result {number} has from_name {describe(control)}, not a control's name")
+            raise RejectedRecord(
+                f"malformed annotation: result {number} has from_name {describe(control)}, not a control's name"
+            )
         choices.setdefault(control, []).extend(values)
     return choices
 
@@ -186,16 +192,28 @@ def import_label_studio(
     out = Imported()
     for position, task in enumerate(tasks, start=1):
         if not isinstance(task, Mapping):
-            out.reject(source, f"task #{position} in the file", None, f"malformed task: {describe(task)} is not an object")
+            out.reject(
+                source, f"task #{position} in the file", None, f"malformed task: {describe(task)} is not an object"
+            )
             continue
         annotations = task.get("annotations", [])
         if not isinstance(annotations, list):
-            out.reject(source, f"task {task.get('id')}", None, f"malformed task: annotations is {describe(annotations)}, not a list")
+            out.reject(
+                source,
+                f"task {task.get('id')}",
+                None,
+                f"malformed task: annotations is {describe(annotations)}, not a list",
+            )
             continue
         image_id, image_named = task_image(task.get("data"), image_ids)
         for number, annotation in enumerate(annotations, start=1):
             if not isinstance(annotation, Mapping):
-                out.reject(source, f"task {task.get('id')} / annotation #{number}", image_id, f"malformed annotation: {describe(annotation)} is not an object")
+                out.reject(
+                    source,
+                    f"task {task.get('id')} / annotation #{number}",
+                    image_id,
+                    f"malformed annotation: {describe(annotation)} is not an object",
+                )
                 continue
             record = f"task {task.get('id')} / annotation {annotation.get('id')}"
             try:
@@ -207,7 +225,9 @@ def import_label_studio(
                 continue
             out.rows.append({"image_id": image_id, **row, "source": source, "record": record})
             if row["cancelled"]:
-                out.reject(source, record, image_id, "cancelled: the expert skipped this task (kept with cancelled=true)")
+                out.reject(
+                    source, record, image_id, "cancelled: the expert skipped this task (kept with cancelled=true)"
+                )
     return out
 
 
@@ -216,7 +236,10 @@ def label_studio_row(annotation: Mapping, taxonomy: Taxonomy) -> dict[str, objec
 
     A cancelled (skipped) annotation is a row without styles, which consolidation leaves out.
     """
-    row: dict[str, object] = {"annotator": annotator_name(annotation.get("completed_by")), **annotation_metadata(annotation)}
+    row: dict[str, object] = {
+        "annotator": annotator_name(annotation.get("completed_by")),
+        **annotation_metadata(annotation),
+    }
     if annotation.get("was_cancelled"):
         return {**row, "main_style": None, "sub_styles": [], "cancelled": True}
     choices = annotation_choices(annotation)
@@ -302,7 +325,12 @@ def import_tag_csv(path: Path, taxonomy: Taxonomy, match: ImageMatcher) -> Impor
         image = fields[0].strip()
         record = f"line {line} ({image})"
         if len(fields) != len(header):
-            out.reject(source, record, None, f"{len(fields)} fields {fields}: expected {len(header)}, as the header has (quote a field that holds a comma)")
+            out.reject(
+                source,
+                record,
+                None,
+                f"{len(fields)} fields {fields}: expected {len(header)}, as the header has (quote a field that holds a comma)",
+            )
             continue
         image_id, problem = (None, "no image file name") if not image else match(image)
         if problem:
@@ -317,5 +345,7 @@ def import_tag_csv(path: Path, taxonomy: Taxonomy, match: ImageMatcher) -> Impor
         if unknown:
             out.reject(source, record, image_id, f"unknown tag(s) {unknown}: not in taxonomy '{taxonomy.name}'")
             continue
-        out.rows.append(imported_row(image_id, source, record, main, sorted(set(tag_list) - {main}, key=taxonomy.index_of)))
+        out.rows.append(
+            imported_row(image_id, source, record, main, sorted(set(tag_list) - {main}, key=taxonomy.index_of))
+        )
     return out

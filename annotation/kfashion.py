@@ -109,5 +109,7 @@ def import_kfashion(label_files: Iterable[Path], taxonomy: Taxonomy) -> Imported
     """K-Fashion JSON files (UTF-8), each with its image, the .jpg of the same stem, beside it (matched by content)."""
     out = Imported()
     for path in label_files:
-        out.extend(kfashion_rows([parse_kfashion(path)], f"kfashion:{path.parent.name}", taxonomy, files_in(path.parent)))
+        out.extend(
+            kfashion_rows([parse_kfashion(path)], f"kfashion:{path.parent.name}", taxonomy, files_in(path.parent))
+        )
     return out

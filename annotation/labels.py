@@ -36,14 +36,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "styles, or images not in the catalog go to the rejects report. This is the `labels` stage; "
         "`python -m annotation pull` fetches Label Studio exports from the server.",
     )
-    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params.yaml (taxonomy, crawl.label_exports, crawl.dir)")
-    parser.add_argument("--label-dir", type=Path, help="label folder: exports, K-Fashion folders, CSV files (default: crawl.label_exports)")
-    parser.add_argument("--crawl-dir", type=Path, help="crawl folder whose batches may hold .json label files beside the photos (default: crawl.dir)")
-    parser.add_argument("--catalog", type=Path, default=Path("data/catalog.parquet"), help="image catalog from the ingest stage")
-    parser.add_argument("--cache-dir", type=Path, default=Path("data/labels_cache"), help="parsed K-Fashion files per folder (kept between runs)")
-    parser.add_argument("--out", type=Path, default=Path("data/annotations.parquet"), help="output: one row per annotation")
-    parser.add_argument("--rejects", type=Path, default=Path("data/annotation_rejects.csv"), help="output: source, record, image_id, reason")
-    parser.add_argument("--metrics", type=Path, default=Path("metrics/labels.json"), help="output: counts for `dvc metrics show`")
+    parser.add_argument(
+        "--params", type=Path, default=DEFAULT_PARAMS, help="params.yaml (taxonomy, crawl.label_exports, crawl.dir)"
+    )
+    parser.add_argument(
+        "--label-dir",
+        type=Path,
+        help="label folder: exports, K-Fashion folders, CSV files (default: crawl.label_exports)",
+    )
+    parser.add_argument(
+        "--crawl-dir",
+        type=Path,
+        help="crawl folder whose batches may hold .json label files beside the photos (default: crawl.dir)",
+    )
+    parser.add_argument(
+        "--catalog", type=Path, default=Path("data/catalog.parquet"), help="image catalog from the ingest stage"
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path("data/labels_cache"),
+        help="parsed K-Fashion files per folder (kept between runs)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("data/annotations.parquet"), help="output: one row per annotation"
+    )
+    parser.add_argument(
+        "--rejects",
+        type=Path,
+        default=Path("data/annotation_rejects.csv"),
+        help="output: source, record, image_id, reason",
+    )
+    parser.add_argument(
+        "--metrics", type=Path, default=Path("metrics/labels.json"), help="output: counts for `dvc metrics show`"
+    )
     return parser.parse_args(argv)
 
 
@@ -56,7 +82,13 @@ def run(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     args.cache_dir.mkdir(parents=True, exist_ok=True)  # a DVC output, also where no K-Fashion file needs it
     catalog = read_table(args.catalog, columns=["image_id", "sources"])
-    imported = read_label_sources(args.label_dir or params.crawl.label_exports, args.crawl_dir or params.crawl.dir, catalog, load_taxonomy(params.taxonomy), args.cache_dir)
+    imported = read_label_sources(
+        args.label_dir or params.crawl.label_exports,
+        args.crawl_dir or params.crawl.dir,
+        catalog,
+        load_taxonomy(params.taxonomy),
+        args.cache_dir,
+    )
     rows, rejects = imported.tables()
     valid = rows[~rows["cancelled"]]
     counts = {
@@ -70,7 +102,9 @@ def run(args: argparse.Namespace) -> int:
         write_parquet(rows, args.out)
         write_csv(rejects, args.rejects)
         write_json(counts, args.metrics)
-    print(f"labels: {counts['annotations']} annotations of {counts['labelled_images']} images ({', '.join(f'{n} {kind}' for kind, n in counts['per_kind'].items())}); {counts['rejected']} rejected -> {args.rejects}")
+    print(
+        f"labels: {counts['annotations']} annotations of {counts['labelled_images']} images ({', '.join(f'{n} {kind}' for kind, n in counts['per_kind'].items())}); {counts['rejected']} rejected -> {args.rejects}"
+    )
     for row in rejects.head(10).itertuples(index=False):
         print(f"  rejected {row.source} {row.record}: {row.reason}")
     return 0

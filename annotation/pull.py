@@ -16,7 +16,6 @@ from annotation.client import Connection, LabelStudioError
 from annotation.push import find_projects, review_title
 from pipeline.atomic import atomic_path
 
-
 VOLATILE_FIELDS = {"created_ago"}  # "3 minutes" ago: changes with the clock, not with the labels
 
 
@@ -39,7 +38,16 @@ def snapshot_project(conn: Connection, ls: LabelStudio, project, exports_dir: Pa
     when the experts' labels did.
     """
     tasks = conn.call(f"export project {project.title!r}", lambda: ls.projects.exports.as_json(project.id))
-    text = json.dumps(sorted(map(without_volatile_fields, tasks), key=lambda t: t["id"]), indent=1, ensure_ascii=False, sort_keys=True, default=str) + "\n"
+    text = (
+        json.dumps(
+            sorted(map(without_volatile_fields, tasks), key=lambda t: t["id"]),
+            indent=1,
+            ensure_ascii=False,
+            sort_keys=True,
+            default=str,
+        )
+        + "\n"
+    )
     path = export_path(exports_dir, project.title)
     if path.exists() and path.read_text(encoding="utf-8") == text:
         return path, False

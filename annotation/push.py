@@ -28,8 +28,8 @@ from tqdm import tqdm
 from annotation.client import Connection, LabelStudioError
 from annotation.config import labeling_config
 from annotation.importers import MAIN_FIELD, SUB_FIELD
-from pipeline.tables import read_table
 from pipeline.settings import ParamsError
+from pipeline.tables import read_table
 from pipeline.taxonomy import Taxonomy
 from training.labelling_order import ORDERS, labelling_queue
 
@@ -48,7 +48,9 @@ class AnnotationSettings:
 
     def __post_init__(self) -> None:
         if self.order not in ORDERS or self.round_size < 1:
-            raise ParamsError(f"annotation.order must be one of {', '.join(ORDERS)} and annotation.round_size >= 1, not {self.order!r} and {self.round_size} (params.yaml)")
+            raise ParamsError(
+                f"annotation.order must be one of {', '.join(ORDERS)} and annotation.round_size >= 1, not {self.order!r} and {self.round_size} (params.yaml)"
+            )
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,12 @@ def imported_predictions(labels: pd.DataFrame, version: str) -> dict[str, Predic
     The model version `version` ("import:<source>") tells them apart from a model's guesses in Label Studio.
     """
     return {
-        image_id: Prediction(version, [(main, 1.0)] * isinstance(main, str) + [(s, 1.0) for s in subs], frozenset(subs), main_known=isinstance(main, str))
+        image_id: Prediction(
+            version,
+            [(main, 1.0)] * isinstance(main, str) + [(s, 1.0) for s in subs],
+            frozenset(subs),
+            main_known=isinstance(main, str),
+        )
         for image_id, main, subs in zip(labels["image_id"], labels["main_style"].astype(object), labels["sub_styles"])
         if isinstance(main, str) or len(subs)
     }
@@ -103,9 +110,15 @@ def review_items(path: Path, top: int) -> pd.DataFrame:
     each with every suspicion about it ("missing Sexy (model 0.93)").
     """
     if path.suffix == ".parquet":
-        issues = read_table(path, columns=["rank", "image_id", "label", "kind", "model_probability"]).sort_values("rank")
+        issues = read_table(path, columns=["rank", "image_id", "label", "kind", "model_probability"]).sort_values(
+            "rank"
+        )
         notes = issues.groupby("image_id", sort=False).apply(
-            lambda g: "; ".join(f"{kind} {label} (model {p:.2f})" for kind, label, p in zip(g["kind"], g["label"], g["model_probability"])), include_groups=False
+            lambda g: "; ".join(
+                f"{kind} {label} (model {p:.2f})"
+                for kind, label, p in zip(g["kind"], g["label"], g["model_probability"])
+            ),
+            include_groups=False,
         )
         return notes.head(top).rename("suspicion").reset_index()
     review = pd.read_csv(path, dtype="string")
@@ -139,7 +152,9 @@ def ensure_project(conn: Connection, ls: LabelStudio, title: str, config: str) -
         if (project.label_config or "").strip() != config.strip():
             conn.call("update labeling config", lambda: ls.projects.update(project.id, label_config=config))
         return project.id
-    created = conn.call("create project", lambda: ls.projects.create(title=title, label_config=config, sampling="Sequential sampling"))
+    created = conn.call(
+        "create project", lambda: ls.projects.create(title=title, label_config=config, sampling="Sequential sampling")
+    )
     return created.id
 
 
@@ -148,7 +163,10 @@ def ensure_local_storage(conn: Connection, ls: LabelStudio, project_id: int, cra
     path = str(crawl_dir.resolve())
     storages = conn.call("list storages", lambda: ls.import_storage.local.list(project=project_id))
     if not any(s.path == path for s in storages):
-        conn.call("connect local storage", lambda: ls.import_storage.local.create(project=project_id, path=path, title="crawl", use_blob_urls=True))
+        conn.call(
+            "connect local storage",
+            lambda: ls.import_storage.local.create(project=project_id, path=path, title="crawl", use_blob_urls=True),
+        )
 
 
 def listed_images(ls: LabelStudio, project_id: int) -> list[tuple[int, str]]:
@@ -168,7 +186,9 @@ def crawl_url_prefix(crawl_dir: Path, document_root: Path) -> str:
     return crawl.relative_to(root).as_posix()
 
 
-def task_for(image_id: str, path: str, url_prefix: str, prediction: Prediction | None, suspicion: str | None = None) -> dict:
+def task_for(
+    image_id: str, path: str, url_prefix: str, prediction: Prediction | None, suspicion: str | None = None
+) -> dict:
     """A Label Studio task; `suspicion` (why a review task was sent: a tie, a likely label error) becomes a data field, a column of the Data Manager."""
     task: dict = {"data": {"image": f"/data/local-files/?d={quote(url_prefix + '/' + path)}", "image_id": image_id}}
     if suspicion:
@@ -178,7 +198,9 @@ def task_for(image_id: str, path: str, url_prefix: str, prediction: Prediction |
     return task
 
 
-def in_labelling_order(images: pd.DataFrame, predictions: Mapping[str, Prediction], settings: AnnotationSettings) -> pd.DataFrame:
+def in_labelling_order(
+    images: pd.DataFrame, predictions: Mapping[str, Prediction], settings: AnnotationSettings
+) -> pd.DataFrame:
     """`images` in the order experts should label them (`annotation.order`); images without a prediction (unreadable) last."""
     guessed = images[images["image_id"].isin(predictions)]
     if guessed.empty:
@@ -254,7 +276,10 @@ def remove_duplicate_tasks(conn: Connection, ls: LabelStudio, listed: list[tuple
         copies[image_id].append(task_id)
     removed = 0
     for same in (sorted(ids) for ids in copies.values() if len(ids) > 1):
-        read = [(task_id, conn.call(f"read task {task_id}", lambda: unless_gone(lambda: ls.tasks.get(task_id)))) for task_id in same]
+        read = [
+            (task_id, conn.call(f"read task {task_id}", lambda: unless_gone(lambda: ls.tasks.get(task_id))))
+            for task_id in same
+        ]
         present = [(task_id, task) for task_id, task in read if task is not None]
         fresh = [task_id for task_id, task in present if untouched(task)]
         started = len(fresh) < len(present)
@@ -284,12 +309,17 @@ def push_images(
     project_id = ensure_project(conn, ls, title or settings.project, labeling_config(taxonomy))
     ensure_local_storage(conn, ls, project_id, crawl_dir)
     listed = conn.call("list tasks", lambda: listed_images(ls, project_id))
-    removed = remove_duplicate_tasks(conn, ls, listed)  # what an earlier push left: it failed, or a late save came after its check
+    removed = remove_duplicate_tasks(
+        conn, ls, listed
+    )  # what an earlier push left: it failed, or a late save came after its check
     new = images[~images["image_id"].isin({image_id for _, image_id in listed})]
     predictions = predict(new) if predict is not None and len(new) else {}
     if predictions:  # sequential sampling serves tasks in import order
         new = in_labelling_order(new, predictions, settings)
-    tasks = [task_for(i, p, prefix, predictions.get(i), (suspicions or {}).get(i)) for i, p in zip(new["image_id"], new["path"])]
+    tasks = [
+        task_for(i, p, prefix, predictions.get(i), (suspicions or {}).get(i))
+        for i, p in zip(new["image_id"], new["path"])
+    ]
     retried = False
     for chunk in tqdm(list(chunked(tasks, settings.chunk_size)), desc="push", unit="chunk", disable=None):
         retried |= import_chunk(conn, ls, project_id, chunk)

@@ -64,12 +64,16 @@ def ensure_installed(venv: Path = DEFAULT_VENV) -> Path:
     exe, stamp = venv / "bin" / "label-studio", venv / ".installed"
     if stamp.exists() and exe.exists():
         return exe
-    print(f"installing Label Studio {LABEL_STUDIO_VERSION} into {venv} (first use only, ~2 minutes)...", file=sys.stderr)
+    print(
+        f"installing Label Studio {LABEL_STUDIO_VERSION} into {venv} (first use only, ~2 minutes)...", file=sys.stderr
+    )
     shutil.rmtree(venv, ignore_errors=True)
     try:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     except (OSError, subprocess.CalledProcessError) as exc:
-        raise ServerError(f"could not create the virtual environment {venv} for Label Studio ({exc}); check that `{sys.executable} -m venv` works") from None
+        raise ServerError(
+            f"could not create the virtual environment {venv} for Label Studio ({exc}); check that `{sys.executable} -m venv` works"
+        ) from None
     requirement = f"label-studio=={LABEL_STUDIO_VERSION}"
     try:
         subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", requirement], check=True)
@@ -119,11 +123,15 @@ def server_environment(settings: ServerSettings, creds: dict[str, str]) -> dict[
 def ensure_port_free(port: int) -> None:
     """Refuse a taken port: Label Studio would silently move to the next free one while serve waited on (and printed) this one."""
     with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a stopped server's TIME_WAIT connections do not count
+        probe.setsockopt(
+            socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
+        )  # a stopped server's TIME_WAIT connections do not count
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
-            raise ServerError(f"port {port} in use (an earlier `serve`?): stop it or use --port / annotation.port") from None
+            raise ServerError(
+                f"port {port} in use (an earlier `serve`?): stop it or use --port / annotation.port"
+            ) from None
 
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -148,7 +156,17 @@ def start(settings: ServerSettings, creds: dict[str, str]) -> subprocess.Popen:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with open(settings.log_path, "ab") as log:
         process = subprocess.Popen(
-            [str(exe), "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(settings.port), "--data-dir", str(settings.data_dir.resolve())],
+            [
+                str(exe),
+                "start",
+                "--no-browser",
+                "--internal-host",
+                "127.0.0.1",
+                "-p",
+                str(settings.port),
+                "--data-dir",
+                str(settings.data_dir.resolve()),
+            ],
             env=server_environment(settings, creds),
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -167,14 +185,18 @@ def wait_until_healthy(settings: ServerSettings, process: subprocess.Popen, time
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise ServerError(f"Label Studio exited with {exit_status(process)} while starting; its log says why: {settings.log_path}")
+            raise ServerError(
+                f"Label Studio exited with {exit_status(process)} while starting; its log says why: {settings.log_path}"
+            )
         try:
             if httpx.get(f"{settings.url}/health", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(1)
-    raise ServerError(f"Label Studio at {settings.url} did not answer /health within {timeout_s:.0f} s, so it was stopped; see its log {settings.log_path}")
+    raise ServerError(
+        f"Label Studio at {settings.url} did not answer /health within {timeout_s:.0f} s, so it was stopped; see its log {settings.log_path}"
+    )
 
 
 def exit_status(process: subprocess.Popen) -> str:

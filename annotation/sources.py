@@ -36,8 +36,24 @@ from pipeline.crawl import batch_folders
 from pipeline.tables import empty_table, read_cache
 from pipeline.taxonomy import Taxonomy
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}  # photos beside K-Fashion files: skipped
-CACHE_COLUMNS = {"file": "string", "size": "int64", "mtime_ns": "int64", "main": "string", "sub_styles": "object", "problem": "string"}
+IMAGE_SUFFIXES = {
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".webp",
+    ".gif",
+    ".bmp",
+    ".tif",
+    ".tiff",
+}  # photos beside K-Fashion files: skipped
+CACHE_COLUMNS = {
+    "file": "string",
+    "size": "int64",
+    "mtime_ns": "int64",
+    "main": "string",
+    "sub_styles": "object",
+    "problem": "string",
+}
 
 
 def stem_of(name: str) -> str:
@@ -73,8 +89,14 @@ class CatalogIndex:
             if len(ids) == 1:
                 return next(iter(ids)), None
             if not ids:
-                return None, f"image {name} not in the catalog (no crawl batch has a file of that name: ingest it first)"
-            return None, f"image {name} names {len(ids)} different catalog images (several batches hold a file of that name): write it as <batch>/{name}"
+                return (
+                    None,
+                    f"image {name} not in the catalog (no crawl batch has a file of that name: ingest it first)",
+                )
+            return (
+                None,
+                f"image {name} names {len(ids)} different catalog images (several batches hold a file of that name): write it as <batch>/{name}",
+            )
 
         return match
 
@@ -82,11 +104,15 @@ class CatalogIndex:
 def label_folders(label_dir: Path) -> dict[Path, list[str]]:
     """Every folder under `label_dir` (itself included) with the names of its label files; a file of no known shape is an InputError."""
     if not label_dir.is_dir():
-        raise InputError(f"label folder {label_dir} does not exist: run `make demo-data`, `python -m annotation pull`, or put your label files there (crawl.label_exports)")
+        raise InputError(
+            f"label folder {label_dir} does not exist: run `make demo-data`, `python -m annotation pull`, or put your label files there (crawl.label_exports)"
+        )
     folders: dict[Path, list[str]] = {}
     for root, dirs, files in os.walk(label_dir):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        names = sorted(f for f in files if not f.startswith(".") and os.path.splitext(f)[1].lower() not in IMAGE_SUFFIXES)
+        names = sorted(
+            f for f in files if not f.startswith(".") and os.path.splitext(f)[1].lower() not in IMAGE_SUFFIXES
+        )
         unknown = [f for f in names if os.path.splitext(f)[1].lower() not in (".json", ".csv")]
         if unknown:
             raise InputError(
@@ -116,7 +142,15 @@ def file_stats(folder: Path, names: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["file", "size", "mtime_ns"]).astype({"file": "string"})
 
 
-def read_folder(folder: Path, names: list[str], source_name: str, batch: str | None, index: CatalogIndex, taxonomy: Taxonomy, cache_dir: Path) -> Imported:
+def read_folder(
+    folder: Path,
+    names: list[str],
+    source_name: str,
+    batch: str | None,
+    index: CatalogIndex,
+    taxonomy: Taxonomy,
+    cache_dir: Path,
+) -> Imported:
     """The rows and rejects of one folder's label files, each recognised by its shape.
 
     A .json file that the folder's cache holds at its size and time is a K-Fashion file parsed before: it is not opened.
@@ -134,19 +168,36 @@ def read_folder(folder: Path, names: list[str], source_name: str, batch: str | N
         path = folder / name
         first = first_character(path)
         if first == "[":
-            out.extend(import_label_studio(read_label_studio_export(path), str(path), taxonomy, index.by_key, index.ids))
+            out.extend(
+                import_label_studio(read_label_studio_export(path), str(path), taxonomy, index.by_key, index.ids)
+            )
         elif first == "{":
             record = parse_kfashion(path)
-            parsed.append({"file": name, "size": size, "mtime_ns": mtime_ns, "main": record.main, "sub_styles": list(record.sub_styles), "problem": record.problem})
+            parsed.append(
+                {
+                    "file": name,
+                    "size": size,
+                    "mtime_ns": mtime_ns,
+                    "main": record.main,
+                    "sub_styles": list(record.sub_styles),
+                    "problem": record.problem,
+                }
+            )
         else:
-            raise InputError(f"{path}: neither a Label Studio export (a JSON list of tasks) nor a K-Fashion label file (a JSON object)")
-    table = pd.concat([known, pd.DataFrame(parsed, columns=list(CACHE_COLUMNS)).astype(CACHE_COLUMNS)], ignore_index=True).sort_values("file", ignore_index=True)
+            raise InputError(
+                f"{path}: neither a Label Studio export (a JSON list of tasks) nor a K-Fashion label file (a JSON object)"
+            )
+    table = pd.concat(
+        [known, pd.DataFrame(parsed, columns=list(CACHE_COLUMNS)).astype(CACHE_COLUMNS)], ignore_index=True
+    ).sort_values("file", ignore_index=True)
     if parsed or len(table) != len(cache):
         write_parquet(table[list(CACHE_COLUMNS)], cache_file)
     if len(table):
         records = (
             KFashionRecord(stem_of(f), None if pd.isna(m) else m, tuple(subs), None if pd.isna(p) else p)
-            for f, m, subs, p in zip(table["file"].tolist(), table["main"].tolist(), table["sub_styles"].tolist(), table["problem"].tolist())
+            for f, m, subs, p in zip(
+                table["file"].tolist(), table["main"].tolist(), table["sub_styles"].tolist(), table["problem"].tolist()
+            )
         )
         out.extend(kfashion_rows(records, f"kfashion:{source_name}", taxonomy, match))
     return out
@@ -157,21 +208,35 @@ def read_label_folder(label_dir: Path, index: CatalogIndex, taxonomy: Taxonomy, 
     imported = Imported()
     for folder, files in label_folders(label_dir).items():
         name = folder.relative_to(label_dir).as_posix()
-        imported.extend(read_folder(folder, files, label_dir.name if name == "." else name, None, index, taxonomy, cache_dir))
+        imported.extend(
+            read_folder(folder, files, label_dir.name if name == "." else name, None, index, taxonomy, cache_dir)
+        )
     return imported
 
 
 def read_batch_labels(batch_dir: Path, index: CatalogIndex, taxonomy: Taxonomy, cache_dir: Path) -> Imported:
     """The .json label files beside the photos of one crawl batch (the K-Fashion layout), matched within the batch."""
-    names = sorted(e.name for e in os.scandir(batch_dir) if e.name.lower().endswith(".json") and not e.name.startswith(".") and e.is_file(follow_symlinks=False))
-    return read_folder(batch_dir, names, batch_dir.name, batch_dir.name, index, taxonomy, cache_dir) if names else Imported()
+    names = sorted(
+        e.name
+        for e in os.scandir(batch_dir)
+        if e.name.lower().endswith(".json") and not e.name.startswith(".") and e.is_file(follow_symlinks=False)
+    )
+    return (
+        read_folder(batch_dir, names, batch_dir.name, batch_dir.name, index, taxonomy, cache_dir)
+        if names
+        else Imported()
+    )
 
 
-def read_label_sources(label_dir: Path, crawl_dir: Path, catalog: pd.DataFrame, taxonomy: Taxonomy, cache_dir: Path) -> Imported:
+def read_label_sources(
+    label_dir: Path, crawl_dir: Path, catalog: pd.DataFrame, taxonomy: Taxonomy, cache_dir: Path
+) -> Imported:
     """Every label record of the label folder and of the crawl batches' label files, with the rejects (the labels stage)."""
     index = CatalogIndex(catalog)
     imported = read_label_folder(label_dir, index, taxonomy, cache_dir)
-    for batch_dir in batch_folders(crawl_dir)[0] if crawl_dir.is_dir() else []:  # a batch linking outside the crawl is not read
+    for batch_dir in (
+        batch_folders(crawl_dir)[0] if crawl_dir.is_dir() else []
+    ):  # a batch linking outside the crawl is not read
         imported.extend(read_batch_labels(batch_dir, index, taxonomy, cache_dir))
     return imported
 
@@ -184,4 +249,3 @@ def read_labels_at(path: Path, crawl_dir: Path, catalog: pd.DataFrame, taxonomy:
     if path.is_dir() and path.resolve().parent == crawl_dir.resolve():
         return read_batch_labels(path, index, taxonomy, cache_dir)
     return read_label_folder(path, index, taxonomy, cache_dir)
-

@@ -25,13 +25,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from ccp import add_arguments, prepare  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from ccp import add_arguments, prepare  # noqa: E402
 from training.active import Simulation, fit_head, labels_to_reach, simulate  # noqa: E402
-from training.labelling_order import ORDERS  # noqa: E402
 from training.data import read_dataset, read_label_subset, target_matrix  # noqa: E402
 from training.features import read_features  # noqa: E402
+from training.labelling_order import ORDERS  # noqa: E402
 from training.metrics import mean_average_precision  # noqa: E402
 
 SHARE_OF_FULL = 0.95
@@ -44,7 +44,13 @@ def plot(runs: dict[str, list[Simulation]], full: dict[str, float], title: str, 
             scores = np.array([getattr(s, f"{split}_map") for s in sims]) * 100
             axis.plot(sims[0].labels_used, scores.mean(axis=0), label=order)
             axis.fill_between(sims[0].labels_used, scores.min(axis=0), scores.max(axis=0), alpha=0.15)
-        axis.axhline(100 * SHARE_OF_FULL * full[split], color="grey", linestyle="--", linewidth=1, label=f"{SHARE_OF_FULL:.0%} of full data")
+        axis.axhline(
+            100 * SHARE_OF_FULL * full[split],
+            color="grey",
+            linestyle="--",
+            linewidth=1,
+            label=f"{SHARE_OF_FULL:.0%} of full data",
+        )
         axis.set(title=f"{split} split", xlabel="expert labels used", ylabel="mAP (%)")
         axis.grid(alpha=0.3)
     axes[0].legend()
@@ -57,18 +63,35 @@ def plot(runs: dict[str, list[Simulation]], full: dict[str, float], title: str, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser, "/tmp/stylegraph-ccp-active", models="linear")
-    parser.add_argument("--project", type=Path, default=None, help="use this project's data/ (after dvc repro) instead of CCP")
+    parser.add_argument(
+        "--project", type=Path, default=None, help="use this project's data/ (after dvc repro) instead of CCP"
+    )
     parser.add_argument("--seeds", type=int, default=5, help="replays per order (each with its own seed set)")
     parser.add_argument("--seed-size", type=int, default=50, help="images labelled at random before the first round")
     parser.add_argument("--round-size", type=int, default=50, help="images labelled per round")
-    parser.add_argument("--plot", type=Path, default=None, help="PNG to write (default: active_labelling.png in the work dir, or the project's reports/plots/)")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help="PNG to write (default: active_labelling.png in the work dir, or the project's reports/plots/)",
+    )
     args = parser.parse_args()
     if args.project is None:
         ccp = prepare(args, 1, "bench_active_labelling")
-        dataset, subset, features, plot_path = ccp.data["dataset.parquet"], ccp.data["label_subset.json"], ccp.data["features.npz"], ccp.work / "active_labelling.png"
+        dataset, subset, features, plot_path = (
+            ccp.data["dataset.parquet"],
+            ccp.data["label_subset.json"],
+            ccp.data["features.npz"],
+            ccp.work / "active_labelling.png",
+        )
     else:
         root = args.project
-        dataset, subset, features, plot_path = root / "data/dataset.parquet", root / "data/label_subset.json", root / "data/features.npz", root / "reports/plots/active_labelling.png"
+        dataset, subset, features, plot_path = (
+            root / "data/dataset.parquet",
+            root / "data/label_subset.json",
+            root / "data/features.npz",
+            root / "reports/plots/active_labelling.png",
+        )
     labels = read_label_subset(subset)
     table = read_dataset(dataset, labels)
     x = read_features(features, list(table["image_id"]), "avg", mirrored=False).x.float()
@@ -76,22 +99,41 @@ def main() -> None:
     pool = int((split == "train").sum())
     rounds = -(-(pool - args.seed_size) // args.round_size)
     head = fit_head(x[torch.from_numpy(split == "train")], torch.from_numpy(targets[split == "train"]))
-    full = {s: mean_average_precision(head(x[torch.from_numpy(split == s)]), targets[split == s]) for s in ("val", "test")}
+    full = {
+        s: mean_average_precision(head(x[torch.from_numpy(split == s)]), targets[split == s]) for s in ("val", "test")
+    }
     runs: dict[str, list[Simulation]] = {order: [] for order in ORDERS}
     for seed in tqdm(range(args.seeds), desc="seeds", unit="seed"):
         for order in ORDERS:
             runs[order].append(simulate(order, x, targets, split, args.seed_size, args.round_size, rounds, seed))
     print(f"\n{len(table)} images ({pool} in the pool), {len(labels)} labels; full-data mAP: val {100 * full['val']:.2f}, test {100 * full['test']:.2f}; "
           f"seed set {args.seed_size}, rounds of {args.round_size}, {args.seeds} seeds\n")  # fmt: skip
-    needed = {split: {order: np.array([labels_to_reach(s.labels_used, getattr(s, f"{split}_map"), SHARE_OF_FULL * full[split]) for s in sims]) for order, sims in runs.items()} for split in ("val", "test")}
-    area = {split: {order: np.array([np.mean(getattr(s, f"{split}_map")) for s in sims]) for order, sims in runs.items()} for split in ("val", "test")}
-    print(f"| order | labels to {SHARE_OF_FULL:.0%} of full val mAP | vs random | mean val mAP over rounds | labels to {SHARE_OF_FULL:.0%} of full test mAP | vs random | mean test mAP over rounds |")
+    needed = {
+        split: {
+            order: np.array(
+                [labels_to_reach(s.labels_used, getattr(s, f"{split}_map"), SHARE_OF_FULL * full[split]) for s in sims]
+            )
+            for order, sims in runs.items()
+        }
+        for split in ("val", "test")
+    }
+    area = {
+        split: {order: np.array([np.mean(getattr(s, f"{split}_map")) for s in sims]) for order, sims in runs.items()}
+        for split in ("val", "test")
+    }
+    print(
+        f"| order | labels to {SHARE_OF_FULL:.0%} of full val mAP | vs random | mean val mAP over rounds | labels to {SHARE_OF_FULL:.0%} of full test mAP | vs random | mean test mAP over rounds |"
+    )
     print("|---|---|---|---|---|---|---|")
     for order in ORDERS:
         cells = []
         for split in ("val", "test"):
             n, random = needed[split][order], needed[split]["random"]
-            cells += [f"{np.mean(n):.0f} ± {np.std(n, ddof=1) if len(n) > 1 else 0:.0f}", f"{np.mean(n) / np.mean(random) - 1:+.0%}", f"{100 * np.mean(area[split][order]):.2f}"]
+            cells += [
+                f"{np.mean(n):.0f} ± {np.std(n, ddof=1) if len(n) > 1 else 0:.0f}",
+                f"{np.mean(n) / np.mean(random) - 1:+.0%}",
+                f"{100 * np.mean(area[split][order]):.2f}",
+            ]
         print(f"| {order} | " + " | ".join(cells) + " |")
     chosen = min(ORDERS, key=lambda order: np.mean(needed["val"][order]))
     print(f"\nchosen on the validation split: {chosen} ({np.mean(needed['val'][chosen]) / np.mean(needed['val']['random']) - 1:+.0%} labels against random; "

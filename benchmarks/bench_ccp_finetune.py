@@ -51,8 +51,8 @@ from typing import Any
 import pandas as pd
 import torch
 import yaml
-
 from bench_ccp_models import curation_argv, run_stage, stage_inputs, write_params
+
 from pipeline import graph, split
 from pipeline.pixel_cache import PixelCacheSettings, build_cache, height_for, upright_sizes
 from training import evaluate, train
@@ -61,7 +61,14 @@ ROOT = Path(__file__).resolve().parents[1]
 MLGCN = {"kind": "gcn", "pooling": "max", "adjacency": "graph"}
 FAST = {"precision": "bf16", "cached_pixels": True, "warmup_epochs": 1}
 VARIANTS: dict[str, dict[str, Any]] = {
-    "reference_fp32": {"precision": "fp32", "cached_pixels": False, "batch_size": 16, "lr_scaling": "none", "compile": False, "warmup_epochs": 0},
+    "reference_fp32": {
+        "precision": "fp32",
+        "cached_pixels": False,
+        "batch_size": 16,
+        "lr_scaling": "none",
+        "compile": False,
+        "warmup_epochs": 0,
+    },
     "fast_bf16": FAST | {"batch_size": 128, "lr_scaling": "sqrt", "compile": False},
     "fast_bf16_b32": FAST | {"batch_size": 32, "lr_scaling": "none", "compile": False},
     "fast_bf16_b16": FAST | {"batch_size": 16, "lr_scaling": "none", "compile": False, "warmup_epochs": 0},
@@ -85,7 +92,12 @@ def variant_params(work: Path, name: str, overrides: dict[str, Any], args: argpa
     """The prepared params with this variant's training settings and one model entry, `name`."""
     params = yaml.safe_load((work / "params.yaml").read_text(encoding="utf-8"))
     params["features"] |= {"backbone": args.backbone, "weights": args.weights, "image_size": args.size}
-    params["train"] |= {"finetune": True, "epochs": args.epochs, "patience": args.epochs, "workers": args.workers} | overrides
+    params["train"] |= {
+        "finetune": True,
+        "epochs": args.epochs,
+        "patience": args.epochs,
+        "workers": args.workers,
+    } | overrides
     if args.seed is not None:
         params["train"]["seed"] = args.seed
     if args.fast_warmup_epochs is not None and name != "reference_fp32":
@@ -115,9 +127,13 @@ def build_pixels(work: Path, photos: Path, size: int) -> None:
     (so the fast path trains on whole frames, as the PIL path does), on every core."""
     started = time.perf_counter()
     catalog = pd.read_parquet(work / "catalog.parquet")
-    settings = PixelCacheSettings(height=height_for(*upright_sizes([photos / p for p in catalog["path"]]), size), width=size, workers=0)
+    settings = PixelCacheSettings(
+        height=height_for(*upright_sizes([photos / p for p in catalog["path"]]), size), width=size, workers=0
+    )
     shards, decoded = build_cache(catalog, photos, work / "pixels", settings)
-    print(f"pixel cache {settings.height}x{settings.width}: {decoded} photos decoded into {shards} shard(s) in {time.perf_counter() - started:.1f} s")
+    print(
+        f"pixel cache {settings.height}x{settings.width}: {decoded} photos decoded into {shards} shard(s) in {time.perf_counter() - started:.1f} s"
+    )
 
 
 def run(ccp: Path, work: Path, args: argparse.Namespace) -> None:
@@ -144,7 +160,9 @@ def run(ccp: Path, work: Path, args: argparse.Namespace) -> None:
     trained = [name for name in variants if name not in diverged]
     if not trained:
         raise SystemExit("every variant diverged; nothing to evaluate")
-    evaluated = yaml.safe_load((work / "params.yaml").read_text(encoding="utf-8")) | {"models": dict.fromkeys(trained, MLGCN)}
+    evaluated = yaml.safe_load((work / "params.yaml").read_text(encoding="utf-8")) | {
+        "models": dict.fromkeys(trained, MLGCN)
+    }
     (work / "params-evaluate.yaml").write_text(yaml.safe_dump(evaluated, sort_keys=False), encoding="utf-8")
     report = work / "evaluation.md"
     run_stage("evaluate", evaluate.main, ["--dataset", str(work / "dataset.parquet"), "--label-subset", str(work / "label_subset.json"), "--features", str(work / "unused.npz"),
@@ -154,7 +172,13 @@ def run(ccp: Path, work: Path, args: argparse.Namespace) -> None:
     print(f"\n{device}: {args.backbone} @ {args.size} px, {args.epochs} epochs of {n_train} training photos\n")
     print(report.read_text(encoding="utf-8").split("## Top-2 all-recall per label")[0])
     print("| variant | seconds (validation, compiling included) | training images/s over the run |\n|---|---|---|")
-    print("\n".join(f"| {name} | {s:.1f} | {args.epochs * n_train / s:.0f} |" for name, s in seconds.items() if name not in diverged))
+    print(
+        "\n".join(
+            f"| {name} | {s:.1f} | {args.epochs * n_train / s:.0f} |"
+            for name, s in seconds.items()
+            if name not in diverged
+        )
+    )
     for name, message in diverged.items():
         print(f"| {name} | diverged: {message.split(';')[0]} | |")
 
@@ -162,27 +186,74 @@ def run(ccp: Path, work: Path, args: argparse.Namespace) -> None:
 def add_model_arguments(parser: argparse.ArgumentParser, prefix: str = "") -> None:
     """--backbone, --weights, --size, --workers: what variant_params needs besides the epochs (shared with diagnose_compile.py)."""
     parser.add_argument("--backbone", default="tf_efficientnet_lite0", help=f"{prefix}training/backbones.py name")
-    parser.add_argument("--weights", default="imagenet", help=f"{prefix}'imagenet' or a state_dict file of the backbone")
+    parser.add_argument(
+        "--weights", default="imagenet", help=f"{prefix}'imagenet' or a state_dict file of the backbone"
+    )
     parser.add_argument("--size", type=int, default=224, help=f"{prefix}input size in px")
     parser.add_argument("--workers", type=int, default=2, help=f"{prefix}DataLoader processes")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Full description: the module docstring (benchmarks/bench_ccp_finetune.py).")
-    parser.add_argument("step", choices=("prepare", "run"), help="prepare: tag import, split, graph (needs the project install); run: train the variants and evaluate")
-    parser.add_argument("--ccp", type=Path, default=ROOT.parent / "shared" / "datasets" / "ccp", help="folder with photos/ and labels.csv")
-    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/stylegraph-ccp-finetune"), help="where every intermediate file and the report go")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Full description: the module docstring (benchmarks/bench_ccp_finetune.py).",
+    )
+    parser.add_argument(
+        "step",
+        choices=("prepare", "run"),
+        help="prepare: tag import, split, graph (needs the project install); run: train the variants and evaluate",
+    )
+    parser.add_argument(
+        "--ccp",
+        type=Path,
+        default=ROOT.parent / "shared" / "datasets" / "ccp",
+        help="folder with photos/ and labels.csv",
+    )
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=Path("/tmp/stylegraph-ccp-finetune"),
+        help="where every intermediate file and the report go",
+    )
     parser.add_argument("--top-k", type=int, default=10, help="prepare: the K most frequent tags (split.top_k)")
-    parser.add_argument("--drop-tags", default="skin,hair", help="prepare: comma-separated tags removed first (on nearly every photo)")
+    parser.add_argument(
+        "--drop-tags", default="skin,hair", help="prepare: comma-separated tags removed first (on nearly every photo)"
+    )
     add_model_arguments(parser, "run: ")
-    parser.add_argument("--epochs", type=int, default=12, help="run: epochs of each variant (the best validation epoch is kept)")
-    parser.add_argument("--variants", default="", help=f"run: comma-separated subset of {', '.join(VARIANTS)} (default: all)")
-    parser.add_argument("--keep-trained", action="store_true", help="run: do not retrain a variant whose model the work dir already holds (add variants to a finished comparison; same seed and size assumed)")
-    parser.add_argument("--seed", type=int, default=None, help="run: train.seed of every variant (default: params.yaml's; the split stays)")
-    parser.add_argument("--fast-warmup-epochs", type=float, default=None, help="run: train.warmup_epochs of the fast variants (default 1; the reference has none)")
-    parser.add_argument("--compile", action="store_true", help="run: also train fast_bf16_compiled (compiled training went to NaN once on an H200, torch 2.11; on a CPU each graph takes a minute or more to compile)")
-    parser.add_argument("--cpu-bf16", action="store_true", help="run: the fast variants' bf16 autocast on the CPU too (train.precision bf16-all), for CPUs with native bf16 "
-                        "(AVX512-BF16, AMX): tests the bf16 numerics without a GPU. Without it a CPU run is fp32 throughout")
+    parser.add_argument(
+        "--epochs", type=int, default=12, help="run: epochs of each variant (the best validation epoch is kept)"
+    )
+    parser.add_argument(
+        "--variants", default="", help=f"run: comma-separated subset of {', '.join(VARIANTS)} (default: all)"
+    )
+    parser.add_argument(
+        "--keep-trained",
+        action="store_true",
+        help="run: do not retrain a variant whose model the work dir already holds (add variants to a finished comparison; same seed and size assumed)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="run: train.seed of every variant (default: params.yaml's; the split stays)",
+    )
+    parser.add_argument(
+        "--fast-warmup-epochs",
+        type=float,
+        default=None,
+        help="run: train.warmup_epochs of the fast variants (default 1; the reference has none)",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="run: also train fast_bf16_compiled (compiled training went to NaN once on an H200, torch 2.11; on a CPU each graph takes a minute or more to compile)",
+    )
+    parser.add_argument(
+        "--cpu-bf16",
+        action="store_true",
+        help="run: the fast variants' bf16 autocast on the CPU too (train.precision bf16-all), for CPUs with native bf16 "
+        "(AVX512-BF16, AMX): tests the bf16 numerics without a GPU. Without it a CPU run is fp32 throughout",
+    )
     args = parser.parse_args()
     args.work_dir.mkdir(parents=True, exist_ok=True)
     if args.step == "prepare":

@@ -19,12 +19,19 @@ import argparse
 import json
 
 import numpy as np
-
 from ccp import add_arguments, prepare, timing_table
+
 from training import evaluate, train
 from training.settings import load_model_specs
 
-SUMMARY_COLUMNS = {"val_mAP": "val mAP", "top1_any": "T1 any", "top2_all": "T2 all", "topn_all": "Tn all", "mAP": "mAP", "CF1_val_thr": "CF1 (val thr)"}
+SUMMARY_COLUMNS = {
+    "val_mAP": "val mAP",
+    "top1_any": "T1 any",
+    "top2_all": "T2 all",
+    "topn_all": "Tn all",
+    "mAP": "mAP",
+    "CF1_val_thr": "CF1 (val thr)",
+}
 
 
 def seed_summary(runs: list[dict]) -> str:
@@ -40,7 +47,9 @@ def seed_summary(runs: list[dict]) -> str:
             cells.append("—")
         else:
             gaps, one = [100 * run["models"][name]["mAP_minus_baseline"] for run in runs], first["models"][name]
-            cells.append(f"{np.mean(gaps):+.2f} ± {np.std(gaps, ddof=1) if n > 1 else 0:.2f} ([{100 * one['mAP_minus_baseline_ci_low']:+.2f}, {100 * one['mAP_minus_baseline_ci_high']:+.2f}])")
+            cells.append(
+                f"{np.mean(gaps):+.2f} ± {np.std(gaps, ddof=1) if n > 1 else 0:.2f} ([{100 * one['mAP_minus_baseline_ci_low']:+.2f}, {100 * one['mAP_minus_baseline_ci_high']:+.2f}])"
+            )
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     val = {name: np.mean([run["models"][name]["val_mAP"] for run in runs]) for name in first["models"]}
     chosen = max(val, key=val.get)
@@ -53,7 +62,9 @@ def seed_summary(runs: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser, "/tmp/stylegraph-ccp")
-    parser.add_argument("--seeds", type=int, default=3, help="train every model under this many seeds (train.seed, +1, ...): mean ± sd")
+    parser.add_argument(
+        "--seeds", type=int, default=3, help="train every model under this many seeds (train.seed, +1, ...): mean ± sd"
+    )
     args = parser.parse_args()
     ccp = prepare(args, args.seeds, "bench_ccp_models")
     runs = []

@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.labelsets import main_and_sub_matrices
 from pipeline.graph import GraphSettings, build_graph, train_matrix
+from pipeline.labelsets import main_and_sub_matrices
 from pipeline.stats import class_balance, cooccurrence_table
 from pipeline.taxonomy import load_taxonomy
 
@@ -62,7 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     stats_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    build_graph(train_matrix(dataset, STYLES), STYLES, GraphSettings(threshold=0.4, p=0.2, normalisation="reference", word_vectors="glove-6b-50d"))
+    build_graph(
+        train_matrix(dataset, STYLES),
+        STYLES,
+        GraphSettings(threshold=0.4, p=0.2, normalisation="reference", word_vectors="glove-6b-50d"),
+    )
     graph_seconds = time.perf_counter() - start
 
     print(f"rows: {args.rows:,}, styles: {len(STYLES)}")

@@ -45,28 +45,60 @@ def dataset_of(photos: list[Path]) -> pd.DataFrame:
 def timed_stage(photos: list[Path], work: Path, cache: Path, settings: FeatureSettings) -> tuple[float, FeatureCounts]:
     dataset_of(photos).to_parquet(work / "dataset.parquet")
     start = time.perf_counter()
-    counts = write_features(work / "dataset.parquet", work / "label_subset.json", photos[0].parent, work / "features.npz", cache, settings, "bf16")
+    counts = write_features(
+        work / "dataset.parquet",
+        work / "label_subset.json",
+        photos[0].parent,
+        work / "features.npz",
+        cache,
+        settings,
+        "bf16",
+    )
     return time.perf_counter() - start, counts
 
 
 def report(step: str, seconds: float, counts: FeatureCounts) -> None:
-    print(f"{step:<44} {seconds:7.1f} s  ({counts.extracted} + {counts.extracted_flips} mirrored extracted of {counts.images} images)")
+    print(
+        f"{step:<44} {seconds:7.1f} s  ({counts.extracted} + {counts.extracted_flips} mirrored extracted of {counts.images} images)"
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS, help="folder of JPEG photos (default: the CCP street photos)")
-    parser.add_argument("--history", type=int, default=800, help="photos already in the dataset before the new batch arrives")
-    parser.add_argument("--backbone", default="tf_efficientnet_lite0", help="features.backbone (resnet50 needs its weights offline: see README)")
-    parser.add_argument("--image-size", type=int, default=160, help="features.image_size in px (params.yaml's default: 160)")
-    parser.add_argument("--maps", action="store_true", help="features.maps: also cache the last feature maps (fp16), as csra heads need")
+    parser.add_argument(
+        "--photos", type=Path, default=DEFAULT_PHOTOS, help="folder of JPEG photos (default: the CCP street photos)"
+    )
+    parser.add_argument(
+        "--history", type=int, default=800, help="photos already in the dataset before the new batch arrives"
+    )
+    parser.add_argument(
+        "--backbone",
+        default="tf_efficientnet_lite0",
+        help="features.backbone (resnet50 needs its weights offline: see README)",
+    )
+    parser.add_argument(
+        "--image-size", type=int, default=160, help="features.image_size in px (params.yaml's default: 160)"
+    )
+    parser.add_argument(
+        "--maps", action="store_true", help="features.maps: also cache the last feature maps (fp16), as csra heads need"
+    )
     args = parser.parse_args()
     if not args.photos.is_dir():
         print(f"bench_features: {args.photos} not found; this benchmark needs the shared CCP photos", file=sys.stderr)
         return 2
     photos = sorted(args.photos.glob("*.jpg"))[: args.history + BATCH]
-    settings = FeatureSettings(backbone=args.backbone, weights="imagenet", image_size=args.image_size, batch_size=32, workers=0, flip=True, maps=args.maps)
-    print(f"{len(photos)} photos from {args.photos}; {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads; {args.backbone} @ {args.image_size} px, maps {args.maps}")
+    settings = FeatureSettings(
+        backbone=args.backbone,
+        weights="imagenet",
+        image_size=args.image_size,
+        batch_size=32,
+        workers=0,
+        flip=True,
+        maps=args.maps,
+    )
+    print(
+        f"{len(photos)} photos from {args.photos}; {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads; {args.backbone} @ {args.image_size} px, maps {args.maps}"
+    )
     with tempfile.TemporaryDirectory() as tmp_name:
         work = Path(tmp_name)
         (work / "label_subset.json").write_text(json.dumps({"labels": ["street"], "top_k": 1}))
@@ -77,8 +109,12 @@ def main() -> int:
         rebuild, counts = timed_stage(photos, work, work / "scratch", settings)
         report(f"[3] all {len(photos)} photos from scratch", rebuild, counts)
         cache_bytes = sum(f.stat().st_size for f in (work / "scratch").iterdir())
-    print(f"\nnew batch / from scratch: {incremental / rebuild:.3f} (the batch is {BATCH / len(photos):.3f} of the photos)")
-    print(f"features cache: {cache_bytes / 2**20:.1f} MiB for {len(photos)} images and their mirror images = {cache_bytes / len(photos) * 10_000 / 2**30:.2f} GiB per 10,000 images")
+    print(
+        f"\nnew batch / from scratch: {incremental / rebuild:.3f} (the batch is {BATCH / len(photos):.3f} of the photos)"
+    )
+    print(
+        f"features cache: {cache_bytes / 2**20:.1f} MiB for {len(photos)} images and their mirror images = {cache_bytes / len(photos) * 10_000 / 2**30:.2f} GiB per 10,000 images"
+    )
     return 0
 
 

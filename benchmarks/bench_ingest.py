@@ -50,8 +50,12 @@ def timed_ingest(crawl: Path, cache: Path, settings: IngestSettings) -> tuple[fl
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS, help="folder of JPEG photos (default: the CCP street photos)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decode processes for the multi-core runs")
+    parser.add_argument(
+        "--photos", type=Path, default=DEFAULT_PHOTOS, help="folder of JPEG photos (default: the CCP street photos)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="decode processes for the multi-core runs"
+    )
     args = parser.parse_args()
     if not args.photos.is_dir():
         print(f"bench_ingest: {args.photos} not found; this benchmark needs the shared CCP photos", file=sys.stderr)
@@ -92,7 +96,9 @@ def main() -> int:
         print(f"\n[3] add a {decoded_inc}-image batch to a {len(old)}-image catalog: {incremental:6.2f} s "
               f"(decoded {decoded_inc})")  # fmt: skip
         print(f"    full rebuild of all {decoded_full} images:              {rebuild:6.2f} s")
-        print(f"    incremental / rebuild = {incremental / rebuild:.3f}  (rebuild is {rebuild / incremental:.1f}x the cost)")
+        print(
+            f"    incremental / rebuild = {incremental / rebuild:.3f}  (rebuild is {rebuild / incremental:.1f}x the cost)"
+        )
     return 0
 
 

@@ -63,12 +63,18 @@ def main() -> int:
     rows = [("all batches, empty cache", *timed_ingest(args.work_dir))]
     write_batch(args.work_dir / "crawl" / "batch-9999", args.added, args.images, rng)
     rows.append((f"one more batch of {args.added:,}", *timed_ingest(args.work_dir)))
-    print("\n| run | seconds | vs first ingest | peak MiB (high-water mark of the runs so far) | decoded | near-duplicate search: images |\n|---|---|---|---|---|---|")
+    print(
+        "\n| run | seconds | vs first ingest | peak MiB (high-water mark of the runs so far) | decoded | near-duplicate search: images |\n|---|---|---|---|---|---|"
+    )
     for name, seconds, peak, metrics in rows:
-        print(f"| {name} | {seconds:.1f} | {seconds / rows[0][1]:.3f} | {peak:.0f} | {metrics['decoded']:,} | {metrics.get('near_duplicate_searched', 0):,} |")
+        print(
+            f"| {name} | {seconds:.1f} | {seconds / rows[0][1]:.3f} | {peak:.0f} | {metrics['decoded']:,} | {metrics.get('near_duplicate_searched', 0):,} |"
+        )
     scale = 1_200_000 / args.images
-    print(f"\nat 1.2 M images, extrapolated linearly: first ingest ~{rows[0][1] * scale / 60:.0f} min, a small new batch ~{rows[1][1] * scale:.0f} s; "
-          "the near-duplicate search inside the first run grows with the square of the catalog instead (bench_near_duplicate_search.py)")
+    print(
+        f"\nat 1.2 M images, extrapolated linearly: first ingest ~{rows[0][1] * scale / 60:.0f} min, a small new batch ~{rows[1][1] * scale:.0f} s; "
+        "the near-duplicate search inside the first run grows with the square of the catalog instead (bench_near_duplicate_search.py)"
+    )
     return 0
 
 

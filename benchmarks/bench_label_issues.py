@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from ccp import add_arguments, prepare, timing_table
+
 from training import train
 from training.checkpoint import load_checkpoint
 from training.data import main_index, read_dataset, read_label_subset, target_matrix
@@ -43,7 +43,9 @@ class Corruption:
     kind: str  # dropped, added, swapped main
 
 
-def corrupt(targets: np.ndarray, main: np.ndarray, share: float, rng: np.random.Generator) -> tuple[np.ndarray, list[Corruption]]:
+def corrupt(
+    targets: np.ndarray, main: np.ndarray, share: float, rng: np.random.Generator
+) -> tuple[np.ndarray, list[Corruption]]:
     """A copy of `targets` with one corruption in each of round(share x images) random images, and what was done."""
     noisy, done = targets.copy(), []
     kinds = ("dropped", "added", "swapped main") if (main >= 0).any() else ("dropped", "added")
@@ -57,7 +59,11 @@ def corrupt(targets: np.ndarray, main: np.ndarray, share: float, rng: np.random.
             noisy[row, main[row]], noisy[row, new] = 0, 1
             done.append(Corruption(int(row), ((int(row), int(main[row])), (int(row), int(new))), kind))
         else:
-            label = rng.choice([c for c in present if c != main[row]] or list(present)) if kind == "dropped" else rng.choice(absent)
+            label = (
+                rng.choice([c for c in present if c != main[row]] or list(present))
+                if kind == "dropped"
+                else rng.choice(absent)
+            )
             noisy[row, label] = 1 - noisy[row, label]
             done.append(Corruption(int(row), ((int(row), int(label)),), kind))
     return noisy, done
@@ -85,20 +91,38 @@ def relative_quality(probs: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 def markdown(table: pd.DataFrame) -> str:
     cells = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row] for row in table.itertuples(index=False)]
-    return "\n".join(["| " + " | ".join(table.columns) + " |", "|---" * len(table.columns) + "|", *("| " + " | ".join(row) + " |" for row in cells)])
+    return "\n".join(
+        [
+            "| " + " | ".join(table.columns) + " |",
+            "|---" * len(table.columns) + "|",
+            *("| " + " | ".join(row) + " |" for row in cells),
+        ]
+    )
 
 
 def project_inputs(root: Path, model: str) -> tuple[Path, Path, Path, Path]:
     """dataset, label subset, features and the model's best.pt of a project after `dvc repro` (the demo)."""
-    return root / "data/dataset.parquet", root / "data/label_subset.json", root / "data/features.npz", root / "models" / model / "best.pt"
+    return (
+        root / "data/dataset.parquet",
+        root / "data/label_subset.json",
+        root / "data/features.npz",
+        root / "models" / model / "best.pt",
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser, "/tmp/stylegraph-ccp-issues")
-    parser.add_argument("--project", type=Path, default=None, help="use this project's data/ and models/ (after dvc repro) instead of CCP")
+    parser.add_argument(
+        "--project",
+        type=Path,
+        default=None,
+        help="use this project's data/ and models/ (after dvc repro) instead of CCP",
+    )
     parser.add_argument("--model", default="csra", help="the model of params.yaml whose recipe the finder's folds copy")
-    parser.add_argument("--noise", type=float, default=0.05, help="share of train and validation images that get one corruption")
+    parser.add_argument(
+        "--noise", type=float, default=0.05, help="share of train and validation images that get one corruption"
+    )
     parser.add_argument("--seeds", type=int, default=3, help="noise draws (each also seeds the folds)")
     parser.add_argument("--folds", type=int, default=5, help="label_issues.folds")
     args = parser.parse_args()
@@ -107,31 +131,56 @@ def main() -> None:
         ccp = prepare(args, 1, "bench_label_issues")
         out = ccp.work / "finder"
         ccp.timed(f"train@{args.model}", train.main, ccp.train_argv(args.model, ccp.seeds[0], out))
-        dataset, subset, features, best, timings = ccp.data["dataset.parquet"], ccp.data["label_subset.json"], ccp.data["features.npz"], out / "models" / args.model / "best.pt", ccp.timings
+        dataset, subset, features, best, timings = (
+            ccp.data["dataset.parquet"],
+            ccp.data["label_subset.json"],
+            ccp.data["features.npz"],
+            out / "models" / args.model / "best.pt",
+            ccp.timings,
+        )
     else:
         dataset, subset, features, best = project_inputs(args.project, args.model)
     labels = read_label_subset(subset)
     table = read_dataset(dataset, labels)
     table = table[table["split"].isin(CHECKED_SPLITS)].reset_index(drop=True)
     checkpoint = load_checkpoint(best)
-    cached = read_features(features, list(table["image_id"]), feature_array(ModelSpec(**checkpoint["meta"]["spec"])), mirrored=True)
+    cached = read_features(
+        features, list(table["image_id"]), feature_array(ModelSpec(**checkpoint["meta"]["spec"])), mirrored=True
+    )
     clean, main = target_matrix(table["labels"], labels), main_index(table["main_style"], labels)
     rows = []
     for seed in range(args.seeds):
         noisy, corruptions = corrupt(clean, main, args.noise, np.random.default_rng(seed))
-        probs = out_of_fold_probs(checkpoint, cached.x, cached.mirrored, noisy, assign_folds(len(table), args.folds, seed), seed)
+        probs = out_of_fold_probs(
+            checkpoint, cached.x, cached.mirrored, noisy, assign_folds(len(table), args.folds, seed), seed
+        )
         listed = 2 * len(corruptions)
-        for method, quality in (("finder (self-confidence)", label_quality(probs, noisy)), ("relative self-confidence", relative_quality(probs, noisy))):
+        for method, quality in (
+            ("finder (self-confidence)", label_quality(probs, noisy)),
+            ("relative self-confidence", relative_quality(probs, noisy)),
+        ):
             recall, precision = found_share(quality, corruptions, listed)
             top = set(zip(*np.unravel_index(np.argsort(quality, axis=None, kind="stable")[:listed], quality.shape)))
-            by_kind = pd.Series([any(cell in top for cell in c.cells) for c in corruptions], index=[c.kind for c in corruptions]).groupby(level=0).mean()
+            by_kind = (
+                pd.Series(
+                    [any(cell in top for cell in c.cells) for c in corruptions], index=[c.kind for c in corruptions]
+                )
+                .groupby(level=0)
+                .mean()
+            )
             rows.append({"seed": seed, "method": method, "injected": len(corruptions), "listed": listed, "chance": listed / noisy.size, "recall": recall, "precision": precision}
                         | {f"recall {k}": v for k, v in by_kind.items()})  # fmt: skip
     results = pd.DataFrame(rows)
-    print(f"\n{len(table)} train and validation images, {len(labels)} labels, noise {args.noise:.0%}, model {args.model} ({args.folds} folds)\n")
+    print(
+        f"\n{len(table)} train and validation images, {len(labels)} labels, noise {args.noise:.0%}, model {args.model} ({args.folds} folds)\n"
+    )
     print(markdown(results))
     shares = [c for c in results.columns if c.startswith(("chance", "recall", "precision"))]
-    means = results.groupby("method", sort=False)[shares].agg(lambda v: f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0:.3f}").reset_index()
+    means = (
+        results.groupby("method", sort=False)[shares]
+        .agg(lambda v: f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0:.3f}")
+        .reset_index()
+    )
     print(f"\nmean ± sd over {args.seeds} seeds:\n\n" + markdown(means))
     if timings:
         print("\n" + timing_table(timings))

@@ -66,14 +66,23 @@ def write_files(folder: Path, stems: range, korean: list[str], rng: random.Rando
 
 
 def synthetic_catalog(stems: range) -> pd.DataFrame:
-    return pd.DataFrame({"image_id": [f"{s:016x}" for s in stems], "sources": [[{"batch": "kfashion", "file": f"{s}.jpg"}] for s in stems]})
+    return pd.DataFrame(
+        {
+            "image_id": [f"{s:016x}" for s in stems],
+            "sources": [[{"batch": "kfashion", "file": f"{s}.jpg"}] for s in stems],
+        }
+    )
 
 
 def phase(label_dir: Path, catalog_path: Path, cache_dir: Path, result: multiprocessing.Queue) -> None:
     start = time.perf_counter()
-    imported = read_label_sources(label_dir, label_dir / "no-crawl", pd.read_parquet(catalog_path), load_taxonomy(TAXONOMY), cache_dir)
+    imported = read_label_sources(
+        label_dir, label_dir / "no-crawl", pd.read_parquet(catalog_path), load_taxonomy(TAXONOMY), cache_dir
+    )
     seconds = time.perf_counter() - start
-    result.put((seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, len(imported.rows), len(imported.rejects)))
+    result.put(
+        (seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, len(imported.rows), len(imported.rejects))
+    )
 
 
 def measure(label_dir: Path, catalog_path: Path, cache_dir: Path) -> tuple[float, float, int, int]:
@@ -91,7 +100,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=100_000, help="K-Fashion files in the folder at first")
     parser.add_argument("--added", type=int, default=1_000, help="new files that arrive afterwards")
-    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/bench-label-sources"), help="where the synthetic folder and caches go (emptied first)")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=Path("/tmp/bench-label-sources"),
+        help="where the synthetic folder and caches go (emptied first)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -99,10 +113,15 @@ def main() -> int:
     labels, cache = args.work_dir / "labels", args.work_dir / "cache"
     korean = sorted(load_taxonomy(TAXONOMY).by_korean())
     rng = random.Random(args.seed)
-    first, added = range(1_000_000, 1_000_000 + args.files), range(1_000_000 + args.files, 1_000_000 + args.files + args.added)
+    first, added = (
+        range(1_000_000, 1_000_000 + args.files),
+        range(1_000_000 + args.files, 1_000_000 + args.files + args.added),
+    )
     start = time.perf_counter()
     write_files(labels / "kfashion", first, korean, rng)
-    print(f"wrote {args.files:,} files ({'sample-shaped' if SAMPLE.is_file() else 'minimal'}) in {time.perf_counter() - start:.1f} s")
+    print(
+        f"wrote {args.files:,} files ({'sample-shaped' if SAMPLE.is_file() else 'minimal'}) in {time.perf_counter() - start:.1f} s"
+    )
     catalog_path = args.work_dir / "catalog.parquet"
     synthetic_catalog(range(first.start, added.stop)).to_parquet(catalog_path)
 

@@ -36,7 +36,12 @@ def synthetic(images: int, batch: int, seed: int) -> pd.DataFrame:
     hashes = rng.integers(0, 2**63, size=images, dtype=np.uint64)
     copies = np.arange(10, images, 10)
     sources = rng.integers(0, copies)
-    flips = [np.bitwise_or.reduce(np.left_shift(np.uint64(1), rng.choice(64, size=rng.integers(1, 9), replace=False).astype(np.uint64))) for _ in copies]
+    flips = [
+        np.bitwise_or.reduce(
+            np.left_shift(np.uint64(1), rng.choice(64, size=rng.integers(1, 9), replace=False).astype(np.uint64))
+        )
+        for _ in copies
+    ]
     hashes[copies] = hashes[sources] ^ np.array(flips, dtype=np.uint64)
     return pd.DataFrame({"image_id": [f"{i:016x}" for i in range(images)], "batch": [f"batch-{i // batch:05d}" for i in range(images)],
                          "dhash": pd.array(hashes, dtype="UInt64")})  # fmt: skip
@@ -59,7 +64,11 @@ def main() -> int:
     cache = Path(tempfile.mkdtemp(prefix="bench-near-"))
     rows = []
     try:
-        for name, table in (("full", before), ("again (nothing new)", before), (f"new batch of {args.batch:,}", catalog)):
+        for name, table in (
+            ("full", before),
+            ("again (nothing new)", before),
+            (f"new batch of {args.batch:,}", catalog),
+        ):
             start = time.perf_counter()
             pairs, searched = catalog_near_duplicates(table, cache, args.distance, args.workers)
             rows.append((name, time.perf_counter() - start, searched, len(pairs), peak_mib()))
@@ -72,8 +81,10 @@ def main() -> int:
         print(f"| {name} | {seconds:.1f} | {searched:,} | {n_pairs:,} | {peak:.0f} |")
     full, new = rows[0][1], rows[2][1]
     scale = 1_200_000 / args.images
-    print(f"\nat 1.2 M images (extrapolated): full search ~{full * scale**2 / 60:.0f} min on {cores} cores; "
-          f"a new batch of {args.batch:,} ~{new * scale:.0f} s; new batch / full here: {new / full:.3f}")
+    print(
+        f"\nat 1.2 M images (extrapolated): full search ~{full * scale**2 / 60:.0f} min on {cores} cores; "
+        f"a new batch of {args.batch:,} ~{new * scale:.0f} s; new batch / full here: {new / full:.3f}"
+    )
     return 0
 
 

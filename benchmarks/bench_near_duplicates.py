@@ -50,7 +50,9 @@ def jpeg(image: Image.Image, quality: int) -> Image.Image:
 
 
 def scaled(image: Image.Image, factor: float) -> Image.Image:
-    return image.resize((max(1, round(image.width * factor)), max(1, round(image.height * factor))), Image.Resampling.LANCZOS)
+    return image.resize(
+        (max(1, round(image.width * factor)), max(1, round(image.height * factor))), Image.Resampling.LANCZOS
+    )
 
 
 def cropped(image: Image.Image, share: float) -> Image.Image:
@@ -70,7 +72,9 @@ def watermarked(image: Image.Image) -> Image.Image:
     layer = Image.new("RGBA", image.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
     for row in range(4):
-        draw.text((image.width // 2, image.height * 3 // 4 + row * 12), "@fashion.daily.repost", fill=(255, 255, 255, 140))
+        draw.text(
+            (image.width // 2, image.height * 3 // 4 + row * 12), "@fashion.daily.repost", fill=(255, 255, 255, 140)
+        )
     return Image.alpha_composite(image.convert("RGBA"), layer).convert("RGB")
 
 
@@ -100,24 +104,50 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.bitwise_count(a ^ b).astype(np.int64)
 
 
-def report(name: str, positive: dict[str, np.ndarray], negative: np.ndarray, thresholds: list[float], fmt: Callable[[float], str]) -> None:
+def report(
+    name: str,
+    positive: dict[str, np.ndarray],
+    negative: np.ndarray,
+    thresholds: list[float],
+    fmt: Callable[[float], str],
+) -> None:
     print(f"\n### {name}\n")
-    print("| threshold | " + " | ".join(KINDS) + " | recall (mirror aside) | distinct pairs flagged | false pairs at 1.2 M images |")
+    print(
+        "| threshold | "
+        + " | ".join(KINDS)
+        + " | recall (mirror aside) | distinct pairs flagged | false pairs at 1.2 M images |"
+    )
     print("|---" * (len(KINDS) + 4) + "|")
     pairs_at_scale = 1.2e6 * (1.2e6 - 1) / 2
     for t in thresholds:
         recalls = [float((positive[k] <= t).mean()) for k in KINDS]
         overall = float(np.mean(np.concatenate([positive[k] for k in KINDS if k != "mirror"]) <= t))
         false_rate = float((negative <= t).mean())
-        print(f"| {fmt(t)} | " + " | ".join(f"{r:.2f}" for r in recalls) + f" | {overall:.3f} | {false_rate:.2e} | {false_rate * pairs_at_scale:,.0f} |")
+        print(
+            f"| {fmt(t)} | "
+            + " | ".join(f"{r:.2f}" for r in recalls)
+            + f" | {overall:.3f} | {false_rate:.2e} | {false_rate * pairs_at_scale:,.0f} |"
+        )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ccp", type=Path, default=ROOT.parent / "shared" / "datasets" / "ccp", help="folder with photos/")
+    parser.add_argument(
+        "--ccp", type=Path, default=ROOT.parent / "shared" / "datasets" / "ccp", help="folder with photos/"
+    )
     parser.add_argument("--originals", type=int, default=200, help="CCP photos to make re-posts of")
-    parser.add_argument("--checkpoint", type=Path, default=Path("models/linear/best.pt"), help="a trained model whose backbone embeds the photos (features stage)")
-    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/bench-near-duplicates"), help="where the re-posts are written (the embedding reads files)")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=Path("models/linear/best.pt"),
+        help="a trained model whose backbone embeds the photos (features stage)",
+    )
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=Path("/tmp/bench-near-duplicates"),
+        help="where the re-posts are written (the embedding reads files)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     photos = args.ccp / "photos"
@@ -150,12 +180,21 @@ def main() -> int:
     reposts = {k: np.array([index[(i, k)] for i in range(len(originals))]) for k in KINDS}
     a, b = np.triu_indices(len(originals), k=1)
     bit_thresholds = [0, 2, 4, 6, 8, 10, 12, 14, 16]
-    for name, hashes in (("dHash (ingest's), Hamming distance of 64 bits", dhash), ("pHash (DCT), Hamming distance of 64 bits", phash)):
+    for name, hashes in (
+        ("dHash (ingest's), Hamming distance of 64 bits", dhash),
+        ("pHash (DCT), Hamming distance of 64 bits", phash),
+    ):
         positive = {k: hamming(hashes[base], hashes[rows_of_kind]) for k, rows_of_kind in reposts.items()}
         report(name, positive, hamming(hashes[base[a]], hashes[base[b]]), bit_thresholds, lambda t: str(int(t)))
     positive = {k: 1 - (embedding[base] * embedding[rows_of_kind]).sum(axis=1) for k, rows_of_kind in reposts.items()}
     negative = 1 - (embedding[base[a]] * embedding[base[b]]).sum(axis=1)
-    report("backbone embedding (pooled features), cosine distance", positive, negative, [0.01, 0.02, 0.03, 0.05, 0.08, 0.1, 0.15], lambda t: f"{t:.2f}")
+    report(
+        "backbone embedding (pooled features), cosine distance",
+        positive,
+        negative,
+        [0.01, 0.02, 0.03, 0.05, 0.08, 0.1, 0.15],
+        lambda t: f"{t:.2f}",
+    )
     print(f"\n{len(originals)} originals, {len(originals) * len(KINDS)} re-posts, {len(a):,} distinct pairs")
     return 0
 

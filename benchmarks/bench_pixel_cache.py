@@ -51,7 +51,9 @@ def decode_only(path: Path, height: int, width: int) -> None:
     load_resized(path, height, width)
 
 
-def decode_rate(work: Callable[[Path, int, int], None], paths: list[Path], height: int, width: int, workers: int) -> float:
+def decode_rate(
+    work: Callable[[Path, int, int], None], paths: list[Path], height: int, width: int, workers: int
+) -> float:
     """images/s of `work` over `paths` on `workers` processes."""
     task = partial(work, height=height, width=width)
     start = time.perf_counter()
@@ -88,7 +90,9 @@ def bench_photo_set(name: str, paths: list[Path], height: int, width: int, repea
     """Print baselines A and B, the cache build against both, and the read-back rate for one photo set."""
     photos, catalog, cores = paths[0].parent, catalog_of(paths), os.cpu_count() or 1
     with Image.open(paths[0]) as first:
-        print(f"\n{name}: {len(catalog)} photos ({first.size[0]} x {first.size[1]}), cache {height}x{width}, best of {repeats}")
+        print(
+            f"\n{name}: {len(catalog)} photos ({first.size[0]} x {first.size[1]}), cache {height}x{width}, best of {repeats}"
+        )
     best: dict[str, float] = {}
     for _ in range(repeats):
         for workers in (1, cores):
@@ -102,8 +106,10 @@ def bench_photo_set(name: str, paths: list[Path], height: int, width: int, repea
     for workers in (1, cores):
         where = "1 core" if workers == 1 else f"{cores} processes"
         build, a, b = best[f"build{workers}"], best[f"A{workers}"], best[f"B{workers}"]
-        print(f"  {where:>12}: A DataLoader-style PIL {a:7.1f} images/s | B decode only {b:7.1f} | "
-              f"cache build {build:7.1f} = {build / a:.2f}x A, {build / b:.2f}x B")
+        print(
+            f"  {where:>12}: A DataLoader-style PIL {a:7.1f} images/s | B decode only {b:7.1f} | "
+            f"cache build {build:7.1f} = {build / a:.2f}x A, {build / b:.2f}x B"
+        )
     store = PixelStore(work_dir / f"w{cores}")
     ids, rng = list(catalog["image_id"]), np.random.default_rng(0)
     start = time.perf_counter()
@@ -111,7 +117,9 @@ def bench_photo_set(name: str, paths: list[Path], height: int, width: int, repea
         store.get(list(rng.choice(ids, min(128, len(ids)), replace=False)))
     print(f"  read back, random batches of 128: {20 * min(128, len(ids)) / (time.perf_counter() - start):.0f} images/s")
     size = sum(p.stat().st_size for p in (work_dir / f"w{cores}").glob("*.npy"))
-    print(f"  store: {size / 1e6:.0f} MB for {len(catalog)} images = {size / len(catalog) * 10_000 / 1e9:.2f} GB per 10,000 images")
+    print(
+        f"  store: {size / 1e6:.0f} MB for {len(catalog)} images = {size / len(catalog) * 10_000 / 1e9:.2f} GB per 10,000 images"
+    )
 
 
 def main() -> int:
@@ -120,7 +128,12 @@ def main() -> int:
     parser.add_argument("--height", type=int, default=448, help="cached height (px)")
     parser.add_argument("--width", type=int, default=448, help="cached width (px)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each measurement; the best counts")
-    parser.add_argument("--sns-photos", type=int, default=400, help=f"photos scaled up to {SNS_SIZE[0]} x {SNS_SIZE[1]} for the second set (0: skip it)")
+    parser.add_argument(
+        "--sns-photos",
+        type=int,
+        default=400,
+        help=f"photos scaled up to {SNS_SIZE[0]} x {SNS_SIZE[1]} for the second set (0: skip it)",
+    )
     args = parser.parse_args()
     if not args.photos.is_dir():
         print(f"bench_pixel_cache: {args.photos} not found; needs the shared CCP photos", file=sys.stderr)
@@ -131,7 +144,14 @@ def main() -> int:
         bench_photo_set("CCP photos as they are", paths, args.height, args.width, args.repeats, Path(tmp) / "ccp")
         if args.sns_photos:
             sns = write_sns_sized(paths[: args.sns_photos], Path(tmp) / "sns-photos")
-            bench_photo_set(f"CCP photos scaled up to SNS size {SNS_SIZE[0]} x {SNS_SIZE[1]}", sns, args.height, args.width, args.repeats, Path(tmp) / "sns")
+            bench_photo_set(
+                f"CCP photos scaled up to SNS size {SNS_SIZE[0]} x {SNS_SIZE[1]}",
+                sns,
+                args.height,
+                args.width,
+                args.repeats,
+                Path(tmp) / "sns",
+            )
     return 0
 
 

@@ -31,14 +31,29 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def add_arguments(parser: argparse.ArgumentParser, work_dir: str, models: str | None = None) -> None:
     """The options every CCP benchmark takes (`models`: the default of --models; None = every model of params.yaml)."""
-    parser.add_argument("--ccp", type=Path, default=ROOT.parent / "shared" / "datasets" / "ccp", help="folder with photos/ and labels.csv")
-    parser.add_argument("--work-dir", type=Path, default=Path(work_dir), help="where every intermediate file and the report go")
+    parser.add_argument(
+        "--ccp",
+        type=Path,
+        default=ROOT.parent / "shared" / "datasets" / "ccp",
+        help="folder with photos/ and labels.csv",
+    )
+    parser.add_argument(
+        "--work-dir", type=Path, default=Path(work_dir), help="where every intermediate file and the report go"
+    )
     parser.add_argument("--top-k", type=int, default=10, help="label subset: the K most frequent tags (split.top_k)")
     parser.add_argument("--drop-tags", default="skin,hair", help="comma-separated tags removed before anything else")
     parser.add_argument("--backbone", default=None, help="override features.backbone (training/backbones.py)")
     parser.add_argument("--image-size", type=int, default=None, help="override features.image_size (px)")
-    parser.add_argument("--models", default=models, help="comma-separated model names of params.yaml to train" + ("" if models else " (default: all)"))
-    parser.add_argument("--reuse-features", action="store_true", help="keep the features cache of an earlier run (default: extract everything, to time it)")
+    parser.add_argument(
+        "--models",
+        default=models,
+        help="comma-separated model names of params.yaml to train" + ("" if models else " (default: all)"),
+    )
+    parser.add_argument(
+        "--reuse-features",
+        action="store_true",
+        help="keep the features cache of an earlier run (default: extract everything, to time it)",
+    )
 
 
 def run_stage(name: str, main: Callable[[list[str]], int], argv: list[str]) -> None:
@@ -77,7 +92,11 @@ def write_params(work: Path, taxonomy: Path, args: argparse.Namespace, seed: int
     params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
     params["taxonomy"] = str(taxonomy)
     params["split"]["top_k"] = args.top_k
-    params["features"] |= {"maps": maps} | ({"backbone": args.backbone} if args.backbone else {}) | ({"image_size": args.image_size} if args.image_size else {})
+    params["features"] |= (
+        {"maps": maps}
+        | ({"backbone": args.backbone} if args.backbone else {})
+        | ({"image_size": args.image_size} if args.image_size else {})
+    )
     params["train"]["seed"] = seed
     if args.models:
         params["models"] = {name: params["models"][name] for name in args.models.split(",")}
@@ -121,25 +140,52 @@ class Prepared:
 def prepare(args: argparse.Namespace, n_seeds: int, name: str) -> Prepared:
     """Import, split, graph and features for the CCP benchmark `name` (its error messages start with it)."""
     if not (args.ccp / "labels.csv").is_file() or not (args.ccp / "photos").is_dir():
-        raise SystemExit(f"{name}: {args.ccp} does not hold the CCP dataset (labels.csv and photos/); pass its folder with --ccp")
+        raise SystemExit(
+            f"{name}: {args.ccp} does not hold the CCP dataset (labels.csv and photos/); pass its folder with --ccp"
+        )
     work = args.work_dir
     work.mkdir(parents=True, exist_ok=True)
     labels, catalog, taxonomy = stage_inputs(args.ccp, work, {t for t in args.drop_tags.split(",") if t})
     base_seed = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))["train"]["seed"]
-    maps = any(spec.spatial for spec in load_model_specs(write_params(work, taxonomy, args, base_seed, maps=False)).values())
+    maps = any(
+        spec.spatial for spec in load_model_specs(write_params(work, taxonomy, args, base_seed, maps=False)).values()
+    )
     seeds = [base_seed + i for i in range(n_seeds)]
     data = {name: work / name for name in ("dataset.parquet", "label_subset.json", "label_graph.npz", "features.npz")}
-    common = ["--dataset", str(data["dataset.parquet"]), "--label-subset", str(data["label_subset.json"]), "--crawl-dir", str(args.ccp / "photos")]
-    prepared = Prepared(work, seeds, {seed: write_params(work, taxonomy, args, seed, maps) for seed in seeds}, data, common)
+    common = [
+        "--dataset",
+        str(data["dataset.parquet"]),
+        "--label-subset",
+        str(data["label_subset.json"]),
+        "--crawl-dir",
+        str(args.ccp / "photos"),
+    ]
+    prepared = Prepared(
+        work, seeds, {seed: write_params(work, taxonomy, args, seed, maps) for seed in seeds}, data, common
+    )
     (work / "splits.parquet").unlink(missing_ok=True)
     stage_argv = curation_argv(work, labels, catalog, prepared.params[base_seed])
     prepared.timed("split", split.main, stage_argv["split"])
     prepared.timed("graph", graph.main, stage_argv["graph"])
     if not args.reuse_features:
         shutil.rmtree(work / "features_cache", ignore_errors=True)  # time a full extraction, not a cache read
-    prepared.timed("features", features.main, [*common, "--out", str(data["features.npz"]), "--cache-dir", str(work / "features_cache"), "--params", str(prepared.params[base_seed])])
+    prepared.timed(
+        "features",
+        features.main,
+        [
+            *common,
+            "--out",
+            str(data["features.npz"]),
+            "--cache-dir",
+            str(work / "features_cache"),
+            "--params",
+            str(prepared.params[base_seed]),
+        ],
+    )
     return prepared
 
 
 def timing_table(timings: dict[str, float], note: str = "") -> str:
-    return f"| stage | seconds{note} |\n|---|---|\n" + "\n".join(f"| {name} | {seconds:.1f} |" for name, seconds in timings.items())
+    return f"| stage | seconds{note} |\n|---|---|\n" + "\n".join(
+        f"| {name} | {seconds:.1f} |" for name, seconds in timings.items()
+    )

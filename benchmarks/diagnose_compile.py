@@ -34,8 +34,8 @@ from itertools import islice
 from pathlib import Path
 
 import torch
-
 from bench_ccp_finetune import MLGCN, VARIANTS, add_model_arguments, build_pixels, variant_params
+
 from pipeline.settings import load_section
 from training import train
 from training.models import ModelSpec
@@ -68,11 +68,17 @@ def compiled(model: torch.nn.Module, config: Config) -> torch.nn.Module:
     if config.scope == "model":
         return torch.compile(model, backend=config.backend, dynamic=config.dynamic)
     if config.scope is not None:
-        setattr(model, config.scope, torch.compile(getattr(model, config.scope), backend=config.backend, dynamic=config.dynamic))
+        setattr(
+            model,
+            config.scope,
+            torch.compile(getattr(model, config.scope), backend=config.backend, dynamic=config.dynamic),
+        )
     return model
 
 
-def step_losses(config: Config, settings: train.TrainSettings, paths: argparse.Namespace, steps: int, seed: int) -> tuple[list[float], float, float]:
+def step_losses(
+    config: Config, settings: train.TrainSettings, paths: argparse.Namespace, steps: int, seed: int
+) -> tuple[list[float], float, float]:
     """Loss of each of the first `steps` optimizer steps (stops at the first non-finite one), of a step on the epoch's last batch, and the seconds taken."""
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     train.seed_everything(seed)
@@ -91,30 +97,51 @@ def step_losses(config: Config, settings: train.TrainSettings, paths: argparse.N
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Full description: the module docstring (benchmarks/diagnose_compile.py).")
-    parser.add_argument("--ccp", type=Path, required=True, help="folder with photos/ (as given to bench_ccp_finetune.py prepare)")
-    parser.add_argument("--work-dir", type=Path, required=True, help="a work dir written by bench_ccp_finetune.py prepare")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Full description: the module docstring (benchmarks/diagnose_compile.py).",
+    )
+    parser.add_argument(
+        "--ccp", type=Path, required=True, help="folder with photos/ (as given to bench_ccp_finetune.py prepare)"
+    )
+    parser.add_argument(
+        "--work-dir", type=Path, required=True, help="a work dir written by bench_ccp_finetune.py prepare"
+    )
     add_model_arguments(parser)
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps per configuration (batch 32)")
     parser.add_argument("--configs", default="", help="comma-separated indices into the list above (default: all)")
     args = parser.parse_args()
     work, photos = args.work_dir, args.ccp / "photos"
     build_pixels(work, photos, args.size)
-    params = variant_params(work, "diagnose", VARIANTS["fast_bf16_b32"], argparse.Namespace(**vars(args), epochs=1, seed=None, fast_warmup_epochs=0, cpu_bf16=False))
+    params = variant_params(
+        work,
+        "diagnose",
+        VARIANTS["fast_bf16_b32"],
+        argparse.Namespace(**vars(args), epochs=1, seed=None, fast_warmup_epochs=0, cpu_bf16=False),
+    )
     settings = load_section(train.TrainSettings, "train", params)
     paths = argparse.Namespace(label_subset=work / "label_subset.json", graph=work / "label_graph.npz", dataset=work / "dataset.parquet",
                                features=work / "unused.npz", crawl_dir=photos, pixel_cache=work / "pixels", params=params)  # fmt: skip
     chosen = [CONFIGS[int(i)] for i in args.configs.split(",") if i] or list(CONFIGS)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    print(f"{device}, torch {torch.__version__}: {args.backbone} @ {args.size} px, ML-GCN, batch {settings.batch_size}, {args.steps} steps\n")
+    print(
+        f"{device}, torch {torch.__version__}: {args.backbone} @ {args.size} px, ML-GCN, batch {settings.batch_size}, {args.steps} steps\n"
+    )
     shown = [s for s in SHOWN_STEPS if s <= args.steps]
-    print("| configuration | " + " | ".join(f"step {s}" for s in shown) + " | first non-finite step | last (smaller) batch | seconds |")
+    print(
+        "| configuration | "
+        + " | ".join(f"step {s}" for s in shown)
+        + " | first non-finite step | last (smaller) batch | seconds |"
+    )
     print("|---" * (len(shown) + 4) + "|")
     for config in chosen:
         losses, ragged, seconds = step_losses(config, settings, paths, args.steps, settings.seed)
         bad = next((i + 1 for i, loss in enumerate(losses) if not math.isfinite(loss)), None)
         cells = [f"{losses[s - 1]:.4f}" if s <= len(losses) else "-" for s in shown]
-        print(f"| {config.name} | " + " | ".join(cells) + f" | {bad or 'none'} | {ragged:.4f} | {seconds:.1f} |", flush=True)
+        print(
+            f"| {config.name} | " + " | ".join(cells) + f" | {bad or 'none'} | {ragged:.4f} | {seconds:.1f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

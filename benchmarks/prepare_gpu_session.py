@@ -35,7 +35,9 @@ CARRY_LIMIT = 64 * 2**20
 def scaled_copy(source: Path, target: Path, short_side: int) -> None:
     image = ImageOps.exif_transpose(Image.open(source)).convert("RGB")
     factor = short_side / min(image.size)
-    image.resize((round(image.width * factor), round(image.height * factor)), Image.Resampling.BICUBIC).save(target, quality=85)
+    image.resize((round(image.width * factor), round(image.height * factor)), Image.Resampling.BICUBIC).save(
+        target, quality=85
+    )
 
 
 def folder_bytes(folder: Path) -> int:
@@ -43,11 +45,26 @@ def folder_bytes(folder: Path) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Full description: the module docstring (benchmarks/prepare_gpu_session.py).")
-    parser.add_argument("--ccp", type=Path, default=ROOT.parent / "shared" / "datasets" / "ccp", help="folder with photos/ and labels.csv")
-    parser.add_argument("--out", type=Path, default=ROOT / "shared-data", help="git-ignored folder to write (carried to the GPU machine)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Full description: the module docstring (benchmarks/prepare_gpu_session.py).",
+    )
+    parser.add_argument(
+        "--ccp",
+        type=Path,
+        default=ROOT.parent / "shared" / "datasets" / "ccp",
+        help="folder with photos/ and labels.csv",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "shared-data",
+        help="git-ignored folder to write (carried to the GPU machine)",
+    )
     parser.add_argument("--speed-photos", type=int, default=200, help="original photos for the speed benchmark")
-    parser.add_argument("--short-side", type=int, default=224, help="px of the scaled photos for the accuracy benchmark")
+    parser.add_argument(
+        "--short-side", type=int, default=224, help="px of the scaled photos for the accuracy benchmark"
+    )
     args = parser.parse_args()
     photos = sorted((args.ccp / "photos").glob("*.jpg"))
     if not photos:
@@ -67,9 +84,22 @@ def main() -> int:
     torch.save(weights, args.out / "lite0-imagenet-fp16.pth")
     work = args.out / "ccp-finetune"
     shutil.rmtree(work, ignore_errors=True)
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_ccp_finetune.py"), "prepare", "--ccp", str(small.parent), "--work-dir", str(work)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_ccp_finetune.py"),
+            "prepare",
+            "--ccp",
+            str(small.parent),
+            "--work-dir",
+            str(work),
+        ],
+        check=True,
+    )
     total = folder_bytes(args.out)
-    print(f"{args.out}: {total / 2**20:.1f} MiB ({'fits' if total < CARRY_LIMIT - 4 * 2**20 else 'TOO LARGE for'} the 64 MiB carry with the repository)")
+    print(
+        f"{args.out}: {total / 2**20:.1f} MiB ({'fits' if total < CARRY_LIMIT - 4 * 2**20 else 'TOO LARGE for'} the 64 MiB carry with the repository)"
+    )
     return 0
 
 

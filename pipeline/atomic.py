@@ -50,7 +50,9 @@ def storage_errors(target: Path) -> Iterator[None]:
     except OSError as exc:
         if exc.errno not in STORAGE_ERRORS:
             raise
-        raise OutputError(f"{target}: cannot write it ({os.strerror(exc.errno)}); {STORAGE_ERRORS[exc.errno]}. The previous {target.name}, if any, is unchanged") from exc
+        raise OutputError(
+            f"{target}: cannot write it ({os.strerror(exc.errno)}); {STORAGE_ERRORS[exc.errno]}. The previous {target.name}, if any, is unchanged"
+        ) from exc
 
 
 def _umask() -> int:

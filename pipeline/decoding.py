@@ -56,7 +56,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 @functools.cache
 def _lab_to_srgb() -> ImageCms.ImageCmsTransform:
-    return ImageCms.buildTransformFromOpenProfiles(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB")
+    return ImageCms.buildTransformFromOpenProfiles(
+        ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB"
+    )
 
 
 @contextmanager

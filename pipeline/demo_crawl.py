@@ -33,7 +33,7 @@ import struct
 import sys
 import zlib
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -281,31 +281,59 @@ def draw_person(rng: random.Random, img: Image.Image, outfit: Outfit) -> None:
     head_r = 17 * s
     hx, hy = at(0, 20)
     long_hair = rng.random() < 0.5
-    d.ellipse([hx - head_r - 3, hy - head_r - 3, hx + head_r + 3, hy + (head_r * 2.4 if long_hair else head_r * 0.3)], fill=hair)
+    d.ellipse(
+        [hx - head_r - 3, hy - head_r - 3, hx + head_r + 3, hy + (head_r * 2.4 if long_hair else head_r * 0.3)],
+        fill=hair,
+    )
     d.ellipse([hx - head_r, hy - head_r, hx + head_r, hy + head_r], fill=skin)
     d.rectangle([*at(-5, 36), *at(5, 44)], fill=skin)  # neck
 
     fabric_top = pattern_fill(rng, outfit.pattern, outfit.primary, outfit.accent, img.size)
-    fabric_bottom = pattern_fill(rng, "solid" if outfit.pattern != "solid" and rng.random() < 0.6 else outfit.pattern, outfit.accent, outfit.primary, img.size)
+    fabric_bottom = pattern_fill(
+        rng,
+        "solid" if outfit.pattern != "solid" and rng.random() < 0.6 else outfit.pattern,
+        outfit.accent,
+        outfit.primary,
+        img.size,
+    )
     waist = 150 if outfit.top == "crop" else 165 if outfit.top != "trench" else 215
     hem = {"shorts": 205, "mini_skirt": 200, "midi_skirt": 245, "maxi_skirt": 285, "dress": 235}.get(outfit.bottom, 285)
 
     # legs and shoes (drawn first; garments cover them)
     for side in (-1, 1):
         d.rectangle([*at(side * 14 - 6, 180), *at(side * 14 + 6, 288)], fill=skin)
-        shoe = {"heels": (8, 6), "boots": (10, 30), "sneakers": (13, 9), "loafers": (11, 7), "sandals": (10, 4)}[outfit.shoes]
-        shoe_colour = (250, 250, 250) if outfit.shoes == "sneakers" else (30, 25, 20) if outfit.shoes == "boots" else outfit.accent
+        shoe = {"heels": (8, 6), "boots": (10, 30), "sneakers": (13, 9), "loafers": (11, 7), "sandals": (10, 4)}[
+            outfit.shoes
+        ]
+        shoe_colour = (
+            (250, 250, 250)
+            if outfit.shoes == "sneakers"
+            else (30, 25, 20)
+            if outfit.shoes == "boots"
+            else outfit.accent
+        )
         d.rectangle([*at(side * 14 - shoe[0], 290 - shoe[1]), *at(side * 14 + shoe[0], 292)], fill=shoe_colour)
 
     # bottom garment
     if outfit.bottom in ("jeans", "slim_pants", "wide_pants", "cargo", "shorts"):
         flare = {"wide_pants": 10, "cargo": 6}.get(outfit.bottom, 0)
-        bottom_fabric = pattern_fill(rng, "solid", (60, 90, 150), (40, 60, 110), img.size) if outfit.bottom == "jeans" else fabric_bottom
+        bottom_fabric = (
+            pattern_fill(rng, "solid", (60, 90, 150), (40, 60, 110), img.size)
+            if outfit.bottom == "jeans"
+            else fabric_bottom
+        )
         for side in (-1, 1):
-            draw_garment(img, [at(side * 2, 160), at(side * 26, 160), at(side * (26 + flare), hem), at(side * (4 - flare / 2), hem)], bottom_fabric)
+            draw_garment(
+                img,
+                [at(side * 2, 160), at(side * 26, 160), at(side * (26 + flare), hem), at(side * (4 - flare / 2), hem)],
+                bottom_fabric,
+            )
         if outfit.bottom == "cargo":
             for side in (-1, 1):
-                d.rectangle([*at(side * 24 - 5, 215), *at(side * 24 + 5, 232)], fill=tuple(max(0, c - 30) for c in outfit.accent))
+                d.rectangle(
+                    [*at(side * 24 - 5, 215), *at(side * 24 + 5, 232)],
+                    fill=tuple(max(0, c - 30) for c in outfit.accent),
+                )
     else:
         spread = {"mini_skirt": 34, "midi_skirt": 42, "maxi_skirt": 50, "dress": 40}[outfit.bottom]
         skirt_fabric = fabric_top if outfit.bottom == "dress" else fabric_bottom
@@ -315,8 +343,19 @@ def draw_person(rng: random.Random, img: Image.Image, outfit: Outfit) -> None:
     shoulders = 36 if outfit.top in ("blazer", "jacket", "trench", "hoodie") else 31
     sleeve_end = 95 if outfit.top in ("tee", "crop") else 150
     for side in (-1, 1):
-        draw_garment(img, [at(side * (shoulders - 6), 48), at(side * (shoulders + 2), 52), at(side * (shoulders + 12), sleeve_end), at(side * (shoulders - 1), sleeve_end + 2)], fabric_top)
-        d.ellipse([*at(side * (shoulders + 6) - 5, sleeve_end), *at(side * (shoulders + 6) + 5, sleeve_end + 10)], fill=skin)
+        draw_garment(
+            img,
+            [
+                at(side * (shoulders - 6), 48),
+                at(side * (shoulders + 2), 52),
+                at(side * (shoulders + 12), sleeve_end),
+                at(side * (shoulders - 1), sleeve_end + 2),
+            ],
+            fabric_top,
+        )
+        d.ellipse(
+            [*at(side * (shoulders + 6) - 5, sleeve_end), *at(side * (shoulders + 6) + 5, sleeve_end + 10)], fill=skin
+        )
     draw_garment(img, [at(-shoulders, 46), at(shoulders, 46), at(28, waist), at(-28, waist)], fabric_top)
     if outfit.top in ("blazer", "trench", "jacket"):  # lapels / open front
         d.line([at(0, 46), at(-10, 95)], fill=outfit.accent, width=max(1, int(3 * s)))
@@ -386,7 +425,9 @@ def decompression_bomb_png(side: int = 40_000) -> bytes:
 
     header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # 1-bit greyscale
     row = b"\x00" * (1 + side // 8)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(row * 64, 9)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(row * 64, 9)) + chunk(b"IEND", b"")
+    )
 
 
 def corrupt_jpeg(rng: random.Random, good: bytes) -> bytes:
@@ -430,7 +471,9 @@ def make_photo(settings: DemoSettings, names: list[str], batch_index: int, index
     return DemoPhoto(file=name, data=jpeg_bytes(img, quality=rng.randint(72, 94)), main=main, subs=subs)
 
 
-def tricky_files(settings: DemoSettings, names: list[str], batch_index: int, photos: list[DemoPhoto]) -> list[DemoPhoto]:
+def tricky_files(
+    settings: DemoSettings, names: list[str], batch_index: int, photos: list[DemoPhoto]
+) -> list[DemoPhoto]:
     """The files a real crawl delivers besides clean photos (see module docstring)."""
     rng = photo_rng(settings.seed, batch_index, -1)
     base = photos[0]
@@ -445,12 +488,24 @@ def tricky_files(settings: DemoSettings, names: list[str], batch_index: int, pho
         reposted = photos[1]
     tiny = Image.open(io.BytesIO(base.data)).resize((40, 54))
     return [
-        DemoPhoto(f"cmyk_{cmyk_photo.file}", jpeg_bytes(Image.open(io.BytesIO(cmyk_photo.data)).convert("CMYK"), 90), cmyk_photo.main, cmyk_photo.subs),
-        DemoPhoto(f"exif6_{rotated_photo.file}", jpeg_bytes(upright.transpose(Image.Transpose.ROTATE_90), 90, exif=exif), rotated_photo.main, rotated_photo.subs),
+        DemoPhoto(
+            f"cmyk_{cmyk_photo.file}",
+            jpeg_bytes(Image.open(io.BytesIO(cmyk_photo.data)).convert("CMYK"), 90),
+            cmyk_photo.main,
+            cmyk_photo.subs,
+        ),
+        DemoPhoto(
+            f"exif6_{rotated_photo.file}",
+            jpeg_bytes(upright.transpose(Image.Transpose.ROTATE_90), 90, exif=exif),
+            rotated_photo.main,
+            rotated_photo.subs,
+        ),
         DemoPhoto(f"repost_{reposted.file}", reposted.data, reposted.main, reposted.subs),
         DemoPhoto("corrupt_0001.jpg", corrupt_jpeg(rng, base.data)),
         DemoPhoto("truncated_0001.jpg", base.data[: len(base.data) * 3 // 5]),
-        DemoPhoto("error_page_0001.jpg", b"<html><head><title>403 Forbidden</title></head><body>rate limited</body></html>\n"),
+        DemoPhoto(
+            "error_page_0001.jpg", b"<html><head><title>403 Forbidden</title></head><body>rate limited</body></html>\n"
+        ),
         DemoPhoto("thumb_0001.jpg", jpeg_bytes(tiny, 85)),
         DemoPhoto("bomb_0001.png", decompression_bomb_png()),
     ]
@@ -460,7 +515,9 @@ def batch_name(batch_index: int) -> str:
     return f"batch-{batch_index + 1:03d}"
 
 
-def label_studio_task(task_id: int, photo: DemoPhoto, batch: str, rng: random.Random, names: list[str], posted: datetime) -> dict:
+def label_studio_task(
+    task_id: int, photo: DemoPhoto, batch: str, rng: random.Random, names: list[str], posted: datetime
+) -> dict:
     """One task as Label Studio's JSON export writes it (choices for main and sub-styles)."""
     opinions = [(photo.main, photo.subs)]
     for p in EXTRA_ANNOTATOR_P:
@@ -471,10 +528,26 @@ def label_studio_task(task_id: int, photo: DemoPhoto, batch: str, rng: random.Ra
     for n, ((main, subs), expert) in enumerate(zip(opinions, experts)):
         created = posted + timedelta(days=2, minutes=rng.randint(0, 600))
         result = [
-            {"id": f"m{task_id}-{n}", "type": "choices", "value": {"choices": [main]}, "origin": "manual", "to_name": "image", "from_name": "main_style"}
+            {
+                "id": f"m{task_id}-{n}",
+                "type": "choices",
+                "value": {"choices": [main]},
+                "origin": "manual",
+                "to_name": "image",
+                "from_name": "main_style",
+            }
         ]
         if subs:
-            result.append({"id": f"s{task_id}-{n}", "type": "choices", "value": {"choices": subs}, "origin": "manual", "to_name": "image", "from_name": "sub_styles"})
+            result.append(
+                {
+                    "id": f"s{task_id}-{n}",
+                    "type": "choices",
+                    "value": {"choices": subs},
+                    "origin": "manual",
+                    "to_name": "image",
+                    "from_name": "sub_styles",
+                }
+            )
         annotations.append(
             {
                 "id": task_id * 10 + n,
@@ -501,13 +574,18 @@ def label_studio_task(task_id: int, photo: DemoPhoto, batch: str, rng: random.Ra
     }
 
 
-def generate_batch(settings: DemoSettings, names: list[str], batch_index: int, crawl_dir: Path, exports_dir: Path) -> int:
+def generate_batch(
+    settings: DemoSettings, names: list[str], batch_index: int, crawl_dir: Path, exports_dir: Path
+) -> int:
     """Write one batch folder and its label export; returns the number of files."""
     batch = batch_name(batch_index)
-    photos = [make_photo(settings, names, batch_index, i) for i in tqdm(range(settings.images_per_batch), desc=f"demo {batch}", unit="img", leave=False, disable=None)]
+    photos = [
+        make_photo(settings, names, batch_index, i)
+        for i in tqdm(range(settings.images_per_batch), desc=f"demo {batch}", unit="img", leave=False, disable=None)
+    ]
     files = photos + tricky_files(settings, names, batch_index, photos)
     rng = photo_rng(settings.seed, batch_index, -2)
-    week_start = datetime(2019, 7, 1, tzinfo=timezone.utc) + timedelta(weeks=batch_index)
+    week_start = datetime(2019, 7, 1, tzinfo=UTC) + timedelta(weeks=batch_index)
     posted = [week_start + timedelta(seconds=rng.randrange(7 * 24 * 3600)) for _ in files]
     with atomic_dir(crawl_dir / batch) as tmp:
         for photo in files:
@@ -517,7 +595,14 @@ def generate_batch(settings: DemoSettings, names: list[str], batch_index: int, c
             writer.writerow(["file", "source", "post_id", "posted_at"])
             for photo, when in zip(files, posted):
                 known = [part for part in photo.file.split("_") if part in SOURCES]
-                writer.writerow([photo.file, known[0] if known else rng.choice(SOURCES), hashlib.sha1(photo.file.encode()).hexdigest()[:12], when.isoformat()])
+                writer.writerow(
+                    [
+                        photo.file,
+                        known[0] if known else rng.choice(SOURCES),
+                        hashlib.sha1(photo.file.encode()).hexdigest()[:12],
+                        when.isoformat(),
+                    ]
+                )
     seen: set[str] = set()
     tasks = []
     for photo, when in zip(files, posted):
@@ -531,7 +616,9 @@ def generate_batch(settings: DemoSettings, names: list[str], batch_index: int, c
     return len(files)
 
 
-def generate(settings: DemoSettings, names: list[str], crawl_dir: Path, exports_dir: Path, force: bool = False) -> list[str]:
+def generate(
+    settings: DemoSettings, names: list[str], crawl_dir: Path, exports_dir: Path, force: bool = False
+) -> list[str]:
     """Generate the missing batches (all of them with `force`); returns the batches written."""
     written = []
     for batch_index in range(settings.batches):
@@ -550,9 +637,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "plus the experts' labels as Label Studio JSON exports. Existing batches are kept, so raising "
         "--batches adds new ones (the way a real crawl grows). Sizes default to the 'demo' section of params.yaml.",
     )
-    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params.yaml with 'taxonomy', 'crawl' and 'demo' sections")
+    parser.add_argument(
+        "--params", type=Path, default=DEFAULT_PARAMS, help="params.yaml with 'taxonomy', 'crawl' and 'demo' sections"
+    )
     parser.add_argument("--batches", type=int, help="number of batches (default: demo.batches)")
-    parser.add_argument("--images-per-batch", type=int, help="clean photos per batch, besides the 8 tricky files (default: demo.images_per_batch)")
+    parser.add_argument(
+        "--images-per-batch",
+        type=int,
+        help="clean photos per batch, besides the 8 tricky files (default: demo.images_per_batch)",
+    )
     parser.add_argument("--seed", type=int, help="random seed (default: demo.seed)")
     parser.add_argument("--crawl-dir", type=Path, help="where batches go (default: crawl.dir)")
     parser.add_argument("--exports-dir", type=Path, help="where label exports go (default: crawl.label_exports)")
@@ -567,7 +660,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     params = load_params(args.params)
-    overrides = {k: v for k, v in {"batches": args.batches, "images_per_batch": args.images_per_batch, "seed": args.seed}.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {"batches": args.batches, "images_per_batch": args.images_per_batch, "seed": args.seed}.items()
+        if v is not None
+    }
     settings = DemoSettings(**{**params.demo.__dict__, **overrides})
     names = load_taxonomy(params.taxonomy).names
     unknown = sorted(set(names) - set(LOOKS))
@@ -576,7 +673,9 @@ def run(args: argparse.Namespace) -> int:
     crawl_dir = args.crawl_dir or params.crawl.dir
     exports_dir = args.exports_dir or params.crawl.label_exports
     written = generate(settings, names, crawl_dir, exports_dir, force=args.force)
-    print(f"demo_crawl: wrote {len(written)} batch(es) {written} to {crawl_dir} (labels in {exports_dir}); SYNTHETIC pictures")
+    print(
+        f"demo_crawl: wrote {len(written)} batch(es) {written} to {crawl_dir} (labels in {exports_dir}); SYNTHETIC pictures"
+    )
     return 0
 
 

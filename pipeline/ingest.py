@@ -31,7 +31,14 @@ import PIL
 import pyarrow as pa
 from tqdm import tqdm
 
-from pipeline.atomic import outputs_together, remove_leftover_temporaries, write_arrow, write_csv, write_json, write_parquet
+from pipeline.atomic import (
+    outputs_together,
+    remove_leftover_temporaries,
+    write_arrow,
+    write_csv,
+    write_json,
+    write_parquet,
+)
 from pipeline.cli import InputError, report_user_errors
 from pipeline.crawl import batch_folders, inside
 from pipeline.images import Inspected, content_id, inspect_image
@@ -70,7 +77,9 @@ class IngestCounts:
     duplicate_files: int = 0
     rejected: int = 0
     near_duplicate_pairs: int = 0
-    near_duplicate_searched: int = 0  # images searched against the catalog this run (the other batches' pairs are cached)
+    near_duplicate_searched: int = (
+        0  # images searched against the catalog this run (the other batches' pairs are cached)
+    )
 
 
 def list_batches(crawl_dir: Path) -> list[Path]:
@@ -81,7 +90,10 @@ def list_batches(crawl_dir: Path) -> list[Path]:
         )
     batches, outside = batch_folders(crawl_dir)
     for path in outside:
-        print(f"ingest: warning: {path} links to {os.path.realpath(path)}, outside the crawl folder: not read (copy the batch in instead)", file=sys.stderr)
+        print(
+            f"ingest: warning: {path} links to {os.path.realpath(path)}, outside the crawl folder: not read (copy the batch in instead)",
+            file=sys.stderr,
+        )
     return batches
 
 
@@ -101,7 +113,10 @@ def judge_entry(entry: os.DirEntry, crawl_root: str) -> tuple[os.stat_result | N
     try:
         entry.name.encode("utf-8")
     except UnicodeEncodeError:
-        return None, "file name is not valid UTF-8: rename the file (the catalog, Label Studio and DVC need UTF-8 paths)"
+        return (
+            None,
+            "file name is not valid UTF-8: rename the file (the catalog, Label Studio and DVC need UTF-8 paths)",
+        )
     try:
         own = entry.stat(follow_symlinks=False)
         if stat.S_ISLNK(own.st_mode):
@@ -109,9 +124,17 @@ def judge_entry(entry: os.DirEntry, crawl_root: str) -> tuple[os.stat_result | N
             try:
                 followed = os.stat(entry.path)
             except OSError as exc:
-                return None, "symlink loop" if exc.errno == errno.ELOOP else f"dangling symlink: its target {target} does not exist"
+                return (
+                    None,
+                    "symlink loop"
+                    if exc.errno == errno.ELOOP
+                    else f"dangling symlink: its target {target} does not exist",
+                )
             if not inside(target, crawl_root):
-                return None, f"symlink to {target}, outside the crawl folder: links may only point inside it (copy the file into the batch instead)"
+                return (
+                    None,
+                    f"symlink to {target}, outside the crawl folder: links may only point inside it (copy the file into the batch instead)",
+                )
             own = followed
     except OSError as exc:
         return None, f"cannot inspect the entry: {exc.strerror or exc}"
@@ -137,7 +160,11 @@ def stat_batch_files(batch_dir: Path, crawl_root: Path) -> tuple[pd.DataFrame, p
         else:
             files.append((entry.name, st.st_size, st.st_mtime_ns))
     listed = pd.DataFrame(files, columns=["file", "size", "mtime_ns"]).sort_values("file", ignore_index=True)
-    entries = pd.DataFrame(rejected, columns=["file", "reason"]).reindex(columns=list(FILE_COLUMNS)).assign(size=0, mtime_ns=0, header_only=False)
+    entries = (
+        pd.DataFrame(rejected, columns=["file", "reason"])
+        .reindex(columns=list(FILE_COLUMNS))
+        .assign(size=0, mtime_ns=0, header_only=False)
+    )
     return listed, entries.astype(FILE_COLUMNS)
 
 
@@ -161,7 +188,9 @@ def current_id(path: Path) -> str | None:
         return None
 
 
-def split_cached(files: pd.DataFrame, cache: pd.DataFrame, batch_dir: Path, max_pixels: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_cached(
+    files: pd.DataFrame, cache: pd.DataFrame, batch_dir: Path, max_pixels: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(rows reused from the cache, files that must be decoded).
 
     A file whose size matches but whose mtime changed (a fresh `dvc checkout` rewrites
@@ -173,13 +202,21 @@ def split_cached(files: pd.DataFrame, cache: pd.DataFrame, batch_dir: Path, max_
     """
     keyed = files.merge(cache, on=["file", "size"], how="left", suffixes=("", "_cached"))
     known = keyed["image_id"].notna().to_numpy()
-    admitted_now = (keyed["header_only"].eq(True) & (keyed["width"] * keyed["height"] <= max_pixels)).fillna(False).to_numpy(dtype=bool)
-    judged_by_another = (keyed["reason"].notna() & keyed["decoder"].ne(PIL.__version__)).fillna(False).to_numpy(dtype=bool)
+    admitted_now = (
+        (keyed["header_only"].eq(True) & (keyed["width"] * keyed["height"] <= max_pixels))
+        .fillna(False)
+        .to_numpy(dtype=bool)
+    )
+    judged_by_another = (
+        (keyed["reason"].notna() & keyed["decoder"].ne(PIL.__version__)).fillna(False).to_numpy(dtype=bool)
+    )
     reusable = known & ~admitted_now & ~judged_by_another  # decided first: files decoded anyway are not re-hashed first
     same_mtime = reusable & (keyed["mtime_ns"] == keyed["mtime_ns_cached"]).to_numpy()
     rehash = reusable & ~same_mtime
     same_bytes = rehash.copy()
-    same_bytes[rehash] = [current_id(batch_dir / name) == cached for name, cached in zip(keyed["file"][rehash], keyed["image_id"][rehash])]
+    same_bytes[rehash] = [
+        current_id(batch_dir / name) == cached for name, cached in zip(keyed["file"][rehash], keyed["image_id"][rehash])
+    ]
     reuse = same_mtime | same_bytes
     reused = keyed.loc[reuse, list(FILE_COLUMNS)].copy()
     reused.attrs["rehashed"] = int(same_bytes.sum())
@@ -218,7 +255,9 @@ def ingest_batch(
     table = table.astype(FILE_COLUMNS).sort_values("file", ignore_index=True)
     if not table.equals(cache.sort_values("file", ignore_index=True)):
         write_parquet(table, cache_path)
-    return pd.concat([table, entries], ignore_index=True) if len(entries) else table  # entries are judged afresh on every run
+    return (
+        pd.concat([table, entries], ignore_index=True) if len(entries) else table
+    )  # entries are judged afresh on every run
 
 
 def limit_reason(width: int, height: int, settings: IngestSettings) -> str | None:
@@ -236,9 +275,14 @@ def apply_limits(files: pd.DataFrame, settings: IngestSettings) -> pd.DataFrame:
     The test is vectorised over the whole history; reasons are written for the few that fail.
     """
     width, height = files["width"].astype("float64"), files["height"].astype("float64")
-    outside = files["reason"].isna() & ((width * height > settings.max_pixels) | (np.minimum(width, height) < settings.min_side))
+    outside = files["reason"].isna() & (
+        (width * height > settings.max_pixels) | (np.minimum(width, height) < settings.min_side)
+    )
     reasons = files["reason"].copy()
-    reasons[outside] = [limit_reason(int(w), int(h), settings) for w, h in zip(files.loc[outside, "width"], files.loc[outside, "height"])]
+    reasons[outside] = [
+        limit_reason(int(w), int(h), settings)
+        for w, h in zip(files.loc[outside, "width"], files.loc[outside, "height"])
+    ]
     return files.assign(reason=reasons)
 
 
@@ -250,7 +294,9 @@ def read_metadata(batch_dir: Path) -> pd.DataFrame:
     try:
         meta = pd.read_csv(path, dtype="string", encoding="utf-8-sig")
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not readable as UTF-8 CSV with the columns file,source,post_id,posted_at ({str(exc).strip()})") from None
+        raise InputError(
+            f"{path}: not readable as UTF-8 CSV with the columns file,source,post_id,posted_at ({str(exc).strip()})"
+        ) from None
     missing = {"file", *METADATA_COLUMNS} - set(meta.columns)
     if missing:
         raise InputError(f"{path}: metadata lacks columns {sorted(missing)}; expected file,source,post_id,posted_at")
@@ -264,10 +310,17 @@ def build_catalog(files: pd.DataFrame) -> pa.Table:
     `path` never changes when a later batch brings the same bytes again.
     """
     ok = files[files["reason"].isna()].sort_values(["image_id", "batch", "file"], ignore_index=True)
-    starts = np.flatnonzero(np.r_[True, ok["image_id"].to_numpy()[1:] != ok["image_id"].to_numpy()[:-1]]) if len(ok) else np.array([], dtype=int)
+    starts = (
+        np.flatnonzero(np.r_[True, ok["image_id"].to_numpy()[1:] != ok["image_id"].to_numpy()[:-1]])
+        if len(ok)
+        else np.array([], dtype=int)
+    )
     first = ok.iloc[starts].reset_index(drop=True)
     source_struct = pa.StructArray.from_arrays(
-        [pa.array(ok[c].astype("string").to_numpy(dtype=object, na_value=None), type=pa.string()) for c in ["batch", "file", *METADATA_COLUMNS]],
+        [
+            pa.array(ok[c].astype("string").to_numpy(dtype=object, na_value=None), type=pa.string())
+            for c in ["batch", "file", *METADATA_COLUMNS]
+        ],
         names=["batch", "file", *METADATA_COLUMNS],
     )
     offsets = pa.array(np.r_[starts, len(ok)].astype(np.int32))
@@ -320,12 +373,21 @@ def ingest(
     for stale in set(cache_dir.glob("*.parquet")) - {cache_dir / f"{b.name}.parquet" for b in batches}:
         stale.unlink()  # a batch removed from the crawl leaves the catalog too
 
-    files = pd.concat(tables, ignore_index=True) if tables else empty_table(FILE_COLUMNS).assign(batch=pd.Series(dtype="string"))
+    files = (
+        pd.concat(tables, ignore_index=True)
+        if tables
+        else empty_table(FILE_COLUMNS).assign(batch=pd.Series(dtype="string"))
+    )
     files = apply_limits(files, settings)
     catalog = build_catalog(files)
-    rejects = files.loc[files["reason"].notna(), ["batch", "file", "reason"]].sort_values(["batch", "file"], ignore_index=True)
+    rejects = files.loc[files["reason"].notna(), ["batch", "file", "reason"]].sort_values(
+        ["batch", "file"], ignore_index=True
+    )
     near, counts.near_duplicate_searched = catalog_near_duplicates(
-        catalog.select(["image_id", "batch", "dhash"]).to_pandas(), cache_dir / "near", settings.near_duplicate_distance, settings.workers
+        catalog.select(["image_id", "batch", "dhash"]).to_pandas(),
+        cache_dir / "near",
+        settings.near_duplicate_distance,
+        settings.workers,
     )
     counts.files = len(files)
     counts.images = catalog.num_rows
@@ -342,13 +404,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "Batches already ingested are served from the per-batch cache, so a new batch costs "
         "work in proportion to its own size. Bad files go to the rejects file; the run continues.",
     )
-    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params.yaml to read the 'ingest' and 'crawl' sections from")
+    parser.add_argument(
+        "--params", type=Path, default=DEFAULT_PARAMS, help="params.yaml to read the 'ingest' and 'crawl' sections from"
+    )
     parser.add_argument("--crawl-dir", type=Path, help="folder of crawl batches (default: crawl.dir in params)")
-    parser.add_argument("--cache-dir", type=Path, default=Path("data/ingest/batches"), help="per-batch decode results (reused across runs)")
-    parser.add_argument("--catalog", type=Path, default=Path("data/catalog.parquet"), help="output: one row per unique image")
-    parser.add_argument("--rejects", type=Path, default=Path("data/ingest/rejects.csv"), help="output: batch, file, reason of every rejected file")
-    parser.add_argument("--near-duplicates", type=Path, default=Path("data/ingest/near_duplicates.parquet"), help="output: image pairs with close perceptual hashes")
-    parser.add_argument("--metrics", type=Path, default=Path("metrics/ingest.json"), help="output: counts for `dvc metrics show`")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path("data/ingest/batches"),
+        help="per-batch decode results (reused across runs)",
+    )
+    parser.add_argument(
+        "--catalog", type=Path, default=Path("data/catalog.parquet"), help="output: one row per unique image"
+    )
+    parser.add_argument(
+        "--rejects",
+        type=Path,
+        default=Path("data/ingest/rejects.csv"),
+        help="output: batch, file, reason of every rejected file",
+    )
+    parser.add_argument(
+        "--near-duplicates",
+        type=Path,
+        default=Path("data/ingest/near_duplicates.parquet"),
+        help="output: image pairs with close perceptual hashes",
+    )
+    parser.add_argument(
+        "--metrics", type=Path, default=Path("metrics/ingest.json"), help="output: counts for `dvc metrics show`"
+    )
     return parser.parse_args(argv)
 
 

@@ -32,7 +32,9 @@ def empty_pairs() -> pd.DataFrame:
     return empty_table(PAIR_COLUMNS)
 
 
-def close_pairs(queries: np.ndarray, catalog: np.ndarray, max_distance: int, workers: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def close_pairs(
+    queries: np.ndarray, catalog: np.ndarray, max_distance: int, workers: int = 1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(query index, catalog index, distance) of every query-catalog pair within `max_distance` bits."""
     queries, catalog = queries.astype(np.uint64), catalog.astype(np.uint64)
 
@@ -54,13 +56,17 @@ def close_pairs(queries: np.ndarray, catalog: np.ndarray, max_distance: int, wor
     return a, b, d
 
 
-def near_duplicate_pairs(image_ids: np.ndarray, hashes: np.ndarray, max_distance: int, workers: int = 1) -> pd.DataFrame:
+def near_duplicate_pairs(
+    image_ids: np.ndarray, hashes: np.ndarray, max_distance: int, workers: int = 1
+) -> pd.DataFrame:
     """Pairs of distinct images (each pair once, a before b in input order) within `max_distance` bits."""
     if max_distance < 0 or len(hashes) < 2:
         return empty_pairs()
     a, b, d = close_pairs(hashes, hashes, max_distance, workers)
     keep = a < b
-    return pd.DataFrame({"image_id_a": image_ids[a[keep]], "image_id_b": image_ids[b[keep]], "distance": d[keep]}).astype(PAIR_COLUMNS)
+    return pd.DataFrame(
+        {"image_id_a": image_ids[a[keep]], "image_id_b": image_ids[b[keep]], "distance": d[keep]}
+    ).astype(PAIR_COLUMNS)
 
 
 def batch_key(max_distance: int, own: np.ndarray, earlier: np.ndarray) -> str:
@@ -72,7 +78,9 @@ def batch_key(max_distance: int, own: np.ndarray, earlier: np.ndarray) -> str:
     return digest.hexdigest()[:16]
 
 
-def batch_pairs(ids: np.ndarray, hashes: np.ndarray, own: np.ndarray, earlier: np.ndarray, max_distance: int, workers: int) -> pd.DataFrame:
+def batch_pairs(
+    ids: np.ndarray, hashes: np.ndarray, own: np.ndarray, earlier: np.ndarray, max_distance: int, workers: int
+) -> pd.DataFrame:
     """Pairs between the batch's images (`own`, row indices) and themselves or the images of earlier batches."""
     search = np.concatenate([own, earlier])
     a, b, d = close_pairs(hashes[own], hashes[search], max_distance, workers)
@@ -84,7 +92,9 @@ def batch_pairs(ids: np.ndarray, hashes: np.ndarray, own: np.ndarray, earlier: n
     ).astype(PAIR_COLUMNS)
 
 
-def catalog_near_duplicates(catalog: pd.DataFrame, cache_dir: Path, max_distance: int, workers: int = 0) -> tuple[pd.DataFrame, int]:
+def catalog_near_duplicates(
+    catalog: pd.DataFrame, cache_dir: Path, max_distance: int, workers: int = 0
+) -> tuple[pd.DataFrame, int]:
     """(every near-duplicate pair of the catalog, images searched this run); batches unchanged since are read from `cache_dir`."""
     if max_distance < 0:
         return empty_pairs(), 0

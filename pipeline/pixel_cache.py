@@ -78,7 +78,12 @@ def shard_is_current(out_dir: Path, batch: str, image_ids: list[str], settings: 
     if not (meta_path.exists() and (out_dir / f"{batch}.npy").exists() and (out_dir / f"{batch}.parquet").exists()):
         return False
     meta = json.loads(meta_path.read_text())
-    return meta == {"height": settings.height, "width": settings.width, "images": len(image_ids), "ids_digest": ids_digest(image_ids)}
+    return meta == {
+        "height": settings.height,
+        "width": settings.width,
+        "images": len(image_ids),
+        "ids_digest": ids_digest(image_ids),
+    }
 
 
 def decode_into(task: tuple[int, Path], shard: Path, header_bytes: int, height: int, width: int) -> None:
@@ -113,20 +118,38 @@ def decode_into(task: tuple[int, Path], shard: Path, header_bytes: int, height: 
 
 
 def build_shard(
-    out_dir: Path, batch: str, rows: pd.DataFrame, crawl_dir: Path, settings: PixelCacheSettings, pool: ProcessPoolExecutor | None
+    out_dir: Path,
+    batch: str,
+    rows: pd.DataFrame,
+    crawl_dir: Path,
+    settings: PixelCacheSettings,
+    pool: ProcessPoolExecutor | None,
 ) -> None:
     """Decode a batch's images into `<batch>.npy` (written through a temp file, then renamed)."""
     paths = [crawl_dir / p for p in rows["path"]]
     with atomic_path(out_dir / f"{batch}.npy") as tmp:
         shape = (len(paths), settings.height, settings.width, 3)
         header_bytes = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape).offset
-        decode = partial(decode_into, shard=tmp, header_bytes=header_bytes, height=settings.height, width=settings.width)
+        decode = partial(
+            decode_into, shard=tmp, header_bytes=header_bytes, height=settings.height, width=settings.width
+        )
         done = pool.map(decode, enumerate(paths), chunksize=8) if pool else map(decode, enumerate(paths))
         for _ in tqdm(done, total=len(paths), desc=f"pixels {batch}", unit="img", leave=False, disable=None):
             pass
     image_ids = list(rows["image_id"])
-    write_parquet(pd.DataFrame({"image_id": image_ids, "row": np.arange(len(image_ids), dtype=np.int64)}), out_dir / f"{batch}.parquet")
-    write_json({"height": settings.height, "width": settings.width, "images": len(image_ids), "ids_digest": ids_digest(image_ids)}, out_dir / f"{batch}.json")
+    write_parquet(
+        pd.DataFrame({"image_id": image_ids, "row": np.arange(len(image_ids), dtype=np.int64)}),
+        out_dir / f"{batch}.parquet",
+    )
+    write_json(
+        {
+            "height": settings.height,
+            "width": settings.width,
+            "images": len(image_ids),
+            "ids_digest": ids_digest(image_ids),
+        },
+        out_dir / f"{batch}.json",
+    )
 
 
 def build_cache(catalog: pd.DataFrame, crawl_dir: Path, out_dir: Path, settings: PixelCacheSettings) -> tuple[int, int]:
@@ -138,7 +161,9 @@ def build_cache(catalog: pd.DataFrame, crawl_dir: Path, out_dir: Path, settings:
     for stale in {p.stem for p in out_dir.iterdir() if p.suffix in (".npy", ".parquet", ".json")} - set(batches):
         for suffix in (".npy", ".parquet", ".json"):
             (out_dir / f"{stale}{suffix}").unlink(missing_ok=True)
-    todo = {b: rows for b, rows in batches.items() if not shard_is_current(out_dir, b, list(rows["image_id"]), settings)}
+    todo = {
+        b: rows for b, rows in batches.items() if not shard_is_current(out_dir, b, list(rows["image_id"]), settings)
+    }
     workers = settings.workers or os.cpu_count() or 1
     pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 and todo else None
     try:
@@ -193,9 +218,13 @@ class PixelStore:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipeline.pixel_cache", description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params.yaml (sections crawl, pixel_cache)")
-    parser.add_argument("--catalog", type=Path, default=Path("data/catalog.parquet"), help="image catalog from the ingest stage")
+    parser.add_argument(
+        "--catalog", type=Path, default=Path("data/catalog.parquet"), help="image catalog from the ingest stage"
+    )
     parser.add_argument("--crawl-dir", type=Path, help="folder of crawl batches (default: crawl.dir)")
-    parser.add_argument("--out", type=Path, default=Path("data/pixels"), help="output folder of shards (persisted across runs)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("data/pixels"), help="output folder of shards (persisted across runs)"
+    )
     return parser.parse_args(argv)
 
 
@@ -207,14 +236,21 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     settings = load_section(PixelCacheSettings, "pixel_cache", args.params)
     crawl_dir = args.crawl_dir or load_params(args.params).crawl.dir
-    catalog = read_table(args.catalog, columns=["image_id", "path", "batch", "width", "height"])  # upright sizes (ingest)
+    catalog = read_table(
+        args.catalog, columns=["image_id", "path", "batch", "width", "height"]
+    )  # upright sizes (ingest)
     widths, heights = catalog["width"].to_numpy(float), catalog["height"].to_numpy(float)
     if len(catalog) and (lost := cropped_share(widths, heights, settings)) > 0.05:
-        print(f"pixel_cache: warning: the cache's {settings.height}x{settings.width} frame cuts {lost:.0%} off a typical photo (centre crop), which training "
-              f"then never sees; for these photos set pixel_cache.height: {height_for(widths, heights, settings.width)} (at width {settings.width})", file=sys.stderr)
+        print(
+            f"pixel_cache: warning: the cache's {settings.height}x{settings.width} frame cuts {lost:.0%} off a typical photo (centre crop), which training "
+            f"then never sees; for these photos set pixel_cache.height: {height_for(widths, heights, settings.width)} (at width {settings.width})",
+            file=sys.stderr,
+        )
     shards, decoded = build_cache(catalog, crawl_dir, args.out, settings)
     size_gb = len(catalog) * settings.height * settings.width * 3 / 1e9
-    print(f"pixel_cache: {decoded} images decoded into {shards} new shard(s); {len(catalog)} images, {size_gb:.2f} GB at {settings.height}x{settings.width}")
+    print(
+        f"pixel_cache: {decoded} images decoded into {shards} new shard(s); {len(catalog)} images, {size_gb:.2f} GB at {settings.height}x{settings.width}"
+    )
     return 0
 
 

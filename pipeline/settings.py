@@ -92,7 +92,11 @@ def _convertible(value: Any, type_name: str) -> bool:
 
 def read_params_file(path: Path) -> dict[str, Any]:
     """The parsed params file; ParamsError naming it when it is missing (stages run from the project root) or not YAML."""
-    raw = read_yaml(path, ParamsError, f"params file not found in {Path.cwd()}; run from the project root (the folder with dvc.yaml), or pass --params")
+    raw = read_yaml(
+        path,
+        ParamsError,
+        f"params file not found in {Path.cwd()}; run from the project root (the folder with dvc.yaml), or pass --params",
+    )
     if raw is not None and not isinstance(raw, dict):
         raise ParamsError(f"{path}: a params file is a mapping of sections")
     return raw or {}

@@ -95,7 +95,9 @@ def assign_splits(existing: pd.DataFrame, images: pd.DataFrame, settings: SplitS
     if new.empty:
         return existing.sort_values("image_id", ignore_index=True)
     strata = pd.Index(sorted(set(new["stratum"])))
-    old_counts = pd.crosstab(old["stratum"], old["split"]).reindex(index=strata, columns=list(SPLITS), fill_value=0).to_numpy()
+    old_counts = (
+        pd.crosstab(old["stratum"], old["split"]).reindex(index=strata, columns=list(SPLITS), fill_value=0).to_numpy()
+    )
     new_counts = new.groupby("stratum").size().reindex(strata).to_numpy()
     fractions = np.broadcast_to(settings.fractions(), old_counts.shape)
     targets = largest_remainder(old_counts.sum(axis=1) + new_counts, fractions)
@@ -135,7 +137,13 @@ def label_lists(main: np.ndarray, sub: np.ndarray, names: Sequence[str]) -> pa.A
 
 
 def build_dataset(
-    rows: pd.DataFrame, main: np.ndarray, sub: np.ndarray, subset: Sequence[str], names: Sequence[str], splits: pd.DataFrame, catalog: pd.DataFrame
+    rows: pd.DataFrame,
+    main: np.ndarray,
+    sub: np.ndarray,
+    subset: Sequence[str],
+    names: Sequence[str],
+    splits: pd.DataFrame,
+    catalog: pd.DataFrame,
 ) -> pd.DataFrame:
     """What training reads: image_id, path, batch, split, main_style, labels (inside the subset)."""
     inside = np.isin(np.asarray(names), list(subset))
@@ -146,8 +154,12 @@ def build_dataset(
     kept["labels"] = pd.Series(label_lists(main_in, sub_in, list(subset)).to_pylist(), dtype=object)
     places = catalog.set_index("image_id")[["path", "batch"]]
     dataset = kept.join(places, on="image_id").merge(splits, on="image_id", how="left")
-    dataset = dataset.astype({"image_id": "string", "path": "string", "batch": "string", "split": "string", "main_style": "string"})
-    return dataset[["image_id", "path", "batch", "split", "main_style", "labels"]].sort_values("image_id", ignore_index=True)
+    dataset = dataset.astype(
+        {"image_id": "string", "path": "string", "batch": "string", "split": "string", "main_style": "string"}
+    )
+    return dataset[["image_id", "path", "batch", "split", "main_style", "labels"]].sort_values(
+        "image_id", ignore_index=True
+    )
 
 
 def split_leakage(pairs: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
@@ -155,7 +167,11 @@ def split_leakage(pairs: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
     split_of = splits.set_index("image_id")["split"]
     table = pairs.assign(split_a=pairs["image_id_a"].map(split_of), split_b=pairs["image_id_b"].map(split_of))
     crossing = table[table["split_a"].notna() & table["split_b"].notna() & (table["split_a"] != table["split_b"])]
-    return crossing[["image_id_a", "split_a", "image_id_b", "split_b", "distance"]].astype({"split_a": "string", "split_b": "string"}).reset_index(drop=True)
+    return (
+        crossing[["image_id_a", "split_a", "image_id_b", "split_b", "distance"]]
+        .astype({"split_a": "string", "split_b": "string"})
+        .reset_index(drop=True)
+    )
 
 
 def read_splits(path: Path) -> pd.DataFrame:
@@ -167,14 +183,46 @@ def read_splits(path: Path) -> pd.DataFrame:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipeline.split", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--labels", type=Path, default=Path("data/image_labels.parquet"), help="consolidated labels, one row per image")
-    parser.add_argument("--catalog", type=Path, default=Path("data/catalog.parquet"), help="image catalog (path relative to crawl.dir, batch)")
-    parser.add_argument("--splits", type=Path, default=Path("data/splits.parquet"), help="input AND output: every assignment so far (image_id, split); kept forever")
-    parser.add_argument("--dataset", type=Path, default=Path("data/dataset.parquet"), help="output: the images training reads, with split and labels")
-    parser.add_argument("--subset", type=Path, default=Path("data/label_subset.json"), help="output: the selected labels in taxonomy order")
-    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params.yaml (sections 'split' and 'taxonomy')")
-    parser.add_argument("--near-duplicates", type=Path, help="ingest's near-duplicate pairs; with --leakage, the pairs that cross splits are listed")
-    parser.add_argument("--leakage", type=Path, help="output: near-duplicate pairs whose images lie in different splits (image_id_a, split_a, image_id_b, split_b, distance)")
+    parser.add_argument(
+        "--labels", type=Path, default=Path("data/image_labels.parquet"), help="consolidated labels, one row per image"
+    )
+    parser.add_argument(
+        "--catalog",
+        type=Path,
+        default=Path("data/catalog.parquet"),
+        help="image catalog (path relative to crawl.dir, batch)",
+    )
+    parser.add_argument(
+        "--splits",
+        type=Path,
+        default=Path("data/splits.parquet"),
+        help="input AND output: every assignment so far (image_id, split); kept forever",
+    )
+    parser.add_argument(
+        "--dataset",
+        type=Path,
+        default=Path("data/dataset.parquet"),
+        help="output: the images training reads, with split and labels",
+    )
+    parser.add_argument(
+        "--subset",
+        type=Path,
+        default=Path("data/label_subset.json"),
+        help="output: the selected labels in taxonomy order",
+    )
+    parser.add_argument(
+        "--params", type=Path, default=DEFAULT_PARAMS, help="params.yaml (sections 'split' and 'taxonomy')"
+    )
+    parser.add_argument(
+        "--near-duplicates",
+        type=Path,
+        help="ingest's near-duplicate pairs; with --leakage, the pairs that cross splits are listed",
+    )
+    parser.add_argument(
+        "--leakage",
+        type=Path,
+        help="output: near-duplicate pairs whose images lie in different splits (image_id_a, split_a, image_id_b, split_b, distance)",
+    )
     return parser.parse_args(argv)
 
 
@@ -205,7 +253,11 @@ def run(args: argparse.Namespace) -> int:
         f"split: {len(splits) - len(existing)} new images assigned ({len(splits)} in all); dataset {len(dataset)} images, "
         + ", ".join(f"{k} {v}" for k, v in sizes.items())
         + f"; {len(subset)} labels"
-        + (f"; {len(leakage)} near-duplicate pairs cross splits (leakage, for review) -> {args.leakage}" if leakage is not None else "")
+        + (
+            f"; {len(leakage)} near-duplicate pairs cross splits (leakage, for review) -> {args.leakage}"
+            if leakage is not None
+            else ""
+        )
     )
     return 0
 

@@ -42,15 +42,21 @@ def _balance(main_counts: np.ndarray, sub_counts: np.ndarray, names: Sequence[st
     )
 
 
-def class_balance(main: np.ndarray, sub: np.ndarray, batches: pd.Series, names: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def class_balance(
+    main: np.ndarray, sub: np.ndarray, batches: pd.Series, names: Sequence[str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(overall, per batch) class balance from the indicator matrices; styles in taxonomy order, all listed."""
     overall = _balance(main.sum(axis=0), sub.sum(axis=0), names)
     codes, batch_names = pd.factorize(batches.astype("string").fillna("(unknown)"), sort=True)
     onehot = np.zeros((len(codes), len(batch_names)), dtype=bool)
     onehot[np.arange(len(codes)), codes] = True
     main_by_batch, sub_by_batch = cross_counts(onehot, main), cross_counts(onehot, sub)
-    parts = [_balance(main_by_batch[b], sub_by_batch[b], names).assign(batch=str(name)) for b, name in enumerate(batch_names)]
-    by_batch = pd.concat(parts, ignore_index=True) if parts else overall.iloc[:0].assign(batch=pd.Series(dtype="string"))
+    parts = [
+        _balance(main_by_batch[b], sub_by_batch[b], names).assign(batch=str(name)) for b, name in enumerate(batch_names)
+    ]
+    by_batch = (
+        pd.concat(parts, ignore_index=True) if parts else overall.iloc[:0].assign(batch=pd.Series(dtype="string"))
+    )
     return overall, by_batch[["batch", *overall.columns]].astype({"batch": "string", "style": "string"})
 
 
@@ -78,7 +84,15 @@ def plot_cooccurrence(prob: np.ndarray, names: Sequence[str], target: Path) -> N
     if len(names) <= 30:
         for (r, c), value in np.ndenumerate(shown):
             if value >= 0.05:
-                ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=5, color="white" if value > 0.5 else "black")
+                ax.text(
+                    c,
+                    r,
+                    f"{value:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=5,
+                    color="white" if value > 0.5 else "black",
+                )
     fig.colorbar(image, ax=ax, fraction=0.046)
     _save(fig, target)
 
@@ -107,12 +121,33 @@ def _save(fig: plt.Figure, target: Path) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipeline.stats", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--labels", type=Path, default=Path("data/image_labels.parquet"), help="consolidated labels, one row per image")
-    parser.add_argument("--balance", type=Path, default=Path("data/stats/class_balance.parquet"), help="output: class balance (Table 2)")
-    parser.add_argument("--balance-by-batch", type=Path, default=Path("data/stats/class_balance_by_batch.parquet"), help="output: class balance per crawl batch")
-    parser.add_argument("--cooccurrence", type=Path, default=Path("data/stats/cooccurrence.parquet"), help="output: i, j, count, p_j_given_i")
-    parser.add_argument("--heatmap", type=Path, default=Path("reports/plots/cooccurrence.png"), help="output: P(j|i) heatmap (Figure 6)")
-    parser.add_argument("--trend", type=Path, default=Path("reports/plots/style_trend.png"), help="output: main-style shares per crawl batch")
+    parser.add_argument(
+        "--labels", type=Path, default=Path("data/image_labels.parquet"), help="consolidated labels, one row per image"
+    )
+    parser.add_argument(
+        "--balance", type=Path, default=Path("data/stats/class_balance.parquet"), help="output: class balance (Table 2)"
+    )
+    parser.add_argument(
+        "--balance-by-batch",
+        type=Path,
+        default=Path("data/stats/class_balance_by_batch.parquet"),
+        help="output: class balance per crawl batch",
+    )
+    parser.add_argument(
+        "--cooccurrence",
+        type=Path,
+        default=Path("data/stats/cooccurrence.parquet"),
+        help="output: i, j, count, p_j_given_i",
+    )
+    parser.add_argument(
+        "--heatmap", type=Path, default=Path("reports/plots/cooccurrence.png"), help="output: P(j|i) heatmap (Figure 6)"
+    )
+    parser.add_argument(
+        "--trend",
+        type=Path,
+        default=Path("reports/plots/style_trend.png"),
+        help="output: main-style shares per crawl batch",
+    )
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params.yaml (for 'taxonomy')")
     return parser.parse_args(argv)
 
@@ -135,7 +170,10 @@ def run(args: argparse.Namespace) -> int:
         plot_cooccurrence(prob, names, args.heatmap)
         plot_trend(by_batch, args.trend)
     top = overall.nlargest(3, "images")
-    print(f"stats: {len(labels)} images, {by_batch['batch'].nunique()} batches; top styles " + ", ".join(f"{r.style} {r.main_share:.1%}" for r in top.itertuples()))
+    print(
+        f"stats: {len(labels)} images, {by_batch['batch'].nunique()} batches; top styles "
+        + ", ".join(f"{r.style} {r.main_share:.1%}" for r in top.itertuples())
+    )
     return 0
 
 

@@ -40,7 +40,13 @@ EXAMPLES = 3
 # Columns each input must have, with the kind of values they hold.
 SCHEMA: dict[str, dict[str, str]] = {
     "catalog": {"image_id": "string", "path": "string", "batch": "string"},
-    "annotations": {"image_id": "string", "annotator": "string", "main_style": "string", "sub_styles": "list", "cancelled": "bool"},
+    "annotations": {
+        "image_id": "string",
+        "annotator": "string",
+        "main_style": "string",
+        "sub_styles": "list",
+        "cancelled": "bool",
+    },
     "image_labels": {
         "image_id": "string",
         "batch": "string",
@@ -96,7 +102,9 @@ def value_kind(column: pd.Series) -> str:
         array = pa.array(column.to_numpy(dtype=object), from_pandas=True)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         return "other"
-    if pa.types.is_list(array.type) and (pa.types.is_string(array.type.value_type) or pa.types.is_null(array.type.value_type)):
+    if pa.types.is_list(array.type) and (
+        pa.types.is_string(array.type.value_type) or pa.types.is_null(array.type.value_type)
+    ):
         return "list"
     if pa.types.is_string(array.type) or pa.types.is_null(array.type):
         return "string"
@@ -129,11 +137,18 @@ def schema_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
 def named_styles(annotations: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
     """Every style named anywhere: (table, image_id, role, style)."""
     parts = []
-    for table, frame in (("annotations", annotations[~annotations["cancelled"].astype(bool)]), ("image_labels", labels)):
+    for table, frame in (
+        ("annotations", annotations[~annotations["cancelled"].astype(bool)]),
+        ("image_labels", labels),
+    ):
         frame = frame.reset_index(drop=True)
-        mains = frame.loc[frame["main_style"].notna(), ["image_id", "main_style"]].rename(columns={"main_style": "style"})
+        mains = frame.loc[frame["main_style"].notna(), ["image_id", "main_style"]].rename(
+            columns={"main_style": "style"}
+        )
         rows, values = flatten_lists(frame["sub_styles"])
-        subs = pd.DataFrame({"image_id": frame["image_id"].to_numpy()[rows], "style": values.to_numpy(zero_copy_only=False)})
+        subs = pd.DataFrame(
+            {"image_id": frame["image_id"].to_numpy()[rows], "style": values.to_numpy(zero_copy_only=False)}
+        )
         parts += [mains.assign(table=table, role="main"), subs.assign(table=table, role="sub")]
     styles = pd.concat(parts, ignore_index=True)[["table", "image_id", "role", "style"]]
     return styles.astype({"table": "string", "image_id": "string", "role": "string", "style": "string"})
@@ -142,7 +157,10 @@ def named_styles(annotations: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFram
 def label_table(labels: pd.DataFrame, catalog: pd.DataFrame) -> pd.DataFrame:
     """The consolidated labels with one boolean column per row-level rule."""
     rows, values = flatten_lists(labels["sub_styles"])
-    repeated = pd.Series(values.to_numpy(zero_copy_only=False), dtype="string") == labels["main_style"].astype("string").iloc[rows].to_numpy()
+    repeated = (
+        pd.Series(values.to_numpy(zero_copy_only=False), dtype="string")
+        == labels["main_style"].astype("string").iloc[rows].to_numpy()
+    )
     main_in_subs = np.zeros(len(labels), dtype=bool)
     main_in_subs[rows[repeated.fillna(False).to_numpy(dtype=bool)]] = True
     return pd.DataFrame(
@@ -166,7 +184,13 @@ def style_counts(styles: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
 def style_alphas(agreement: pd.DataFrame) -> pd.DataFrame:
     """(style, images, alpha) of each style the experts named, from the agreement table (annotation/agreement.py); alpha NaN where undefined."""
     styles = agreement[(agreement["scope"] == "style") & (agreement["measure"] == "named")]
-    return pd.DataFrame({"style": styles["key"].astype("string"), "images": styles["images"].astype(int), "alpha": styles["alpha"].astype(float)}).reset_index(drop=True)
+    return pd.DataFrame(
+        {
+            "style": styles["key"].astype("string"),
+            "images": styles["images"].astype(int),
+            "alpha": styles["alpha"].astype(float),
+        }
+    ).reset_index(drop=True)
 
 
 def derived_tables(inputs: dict[str, pd.DataFrame], names: Sequence[str]) -> dict[str, pd.DataFrame]:
@@ -176,7 +200,9 @@ def derived_tables(inputs: dict[str, pd.DataFrame], names: Sequence[str]) -> dic
     return {
         "styles": styles,
         "labels": label_table(labels, catalog),
-        "catalog": pd.DataFrame({"image_id": catalog["image_id"].astype("string"), "labelled": catalog["image_id"].isin(labels["image_id"])}),
+        "catalog": pd.DataFrame(
+            {"image_id": catalog["image_id"].astype("string"), "labelled": catalog["image_id"].isin(labels["image_id"])}
+        ),
         "style_counts": style_counts(styles, names),
         "agreement": style_alphas(inputs["style_agreement"]),
     }
@@ -196,10 +222,15 @@ def schema_check() -> Check:
     return Check(
         "schema",
         gxe.ExpectColumnPairValuesToBeEqual(
-            column_A="expected", column_B="observed", description="Every input has its columns, with values of the right kind", meta={"severity": ERROR}
+            column_A="expected",
+            column_B="observed",
+            description="Every input has its columns, with values of the right kind",
+            meta={"severity": ERROR},
         ),
         ERROR,
-        lambda rows: rows["table"] + "." + rows["column"] + ": expected " + rows["expected"] + ", found " + rows["observed"],
+        lambda rows: (
+            rows["table"] + "." + rows["column"] + ": expected " + rows["expected"] + ", found " + rows["observed"]
+        ),
     )
 
 
@@ -208,29 +239,94 @@ def content_checks(settings: ValidateSettings, names: Sequence[str]) -> list[Che
     import great_expectations.expectations as gxe
     from great_expectations.expectations.row_conditions import Column
 
-    def expect(table: str, severity: str, cls: Any, examples: Callable[[pd.DataFrame], pd.Series], description: str, **kwargs: Any) -> Check:
+    def expect(
+        table: str,
+        severity: str,
+        cls: Any,
+        examples: Callable[[pd.DataFrame], pd.Series],
+        description: str,
+        **kwargs: Any,
+    ) -> Check:
         return Check(table, cls(description=description, meta={"severity": severity}, **kwargs), severity, examples)
 
     image = _column("image_id")
     checks = [
-        expect("styles", ERROR, gxe.ExpectColumnValuesToBeInSet, lambda r: r["style"] + " (" + r["table"] + ", " + r["image_id"] + ")",
-               "Every main and sub style is in the taxonomy", column="style", value_set=list(names)),
+        expect(
+            "styles",
+            ERROR,
+            gxe.ExpectColumnValuesToBeInSet,
+            lambda r: r["style"] + " (" + r["table"] + ", " + r["image_id"] + ")",
+            "Every main and sub style is in the taxonomy",
+            column="style",
+            value_set=list(names),
+        ),
         expect("labels", ERROR, gxe.ExpectColumnValuesToBeUnique, image, "One label row per image", column="image_id"),
-        expect("labels", ERROR, gxe.ExpectColumnValuesToBeInSet, lambda r: r["image_id"] + " " + r["main_style"].astype(str),
-               "The main style is not repeated among the sub-styles", column="main_in_subs", value_set=[False]),
-        expect("labels", ERROR, gxe.ExpectColumnValuesToBeInSet, image, "Every labelled image is in the catalog", column="in_catalog", value_set=[True]),
-        expect("catalog", WARNING, gxe.ExpectColumnValuesToBeInSet, image, "Every catalogued image is labelled", column="labelled", value_set=[True]),
-        expect("style_counts", WARNING, gxe.ExpectColumnValuesToBeBetween, _style_with_number("images"),
-               f"Every style is named on at least {settings.min_images_per_style} images", column="images", min_value=settings.min_images_per_style),
-        expect("agreement", WARNING, gxe.ExpectColumnValuesToBeBetween, _style_with_number("alpha"),
-               f"Experts agree on every style beyond chance: Krippendorff's alpha at least {settings.min_alpha}", column="alpha", min_value=settings.min_alpha),
+        expect(
+            "labels",
+            ERROR,
+            gxe.ExpectColumnValuesToBeInSet,
+            lambda r: r["image_id"] + " " + r["main_style"].astype(str),
+            "The main style is not repeated among the sub-styles",
+            column="main_in_subs",
+            value_set=[False],
+        ),
+        expect(
+            "labels",
+            ERROR,
+            gxe.ExpectColumnValuesToBeInSet,
+            image,
+            "Every labelled image is in the catalog",
+            column="in_catalog",
+            value_set=[True],
+        ),
+        expect(
+            "catalog",
+            WARNING,
+            gxe.ExpectColumnValuesToBeInSet,
+            image,
+            "Every catalogued image is labelled",
+            column="labelled",
+            value_set=[True],
+        ),
+        expect(
+            "style_counts",
+            WARNING,
+            gxe.ExpectColumnValuesToBeBetween,
+            _style_with_number("images"),
+            f"Every style is named on at least {settings.min_images_per_style} images",
+            column="images",
+            min_value=settings.min_images_per_style,
+        ),
+        expect(
+            "agreement",
+            WARNING,
+            gxe.ExpectColumnValuesToBeBetween,
+            _style_with_number("alpha"),
+            f"Experts agree on every style beyond chance: Krippendorff's alpha at least {settings.min_alpha}",
+            column="alpha",
+            min_value=settings.min_alpha,
+        ),
     ]
     if settings.require_main:
         checks[2:2] = [
-            expect("labels", ERROR, gxe.ExpectColumnValuesToNotBeNull, image, "Exactly one main style per labelled image (ties aside)",
-                   column="main_style", row_condition=Column("needs_review") == False),  # noqa: E712 (builds a GX condition)
-            expect("labels", WARNING, gxe.ExpectColumnValuesToBeInSet, image, "No image waits for review: a tie for the main style, or a source that labels it twice, differently (left out downstream)",
-                   column="needs_review", value_set=[False]),
+            expect(
+                "labels",
+                ERROR,
+                gxe.ExpectColumnValuesToNotBeNull,
+                image,
+                "Exactly one main style per labelled image (ties aside)",
+                column="main_style",
+                row_condition=Column("needs_review") == False,
+            ),  # noqa: E712 (builds a GX condition)
+            expect(
+                "labels",
+                WARNING,
+                gxe.ExpectColumnValuesToBeInSet,
+                image,
+                "No image waits for review: a tie for the main style, or a source that labels it twice, differently (left out downstream)",
+                column="needs_review",
+                value_set=[False],
+            ),
         ]
     return checks
 
@@ -239,15 +335,26 @@ def run_checks(tables: dict[str, pd.DataFrame], checks: Sequence[Check], docs_di
     """Run every check with Great Expectations (one suite per table); render Data Docs into docs_dir if given."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
-    from great_expectations.data_context.types.base import DataContextConfig, InMemoryStoreBackendDefaults, ProgressBarsConfig
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
 
-    sites = {
-        "validation": {
-            "class_name": "SiteBuilder",
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir.resolve())},  # GX wants it absolute
-            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+    sites = (
+        {
+            "validation": {
+                "class_name": "SiteBuilder",
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(docs_dir.resolve()),
+                },  # GX wants it absolute
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            }
         }
-    } if docs_dir else {}
+        if docs_dir
+        else {}
+    )
     config = DataContextConfig(
         store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
         analytics_enabled=False,
@@ -272,7 +379,9 @@ def run_checks(tables: dict[str, pd.DataFrame], checks: Sequence[Check], docs_di
 def outcome(check: Check, result: Any, table: pd.DataFrame) -> Outcome:
     """The summary of one expectation result: how many rows failed and a few of them."""
     if result.exception_info.get("raised_exception"):
-        raise RuntimeError(f"expectation '{check.expectation.description}' could not run: {result.exception_info['exception_message']}")
+        raise RuntimeError(
+            f"expectation '{check.expectation.description}' could not run: {result.exception_info['exception_message']}"
+        )
     index = result.result.get("unexpected_index_list") or []
     return Outcome(
         check=str(check.expectation.description),
@@ -284,7 +393,9 @@ def outcome(check: Check, result: Any, table: pd.DataFrame) -> Outcome:
     )
 
 
-def validate(inputs: dict[str, pd.DataFrame], settings: ValidateSettings, names: Sequence[str], docs_dir: Path | None) -> list[Outcome]:
+def validate(
+    inputs: dict[str, pd.DataFrame], settings: ValidateSettings, names: Sequence[str], docs_dir: Path | None
+) -> list[Outcome]:
     """Schema first; the content rules run only when every input has the columns they read."""
     schema = schema_table(inputs)
     checks = [schema_check()]
@@ -298,19 +409,48 @@ def validate(inputs: dict[str, pd.DataFrame], settings: ValidateSettings, names:
 def summary(outcomes: Sequence[Outcome]) -> str:
     """Readable lines for the failed expectations, errors first."""
     failed = sorted((o for o in outcomes if not o.success), key=lambda o: o.severity != ERROR)
-    lines = [f"{o.severity.upper()}: {o.check} [{o.table}]: {o.unexpected} rows, e.g. {'; '.join(o.examples)}" for o in failed]
+    lines = [
+        f"{o.severity.upper()}: {o.check} [{o.table}]: {o.unexpected} rows, e.g. {'; '.join(o.examples)}"
+        for o in failed
+    ]
     return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipeline.validate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--catalog", type=Path, default=Path("data/catalog.parquet"), help="image catalog from the ingest stage")
-    parser.add_argument("--annotations", type=Path, default=Path("data/annotations.parquet"), help="expert annotations from the labels stage")
-    parser.add_argument("--labels", type=Path, default=Path("data/image_labels.parquet"), help="consolidated labels, one row per image")
-    parser.add_argument("--agreement", type=Path, default=Path("data/style_agreement.parquet"), help="per-style agreement between annotators")
-    parser.add_argument("--docs", type=Path, default=Path("reports/validation"), help="output: Great Expectations Data Docs site (index.html)")
-    parser.add_argument("--metrics", type=Path, default=Path("metrics/validation.json"), help="output: JSON summary of every expectation")
-    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params.yaml (sections 'validate' and 'taxonomy')")
+    parser.add_argument(
+        "--catalog", type=Path, default=Path("data/catalog.parquet"), help="image catalog from the ingest stage"
+    )
+    parser.add_argument(
+        "--annotations",
+        type=Path,
+        default=Path("data/annotations.parquet"),
+        help="expert annotations from the labels stage",
+    )
+    parser.add_argument(
+        "--labels", type=Path, default=Path("data/image_labels.parquet"), help="consolidated labels, one row per image"
+    )
+    parser.add_argument(
+        "--agreement",
+        type=Path,
+        default=Path("data/style_agreement.parquet"),
+        help="per-style agreement between annotators",
+    )
+    parser.add_argument(
+        "--docs",
+        type=Path,
+        default=Path("reports/validation"),
+        help="output: Great Expectations Data Docs site (index.html)",
+    )
+    parser.add_argument(
+        "--metrics",
+        type=Path,
+        default=Path("metrics/validation.json"),
+        help="output: JSON summary of every expectation",
+    )
+    parser.add_argument(
+        "--params", type=Path, default=DEFAULT_PARAMS, help="params.yaml (sections 'validate' and 'taxonomy')"
+    )
     return parser.parse_args(argv)
 
 
@@ -340,7 +480,9 @@ def run(args: argparse.Namespace) -> int:
     report = summary(outcomes)
     if report:
         print(report, file=sys.stdout if passed else sys.stderr)
-    print(f"validate: {len(outcomes)} expectations, {errors} errors, {warnings} warnings; report: {args.docs / 'index.html'}")
+    print(
+        f"validate: {len(outcomes)} expectations, {errors} errors, {warnings} warnings; report: {args.docs / 'index.html'}"
+    )
     return 0 if passed else 1
 
 

@@ -19,14 +19,36 @@ SHARED_DATASETS = PROJECT_ROOT.parent / "shared" / "datasets"
 
 # What the check below guards: the pipeline's outputs (the stages' default paths), its inputs and its code.
 # Logs, caches and venvs that tools write while the tests run lie elsewhere.
-PROTECTED = ("data", "metrics", "models", "reports", "dvclive", "pipeline", "annotation", "training", "taxonomies", "dvc.yaml", "dvc.lock", "params.yaml")
+PROTECTED = (
+    "data",
+    "metrics",
+    "models",
+    "reports",
+    "dvclive",
+    "pipeline",
+    "annotation",
+    "training",
+    "taxonomies",
+    "dvc.yaml",
+    "dvc.lock",
+    "params.yaml",
+)
 
 
 def project_files() -> dict[str, tuple[int, int]]:
     """(mtime, size) of every file under PROTECTED (bytecode caches aside), by path."""
     found = {}
     for top in (PROJECT_ROOT / name for name in PROTECTED):
-        paths = [top] if top.is_file() else [Path(folder) / name for folder, _, files in os.walk(top) if "__pycache__" not in folder for name in files]
+        paths = (
+            [top]
+            if top.is_file()
+            else [
+                Path(folder) / name
+                for folder, _, files in os.walk(top)
+                if "__pycache__" not in folder
+                for name in files
+            ]
+        )
         for path in paths:
             stat = path.lstat()
             found[str(path.relative_to(PROJECT_ROOT))] = (stat.st_mtime_ns, stat.st_size)

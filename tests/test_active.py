@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from training.active import labels_to_reach, simulate
-from training.labelling_order import ORDERS, distance_to_nearest, farthest_first, labelling_queue, mean_entropy, pick, unit_rows
+from training.labelling_order import (
+    ORDERS,
+    distance_to_nearest,
+    farthest_first,
+    labelling_queue,
+    mean_entropy,
+    pick,
+    unit_rows,
+)
 
 
 def _data(n: int = 120, seed: int = 0) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
@@ -60,7 +68,9 @@ def test_farthest_first_skips_a_near_copy_of_what_it_picked_or_what_is_labelled(
 def test_entropy_and_the_labels_needed_by_hand():
     assert mean_entropy(np.array([[0.5, 0.5], [1.0, 0.0]])).tolist() == pytest.approx([1.0, 0.0], abs=1e-5)
     assert labels_to_reach([50, 100, 150], [0.40, 0.44, 0.50], 0.47) == pytest.approx(125.0)
-    assert labels_to_reach([50, 100], [0.5, 0.6], 0.45) == 50.0 and np.isnan(labels_to_reach([50, 100], [0.1, 0.2], 0.3))
+    assert labels_to_reach([50, 100], [0.5, 0.6], 0.45) == 50.0 and np.isnan(
+        labels_to_reach([50, 100], [0.1, 0.2], 0.3)
+    )
 
 
 @pytest.mark.parametrize("order", ORDERS)
@@ -77,13 +87,21 @@ def test_the_push_queue_holds_every_image_once_and_entropy_diverse_spreads_each_
             rest = np.array([i for i in np.argsort(-mean_entropy(probs), kind="stable") if i not in replayed])
             replayed = np.concatenate([replayed, pick(order, 5, probs, features, rest, replayed, rng)])
         assert queue.tolist() == replayed.tolist()
-        copies = np.repeat(np.eye(3), 2, axis=0)  # three looks, two near-identical images of each, all equally uncertain
-        assert set(labelling_queue(order, np.full((6, 2), 0.5), copies, round_size=3)[:3] // 2) == {0, 1, 2}, "one of each look first"
+        copies = np.repeat(
+            np.eye(3), 2, axis=0
+        )  # three looks, two near-identical images of each, all equally uncertain
+        assert set(labelling_queue(order, np.full((6, 2), 0.5), copies, round_size=3)[:3] // 2) == {0, 1, 2}, (
+            "one of each look first"
+        )
 
 
 def test_an_unknown_push_order_in_params_is_refused_naming_the_choices(tmp_path):
     from annotation.push import AnnotationSettings
     from pipeline.settings import ParamsError
 
-    with pytest.raises(ParamsError, match="annotation.order must be one of random, least_confident, entropy, entropy_diverse.*'smart'"):
-        AnnotationSettings(project="p", chunk_size=1, port=0, data_dir=tmp_path, document_root=tmp_path, order="smart", round_size=50)
+    with pytest.raises(
+        ParamsError, match="annotation.order must be one of random, least_confident, entropy, entropy_diverse.*'smart'"
+    ):
+        AnnotationSettings(
+            project="p", chunk_size=1, port=0, data_dir=tmp_path, document_root=tmp_path, order="smart", round_size=50
+        )

@@ -37,8 +37,17 @@ def test_masi_alpha_on_one_label_sets_is_the_nominal_alpha_and_partial_overlap_c
     assert masi_alpha(_rows(WORKED_EXAMPLE, as_sets=True)) == pytest.approx(0.743421, abs=1e-6)
     sets = lambda pairs: pd.DataFrame([{"unit": u, "coder": c, "value": frozenset(v)} for u, c, v in pairs])  # noqa: E731
     disjoint = [("1", "a", "x"), ("1", "b", "y"), ("2", "a", "y"), ("2", "b", "x"), ("3", "a", "x"), ("3", "b", "x")]
-    overlapping = [("1", "a", "x"), ("1", "b", "xy"), ("2", "a", "y"), ("2", "b", "xy"), ("3", "a", "x"), ("3", "b", "x")]
-    assert masi_alpha(sets(overlapping)) > masi_alpha(sets(disjoint)), "sets that share a label agree more than sets that share none"
+    overlapping = [
+        ("1", "a", "x"),
+        ("1", "b", "xy"),
+        ("2", "a", "y"),
+        ("2", "b", "xy"),
+        ("3", "a", "x"),
+        ("3", "b", "x"),
+    ]
+    assert masi_alpha(sets(overlapping)) > masi_alpha(sets(disjoint)), (
+        "sets that share a label agree more than sets that share none"
+    )
     none_twice = [("1", "a", ""), ("1", "b", ""), ("2", "a", "x"), ("2", "b", "y")]
     assert math.isfinite(masi_alpha(sets(none_twice))), "two experts naming no sub-style agree"
 
@@ -49,7 +58,9 @@ def test_alpha_is_undefined_without_two_coders_or_without_variation():
 
 
 def _votes(rows: list[tuple[str, str, str, list[str]]], batch: str = "b1") -> pd.DataFrame:
-    return pd.DataFrame([{"image_id": i, "annotator": a, "main_style": m, "sub_styles": s, "batch": batch} for i, a, m, s in rows])
+    return pd.DataFrame(
+        [{"image_id": i, "annotator": a, "main_style": m, "sub_styles": s, "batch": batch} for i, a, m, s in rows]
+    )
 
 
 def test_chance_agreement_on_a_frequent_style_scores_near_zero_though_raw_agreement_is_high():
@@ -63,7 +74,10 @@ def test_chance_agreement_on_a_frequent_style_scores_near_zero_though_raw_agreem
     assert (both["ann"] == both["bob"]).mean() > 0.8, "the raw share flatters"
     table = agreement_table(votes, ["Casual", "Romantic"])
     casual = table[(table["scope"] == "style") & (table["key"] == "Casual")].iloc[0]
-    assert abs(casual["alpha"]) < 0.15 and casual["images"] == ((both["ann"] == "Casual") | (both["bob"] == "Casual")).sum(), "images where anyone named it"
+    assert (
+        abs(casual["alpha"]) < 0.15
+        and casual["images"] == ((both["ann"] == "Casual") | (both["bob"] == "Casual")).sum()
+    ), "images where anyone named it"
 
 
 def test_every_scope_and_each_expert_against_the_others_consensus():
@@ -74,12 +88,16 @@ def test_every_scope_and_each_expert_against_the_others_consensus():
     ], ignore_index=True)  # fmt: skip
     table = agreement_table(votes, ["Casual", "Romantic", "Sexy"])
     assert set(table["scope"]) == {"overall", "style", "batch", "expert"}
-    assert table.set_index(["scope", "key", "measure"])["images"].to_dict()[("batch", "b2", "main_style")] == 1, "i4 had one expert"
+    assert table.set_index(["scope", "key", "measure"])["images"].to_dict()[("batch", "b2", "main_style")] == 1, (
+        "i4 had one expert"
+    )
     # cid against ann + bob: i1 -> Casual {Sexy}; i2 -> Romantic, and Sexy named by one of two (kept: at least half)
     consensus = leave_one_out_consensus(votes, "cid").set_index("image_id")
     assert consensus.loc["i1", "main_style"] == "Casual" and consensus.loc["i2", "main_style"] == "Romantic"
     assert consensus.loc["i2", "sub_styles"] == frozenset({"Sexy"})
-    assert pd.isna(leave_one_out_consensus(votes, "bob").set_index("image_id").loc["i2", "main_style"]), "ann and cid tie: no consensus"
+    assert pd.isna(leave_one_out_consensus(votes, "bob").set_index("image_id").loc["i2", "main_style"]), (
+        "ann and cid tie: no consensus"
+    )
     experts = table[(table["scope"] == "expert") & (table["measure"] == "main_style")].set_index("key")
     assert set(experts.index) == {"ann", "bob", "cid"} and experts.loc["ann", "images"] == 3
     metrics = agreement_metrics(table)

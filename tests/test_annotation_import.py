@@ -43,18 +43,46 @@ def choices(from_name: str, values: list[str]) -> dict:
 
 
 def expert_says(annotation_id: int, expert: int, main: str, updated_at: str) -> dict:
-    return {"id": annotation_id, "completed_by": expert, "result": [choices("main_style", [main])], "was_cancelled": False, "updated_at": updated_at}
+    return {
+        "id": annotation_id,
+        "completed_by": expert,
+        "result": [choices("main_style", [main])],
+        "was_cancelled": False,
+        "updated_at": updated_at,
+    }
 
 
 def test_the_review_projects_vote_settles_a_tie_and_each_expert_counts_once(demo_catalog, tmp_path, styles):
     image = demo_catalog.iloc[0]["image_id"]
-    main = [{"id": 1, "data": {"image_id": image}, "annotations": [expert_says(10, 1, "Casual", "2019-07-01T10:00:00Z"), expert_says(11, 2, "Sporty", "2019-07-01T11:00:00Z")]}]
-    review = [{"id": 50, "data": {"image_id": image}, "annotations": [expert_says(60, 3, "Sporty", "2019-07-09T10:00:00Z"), expert_says(61, 1, "Casual", "2019-07-09T11:00:00Z")]}]
+    main = [
+        {
+            "id": 1,
+            "data": {"image_id": image},
+            "annotations": [
+                expert_says(10, 1, "Casual", "2019-07-01T10:00:00Z"),
+                expert_says(11, 2, "Sporty", "2019-07-01T11:00:00Z"),
+            ],
+        }
+    ]
+    review = [
+        {
+            "id": 50,
+            "data": {"image_id": image},
+            "annotations": [
+                expert_says(60, 3, "Sporty", "2019-07-09T10:00:00Z"),
+                expert_says(61, 1, "Casual", "2019-07-09T11:00:00Z"),
+            ],
+        }
+    ]
     exports = tmp_path / "label-exports"
     exports.mkdir()
-    for name, tasks in (("label-studio-styles.json", main), ("label-studio-styles-review.json", review), ("copy-of-main.json", main)):
+    for name, tasks in (
+        ("label-studio-styles.json", main),
+        ("label-studio-styles-review.json", review),
+        ("copy-of-main.json", main),
+    ):
         (exports / name).write_text(json.dumps(tasks))
-    rows, _ = read_label_sources(exports, tmp_path / 'no-crawl', demo_catalog, styles, tmp_path / 'cache').tables()
+    rows, _ = read_label_sources(exports, tmp_path / "no-crawl", demo_catalog, styles, tmp_path / "cache").tables()
     labels, review_list, _ = consolidate(rows, demo_catalog)
     label = labels.set_index("image_id").loc[image]
     assert (label["main_style"], label["n_annotators"], label["needs_review"]) == ("Sporty", 3, False)
@@ -106,18 +134,32 @@ def test_malformed_label_studio_tasks_are_rejected_and_the_valid_one_kept(styles
         {"id": 2, "data": None, "annotations": [valid]},
         {"id": 3, "data": {"image_id": "x"}, "annotations": None},
         {"id": 4, "data": {"image_id": "x"}, "annotations": [{**valid, "result": None}]},
-        {"id": 5, "data": {"image_id": "x"}, "annotations": [{**valid, "result": [{"type": "choices", "from_name": "main_style", "value": None}]}]},
+        {
+            "id": 5,
+            "data": {"image_id": "x"},
+            "annotations": [{**valid, "result": [{"type": "choices", "from_name": "main_style", "value": None}]}],
+        },
         {"id": 6, "data": {"image_id": "x"}, "annotations": ["approved", valid]},
         {"id": 7, "data": {"image_id": ["x"]}, "annotations": [valid]},
         {"id": 8, "data": {"image_id": "x"}, "annotations": [{**valid, "lead_time": "abc"}]},
         {"id": 9, "data": {"image_id": "x"}, "annotations": [{**valid, "created_at": "yesterday"}]},
         {"id": 10, "data": {"image_id": "x"}, "annotations": [{**valid, "updated_at": 5}]},
-        {"id": 11, "data": {"image_id": "x"}, "annotations": [{**valid, "result": [{**choices("main_style", ["Casual"]), "from_name": ["main_style"]}]}]},
-        {"id": 12, "data": {"image_id": "x"}, "annotations": [{**valid, "lead_time": 12.5, "created_at": "2019-07-08T10:00:00.123456Z"}]},
+        {
+            "id": 11,
+            "data": {"image_id": "x"},
+            "annotations": [{**valid, "result": [{**choices("main_style", ["Casual"]), "from_name": ["main_style"]}]}],
+        },
+        {
+            "id": 12,
+            "data": {"image_id": "x"},
+            "annotations": [{**valid, "lead_time": 12.5, "created_at": "2019-07-08T10:00:00.123456Z"}],
+        },
     ]
     rows, rejects = import_label_studio(tasks, "export.json", styles, {}, {"x"}).tables()
     assert list(rows["record"]) == ["task 6 / annotation 1", "task 12 / annotation 1"]
-    assert rows["lead_time"].iloc[1] == 12.5 and rows["created_at"].iloc[1] == pd.Timestamp("2019-07-08T10:00:00.123456Z")
+    assert rows["lead_time"].iloc[1] == 12.5 and rows["created_at"].iloc[1] == pd.Timestamp(
+        "2019-07-08T10:00:00.123456Z"
+    )
     assert dict(zip(rejects["record"], rejects["reason"])) == {
         "task #1 in the file": "malformed task: [1, 2] is not an object",
         "task 2 / annotation 1": "image not in catalog (task data is null)",
@@ -175,12 +217,18 @@ def test_kfashion_bad_files_are_rejected_one_by_one_and_no_style_is_dropped(tmp_
     (tmp_path / "root-list.json").write_text("[1]")
     rows, rejects = import_kfashion([*files, tmp_path / "root-list.json"], styles).tables()
     by_record = rows.set_index("record")
-    assert (by_record.loc["later-entry", "main_style"], by_record.loc["later-entry", "sub_styles"]) == ("Romantic", ["Sexy", "Sporty"])
+    assert (by_record.loc["later-entry", "main_style"], by_record.loc["later-entry", "sub_styles"]) == (
+        "Romantic",
+        ["Sexy", "Sporty"],
+    )
     assert by_record.loc["bom", "main_style"] == "Romantic"
     reasons = dict(zip(rejects["record"], rejects["reason"]))
     assert reasons["sub-only"].startswith("no main style (스타일 missing)")
     assert reasons["style-list"] == 'style entry 1: 스타일 is ["로맨틱"], not one Korean style name'
-    assert "not a list of style entries" in reasons["names-not-entries"] and "not a list of style entries" in reasons["entry-not-list"]
+    assert (
+        "not a list of style entries" in reasons["names-not-entries"]
+        and "not a list of style entries" in reasons["entry-not-list"]
+    )
     assert reasons["cp949"].startswith(f"not a K-Fashion label file: {tmp_path / 'cp949.json'}: not UTF-8 text")
     assert reasons["root-list"].startswith("not a K-Fashion label file (no 데이터셋 정보")
     assert len(rejects) == 6
@@ -201,20 +249,35 @@ def test_tag_csv_rejects_unknown_tags_and_missing_images(tmp_path):
     (tmp_path / "labels.csv").write_text("image,tags\na.jpg,skirt;cape;laser-sword\nmissing.jpg,skirt\n")
     rows, rejects = import_tag_csv(tmp_path / "labels.csv", garments, files_in(tmp_path)).tables()
     assert rows.empty
-    assert list(rejects["reason"]) == ["unknown tag(s) ['laser-sword']: not in taxonomy 'ccp-garments'", f"image {tmp_path / 'missing.jpg'} not found"]
+    assert list(rejects["reason"]) == [
+        "unknown tag(s) ['laser-sword']: not in taxonomy 'ccp-garments'",
+        f"image {tmp_path / 'missing.jpg'} not found",
+    ]
 
 
 def test_tag_csv_rows_are_checked_one_by_one_with_their_real_line_numbers(tmp_path):
     garments = load_taxonomy(ROOT / "taxonomies/ccp_garments.yaml")
     for name in ("a.jpg", "b.jpg"):
         (tmp_path / name).write_bytes(name.encode())
-    lines = ["\ufeffimage,tags", "a.jpg,skirt,oops", "", "b.jpg,skirt; hat", "a.jpg", ",skirt", ".,skirt", '"b.jpg","hat;skirt"']
+    lines = [
+        "\ufeffimage,tags",
+        "a.jpg,skirt,oops",
+        "",
+        "b.jpg,skirt; hat",
+        "a.jpg",
+        ",skirt",
+        ".,skirt",
+        '"b.jpg","hat;skirt"',
+    ]
     (tmp_path / "labels.csv").write_text("\r\n".join(lines) + "\r\n", encoding="utf-8")
     rows, rejects = import_tag_csv(tmp_path / "labels.csv", garments, files_in(tmp_path)).tables()
     assert list(rows["record"]) == ["line 4 (b.jpg)", "line 8 (b.jpg)"]
     assert [sorted(tags) for tags in rows["sub_styles"]] == [["hat", "skirt"]] * 2
     assert list(zip(rejects["record"], rejects["reason"])) == [
-        ("line 2 (a.jpg)", "3 fields ['a.jpg', 'skirt', 'oops']: expected 2, as the header has (quote a field that holds a comma)"),
+        (
+            "line 2 (a.jpg)",
+            "3 fields ['a.jpg', 'skirt', 'oops']: expected 2, as the header has (quote a field that holds a comma)",
+        ),
         ("line 5 (a.jpg)", "1 fields ['a.jpg']: expected 2, as the header has (quote a field that holds a comma)"),
         ("line 6 ()", "no image file name"),
         ("line 7 (.)", f"image '.' is {tmp_path}, not a file"),
@@ -224,9 +287,13 @@ def test_tag_csv_rows_are_checked_one_by_one_with_their_real_line_numbers(tmp_pa
 def test_tag_csv_columns_after_image_and_tags_are_ignored(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"a")
     (tmp_path / "labels.csv").write_text("image,tags,source\na.jpg,skirt;hat,street\na.jpg,skirt\n")
-    rows, rejects = import_tag_csv(tmp_path / "labels.csv", load_taxonomy(ROOT / "taxonomies/ccp_garments.yaml"), files_in(tmp_path)).tables()
+    rows, rejects = import_tag_csv(
+        tmp_path / "labels.csv", load_taxonomy(ROOT / "taxonomies/ccp_garments.yaml"), files_in(tmp_path)
+    ).tables()
     assert [sorted(tags) for tags in rows["sub_styles"]] == [["hat", "skirt"]]
-    assert list(rejects["reason"]) == ["2 fields ['a.jpg', 'skirt']: expected 3, as the header has (quote a field that holds a comma)"]
+    assert list(rejects["reason"]) == [
+        "2 fields ['a.jpg', 'skirt']: expected 3, as the header has (quote a field that holds a comma)"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -238,4 +305,6 @@ def test_tag_csv_columns_after_image_and_tags_are_ignored(tmp_path):
 def test_a_tag_csv_that_cannot_be_read_is_named(tmp_path, content, problem):
     (tmp_path / "labels.csv").write_bytes(content)
     with pytest.raises(InputError, match=f"{tmp_path / 'labels.csv'}: {problem}"):
-        import_tag_csv(tmp_path / "labels.csv", load_taxonomy(ROOT / "taxonomies/ccp_garments.yaml"), files_in(tmp_path))
+        import_tag_csv(
+            tmp_path / "labels.csv", load_taxonomy(ROOT / "taxonomies/ccp_garments.yaml"), files_in(tmp_path)
+        )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-
 import itertools
 import json
 import os
@@ -26,6 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import free_port
 from label_studio_sdk.core.api_error import ApiError
 
 from annotation.__main__ import chosen_checkpoint, load_predictions, parse_args, stop_signals_interrupt
@@ -36,10 +36,18 @@ from annotation.consolidate import IMAGE_LABEL_COLUMNS, consolidate
 from annotation.consolidate import main as consolidate_main
 from annotation.importers import ANNOTATION_COLUMNS
 from annotation.pull import snapshot_from_server
-from annotation.push import AnnotationSettings, Prediction, find_projects, listed_images, push_images, remove_duplicate_tasks, review_items, unless_gone
+from annotation.push import (
+    AnnotationSettings,
+    Prediction,
+    find_projects,
+    listed_images,
+    push_images,
+    remove_duplicate_tasks,
+    review_items,
+    unless_gone,
+)
 from annotation.server import ServerError, ServerSettings, credentials, start
 from pipeline.taxonomy import load_taxonomy
-from conftest import free_port
 
 ROOT = Path(__file__).parents[1]
 
@@ -52,12 +60,18 @@ def test_labeling_config_follows_the_taxonomy(tmp_path):
     assert blocks["sub_styles"].get("choice") == "multiple"
     assert [c.get("value") for c in blocks["main_style"]] == taxonomy.names
     (tmp_path / "t.yaml").write_text('labels:\n  - {id: a, name: "A & B", words: [a]}\n')
-    assert [c.get("value") for c in ElementTree.fromstring(labeling_config(load_taxonomy(tmp_path / "t.yaml"))).iter("Choice")] == ["A & B"] * 2
+    assert [
+        c.get("value")
+        for c in ElementTree.fromstring(labeling_config(load_taxonomy(tmp_path / "t.yaml"))).iter("Choice")
+    ] == ["A & B"] * 2
 
 
 def test_server_down_fails_after_retries_with_what_to_check():
     closed = Connection(url="http://127.0.0.1:9", token="x", attempts=2, backoff_s=0.01)
-    with pytest.raises(LabelStudioError, match=r"cannot reach Label Studio at http://127.0.0.1:9 after 2 attempts.*python -m annotation serve"):
+    with pytest.raises(
+        LabelStudioError,
+        match=r"cannot reach Label Studio at http://127.0.0.1:9 after 2 attempts.*python -m annotation serve",
+    ):
         closed.call("list projects", lambda: list(closed.client().projects.list()))
 
 
@@ -71,7 +85,15 @@ def annotations(rows: list[tuple[str, str | None, list[str]]]) -> pd.DataFrame:
     """An annotations table as the labels stage writes it; row n is expert n's."""
     return pd.DataFrame(
         [
-            {"image_id": i, "annotator": str(n), "main_style": m, "sub_styles": s, "cancelled": False, "source": "export.json", "record": f"annotation {n}"}
+            {
+                "image_id": i,
+                "annotator": str(n),
+                "main_style": m,
+                "sub_styles": s,
+                "cancelled": False,
+                "source": "export.json",
+                "record": f"annotation {n}",
+            }
             for n, (i, m, s) in enumerate(rows)
         ],
         columns=list(ANNOTATION_COLUMNS),
@@ -90,11 +112,15 @@ def test_consolidation_majority_main_half_vote_subs_and_ties_for_review():
     assert by_id.loc["a", "main_style"] == "Romantic" and by_id.loc["a", "sub_styles"] == ["Elegant"]
     assert by_id.loc["a", "main_agreement"] == pytest.approx(2 / 3)
     assert pd.isna(by_id.loc["b", "main_style"]) and by_id.loc["b", "needs_review"]
-    assert by_id.loc["b", "sub_styles"] == ["Sporty"]  # named by half; Casual and Natural wait for the review to pick the main
+    assert by_id.loc["b", "sub_styles"] == [
+        "Sporty"
+    ]  # named by half; Casual and Natural wait for the review to pick the main
     assert by_id.loc["c", "main_style"] == "Sexy" and by_id.loc["c", "batch"] == "b2"
     assert list(review["image_id"]) == ["b"] and "Casual 1, Natural 1" in review.iloc[0]["reason"]
     styles = agreement[agreement["scope"] == "style"].set_index("key")
-    assert styles.loc["Sporty", "alpha"] == 1.0 and styles.loc["Sporty", "images"] == 1  # named by both experts of b, by none of a
+    assert (
+        styles.loc["Sporty", "alpha"] == 1.0 and styles.loc["Sporty", "images"] == 1
+    )  # named by both experts of b, by none of a
     assert styles.loc["Romantic", "alpha"] < 0.5  # named by two of a's three experts
     b2 = agreement[(agreement["scope"] == "batch") & (agreement["key"] == "b2")]
     assert (b2["images"] == 0).all() and b2["alpha"].isna().all()  # single-annotator images do not count
@@ -107,12 +133,20 @@ def test_an_expert_counts_once_per_image_with_their_newest_annotation():
         ("c", "Natural", []), ("c", "Sexy", []),                         # no timestamps (K-Fashion, CSV): nothing orders them
     ])  # fmt: skip
     table["annotator"] = ["1", "1", "2", "1", "1", "2", "kfashion", "kfashion"]
-    table["updated_at"] = pd.to_datetime(["2019-07-01", "2019-07-02", "2019-07-01", "2019-07-02", "2019-07-03", "2019-07-01", None, None], utc=True)
+    table["updated_at"] = pd.to_datetime(
+        ["2019-07-01", "2019-07-02", "2019-07-01", "2019-07-02", "2019-07-03", "2019-07-01", None, None], utc=True
+    )
     labels, review, _ = consolidate(table, pd.DataFrame({"image_id": ["a", "b", "c"], "batch": ["b1"] * 3}))
     by_id = labels.set_index("image_id")
-    assert pd.isna(by_id.loc["a", "main_style"]) and by_id.loc["a", "needs_review"] and by_id.loc["a", "n_annotators"] == 2
+    assert (
+        pd.isna(by_id.loc["a", "main_style"]) and by_id.loc["a", "needs_review"] and by_id.loc["a", "n_annotators"] == 2
+    )
     assert list(review["image_id"]) == ["a", "c"] and "Casual 1, Sporty 1" in review.iloc[0]["reason"]
-    assert by_id.loc["b", "main_style"] == "Sporty" and by_id.loc["b", "main_agreement"] == 1.0 and by_id.loc["b", "n_annotators"] == 2
+    assert (
+        by_id.loc["b", "main_style"] == "Sporty"
+        and by_id.loc["b", "main_agreement"] == 1.0
+        and by_id.loc["b", "n_annotators"] == 2
+    )
     assert pd.isna(by_id.loc["c", "main_style"]) and by_id.loc["c", "needs_review"], "no version is chosen silently"
     assert review.iloc[1]["reason"].startswith("kfashion labels it 2 times, differently: ")
 
@@ -136,15 +170,29 @@ def test_no_valid_annotations_give_empty_typed_tables(tmp_path, capsys):
         table.to_parquet(tmp_path / "annotations.parquet")
         paths = ["--annotations", "annotations.parquet", "--catalog", "catalog.parquet", "--out", "labels.parquet", "--review", "review.csv", "--agreement", "agreement.parquet",
                  "--metrics", "agreement.json"]  # fmt: skip
-        assert consolidate_main([str(tmp_path / p) if p.endswith(("parquet", "csv", "json")) else p for p in paths]) == 0
+        assert (
+            consolidate_main([str(tmp_path / p) if p.endswith(("parquet", "csv", "json")) else p for p in paths]) == 0
+        )
         assert "no valid annotations" in capsys.readouterr().out
         labels = pd.read_parquet(tmp_path / "labels.parquet")
-        assert labels.empty and labels.dtypes.astype(str).to_dict() == {k: str(pd.Series(dtype=v).dtype) for k, v in IMAGE_LABEL_COLUMNS.items()}
+        assert labels.empty and labels.dtypes.astype(str).to_dict() == {
+            k: str(pd.Series(dtype=v).dtype) for k, v in IMAGE_LABEL_COLUMNS.items()
+        }
         assert pq.read_schema(tmp_path / "labels.parquet").field("sub_styles").type == pa.list_(pa.string())
         assert pd.read_csv(tmp_path / "review.csv").columns.tolist() == ["image_id", "reason"]
         agreement = pd.read_parquet(tmp_path / "agreement.parquet")
-        assert agreement.empty and agreement.dtypes.astype(str).to_dict() == {"scope": "string", "key": "string", "measure": "string", "alpha": "float64", "images": "int64"}
-        assert json.loads((tmp_path / "agreement.json").read_text()) == {"images_with_several_experts": 0, "alpha": {}, "alpha_per_style": {}}
+        assert agreement.empty and agreement.dtypes.astype(str).to_dict() == {
+            "scope": "string",
+            "key": "string",
+            "measure": "string",
+            "alpha": "float64",
+            "images": "int64",
+        }
+        assert json.loads((tmp_path / "agreement.json").read_text()) == {
+            "images_with_several_experts": 0,
+            "alpha": {},
+            "alpha_per_style": {},
+        }
 
 
 class FakeLabelStudio:
@@ -165,7 +213,9 @@ class FakeLabelStudio:
         self.down_from_import: int | None = None  # the server is down from this import request on
         self.requests: list[tuple[str, object]] = []
         project = SimpleNamespace(id=7, title=title, label_config="")
-        self.projects = SimpleNamespace(list=lambda: [project], update=lambda *a, **k: None, import_tasks=self.import_tasks)
+        self.projects = SimpleNamespace(
+            list=lambda: [project], update=lambda *a, **k: None, import_tasks=self.import_tasks
+        )
         self.import_storage = SimpleNamespace(local=SimpleNamespace(list=lambda project: [], create=lambda **k: None))
         self.tasks = SimpleNamespace(list=self.list_tasks, get=self.get_task, delete=self.delete_task)
 
@@ -184,12 +234,21 @@ class FakeLabelStudio:
         self.requests.append(("get", id))
         if id in self.gone:
             raise ApiError(status_code=404, body={"detail": "Not found."})
-        untouched = {"total_annotations": 0, "cancelled_annotations": 0, "draft_exists": False, "comment_count": 0, "annotators": []}
+        untouched = {
+            "total_annotations": 0,
+            "cancelled_annotations": 0,
+            "draft_exists": False,
+            "comment_count": 0,
+            "annotators": [],
+        }
         return SimpleNamespace(id=id, data=self.saved[id], **untouched | self.work.get(id, {}))
 
     def import_tasks(self, project_id: int, request: list[dict], request_options: dict | None = None):
         self.requests.append(("import", request_options))
-        if self.down_from_import is not None and [what for what, _ in self.requests].count("import") >= self.down_from_import:
+        if (
+            self.down_from_import is not None
+            and [what for what, _ in self.requests].count("import") >= self.down_from_import
+        ):
             raise httpx.ConnectError("connection refused")
         if self.late_saves:
             self.late_saves -= 1
@@ -210,7 +269,15 @@ class FakeLabelStudio:
 @pytest.fixture()
 def push_setup(tmp_path, monkeypatch):
     """(connection, settings, taxonomy, crawl dir, fake server factory): push_images against a FakeLabelStudio."""
-    settings = AnnotationSettings(project="styles", chunk_size=2, port=0, data_dir=tmp_path, document_root=tmp_path, order="least_confident", round_size=2)
+    settings = AnnotationSettings(
+        project="styles",
+        chunk_size=2,
+        port=0,
+        data_dir=tmp_path,
+        document_root=tmp_path,
+        order="least_confident",
+        round_size=2,
+    )
     conn = Connection(url="http://fake", token="t", attempts=3, backoff_s=0)
 
     def serve(image_ids: list[str], lost_answers: int = 0, late_saves: int = 0) -> FakeLabelStudio:
@@ -231,7 +298,9 @@ def test_an_import_whose_answer_is_lost_never_creates_a_task_twice(push_setup, l
     fake = serve([], lost_answers)
     assert push_images(conn, settings, taxonomy, images("abc"), crawl) == (7, 3)
     assert sorted(fake.image_ids()) == ["a", "b", "c"]
-    assert all(options == {"max_retries": 0} for what, options in fake.requests if what == "import"), "the SDK must not re-send the POST"
+    assert all(options == {"max_retries": 0} for what, options in fake.requests if what == "import"), (
+        "the SDK must not re-send the POST"
+    )
     assert all(fields == "task_only" for what, fields in fake.requests if what == "list tasks")
 
 
@@ -249,7 +318,9 @@ def test_tasks_label_studio_saves_after_the_retry_listed_the_project_are_deleted
 WORK = {
     "annotation": {"total_annotations": 1},
     "skip": {"cancelled_annotations": 1},
-    "draft": {"draft_exists": True},  # an expert's autosaved work in progress (tasks.get lists only the caller's own in `drafts`)
+    "draft": {
+        "draft_exists": True
+    },  # an expert's autosaved work in progress (tasks.get lists only the caller's own in `drafts`)
     "comment": {"comment_count": 1},
     "annotator": {"annotators": [2]},
     "a field the server did not send": {"draft_exists": None},
@@ -328,18 +399,34 @@ def test_a_review_list_sends_its_images_most_urgent_first_with_why(push_setup, t
     items = review_items(tmp_path / "label_issues.parquet", top=2)
     assert items.to_dict("records") == [{"image_id": "c", "suspicion": "missing Sexy (model 0.97); extra sub-style Romantic (model 0.01)"},
                                         {"image_id": "a", "suspicion": "wrong main style Casual (model 0.02)"}]  # fmt: skip
-    pd.DataFrame({"image_id": ["b"], "reason": ["tie for main style: Casual 1, Natural 1"]}).to_csv(tmp_path / "review.csv", index=False)
-    assert review_items(tmp_path / "review.csv", top=2).to_dict("records") == [{"image_id": "b", "suspicion": "tie for main style: Casual 1, Natural 1"}]
+    pd.DataFrame({"image_id": ["b"], "reason": ["tie for main style: Casual 1, Natural 1"]}).to_csv(
+        tmp_path / "review.csv", index=False
+    )
+    assert review_items(tmp_path / "review.csv", top=2).to_dict("records") == [
+        {"image_id": "b", "suspicion": "tie for main style: Casual 1, Natural 1"}
+    ]
     fake = serve([])
-    push_images(conn, settings, taxonomy, images("ca"), crawl, suspicions=dict(zip(items["image_id"], items["suspicion"])))
-    assert fake.image_ids() == ["c", "a"] and [data["suspicion"] for data in fake.saved.values()] == list(items["suspicion"])
+    push_images(
+        conn, settings, taxonomy, images("ca"), crawl, suspicions=dict(zip(items["image_id"], items["suspicion"]))
+    )
+    assert fake.image_ids() == ["c", "a"] and [data["suspicion"] for data in fake.saved.values()] == list(
+        items["suspicion"]
+    )
 
 
 def test_new_tasks_follow_the_labelling_order_of_the_settings(push_setup):
     conn, settings, taxonomy, crawl, serve = push_setup
     fake = serve([])
-    scores = {"a": [0.9, 0.1], "b": [0.5, 0.5], "c": [0.95, 0.6], "d": [0.6, 0.1]}  # mean entropy: b > d > c > a; top-1: b < d < a < c
-    predict = lambda new: {i: Prediction("m@1", [("Casual", max(scores[i]))], scores=scores[i], embedding=[1.0, 0.0]) for i in new["image_id"]}  # noqa: E731
+    scores = {
+        "a": [0.9, 0.1],
+        "b": [0.5, 0.5],
+        "c": [0.95, 0.6],
+        "d": [0.6, 0.1],
+    }  # mean entropy: b > d > c > a; top-1: b < d < a < c
+    predict = lambda new: {
+        i: Prediction("m@1", [("Casual", max(scores[i]))], scores=scores[i], embedding=[1.0, 0.0])
+        for i in new["image_id"]
+    }  # noqa: E731
     push_images(conn, dataclasses.replace(settings, order="entropy"), taxonomy, images("abcd"), crawl, predict)
     assert fake.image_ids() == ["b", "d", "c", "a"]
     fake = serve([])
@@ -348,10 +435,20 @@ def test_new_tasks_follow_the_labelling_order_of_the_settings(push_setup):
 
 
 def test_crawl_outside_the_document_root_is_named_before_any_request(tmp_path):
-    settings = AnnotationSettings(project="styles", chunk_size=2, port=0, data_dir=tmp_path, document_root=tmp_path / "data", order="least_confident", round_size=2)
+    settings = AnnotationSettings(
+        project="styles",
+        chunk_size=2,
+        port=0,
+        data_dir=tmp_path,
+        document_root=tmp_path / "data",
+        order="least_confident",
+        round_size=2,
+    )
     closed = Connection(url="http://127.0.0.1:9", token="x", attempts=1)
     taxonomy = load_taxonomy(ROOT / "taxonomies/kfashion_styles.yaml")
-    with pytest.raises(LabelStudioError, match=r"crawl.dir .*/srv-crawl is not under annotation.document_root .*/data.*params.yaml"):
+    with pytest.raises(
+        LabelStudioError, match=r"crawl.dir .*/srv-crawl is not under annotation.document_root .*/data.*params.yaml"
+    ):
         push_images(closed, settings, taxonomy, images("a"), tmp_path / "srv-crawl")
 
 
@@ -360,7 +457,12 @@ def test_push_checks_the_connection_before_predicting(tmp_path, monkeypatch, cap
     monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
     images("ab").assign(batch="b1").to_parquet(tmp_path / "catalog.parquet")
     monkeypatch.setattr("annotation.__main__.load_predictions", lambda *a: pytest.fail("predicted before connecting"))
-    assert annotation_main(["push", "--catalog", str(tmp_path / "catalog.parquet"), "--checkpoint", str(tmp_path / "best.pt")]) == 2
+    assert (
+        annotation_main(
+            ["push", "--catalog", str(tmp_path / "catalog.parquet"), "--checkpoint", str(tmp_path / "best.pt")]
+        )
+        == 2
+    )
     assert "set LABEL_STUDIO_URL" in capsys.readouterr().err
 
 
@@ -379,9 +481,13 @@ def test_a_server_too_slow_to_answer_is_not_reported_as_down():
     with socket.socket() as listener:  # listens, never answers: the request times out after the connection
         listener.bind(("127.0.0.1", 0))
         listener.listen()
-        slow = Connection(url=f"http://127.0.0.1:{listener.getsockname()[1]}", token="x", attempts=4, backoff_s=0.01, wait_s=0.6)
+        slow = Connection(
+            url=f"http://127.0.0.1:{listener.getsockname()[1]}", token="x", attempts=4, backoff_s=0.01, wait_s=0.6
+        )
         started = time.monotonic()
-        with pytest.raises(LabelStudioError, match=r"export project 'styles': .* did not answer within 0.2 s \(2 attempts in 0.6 s\)") as failure:
+        with pytest.raises(
+            LabelStudioError, match=r"export project 'styles': .* did not answer within 0.2 s \(2 attempts in 0.6 s\)"
+        ) as failure:
             slow.call("export project 'styles'", lambda: list(slow.client().projects.list()))
         assert time.monotonic() - started < 0.6 + 0.3, "the whole wait is bounded, not attempts x timeout"
     assert "cannot reach" not in str(failure.value) and "LABEL_STUDIO_WAIT_S" in str(failure.value)
@@ -394,18 +500,32 @@ def test_pull_names_the_dvc_command_to_run_when_dvc_add_fails(tmp_path, monkeypa
     (tmp_path / "dvc").write_text("#!/bin/sh\necho 'ERROR: you are not inside of a DVC repository' >&2\nexit 255\n")
     (tmp_path / "dvc").chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr("annotation.__main__.snapshot_from_server", lambda conn, title, exports: [(exports / "label-studio-styles.json", True)])
+    monkeypatch.setattr(
+        "annotation.__main__.snapshot_from_server",
+        lambda conn, title, exports: [(exports / "label-studio-styles.json", True)],
+    )
     assert annotation_main(["pull"]) == 2
     assert "run `dvc add data/label-exports` by hand" in capsys.readouterr().err
 
 
 def test_pull_snapshots_the_review_project_next_to_the_main_one(tmp_path, monkeypatch):
-    projects = [SimpleNamespace(id=1, title="styles"), SimpleNamespace(id=2, title="styles (review)"), SimpleNamespace(id=3, title="other")]
+    projects = [
+        SimpleNamespace(id=1, title="styles"),
+        SimpleNamespace(id=2, title="styles (review)"),
+        SimpleNamespace(id=3, title="other"),
+    ]
     exports = {1: [{"id": 1, "data": {"image_id": "a"}}], 2: [{"id": 9, "data": {"image_id": "a"}}]}
-    fake = SimpleNamespace(projects=SimpleNamespace(list=lambda: projects, exports=SimpleNamespace(as_json=lambda project_id: exports[project_id])))
+    fake = SimpleNamespace(
+        projects=SimpleNamespace(
+            list=lambda: projects, exports=SimpleNamespace(as_json=lambda project_id: exports[project_id])
+        )
+    )
     monkeypatch.setattr(Connection, "client", lambda self: fake)
     snapshots = snapshot_from_server(Connection(url="http://fake", token="t"), "styles", tmp_path)
-    assert [(path.name, changed) for path, changed in snapshots] == [("label-studio-styles.json", True), ("label-studio-styles-review.json", True)]
+    assert [(path.name, changed) for path, changed in snapshots] == [
+        ("label-studio-styles.json", True),
+        ("label-studio-styles-review.json", True),
+    ]
     assert json.loads((tmp_path / "label-studio-styles-review.json").read_text()) == exports[2]
 
 
@@ -414,7 +534,9 @@ def test_two_projects_of_one_title_are_refused_by_push_and_pull_alike(tmp_path, 
     fake = SimpleNamespace(projects=SimpleNamespace(list=lambda: projects))
     monkeypatch.setattr(Connection, "client", lambda self: fake)
     conn = Connection(url="http://fake", token="t")
-    with pytest.raises(LabelStudioError, match=r"2 projects on http://fake are titled 'styles' \(ids 4, 7\): rename or delete"):
+    with pytest.raises(
+        LabelStudioError, match=r"2 projects on http://fake are titled 'styles' \(ids 4, 7\): rename or delete"
+    ):
         snapshot_from_server(conn, "styles", tmp_path)
     with pytest.raises(LabelStudioError, match=r"2 projects .* titled 'styles'"):
         find_projects(conn, fake, "styles")
@@ -466,7 +588,9 @@ class SignalReachedTheTest(Exception):
     """serve left SIGTERM/SIGHUP to the test's handler instead of stopping its server."""
 
 
-def signal_this_process(send: signal.Signals, once: Callable[[], bool], delay_s: float, finished: threading.Event) -> threading.Thread:
+def signal_this_process(
+    send: signal.Signals, once: Callable[[], bool], delay_s: float, finished: threading.Event
+) -> threading.Thread:
     """A started thread that sends `send` to this process (as `kill` or Ctrl-C would) `delay_s` after `once()` holds,
     unless `finished` is set first."""
 
@@ -491,7 +615,12 @@ class LocalServe:
 
     @property
     def settings(self) -> ServerSettings:
-        return ServerSettings(port=self.port, data_dir=self.root / ".labelstudio", document_root=self.root / "data", venv=self.root / ".venv-labelstudio")
+        return ServerSettings(
+            port=self.port,
+            data_dir=self.root / ".labelstudio",
+            document_root=self.root / "data",
+            venv=self.root / ".venv-labelstudio",
+        )
 
     def server_pid(self) -> int | None:
         pid_file = self.settings.data_dir / "stand-in.pid"
@@ -513,7 +642,9 @@ class LocalServe:
         except httpx.HTTPError:
             return False
 
-    def serve(self, send: signal.Signals = signal.SIGTERM, once: Callable[[], bool] | None = None, delay_s: float = 3.0) -> int:
+    def serve(
+        self, send: signal.Signals = signal.SIGTERM, once: Callable[[], bool] | None = None, delay_s: float = 3.0
+    ) -> int:
         """`python -m annotation serve` here; `send` reaches this process `delay_s` after `once()` holds (default: answering).
 
         The test's own SIGTERM/SIGHUP handler raises SignalReachedTheTest, so a serve that does not handle the
@@ -528,7 +659,9 @@ class LocalServe:
         sender = signal_this_process(send, once or self.answering, delay_s, finished)
         try:
             code = annotation_main(["--params", str(self.root / "params.yaml"), "serve", "--port", str(self.port)])
-            assert all(signal.getsignal(signum) is refuse for signum in previous), "serve must restore the signal handlers"
+            assert all(signal.getsignal(signum) is refuse for signum in previous), (
+                "serve must restore the signal handlers"
+            )
             return code
         finally:
             finished.set()
@@ -542,7 +675,11 @@ def local_serve(tmp_path, monkeypatch):
     """A project folder with params.yaml, the credentials in the environment and the stand-in installed."""
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)
-    for name, value in {"LABEL_STUDIO_USERNAME": "lead@example.invalid", "LABEL_STUDIO_PASSWORD": "pw", "LABEL_STUDIO_API_KEY": "first-key-0123"}.items():
+    for name, value in {
+        "LABEL_STUDIO_USERNAME": "lead@example.invalid",
+        "LABEL_STUDIO_PASSWORD": "pw",
+        "LABEL_STUDIO_API_KEY": "first-key-0123",
+    }.items():
         monkeypatch.setenv(name, value)
     local = LocalServe(tmp_path, free_port())
     exe = local.settings.venv / "bin" / "label-studio"
@@ -565,10 +702,25 @@ def test_ctrl_c_while_the_server_starts_stops_it(local_serve, monkeypatch):
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the server ends with serve through Linux's PR_SET_PDEATHSIG")
 def test_a_serve_killed_outright_does_not_leave_its_server_holding_the_port(local_serve):
-    command = [sys.executable, "-m", "annotation", "--params", str(local_serve.root / "params.yaml"), "serve", "--port", str(local_serve.port)]
+    command = [
+        sys.executable,
+        "-m",
+        "annotation",
+        "--params",
+        str(local_serve.root / "params.yaml"),
+        "serve",
+        "--port",
+        str(local_serve.port),
+    ]
     log = local_serve.root / "serve.log"
     with log.open("wb") as out:
-        serve = subprocess.Popen(command, cwd=local_serve.root, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        serve = subprocess.Popen(
+            command,
+            cwd=local_serve.root,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
     try:
         deadline = time.monotonic() + 60
         while not local_serve.answering() and time.monotonic() < deadline and serve.poll() is None:
@@ -584,7 +736,11 @@ def test_a_serve_killed_outright_does_not_leave_its_server_holding_the_port(loca
         serve.kill()
 
 
-@pytest.mark.parametrize(("send", "phase"), [(signal.SIGTERM, "starting"), (signal.SIGHUP, "answering")], ids=["SIGTERM-starting", "SIGHUP-answering"])
+@pytest.mark.parametrize(
+    ("send", "phase"),
+    [(signal.SIGTERM, "starting"), (signal.SIGHUP, "answering")],
+    ids=["SIGTERM-starting", "SIGHUP-answering"],
+)
 def test_sigterm_or_sighup_stop_serve_and_its_server(local_serve, monkeypatch, capsys, send, phase):
     if phase == "starting":
         monkeypatch.setenv("STAND_IN", "mute")
@@ -598,7 +754,9 @@ def test_a_taken_port_is_an_error_not_another_servers_health(local_serve, capsys
         holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         holder.bind(("127.0.0.1", local_serve.port))
         holder.listen()
-        threading.Thread(target=lambda: holder.accept()[0].sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"), daemon=True).start()
+        threading.Thread(
+            target=lambda: holder.accept()[0].sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"), daemon=True
+        ).start()
         assert local_serve.serve() == 2
     err = capsys.readouterr().err
     assert f"port {local_serve.port} in use (an earlier `serve`?): stop it or use --port / annotation.port" in err
@@ -609,11 +767,16 @@ def test_a_server_that_exits_while_starting_is_an_error_naming_its_log(local_ser
     monkeypatch.setenv("STAND_IN", "crash")
     assert local_serve.serve() == 2
     err = capsys.readouterr().err
-    assert f"exited with code 1 while starting; its log says why: {Path('.labelstudio/server.log')}" in err and "Traceback" not in err
+    assert (
+        f"exited with code 1 while starting; its log says why: {Path('.labelstudio/server.log')}" in err
+        and "Traceback" not in err
+    )
     assert "stand-in: cannot start" in (local_serve.settings.log_path).read_text()
 
 
-@pytest.mark.parametrize(("mode", "status"), [("die", "code 3"), ("killed", "signal SIGKILL"), ("realtime", f"signal {signal.SIGRTMIN + 2}")])
+@pytest.mark.parametrize(
+    ("mode", "status"), [("die", "code 3"), ("killed", "signal SIGKILL"), ("realtime", f"signal {signal.SIGRTMIN + 2}")]
+)
 def test_a_server_that_dies_while_serving_is_an_error_naming_its_log(local_serve, monkeypatch, capsys, mode, status):
     monkeypatch.setenv("STAND_IN", mode)
     assert local_serve.serve(once=lambda: False, delay_s=30) == 2, "a crash is not a clean stop"
@@ -634,7 +797,9 @@ def test_an_api_key_label_studio_would_ignore_is_refused(monkeypatch):
     monkeypatch.setenv("LABEL_STUDIO_USERNAME", "lead@example.invalid")
     monkeypatch.setenv("LABEL_STUDIO_PASSWORD", "pw")
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", "12345")
-    with pytest.raises(ServerError, match="LABEL_STUDIO_API_KEY must be longer than 5 characters: Label Studio ignores"):
+    with pytest.raises(
+        ServerError, match="LABEL_STUDIO_API_KEY must be longer than 5 characters: Label Studio ignores"
+    ):
         credentials()
 
 
@@ -661,8 +826,12 @@ def test_an_image_the_model_cannot_read_gets_no_pre_annotation(tmp_path, monkeyp
     images = pd.DataFrame({"image_id": ["a", "b"], "path": ["b1/a.jpg", "b1/b.jpg"]})
     predictions = load_predictions(checkpoint, images, tmp_path, top_k=3)
     assert list(predictions) == ["a"] and predictions["a"].ranked == [("Casual", 0.9), ("Sexy", 0.2)]
-    assert predictions["a"].present == {"Casual", "Sexy"}, "the labels over their validation thresholds are the ones pre-ticked"
-    assert predictions["a"].scores == [0.9, 0.2] and predictions["a"].embedding == [1.0, 1.0, 1.0], "what the labelling order reads"
+    assert predictions["a"].present == {"Casual", "Sexy"}, (
+        "the labels over their validation thresholds are the ones pre-ticked"
+    )
+    assert predictions["a"].scores == [0.9, 0.2] and predictions["a"].embedding == [1.0, 1.0, 1.0], (
+        "what the labelling order reads"
+    )
 
 
 def test_serve_under_nohup_keeps_ignoring_hang_ups():

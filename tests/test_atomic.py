@@ -89,7 +89,9 @@ def test_a_stage_replaces_its_outputs_together_or_not_at_all(tmp_path: Path) -> 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["catalog.json", "rejects.json"], "no temporary left"
 
 
-def test_a_full_disk_while_a_stage_writes_is_a_clear_error_and_the_old_outputs_stay(demo_crawl: Path, tmp_path: Path) -> None:
+def test_a_full_disk_while_a_stage_writes_is_a_clear_error_and_the_old_outputs_stay(
+    demo_crawl: Path, tmp_path: Path
+) -> None:
     """A real write failure: the stage runs in a process whose files may not grow past 64 KiB (RLIMIT_FSIZE: the kernel
     refuses the write with EFBIG, as a full disk refuses it with ENOSPC; the same path handles both)."""
     import subprocess
@@ -108,7 +110,11 @@ def test_a_full_disk_while_a_stage_writes_is_a_clear_error_and_the_old_outputs_s
                "resource.setrlimit(resource.RLIMIT_FSIZE, (1200, 1200)); from pipeline.ingest import main; sys.exit(main(sys.argv[1:]))", *args]  # fmt: skip
     done = subprocess.run(limited, cwd=Path(__file__).parents[1], capture_output=True, text=True)
     assert done.returncode == 2, done.stderr
-    assert done.stderr.startswith("ingest: error: ") and "cannot write it (File too large)" in done.stderr and "is unchanged" in done.stderr
+    assert (
+        done.stderr.startswith("ingest: error: ")
+        and "cannot write it (File too large)" in done.stderr
+        and "is unchanged" in done.stderr
+    )
     assert "Traceback" not in done.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before, "every output as it was"
     assert not [p for p in out.rglob(".*.tmp")], "no temporary left"
@@ -126,7 +132,11 @@ def test_a_checkpoint_that_cannot_be_written_is_a_clear_error_and_the_old_one_st
               "resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536)); from training.checkpoint import save_checkpoint; "
               "from pipeline.cli import report_user_errors; "
               "sys.exit(report_user_errors('train', lambda: save_checkpoint({'weights': torch.zeros(100_000)}, Path(sys.argv[1])) or 0))")  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", script, str(path)], cwd=Path(__file__).parents[1], capture_output=True, text=True)
-    assert done.returncode == 2 and done.stderr.startswith(f"train: error: {path}: cannot write it (torch: "), done.stderr
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(path)], cwd=Path(__file__).parents[1], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and done.stderr.startswith(f"train: error: {path}: cannot write it (torch: "), (
+        done.stderr
+    )
     assert "is unchanged" in done.stderr and path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]

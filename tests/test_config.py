@@ -60,10 +60,22 @@ def test_a_params_value_of_the_wrong_type_names_its_key(tmp_path, old, new, mess
     [
         ("labels: []", "non-empty 'labels'"),
         ("labels:\n  - {id: a, name: A}", r"label #0 lacks \['words'\]"),
-        ("labels:\n  - {id: a, name: A, words: [a]}\n  - {id: b, name: A, words: [b]}", r"duplicate label names \['A'\]"),
-        ("labels:\n  - {id: r, name: Romantic, words: romantic}", r"label 'Romantic': 'words' must be a non-empty list of words.*found 'romantic'"),
-        ("labels:\n  - {id: r, name: Romantic, words: []}", r"label 'Romantic': 'words' must be a non-empty list of words.*found \[\]"),
-        ("labels:\n  - {id: r, name: Romantic, words: [romantic, 3]}", r"label 'Romantic': 'words' must be a non-empty list of words"),
+        (
+            "labels:\n  - {id: a, name: A, words: [a]}\n  - {id: b, name: A, words: [b]}",
+            r"duplicate label names \['A'\]",
+        ),
+        (
+            "labels:\n  - {id: r, name: Romantic, words: romantic}",
+            r"label 'Romantic': 'words' must be a non-empty list of words.*found 'romantic'",
+        ),
+        (
+            "labels:\n  - {id: r, name: Romantic, words: []}",
+            r"label 'Romantic': 'words' must be a non-empty list of words.*found \[\]",
+        ),
+        (
+            "labels:\n  - {id: r, name: Romantic, words: [romantic, 3]}",
+            r"label 'Romantic': 'words' must be a non-empty list of words",
+        ),
     ],
     ids=["no-labels", "no-words", "duplicate-names", "words-a-string", "words-empty", "words-not-strings"],
 )
@@ -103,9 +115,15 @@ def test_a_stage_run_outside_the_project_says_where_to_run_it(prog, tmp_path, mo
     monkeypatch.chdir(tmp_path)
     err = run_stage(prog, [], capsys)
     if prog == "consolidate":  # reads no params: its first input is missing instead
-        assert f"{Path('data/annotations.parquet')}: not found (if a stage writes it, `dvc repro` runs the stages in order; otherwise check the path)" in err
+        assert (
+            f"{Path('data/annotations.parquet')}: not found (if a stage writes it, `dvc repro` runs the stages in order; otherwise check the path)"
+            in err
+        )
     else:
-        assert f"params.yaml: params file not found in {tmp_path}; run from the project root (the folder with dvc.yaml), or pass --params" in err
+        assert (
+            f"params.yaml: params file not found in {tmp_path}; run from the project root (the folder with dvc.yaml), or pass --params"
+            in err
+        )
 
 
 def test_a_damaged_or_incomplete_input_table_is_named_with_what_to_do(tmp_path, monkeypatch, capsys):
@@ -114,18 +132,29 @@ def test_a_damaged_or_incomplete_input_table_is_named_with_what_to_do(tmp_path, 
     damaged.write_bytes(b"PAR1 cut short")
     pd.DataFrame({"image_id": ["a"]}).to_parquet(incomplete)
     err = run_stage("consolidate", ["--annotations", str(damaged), "--catalog", str(incomplete)], capsys)
-    assert f"{damaged}: not a readable Parquet table (" in err and "rebuild it (`dvc repro`) or restore it (`dvc checkout`)" in err
+    assert (
+        f"{damaged}: not a readable Parquet table (" in err
+        and "rebuild it (`dvc repro`) or restore it (`dvc checkout`)" in err
+    )
     pd.DataFrame({"image_id": ["a"]}).to_parquet(damaged)
-    assert f"{incomplete}: lacks the column(s) ['batch']; rebuild it" in run_stage("consolidate", ["--annotations", str(damaged), "--catalog", str(incomplete)], capsys)
+    assert f"{incomplete}: lacks the column(s) ['batch']; rebuild it" in run_stage(
+        "consolidate", ["--annotations", str(damaged), "--catalog", str(incomplete)], capsys
+    )
 
 
 def test_a_malformed_taxonomy_or_params_file_stops_a_stage_with_its_name(tmp_path, capsys):
     params = tmp_path / "params.yaml"
-    params.write_text((ROOT / "params.yaml").read_text().replace("taxonomy: taxonomies/kfashion_styles.yaml", f"taxonomy: {tmp_path / 't.yaml'}"))
+    params.write_text(
+        (ROOT / "params.yaml")
+        .read_text()
+        .replace("taxonomy: taxonomies/kfashion_styles.yaml", f"taxonomy: {tmp_path / 't.yaml'}")
+    )
     (tmp_path / "t.yaml").write_text("labels: []")
     assert "non-empty 'labels'" in run_stage("stats", ["--params", str(params)], capsys)
     params.write_text("ingest: [min_side: 64\n")
-    assert f"{params}, line 2, column 1: not valid YAML (expected ',' or ']', but got '<stream end>')" in run_stage("ingest", ["--params", str(params)], capsys)
+    assert f"{params}, line 2, column 1: not valid YAML (expected ',' or ']', but got '<stream end>')" in run_stage(
+        "ingest", ["--params", str(params)], capsys
+    )
 
 
 WORKER_TRACEBACK = """Caught FileNotFoundError in DataLoader worker process 0.
@@ -139,8 +168,14 @@ FileNotFoundError: [Errno 2] No such file or directory: '/crawl/b1/x.jpg'
 @pytest.mark.parametrize(
     ("error", "message"),
     [
-        (FileNotFoundError(2, "No such file or directory", "data/a.parquet"), "data/a.parquet: not found (if a stage writes it, `dvc repro` runs the stages in order; otherwise check the path)"),
-        (FileNotFoundError("data/a.parquet"), "data/a.parquet: not found (if a stage writes it, `dvc repro` runs the stages in order; otherwise check the path)"),
+        (
+            FileNotFoundError(2, "No such file or directory", "data/a.parquet"),
+            "data/a.parquet: not found (if a stage writes it, `dvc repro` runs the stages in order; otherwise check the path)",
+        ),
+        (
+            FileNotFoundError("data/a.parquet"),
+            "data/a.parquet: not found (if a stage writes it, `dvc repro` runs the stages in order; otherwise check the path)",
+        ),
         (FileNotFoundError(2, "No such file or directory"), "[Errno 2] No such file or directory"),
         (FileNotFoundError(WORKER_TRACEBACK), "[Errno 2] No such file or directory: '/crawl/b1/x.jpg'"),
     ],

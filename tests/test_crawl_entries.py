@@ -25,7 +25,9 @@ def photo_in(crawl: Path) -> Path:
     return next(p for p in sorted((crawl / "batch-001").iterdir()) if p.suffix == ".jpg")
 
 
-def test_every_hostile_entry_is_a_reject_with_its_reason_and_the_batch_goes_on(clean, tmp_path, ingest_settings, monkeypatch):
+def test_every_hostile_entry_is_a_reject_with_its_reason_and_the_batch_goes_on(
+    clean, tmp_path, ingest_settings, monkeypatch
+):
     crawl, clean_ids, clean_rejects = clean
     batch = crawl / "batch-001"
     outside = tmp_path / "elsewhere"
@@ -47,7 +49,15 @@ def test_every_hostile_entry_is_a_reject_with_its_reason_and_the_batch_goes_on(c
     shutil.copy(photo_in(crawl), batch / "locked.jpg")
     real_read = Path.read_bytes
     # Tests run as root here, which reads any file whatever its mode; the OS's refusal is simulated for this one file.
-    monkeypatch.setattr(Path, "read_bytes", lambda self: (_ for _ in ()).throw(PermissionError(13, "Permission denied")) if self.name == "locked.jpg" else real_read(self))
+    monkeypatch.setattr(
+        Path,
+        "read_bytes",
+        lambda self: (
+            (_ for _ in ()).throw(PermissionError(13, "Permission denied"))
+            if self.name == "locked.jpg"
+            else real_read(self)
+        ),
+    )
 
     catalog, rejects, _, _ = ingest(crawl, tmp_path / "cache", ingest_settings)
 

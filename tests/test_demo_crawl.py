@@ -9,14 +9,16 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
 from pipeline.demo_crawl import TABLE2_IMAGES, draw_labels, generate, main_style_weights, photo_rng
 from pipeline.images import content_id
 
 
 def digest_tree(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_same_seed_gives_byte_identical_batches(tmp_path, tiny_demo, style_names):
@@ -74,7 +76,11 @@ def test_cli_refuses_a_taxonomy_it_cannot_draw(tmp_path, capsys):
 
     taxonomy = tmp_path / "tags.yaml"
     taxonomy.write_text("labels:\n  - {id: skirt, name: skirt, words: [skirt]}\n")
-    params = (Path(__file__).parents[1] / "params.yaml").read_text().replace("taxonomies/kfashion_styles.yaml", str(taxonomy))
+    params = (
+        (Path(__file__).parents[1] / "params.yaml")
+        .read_text()
+        .replace("taxonomies/kfashion_styles.yaml", str(taxonomy))
+    )
     (tmp_path / "params.yaml").write_text(params)
     assert main(["--params", str(tmp_path / "params.yaml"), "--crawl-dir", str(tmp_path / "c")]) == 2
     assert "no demo look: ['skirt']" in capsys.readouterr().err

@@ -20,7 +20,11 @@ pytestmark = pytest.mark.slow
 
 
 def run(cmd: str, cwd: Path) -> str:
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "DVC_NO_ANALYTICS": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
     done = subprocess.run(cmd, shell=True, cwd=cwd, env=env, capture_output=True, text=True)
     assert done.returncode == 0, f"`{cmd}` failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout + done.stderr
@@ -33,7 +37,11 @@ def project(tmp_path: Path) -> Path:
     work.mkdir()
     for name in ("dvc.yaml", "pipeline", "annotation", "training", "taxonomies"):
         src = ROOT / name
-        (shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir() else shutil.copy(src, work / name))
+        (
+            shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+            if src.is_dir()
+            else shutil.copy(src, work / name)
+        )
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["demo"].update(batches=2, images_per_batch=8, width=96, height=128)
     (work / "params.yaml").write_text(yaml.safe_dump(params))
@@ -94,7 +102,10 @@ def write_existing_labels(project: Path) -> None:
             choices = annotation_choices(task["annotations"][0])
             main, subs = choices["main_style"][0], choices.get("sub_styles", [])
             if main in korean and len(csv_lines) > 2:  # the first images go to the CSV, so that it holds some
-                entries = [{"스타일": main, "서브스타일": ""}, *({"스타일": "", "서브스타일": korean[s]} for s in subs if s in korean)]
+                entries = [
+                    {"스타일": main, "서브스타일": ""},
+                    *({"스타일": "", "서브스타일": korean[s]} for s in subs if s in korean),
+                ]
                 entries[0]["스타일"] = korean[main]
                 folder = project / "data/crawl" / batch if batch == "batch-002" else exports / "kfashion"
                 folder.mkdir(exist_ok=True)
@@ -104,7 +115,9 @@ def write_existing_labels(project: Path) -> None:
                 csv_lines.append(f"{batch}/{file},{';'.join(subs)},{main}")
         export.unlink()
     bad = {"데이터셋 정보": {"데이터셋 상세설명": {"라벨링": {"스타일": [{"스타일": "페미닌"}]}}}}
-    bad_stem = Path(csv_lines[1].split(",")[0]).stem  # a photo of the catalog, labelled with a style K-Fashion's taxonomy lacks
+    bad_stem = Path(
+        csv_lines[1].split(",")[0]
+    ).stem  # a photo of the catalog, labelled with a style K-Fashion's taxonomy lacks
     (exports / "kfashion" / f"{bad_stem}.json").write_text(json.dumps(bad, ensure_ascii=False), encoding="utf-8")
     csv_lines.append("batch-001/no-such-photo.jpg,Casual,Casual")
     (exports / "tags.csv").write_text("\n".join(csv_lines) + "\n", encoding="utf-8")
@@ -123,7 +136,9 @@ def test_repro_with_kfashion_files_and_a_csv_instead_of_label_studio_exports(pro
     reasons = dict(zip(rejects["record"], rejects["reason"]))
     bad_stem = Path(pd.read_csv(project / "data/label-exports/tags.csv")["image"][0]).stem
     assert reasons[bad_stem] == "Korean style name(s) ['페미닌'] not in taxonomy 'kfashion-styles'"
-    assert reasons[next(r for r in reasons if "no-such-photo" in r)].startswith("image batch-001/no-such-photo.jpg not in the catalog")
+    assert reasons[next(r for r in reasons if "no-such-photo" in r)].startswith(
+        "image batch-001/no-such-photo.jpg not in the catalog"
+    )
     assert len(pd.read_parquet(project / "data/dataset.parquet")) > 0 and (project / "metrics/evaluation.json").exists()
     assert not (pd.read_csv(project / "data/ingest/rejects.csv")["file"].astype(str).str.endswith(".json")).any()
 
@@ -145,7 +160,9 @@ def _project_imports(path: Path) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in PACKAGES:
-            found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names if _module_file(f"{node.module}.{a.name}")}
+            found |= {node.module} | {
+                f"{node.module}.{a.name}" for a in node.names if _module_file(f"{node.module}.{a.name}")
+            }
         elif isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.split(".")[0] in PACKAGES}
     return found
@@ -173,4 +190,3 @@ def test_every_stage_depends_on_the_code_it_runs():
         if gaps := sorted(_source_files(module) - deps - PLUMBING):
             missing[name] = gaps
     assert not missing, f"dvc.yaml stages lack deps on the code they run: {missing}"
-

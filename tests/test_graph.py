@@ -63,7 +63,9 @@ def test_project_params_have_a_valid_graph_section():
 def test_matrices_match_the_hand_computed_case():
     graph = build_graph(train_matrix(dataset(TRAIN), NAMES), NAMES, SETTINGS)
     assert graph["counts"].tolist() == [5, 3, 1, 1, 0]
-    assert graph["cooccurrence"][0, 1] == 2 and graph["cooccurrence"][1, 2] == 1 and np.trace(graph["cooccurrence"]) == 0
+    assert (
+        graph["cooccurrence"][0, 1] == 2 and graph["cooccurrence"][1, 2] == 1 and np.trace(graph["cooccurrence"]) == 0
+    )
     np.testing.assert_allclose(graph["conditional"], CONDITIONAL)
     np.testing.assert_allclose(graph["adjacency"], ADJACENCY)
     d = np.array([1, 1, 1, 0.8, 0.8]) ** -0.5  # row sums of A'
@@ -82,7 +84,9 @@ def test_reference_normalisation_transposes_so_a_node_hears_the_labels_that_impl
 
 def test_threshold_and_p_reshape_the_graph():
     matrix = train_matrix(dataset(TRAIN), NAMES)
-    loose = build_graph(matrix, NAMES, GraphSettings(threshold=0.3, p=0.5, normalisation="symmetric", word_vectors="x"))["adjacency"]
+    loose = build_graph(
+        matrix, NAMES, GraphSettings(threshold=0.3, p=0.5, normalisation="symmetric", word_vectors="x")
+    )["adjacency"]
     np.testing.assert_allclose(loose[1], [0.25, 0.5, 0.25, 0, 0])  # B -> A and B -> C share p = 0.5
     with pytest.raises(ParamsError, match="normalisation"):
         GraphSettings(threshold=0.4, p=0.2, normalisation="kipf", word_vectors="x").check()
@@ -98,7 +102,9 @@ def test_only_train_labels_build_the_graph():
 
 
 def taxonomy(words: dict[str, tuple[str, ...]]) -> Taxonomy:
-    return Taxonomy(name="test", version=1, labels=tuple(Label(id=n.lower(), name=n, words=w) for n, w in words.items()))
+    return Taxonomy(
+        name="test", version=1, labels=tuple(Label(id=n.lower(), name=n, words=w) for n, w in words.items())
+    )
 
 
 def test_multi_word_labels_average_their_glove_vectors():
@@ -130,17 +136,37 @@ def test_cli_writes_the_npz_the_trainer_reads_and_the_picture(tmp_path):
     dataset(TRAIN, TEST).to_parquet(tmp_path / "dataset.parquet")
     (tmp_path / "subset.json").write_text(json.dumps({"labels": NAMES, "top_k": 0}))
     (tmp_path / "glove.txt").write_text("".join(f"{n.lower()} {k} 1\n" for k, n in enumerate(NAMES)), encoding="utf-8")
-    (tmp_path / "taxonomy.yaml").write_text(yaml.safe_dump({"labels": [{"id": n, "name": n, "words": [n.lower()]} for n in NAMES]}))
+    (tmp_path / "taxonomy.yaml").write_text(
+        yaml.safe_dump({"labels": [{"id": n, "name": n, "words": [n.lower()]} for n in NAMES]})
+    )
     params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
     section = SETTINGS.__dict__ | {"normalisation": "reference", "word_vectors": str(tmp_path / "glove.txt")}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params | {"taxonomy": str(tmp_path / "taxonomy.yaml"), "graph": section}))
-    argv = ["--dataset", str(tmp_path / "dataset.parquet"), "--subset", str(tmp_path / "subset.json"), "--params", str(tmp_path / "params.yaml")]
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump(params | {"taxonomy": str(tmp_path / "taxonomy.yaml"), "graph": section})
+    )
+    argv = [
+        "--dataset",
+        str(tmp_path / "dataset.parquet"),
+        "--subset",
+        str(tmp_path / "subset.json"),
+        "--params",
+        str(tmp_path / "params.yaml"),
+    ]
     assert main([*argv, "--out", str(tmp_path / "graph.npz"), "--plot", str(tmp_path / "graph.png")]) == 0
     with np.load(tmp_path / "graph.npz") as graph:  # no pickle needed
-        assert sorted(graph.files) == sorted(["labels", "counts", "cooccurrence", "conditional", "adjacency", "adjacency_norm", "embeddings", "meta"])
+        assert sorted(graph.files) == sorted(
+            ["labels", "counts", "cooccurrence", "conditional", "adjacency", "adjacency_norm", "embeddings", "meta"]
+        )
         assert graph["labels"].tolist() == NAMES
         np.testing.assert_allclose(graph["adjacency"], ADJACENCY)
         assert graph["embeddings"].shape == (5, 2) and graph["embeddings"].dtype == np.float32
         meta = json.loads(str(graph["meta"]))
-    assert meta | {"word_vectors": None} == {"t": 0.4, "p": 0.2, "normalisation": "reference", "word_vectors": None, "dimension": 2, "train_images": 7}
+    assert meta | {"word_vectors": None} == {
+        "t": 0.4,
+        "p": 0.2,
+        "normalisation": "reference",
+        "word_vectors": None,
+        "dimension": 2,
+        "train_images": 7,
+    }
     assert (tmp_path / "graph.png").read_bytes()[:4] == b"\x89PNG"

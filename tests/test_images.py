@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.demo_crawl import decompression_bomb_png
 import pipeline.images as images_module
+from pipeline.demo_crawl import decompression_bomb_png
 from pipeline.images import content_id, difference_hash, inspect_image
 from training.data import load_rgb
 
@@ -86,8 +86,13 @@ def test_bad_files_are_rejected_with_a_reason(tmp_path, make, reason_start):
 
 
 def test_an_error_anywhere_in_the_inspection_is_a_reject_but_running_out_of_memory_is_not(tmp_path, monkeypatch):
-    monkeypatch.setattr(images_module, "difference_hash", Mock(side_effect=ValueError("conversion from LAB to L not supported")))
-    assert inspect_bytes(tmp_path, jpeg()).reason == "corrupt image data (ValueError): conversion from LAB to L not supported"
+    monkeypatch.setattr(
+        images_module, "difference_hash", Mock(side_effect=ValueError("conversion from LAB to L not supported"))
+    )
+    assert (
+        inspect_bytes(tmp_path, jpeg()).reason
+        == "corrupt image data (ValueError): conversion from LAB to L not supported"
+    )
     monkeypatch.setattr(images_module, "difference_hash", Mock(side_effect=MemoryError()))
     with pytest.raises(MemoryError):
         inspect_bytes(tmp_path, jpeg())
@@ -101,12 +106,20 @@ def test_corrupt_scan_data_is_rejected_not_decoded_as_garbage(tmp_path, demo_cra
 def test_bomb_is_measured_from_the_header_without_decoding(tmp_path):
     # 40,000 x 40,000 pixels of 1-bit data would need ~1.6 GB to decode; only the header is read.
     result = inspect_bytes(tmp_path, decompression_bomb_png(40_000), max_pixels=89_478_485)
-    assert (result.reason, result.header_only, result.width, result.height, result.dhash) == (None, True, 40_000, 40_000, None)
+    assert (result.reason, result.header_only, result.width, result.height, result.dhash) == (
+        None,
+        True,
+        40_000,
+        40_000,
+        None,
+    )
 
 
 def test_ingest_max_pixels_not_pillows_limit_decides_and_pillows_limit_comes_back(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 160 x 120 is a "bomb" to Pillow now
-    result = inspect_bytes(tmp_path, saved(Image.new("RGB", (160, 120), "white"), "PNG"), name="x.png", max_pixels=20_000)
+    result = inspect_bytes(
+        tmp_path, saved(Image.new("RGB", (160, 120), "white"), "PNG"), name="x.png", max_pixels=20_000
+    )
     assert (result.reason, result.header_only, result.width, result.height) == (None, False, 160, 120)
     assert Image.MAX_IMAGE_PIXELS == 100
 
@@ -132,10 +145,26 @@ def test_cmyk_photo_is_accepted_and_its_mode_recorded(tmp_path):
 @pytest.mark.parametrize(
     ("picture", "fmt", "expected"),
     [
-        (Image.fromarray(np.array([[0, 257 * 100, 65535, 40_000]], np.uint16)), "PNG", [0, 100, 255, 156]),  # I;16: / 257, not clipped
-        (Image.fromarray(np.array([[0, 257 * 100, 65535, 40_000]], np.int32)), "TIFF", [0, 100, 255, 156]),  # I within 16 bits: the same
-        (Image.fromarray(np.array([[-100, 0, 100, 410]], np.int32)), "TIFF", [0, 50, 100, 255]),  # I beyond: stretched min..max
-        (Image.fromarray(np.array([[0.0, 0.5, 1.0, 0.2]], np.float32)), "TIFF", [0, 128, 255, 51]),  # F within 0-1: * 255
+        (
+            Image.fromarray(np.array([[0, 257 * 100, 65535, 40_000]], np.uint16)),
+            "PNG",
+            [0, 100, 255, 156],
+        ),  # I;16: / 257, not clipped
+        (
+            Image.fromarray(np.array([[0, 257 * 100, 65535, 40_000]], np.int32)),
+            "TIFF",
+            [0, 100, 255, 156],
+        ),  # I within 16 bits: the same
+        (
+            Image.fromarray(np.array([[-100, 0, 100, 410]], np.int32)),
+            "TIFF",
+            [0, 50, 100, 255],
+        ),  # I beyond: stretched min..max
+        (
+            Image.fromarray(np.array([[0.0, 0.5, 1.0, 0.2]], np.float32)),
+            "TIFF",
+            [0, 128, 255, 51],
+        ),  # F within 0-1: * 255
     ],
     ids=["16-bit-png", "32-bit-int-tiff", "32-bit-int-wide-tiff", "float-tiff"],
 )
@@ -155,7 +184,9 @@ def test_lab_pictures_go_through_a_colour_conversion(tmp_path):
     path.write_bytes(saved(lab, "TIFF"))
     assert inspect_image(path, max_pixels=10**8).reason is None
     rgb = np.asarray(load_rgb(path))
-    assert rgb[0, 40].tolist() == [119, 119, 119], "sRGB of L* 50 is 119 (a plain 8-bit reading would give 128 and tinted channels)"
+    assert rgb[0, 40].tolist() == [119, 119, 119], (
+        "sRGB of L* 50 is 119 (a plain 8-bit reading would give 128 and tinted channels)"
+    )
     assert rgb[0, 0].tolist() in ([254, 255, 254], [255, 255, 255])
 
 
@@ -165,7 +196,9 @@ def test_training_applies_the_decoding_policy_without_importing_ingests_code():
         "import sys, training.predict, training.features, training.train, training.evaluate; print('pipeline.images' in sys.modules); "
         "import pipeline.decoding as d, pipeline.images as i; print(i.SUPPORTED_MODES is d.SUPPORTED_MODES and i.unsupported_mode_reason is d.unsupported_mode_reason)"
     )
-    run = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True, text=True, check=True)
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True, text=True, check=True
+    )
     assert run.stdout.split() == ["False", "True"]
 
 

@@ -12,12 +12,12 @@ import pandas as pd
 import PIL
 import pytest
 from PIL import Image
+from test_images import png_with_exif_chunk, tiff_with_rational_strip_offsets  # bad files, built in the image tests
 
 import pipeline.ingest as ingest_module
 from pipeline.demo_crawl import generate
 from pipeline.ingest import ingest, main
 from pipeline.near_duplicates import near_duplicate_pairs
-from test_images import png_with_exif_chunk, tiff_with_rational_strip_offsets  # bad files, built in the image tests
 
 
 @pytest.fixture()
@@ -62,7 +62,9 @@ def test_exact_duplicate_across_batches_is_one_image_with_both_sources(tmp_path,
     assert catalog["image_id"].is_unique
 
 
-def test_adding_a_batch_decodes_only_the_new_batch(tmp_path, demo_crawl, tiny_demo, style_names, ingest_settings, decode_spy):
+def test_adding_a_batch_decodes_only_the_new_batch(
+    tmp_path, demo_crawl, tiny_demo, style_names, ingest_settings, decode_spy
+):
     cache = tmp_path / "cache"
     ingest(demo_crawl, cache, ingest_settings)
     assert {p.parent.name for p in decode_spy} == {"batch-001", "batch-002"}
@@ -76,15 +78,21 @@ def test_adding_a_batch_decodes_only_the_new_batch(tmp_path, demo_crawl, tiny_de
     assert set(catalog.column("batch").to_pylist()) == {"batch-001", "batch-002", "batch-003"}
 
 
-def test_unchanged_crawl_decodes_nothing_and_changed_file_is_decoded_again(tmp_path, demo_crawl, ingest_settings, decode_spy):
+def test_unchanged_crawl_decodes_nothing_and_changed_file_is_decoded_again(
+    tmp_path, demo_crawl, ingest_settings, decode_spy
+):
     cache = tmp_path / "cache"
     ingest(demo_crawl, cache, ingest_settings)
     decode_spy.clear()
-    (cache / ".batch-001.parquet.x81kd.tmp").write_bytes(b"left by a killed write")  # the cache persists: nothing else would remove it
+    (cache / ".batch-001.parquet.x81kd.tmp").write_bytes(
+        b"left by a killed write"
+    )  # the cache persists: nothing else would remove it
     ingest(demo_crawl, cache, ingest_settings)
     assert decode_spy == [] and not list(cache.glob(".*"))
 
-    victim = next((demo_crawl / "batch-001").glob("instagram_*.jpg"), None) or next((demo_crawl / "batch-001").glob("*_*.jpg"))
+    victim = next((demo_crawl / "batch-001").glob("instagram_*.jpg"), None) or next(
+        (demo_crawl / "batch-001").glob("*_*.jpg")
+    )
     shutil.copy(demo_crawl / "batch-001" / "truncated_0001.jpg", victim)  # a photo replaced by a broken copy
     _, rejects, _, _ = ingest(demo_crawl, cache, ingest_settings)
     assert decode_spy == [victim]
@@ -107,7 +115,9 @@ def test_new_size_limits_apply_to_cached_batches_without_decoding(tmp_path, demo
     catalog, _, _, _ = ingest(demo_crawl, cache, ingest_settings)
     decode_spy.clear()
 
-    stricter, rejects, _, counts = ingest(demo_crawl, cache, dataclasses.replace(ingest_settings, min_side=100))  # demo photos: 96 x 128
+    stricter, rejects, _, counts = ingest(
+        demo_crawl, cache, dataclasses.replace(ingest_settings, min_side=100)
+    )  # demo photos: 96 x 128
     assert decode_spy == [] and counts.decoded == 0
     assert stricter.num_rows == 0
     reasons = {f"{r.batch}/{r.file}": r.reason for r in rejects.itertuples()}
@@ -126,13 +136,17 @@ def guarded_files(rejects: pd.DataFrame) -> set[str]:
 
 def test_raising_max_pixels_decodes_only_the_images_it_now_admits(tmp_path, demo_crawl, ingest_settings, decode_spy):
     cache = tmp_path / "cache"
-    guarded = guarded_files(ingest(demo_crawl, cache, dataclasses.replace(ingest_settings, max_pixels=10_000))[1])  # below 96 x 128
+    guarded = guarded_files(
+        ingest(demo_crawl, cache, dataclasses.replace(ingest_settings, max_pixels=10_000))[1]
+    )  # below 96 x 128
     bombs = {"batch-001/bomb_0001.png", "batch-002/bomb_0001.png"}
     assert bombs < guarded
     decode_spy.clear()
 
     catalog, rejects, _, _ = ingest(demo_crawl, cache, ingest_settings)
-    assert {f"{p.parent.name}/{p.name}" for p in decode_spy} == guarded - bombs and len(decode_spy) == len(guarded - bombs)
+    assert {f"{p.parent.name}/{p.name}" for p in decode_spy} == guarded - bombs and len(decode_spy) == len(
+        guarded - bombs
+    )
     assert guarded_files(rejects) == bombs
     assert catalog.equals(ingest(demo_crawl, tmp_path / "fresh-cache", ingest_settings)[0])
 
@@ -155,10 +169,14 @@ def test_rejects_judged_by_another_pillow_version_are_judged_again(tmp_path, dem
     assert bad_bytes and len(bad_bytes) < len(table)
     decode_spy.clear()
     again = ingest(demo_crawl, cache, ingest_settings)
-    assert sorted(p.name for p in decode_spy) == sorted(bad_bytes) and {p.parent.name for p in decode_spy} == {"batch-001"}
+    assert sorted(p.name for p in decode_spy) == sorted(bad_bytes) and {p.parent.name for p in decode_spy} == {
+        "batch-001"
+    }
     assert again[0].equals(catalog) and again[1].equals(rejects)
     rewritten = pd.read_parquet(cache / "batch-001.parquet").set_index("file")["decoder"]
-    assert set(rewritten[sorted(bad_bytes)]) == {PIL.__version__} and set(rewritten.drop(sorted(bad_bytes))) == {"9.0.0"}, "accepted images are not decoded again"
+    assert set(rewritten[sorted(bad_bytes)]) == {PIL.__version__} and set(rewritten.drop(sorted(bad_bytes))) == {
+        "9.0.0"
+    }, "accepted images are not decoded again"
 
 
 def test_a_damaged_batch_cache_is_rebuilt_with_a_warning(tmp_path, demo_crawl, ingest_settings, decode_spy, capsys):
@@ -184,7 +202,9 @@ def deny_reading(patch: pytest.MonkeyPatch, victim: Path) -> None:
 
 
 @pytest.mark.parametrize("mtime_changed", [True, False], ids=["mtime-changed", "permissions-fixed"])
-def test_a_file_that_could_not_be_read_is_read_again_on_the_next_run(tmp_path, demo_crawl, ingest_settings, monkeypatch, mtime_changed):
+def test_a_file_that_could_not_be_read_is_read_again_on_the_next_run(
+    tmp_path, demo_crawl, ingest_settings, monkeypatch, mtime_changed
+):
     cache = tmp_path / "cache"
     victim = next((demo_crawl / "batch-001").glob("cmyk_*.jpg"))
     with monkeypatch.context() as patch:
@@ -197,7 +217,9 @@ def test_a_file_that_could_not_be_read_is_read_again_on_the_next_run(tmp_path, d
     assert victim.name not in set(rejects["file"]) and f"batch-001/{victim.name}" in catalog.column("path").to_pylist()
 
 
-def test_a_cached_file_that_can_no_longer_be_read_is_rejected_not_a_crash(tmp_path, demo_crawl, ingest_settings, monkeypatch):
+def test_a_cached_file_that_can_no_longer_be_read_is_rejected_not_a_crash(
+    tmp_path, demo_crawl, ingest_settings, monkeypatch
+):
     cache = tmp_path / "cache"
     ingest(demo_crawl, cache, ingest_settings)
     victim = next((demo_crawl / "batch-001").glob("cmyk_*.jpg"))
@@ -207,7 +229,9 @@ def test_a_cached_file_that_can_no_longer_be_read_is_rejected_not_a_crash(tmp_pa
     assert rejects.set_index("file").loc[victim.name, "reason"] == "unreadable file: Permission denied"
 
 
-def test_files_that_make_pillow_raise_anything_are_rejected_and_the_worker_pool_goes_on(tmp_path, demo_crawl, ingest_settings):
+def test_files_that_make_pillow_raise_anything_are_rejected_and_the_worker_pool_goes_on(
+    tmp_path, demo_crawl, ingest_settings
+):
     (demo_crawl / "batch-001" / "bad_exif.png").write_bytes(png_with_exif_chunk(b"garbage, not TIFF"))
     (demo_crawl / "batch-001" / "bad_strips.tif").write_bytes(tiff_with_rational_strip_offsets())
     Image.fromarray(np.full((80, 80), 40_000, np.uint16)).save(demo_crawl / "batch-001" / "sixteen_bit.png")
@@ -262,7 +286,13 @@ def test_missing_crawl_folder_is_a_clear_error_and_writes_nothing(tmp_path, caps
 
 @pytest.mark.parametrize(
     ("content", "problem"),
-    [(b"file,source,post_id,posted_at\na.jpg,sns,1,2026-01-01\nb.jpg,sns,2,2026-01-01,extra,fields,here\n", "Expected 4 fields in line 3, saw 7"), (b"file,source,post_id,posted_at\nb\xe9.jpg,sns,1,x\n", "can't decode byte 0xe9")],
+    [
+        (
+            b"file,source,post_id,posted_at\na.jpg,sns,1,2026-01-01\nb.jpg,sns,2,2026-01-01,extra,fields,here\n",
+            "Expected 4 fields in line 3, saw 7",
+        ),
+        (b"file,source,post_id,posted_at\nb\xe9.jpg,sns,1,x\n", "can't decode byte 0xe9"),
+    ],
     ids=["ragged-row", "latin-1"],
 )
 def test_a_malformed_metadata_csv_is_named_in_one_line(tmp_path, capsys, demo_crawl, content, problem, monkeypatch):
@@ -272,9 +302,28 @@ def test_a_malformed_metadata_csv_is_named_in_one_line(tmp_path, capsys, demo_cr
     metadata = demo_crawl / "batch-002" / "metadata.csv"
     metadata.write_bytes(content)
     catalog = tmp_path / "catalog.parquet"
-    assert main(["--params", str(params_file), "--crawl-dir", str(demo_crawl), "--cache-dir", str(tmp_path / "cache"), "--catalog", str(catalog)]) == 2
+    assert (
+        main(
+            [
+                "--params",
+                str(params_file),
+                "--crawl-dir",
+                str(demo_crawl),
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "--catalog",
+                str(catalog),
+            ]
+        )
+        == 2
+    )
     [line] = capsys.readouterr().err.splitlines()
-    assert line.startswith(f"ingest: error: {metadata}: not readable as UTF-8 CSV with the columns file,source,post_id,posted_at (") and problem in line
+    assert (
+        line.startswith(
+            f"ingest: error: {metadata}: not readable as UTF-8 CSV with the columns file,source,post_id,posted_at ("
+        )
+        and problem in line
+    )
     assert not catalog.exists()
 
 

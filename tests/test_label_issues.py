@@ -38,7 +38,9 @@ def _telling_features(inputs: dict[str, Path], tmp_path: Path) -> dict[str, Path
     rng = np.random.default_rng(0)
     for array, ids in (("avg", npz["image_id"]), ("avg_flip", npz["flip_image_id"])):
         vectors = rng.normal(0, 0.1, npz[array].shape).astype(np.float32)
-        vectors[:, :3] += 3 * np.array([[label in table.at[i, "labels"] for label in LABELS] for i in ids], dtype=np.float32)
+        vectors[:, :3] += 3 * np.array(
+            [[label in table.at[i, "labels"] for label in LABELS] for i in ids], dtype=np.float32
+        )
         npz[array] = vectors
     np.savez(tmp_path / "telling.npz", **npz)
     return dict(inputs, features=tmp_path / "telling.npz")
@@ -51,13 +53,21 @@ def test_a_planted_wrong_label_ranks_near_the_top_and_the_test_split_stays_out(i
     table = pd.read_parquet(inputs["dataset"])
     planted = table.index[table["image_id"] == "img01"][0]  # a green picture, training split
     assert table.at[planted, "labels"].tolist() == ["green"] and table.at[planted, "split"] == "train"
-    table.at[planted, "labels"], table.at[planted, "main_style"] = ["blue"], "blue"  # the expert clicked the wrong colour
+    table.at[planted, "labels"], table.at[planted, "main_style"] = (
+        ["blue"],
+        "blue",
+    )  # the expert clicked the wrong colour
     table.to_parquet(tmp_path / "dataset.parquet")
     assert _find(inputs, tmp_path, params, tmp_path / "dataset.parquet") == 0
     issues = pd.read_parquet(tmp_path / "issues.parquet")
-    assert set(zip(issues.head(2)["image_id"], issues.head(2)["label"], issues.head(2)["kind"])) == {("img01", "blue", "wrong main style"), ("img01", "green", "missing")}
+    assert set(zip(issues.head(2)["image_id"], issues.head(2)["label"], issues.head(2)["kind"])) == {
+        ("img01", "blue", "wrong main style"),
+        ("img01", "green", "missing"),
+    }
     row = issues[(issues["image_id"] == "img01") & (issues["label"] == "green")].iloc[0]
-    assert row["experts_labels"].tolist() == ["blue"] and row["model_main"] == "green" and row["model_probability"] > 0.5
+    assert (
+        row["experts_labels"].tolist() == ["blue"] and row["model_main"] == "green" and row["model_probability"] > 0.5
+    )
     assert set(issues["split"]) <= {"train", "val"}, "the test split's labels are never put up for change"
     assert list(issues["rank"]) == list(range(1, len(issues) + 1)) and issues["score"].is_monotonic_decreasing
     metrics = json.loads((tmp_path / "issues.json").read_text())
@@ -71,7 +81,9 @@ def test_every_image_is_scored_by_a_head_that_never_saw_it(inputs):
     assert (label_issues.assign_folds(22, 4, seed=0) == fold).all(), "seeded"
 
 
-@pytest.mark.parametrize(("finder", "message"), [({"model": "cnn"}, "trains from pixels"), ({"folds": 1}, "label_issues.folds must be >= 2")])
+@pytest.mark.parametrize(
+    ("finder", "message"), [({"model": "cnn"}, "trains from pixels"), ({"folds": 1}, "label_issues.folds must be >= 2")]
+)
 def test_a_finder_that_cannot_work_is_refused_naming_the_setting(inputs, tmp_path, capsys, finder, message):
     params = _finder_params(tmp_path, inputs["weights"], **finder)
     if finder.get("model") == "cnn":
@@ -82,5 +94,10 @@ def test_a_finder_that_cannot_work_is_refused_naming_the_setting(inputs, tmp_pat
 
 def test_kinds_name_what_the_fix_would_be():
     kinds = label_issues.issue_kinds(np.array([[1, 0, 1], [0, 1, 0]]), np.array([0, 1]))
-    assert kinds.tolist() == [["wrong main style", "missing", "extra sub-style"], ["missing", "wrong main style", "missing"]]
-    assert label_issues.issue_kinds(np.array([[1, 0]]), np.array([-1])).tolist() == [["extra", "missing"]], "tag sets have no main label"
+    assert kinds.tolist() == [
+        ["wrong main style", "missing", "extra sub-style"],
+        ["missing", "wrong main style", "missing"],
+    ]
+    assert label_issues.issue_kinds(np.array([[1, 0]]), np.array([-1])).tolist() == [["extra", "missing"]], (
+        "tag sets have no main label"
+    )

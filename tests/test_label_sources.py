@@ -32,9 +32,16 @@ def crawl(demo_crawl, tmp_path, ingest_settings):
 
 
 def kfashion(path: Path, main: str | None, *subs: str) -> Path:
-    entries = [{"스타일": main, "서브스타일": subs[0] if subs else ""}, *({"스타일": s} for s in subs[1:])] if main else [{"서브스타일": subs[0]}]
+    entries = (
+        [{"스타일": main, "서브스타일": subs[0] if subs else ""}, *({"스타일": s} for s in subs[1:])]
+        if main
+        else [{"서브스타일": subs[0]}]
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"데이터셋 정보": {"데이터셋 상세설명": {"라벨링": {"스타일": entries}}}}, ensure_ascii=False), encoding="utf-8")
+    path.write_text(
+        json.dumps({"데이터셋 정보": {"데이터셋 상세설명": {"라벨링": {"스타일": entries}}}}, ensure_ascii=False),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -48,11 +55,18 @@ def test_kfashion_folder_csv_and_sidecars_are_recognised_by_shape_and_matched(cr
     crawl_dir, catalog = crawl
     labels = tmp_path / "labels"
     (b0, f0, id0), (b1, f1, id1), (b2, f2, id2), (b3, f3, id3) = (photo(catalog, i) for i in range(4))
-    kfashion(labels / "kfashion" / f"{Path(f0).stem}.json", "로맨틱", "섹시")  # a folder of K-Fashion files: matched by stem
+    kfashion(
+        labels / "kfashion" / f"{Path(f0).stem}.json", "로맨틱", "섹시"
+    )  # a folder of K-Fashion files: matched by stem
     kfashion(labels / "kfashion" / "9999999.json", "로맨틱")  # names no photo of the catalog
     kfashion(labels / "kfashion" / f"{Path(photo(catalog, 4)[1]).stem}.json", "페미닌")
-    (labels / "tags.csv").write_text(f"image,tags,main_style\n{b1}/{f1},Sporty;Casual,Casual\n{f2},Hiphop,Tomboy\n{f3},Laser,Casual\n", encoding="utf-8")
-    kfashion(crawl_dir / b3 / f"{Path(f3).stem}.json", "스포티", "톰보이")  # the K-Fashion layout: beside its photo in the batch
+    (labels / "tags.csv").write_text(
+        f"image,tags,main_style\n{b1}/{f1},Sporty;Casual,Casual\n{f2},Hiphop,Tomboy\n{f3},Laser,Casual\n",
+        encoding="utf-8",
+    )
+    kfashion(
+        crawl_dir / b3 / f"{Path(f3).stem}.json", "스포티", "톰보이"
+    )  # the K-Fashion layout: beside its photo in the batch
     rows, rejects = read_label_sources(labels, crawl_dir, catalog, styles, tmp_path / "cache").tables()
 
     got = {(r.source, r.image_id): (r.main_style, list(r.sub_styles), r.annotator) for r in rows.itertuples()}
@@ -63,8 +77,13 @@ def test_kfashion_folder_csv_and_sidecars_are_recognised_by_shape_and_matched(cr
         (f"kfashion:{b3}", id3): ("Sporty", ["Tomboy"], f"kfashion:{b3}"),
     }
     reasons = dict(zip(rejects["record"], rejects["reason"]))
-    assert reasons["9999999"] == "image 9999999.jpg not in the catalog (no crawl batch has a file of that name: ingest it first)"
-    assert reasons[Path(photo(catalog, 4)[1]).stem] == "Korean style name(s) ['페미닌'] not in taxonomy 'kfashion-styles'"
+    assert (
+        reasons["9999999"]
+        == "image 9999999.jpg not in the catalog (no crawl batch has a file of that name: ingest it first)"
+    )
+    assert (
+        reasons[Path(photo(catalog, 4)[1]).stem] == "Korean style name(s) ['페미닌'] not in taxonomy 'kfashion-styles'"
+    )
     assert reasons[f"line 4 ({f3})"] == "unknown tag(s) ['Laser']: not in taxonomy 'kfashion-styles'"
     assert len(rejects) == 3
 
@@ -96,7 +115,9 @@ def test_a_name_in_several_batches_must_say_which(crawl, tmp_path, styles, inges
     labels.mkdir()
     (labels / "tags.csv").write_text(f"image,tags\ncopy.jpg,Casual\n{batch}/copy.jpg,Casual\n", encoding="utf-8")
     rows, rejects = read_label_sources(labels, crawl_dir, catalog, styles, tmp_path / "cache").tables()
-    assert list(rejects["reason"]) == ["image copy.jpg names 2 different catalog images (several batches hold a file of that name): write it as <batch>/copy.jpg"]
+    assert list(rejects["reason"]) == [
+        "image copy.jpg names 2 different catalog images (several batches hold a file of that name): write it as <batch>/copy.jpg"
+    ]
     assert len(rows) == 1
 
 
@@ -120,7 +141,9 @@ def test_kfashion_files_are_parsed_once_then_read_from_the_cache(crawl, tmp_path
     assert sorted(again["main_style"]) == ["Romantic", "Sexy", "Sporty"]
 
 
-def test_a_source_that_labels_copies_of_a_photo_differently_sends_it_to_review(crawl, tmp_path, styles, ingest_settings):
+def test_a_source_that_labels_copies_of_a_photo_differently_sends_it_to_review(
+    crawl, tmp_path, styles, ingest_settings
+):
     crawl_dir, catalog = crawl
     batch, file, image_id = photo(catalog, 0)
     shutil.copy(crawl_dir / batch / file, crawl_dir / batch / "repost.jpg")  # byte-identical: the same catalog image
@@ -129,7 +152,8 @@ def test_a_source_that_labels_copies_of_a_photo_differently_sends_it_to_review(c
     labels = tmp_path / "labels"
     labels.mkdir()
     (labels / "tags.csv").write_text(
-        f"image,tags,main_style\n{batch}/{file},Sporty;Hiphop,Casual\n{batch}/repost.jpg,Hiphop,Romantic\n{file2},Sexy,Casual\n{file2},Sexy,Casual\n", encoding="utf-8"
+        f"image,tags,main_style\n{batch}/{file},Sporty;Hiphop,Casual\n{batch}/repost.jpg,Hiphop,Romantic\n{file2},Sexy,Casual\n{file2},Sexy,Casual\n",
+        encoding="utf-8",
     )
     rows, _ = read_label_sources(labels, crawl_dir, catalog, styles, tmp_path / "cache").tables()
     labels_table, review, _ = consolidate(rows, catalog)
@@ -138,7 +162,10 @@ def test_a_source_that_labels_copies_of_a_photo_differently_sends_it_to_review(c
     assert list(by_image.loc[image_id, "sub_styles"]) == ["Hiphop"], "what both versions say is kept"
     assert not by_image.loc[id2, "needs_review"], "the same labels twice are no conflict"
     [reason] = review.loc[review["image_id"] == image_id, "reason"]
-    assert reason == f"csv:tags.csv labels it 2 times, differently: line 2 ({batch}/{file}): Casual | Sporty, Hiphop; line 3 ({batch}/repost.jpg): Romantic | Hiphop"
+    assert (
+        reason
+        == f"csv:tags.csv labels it 2 times, differently: line 2 ({batch}/{file}): Casual | Sporty, Hiphop; line 3 ({batch}/repost.jpg): Romantic | Hiphop"
+    )
 
 
 def test_the_labels_stage_reports_each_kind_of_source(crawl, tmp_path, capsys):

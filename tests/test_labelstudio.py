@@ -7,26 +7,31 @@ data in a temporary folder; experts are played by API calls, as the web UI makes
 from __future__ import annotations
 
 import dataclasses
-import json
 import secrets
 from pathlib import Path
 
 import httpx
-import pandas as pd
 import pytest
+from conftest import free_port
 
+from annotation.__main__ import imported_labels
 from annotation.client import Connection, LabelStudioError
 from annotation.importers import import_label_studio, read_label_studio_export
-from annotation.__main__ import imported_labels
 from annotation.pull import export_path, snapshot_from_server
-from annotation.sources import CatalogIndex
-from annotation.push import AnnotationSettings, Prediction, listed_images, push_images, remove_duplicate_tasks, review_title
+from annotation.push import (
+    AnnotationSettings,
+    Prediction,
+    listed_images,
+    push_images,
+    remove_duplicate_tasks,
+    review_title,
+)
 from annotation.server import ServerError, ServerSettings, check_token, start, stop
+from annotation.sources import CatalogIndex
 from pipeline.demo_crawl import generate
 from pipeline.ingest import ingest
 from pipeline.settings import IngestSettings
 from pipeline.taxonomy import load_taxonomy
-from conftest import free_port
 
 ROOT = Path(__file__).parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.labelstudio]
@@ -36,7 +41,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.labelstudio]
 def workspace(tmp_path_factory, params, style_names):
     """A tiny demo crawl + catalog under <tmp>/data, the folder Label Studio serves files from."""
     root = tmp_path_factory.mktemp("ls-workspace")
-    demo = params.demo.__class__(**{**params.demo.__dict__, "batches": 1, "images_per_batch": 6, "width": 96, "height": 128})
+    demo = params.demo.__class__(
+        **{**params.demo.__dict__, "batches": 1, "images_per_batch": 6, "width": 96, "height": 128}
+    )
     generate(demo, style_names, root / "data/crawl", root / "data/exports")
     settings = IngestSettings(workers=1, min_side=64, max_pixels=89_478_485, near_duplicate_distance=2)
     catalog = ingest(root / "data/crawl", root / "cache", settings)[0].to_pandas()
@@ -46,13 +53,22 @@ def workspace(tmp_path_factory, params, style_names):
 @pytest.fixture(scope="session")
 def server_settings(tmp_path_factory, workspace) -> ServerSettings:
     root, _ = workspace
-    return ServerSettings(port=free_port(), data_dir=tmp_path_factory.mktemp("ls-data"), document_root=root / "data", venv=ROOT / ".venv-labelstudio")
+    return ServerSettings(
+        port=free_port(),
+        data_dir=tmp_path_factory.mktemp("ls-data"),
+        document_root=root / "data",
+        venv=ROOT / ".venv-labelstudio",
+    )
 
 
 @pytest.fixture(scope="session")
 def server(server_settings):
     token = secrets.token_hex(20)
-    creds = {"LABEL_STUDIO_USERNAME": "expert@stylegraph.invalid", "LABEL_STUDIO_PASSWORD": secrets.token_hex(8), "LABEL_STUDIO_API_KEY": token}
+    creds = {
+        "LABEL_STUDIO_USERNAME": "expert@stylegraph.invalid",
+        "LABEL_STUDIO_PASSWORD": secrets.token_hex(8),
+        "LABEL_STUDIO_API_KEY": token,
+    }
     process = start(server_settings, creds)
     yield Connection(url=server_settings.url, token=token)
     stop(process)
@@ -61,7 +77,15 @@ def server(server_settings):
 @pytest.fixture()
 def annotation_settings(workspace, request) -> AnnotationSettings:
     root, _ = workspace
-    return AnnotationSettings(project=request.node.name[5:50], chunk_size=4, port=0, data_dir=root, document_root=root / "data", order="least_confident", round_size=4)
+    return AnnotationSettings(
+        project=request.node.name[5:50],
+        chunk_size=4,
+        port=0,
+        data_dir=root,
+        document_root=root / "data",
+        order="least_confident",
+        round_size=4,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -82,7 +106,9 @@ def test_push_twice_adds_each_image_once_in_chunks(server, workspace, annotation
     assert sorted(t.data["image_id"] for t in tasks) == sorted(catalog["image_id"])
 
 
-def test_tasks_saved_after_the_retry_listed_the_project_are_deleted_again(server, workspace, annotation_settings, styles, monkeypatch):
+def test_tasks_saved_after_the_retry_listed_the_project_are_deleted_again(
+    server, workspace, annotation_settings, styles, monkeypatch
+):
     """No test can make Label Studio finish an import late on demand, so the SDK call is wrapped to replay it:
     the first import "times out" unsent and is sent right after the retry's. Listing and deleting are real."""
     root, catalog = workspace
@@ -99,7 +125,9 @@ def test_tasks_saved_after_the_retry_listed_the_project_are_deleted_again(server
 
     monkeypatch.setattr(ls.projects, "import_tasks", import_tasks)
     monkeypatch.setattr(Connection, "client", lambda self: ls)
-    project_id, added = push_images(dataclasses.replace(server, backoff_s=0), annotation_settings, styles, catalog, root / "data/crawl")
+    project_id, added = push_images(
+        dataclasses.replace(server, backoff_s=0), annotation_settings, styles, catalog, root / "data/crawl"
+    )
     assert added == len(catalog)
     tasks = list(ls.tasks.list(project=project_id, fields="task_only"))
     assert sorted(t.data["image_id"] for t in tasks) == sorted(catalog["image_id"])
@@ -111,13 +139,21 @@ def test_a_duplicate_someone_started_on_is_kept(server, workspace, annotation_se
     ls = server.client()
     first = sorted(ls.tasks.list(project=project_id, fields="task_only"), key=lambda t: t.id)
     ls.projects.import_tasks(project_id, request=[{"data": t.data} for t in first])  # a copy of each
-    annotated, drafted, untouched = sorted(ls.tasks.list(project=project_id, fields="task_only"), key=lambda t: t.id)[3:]
+    annotated, drafted, untouched = sorted(ls.tasks.list(project=project_id, fields="task_only"), key=lambda t: t.id)[
+        3:
+    ]
     ls.annotations.create(id=annotated.id, result=[choices("main_style", ["Casual"])], was_cancelled=False)
-    draft = httpx.post(f"{server.url}/api/tasks/{drafted.id}/drafts", headers={"Authorization": f"Token {server.token}"}, json={"result": [choices("main_style", ["Retro"])], "lead_time": 3.0})
+    draft = httpx.post(
+        f"{server.url}/api/tasks/{drafted.id}/drafts",
+        headers={"Authorization": f"Token {server.token}"},
+        json={"result": [choices("main_style", ["Retro"])], "lead_time": 3.0},
+    )
     assert draft.status_code == 201, draft.text  # what the editor autosaves while an expert works
     assert remove_duplicate_tasks(server, ls, listed_images(ls, project_id)) == 3
     left = {t.id for t in ls.tasks.list(project=project_id, fields="task_only")}
-    assert left == {annotated.id, drafted.id, first[2].id}, "a started copy replaces its untouched original; else the oldest stays"
+    assert left == {annotated.id, drafted.id, first[2].id}, (
+        "a started copy replaces its untouched original; else the oldest stays"
+    )
 
 
 def test_label_studio_serves_the_pushed_photo(server, workspace, annotation_settings, styles):
@@ -148,7 +184,9 @@ def test_round_trip_keeps_exactly_the_valid_annotations(server, workspace, annot
     exports = root / f"exports-{project_id}"
     [(path, changed)] = snapshot_from_server(server, annotation_settings.project, exports)
     assert changed and snapshot_from_server(server, annotation_settings.project, exports) == [(path, False)]
-    imported = import_label_studio(read_label_studio_export(path), str(path), styles, CatalogIndex(catalog).by_key, set(catalog["image_id"]))
+    imported = import_label_studio(
+        read_label_studio_export(path), str(path), styles, CatalogIndex(catalog).by_key, set(catalog["image_id"])
+    )
     rows, rejects = imported.tables()
     valid = rows[~rows["cancelled"]].sort_values("main_style")
     assert list(valid["main_style"]) == ["Casual", "Romantic"]
@@ -169,7 +207,9 @@ def test_predictions_become_pre_annotations_most_uncertain_first(server, workspa
         image_id: Prediction("mlgcn@1", [("Casual", p), ("Natural", 0.55), ("Sexy", 0.1)], frozenset({"Sexy"}))
         for image_id, p in zip(subset["image_id"], confidences)
     }
-    project_id, _ = push_images(server, annotation_settings, styles, subset, root / "data/crawl", lambda new: predictions)
+    project_id, _ = push_images(
+        server, annotation_settings, styles, subset, root / "data/crawl", lambda new: predictions
+    )
     exported = server.client().projects.exports.as_json(project_id)
     queue = [predictions[t["data"]["image_id"]].confidence for t in sorted(exported, key=lambda t: t["id"])]
     assert queue == sorted(confidences)
@@ -178,19 +218,28 @@ def test_predictions_become_pre_annotations_most_uncertain_first(server, workspa
     assert [r["value"]["choices"] for r in prediction.result] == [["Casual"], ["Sexy"]]
 
 
-def test_push_labels_sends_existing_labels_as_pre_annotations_for_review(server, workspace, annotation_settings, styles, tmp_path):
+def test_push_labels_sends_existing_labels_as_pre_annotations_for_review(
+    server, workspace, annotation_settings, styles, tmp_path
+):
     root, catalog = workspace
     files = [s[0]["file"] for s in catalog["sources"].head(2)]
     (tmp_path / "tags.csv").write_text(f"image,tags,main_style\n{files[0]},Sporty;Hiphop,Casual\n", encoding="utf-8")
-    (tmp_path / "sets.csv").write_text(f"image,tags\n{files[1]},Sexy\n", encoding="utf-8")  # a tag set: no main label to pre-select
+    (tmp_path / "sets.csv").write_text(
+        f"image,tags\n{files[1]},Sexy\n", encoding="utf-8"
+    )  # a tag set: no main label to pre-select
     catalog.to_parquet(tmp_path / "catalog.parquet")
     predictions = {**imported_labels(tmp_path / "tags.csv", root / "data/crawl", tmp_path / "catalog.parquet", styles, tmp_path / "cache"),
                    **imported_labels(tmp_path / "sets.csv", root / "data/crawl", tmp_path / "catalog.parquet", styles, tmp_path / "cache")}  # fmt: skip
-    project_id, _ = push_images(server, annotation_settings, styles, catalog.head(2), root / "data/crawl", lambda new: predictions)
+    project_id, _ = push_images(
+        server, annotation_settings, styles, catalog.head(2), root / "data/crawl", lambda new: predictions
+    )
     results = {}
     for task in server.client().projects.exports.as_json(project_id):
         [prediction] = server.client().predictions.list(task=task["id"])
-        results[task["data"]["image_id"]] = (prediction.model_version, [(r["from_name"], r["value"]["choices"]) for r in prediction.result])
+        results[task["data"]["image_id"]] = (
+            prediction.model_version,
+            [(r["from_name"], r["value"]["choices"]) for r in prediction.result],
+        )
     ids = list(catalog["image_id"].head(2))
     assert results[ids[0]] == ("import:tags.csv", [("main_style", ["Casual"]), ("sub_styles", ["Hiphop", "Sporty"])])
     assert results[ids[1]] == ("import:sets.csv", [("sub_styles", ["Sexy"])])
@@ -198,19 +247,27 @@ def test_push_labels_sends_existing_labels_as_pre_annotations_for_review(server,
 
 def test_pull_snapshots_the_review_project_once_push_review_made_it(server, workspace, annotation_settings, styles):
     root, catalog = workspace
-    settings = dataclasses.replace(annotation_settings, project="pull with review")  # + " (review)": titles hold 50 characters
+    settings = dataclasses.replace(
+        annotation_settings, project="pull with review"
+    )  # + " (review)": titles hold 50 characters
     project, crawl, exports = settings.project, root / "data/crawl", root / "exports-with-review"
     push_images(server, settings, styles, catalog, crawl)
     assert snapshot_from_server(server, project, exports) == [(export_path(exports, project), True)]
-    why = {catalog.iloc[0]["image_id"]: "missing Sexy (model 0.97)"}  # a label_issues suspicion, shown as a Data Manager column
-    review_id, _ = push_images(server, settings, styles, catalog.head(1), crawl, title=review_title(project), suspicions=why)
+    why = {
+        catalog.iloc[0]["image_id"]: "missing Sexy (model 0.97)"
+    }  # a label_issues suspicion, shown as a Data Manager column
+    review_id, _ = push_images(
+        server, settings, styles, catalog.head(1), crawl, title=review_title(project), suspicions=why
+    )
     task = next(iter(server.client().tasks.list(project=review_id, fields="task_only")))
     assert task.data["suspicion"] == "missing Sexy (model 0.97)"
     server.client().annotations.create(id=task.id, result=[choices("main_style", ["Sporty"])])
     main, review = snapshot_from_server(server, project, exports)
     assert main[1] is False and review == (export_path(exports, review_title(project)), True)
     assert review[0].name.endswith("-review.json")
-    assert [t["annotations"][0]["result"][0]["value"]["choices"] for t in read_label_studio_export(review[0])] == [["Sporty"]]
+    assert [t["annotations"][0]["result"][0]["value"]["choices"] for t in read_label_studio_export(review[0])] == [
+        ["Sporty"]
+    ]
 
 
 def test_wrong_token_is_a_clear_error(server, annotation_settings, workspace, styles):

@@ -45,7 +45,14 @@ def test_topk_all_recall_needs_every_label_inside_the_top_k():
 def test_paper_columns_in_table_order_and_their_means_then_top_n_all():
     hits = topk_hits(SCORES, TARGETS)
     assert list(hits) == ["top1_any", "top2_all", "top2_any", "top3_all", "top3_any", "topn_all"]
-    assert {k: v.mean() for k, v in hits.items()} == {"top1_any": 0.5, "top2_all": 0.5, "top2_any": 1.0, "top3_all": 1.0, "top3_any": 1.0, "topn_all": 0.5}
+    assert {k: v.mean() for k, v in hits.items()} == {
+        "top1_any": 0.5,
+        "top2_all": 0.5,
+        "top2_any": 1.0,
+        "top3_all": 1.0,
+        "top3_any": 1.0,
+        "topn_all": 0.5,
+    }
 
 
 def test_top_n_all_recall_asks_for_exactly_the_images_own_labels_at_the_top_and_stays_meaningful_with_many_labels():
@@ -54,7 +61,11 @@ def test_top_n_all_recall_asks_for_exactly_the_images_own_labels_at_the_top_and_
     many = np.array([[1, 1, 1, 0], [1, 1, 1, 1]])  # 3 and 4 labels: Top-2 all-recall is 0 for any model
     perfect = many * 0.9 + 0.05
     assert not topk_all_hits(perfect, many, 2).any() and own_count_all_hits(perfect, many).all()
-    assert all_recall_ceiling(many, 2) == 0.0 and all_recall_ceiling(many, 3) == 0.5 and all_recall_ceiling(TARGETS, 2) == 0.75
+    assert (
+        all_recall_ceiling(many, 2) == 0.0
+        and all_recall_ceiling(many, 3) == 0.5
+        and all_recall_ceiling(TARGETS, 2) == 0.75
+    )
     assert not own_count_all_hits(np.zeros((1, 2)), np.zeros((1, 2))).any(), "an image without labels is no hit"
 
 
@@ -67,7 +78,9 @@ def test_f1_thresholds_by_hand_ties_on_one_side_and_the_default_without_positive
     assert thresholds.tolist() == pytest.approx([0.2, 0.2, 0.5])
     assert f1_scores(probs, targets, thresholds)["CF1"] >= f1_scores(probs, targets)["CF1"]
     # equal F1 (2/3) after 0.8 and after 0.2: the higher threshold wins
-    assert f1_thresholds(np.array([[0.8], [0.6], [0.4], [0.2]]), np.array([[1], [0], [0], [1]]))[0] == pytest.approx(0.7)
+    assert f1_thresholds(np.array([[0.8], [0.6], [0.4], [0.2]]), np.array([[1], [0], [0], [1]]))[0] == pytest.approx(
+        0.7
+    )
 
 
 def test_a_constant_predictor_gets_no_top1_credit_whatever_the_class_order():
@@ -106,9 +119,13 @@ def test_class_precision_and_recall_average_over_the_same_classes_those_with_pos
     targets = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0]])  # class 2: no test positives
     perfect = f1_scores(targets.astype(float), targets)
     assert perfect["CP"] == perfect["CR"] == perfect["CF1"] == 1.0, "an absent label must not cost a perfect model"
-    probs = np.array([[0.9, 0.1, 0.8], [0.1, 0.2, 0.1], [0.9, 0.1, 0.1]])  # class 1 never predicted; class 2 predicted once, wrongly
+    probs = np.array(
+        [[0.9, 0.1, 0.8], [0.1, 0.2, 0.1], [0.9, 0.1, 0.1]]
+    )  # class 1 never predicted; class 2 predicted once, wrongly
     f1 = f1_scores(probs, targets)
-    assert f1["CP"] == pytest.approx((1 + 0) / 2) and f1["CR"] == pytest.approx((1 + 0) / 2), "a class with positives but no predictions: precision 0, recall 0"
+    assert f1["CP"] == pytest.approx((1 + 0) / 2) and f1["CR"] == pytest.approx((1 + 0) / 2), (
+        "a class with positives but no predictions: precision 0, recall 0"
+    )
     assert f1["OP"] == pytest.approx(2 / 3), "the false positive of the class without positives still counts overall"
 
 
@@ -152,15 +169,22 @@ def test_map_intervals_are_centred_on_the_estimate_though_resampling_lifts_ap():
     assert (percentile[0] + percentile[1]) / 2 - point > 0.005  # the bias this guards against
     assert abs((shifted[0] + shifted[1]) / 2 - point) < abs((percentile[0] + percentile[1]) / 2 - point) / 2
     assert shifted[0] < point < shifted[1]
-    summary = evaluate_scores(scores, targets, np.full(235, -1), [str(c) for c in range(23)], 300, seed=0)["summary"]["mAP"]
+    summary = evaluate_scores(scores, targets, np.full(235, -1), [str(c) for c in range(23)], 300, seed=0)["summary"][
+        "mAP"
+    ]
     assert (summary["ci_low"], summary["ci_high"]) == pytest.approx(shifted)
 
 
 def test_the_report_warns_where_top_k_all_recall_cannot_mean_much():
     from training.evaluate import ceiling_lines
 
-    six_labels = np.array([[1] * 6 + [0] * 4] * 3)  # a client's photos carry ~6 labels: Top-2 and Top-3 all-recall are 0 for any model
+    six_labels = np.array(
+        [[1] * 6 + [0] * 4] * 3
+    )  # a client's photos carry ~6 labels: Top-2 and Top-3 all-recall are 0 for any model
     summary, *warnings = ceiling_lines(six_labels)
     assert "k = 2: 0.00, k = 3: 0.00" in summary
-    assert warnings == [f"**T{k} all says little here**: 100.00 % of the images carry more than {k} labels; compare models on Tn all and mAP." for k in (2, 3)]
+    assert warnings == [
+        f"**T{k} all says little here**: 100.00 % of the images carry more than {k} labels; compare models on Tn all and mAP."
+        for k in (2, 3)
+    ]
     assert ceiling_lines(TARGETS)[1:] == [], "3 of 4 images with at most 2 labels: no warning"

@@ -19,7 +19,18 @@ from training.backbones import create_backbone
 from training.data import read_label_graph
 from training.device import compile_for_training
 from training.losses import AsymmetricLoss, binary_cross_entropy, make_loss
-from training.models import BasicCNN, CSRAHead, FreeClassifiers, GraphClassifiers, ModelSpec, PooledHead, StyleNet, build_head, csra_temperatures, global_pool
+from training.models import (
+    BasicCNN,
+    CSRAHead,
+    FreeClassifiers,
+    GraphClassifiers,
+    ModelSpec,
+    PooledHead,
+    StyleNet,
+    build_head,
+    csra_temperatures,
+    global_pool,
+)
 
 
 def _graph(n_classes: int = 4, dim: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,7 +70,9 @@ def test_identity_ablation_replaces_the_graph_and_linear_is_a_linear_layer():
     torch.manual_seed(3)
     reference = nn.Linear(8, 4)
     features = torch.randn(3, 8)
-    torch.testing.assert_close(linear(features), reference(features), msg="the linear head is nn.Linear, initialised alike")
+    torch.testing.assert_close(
+        linear(features), reference(features), msg="the linear head is nn.Linear, initialised alike"
+    )
 
 
 def test_the_graph_residual_adds_gcn_made_classifiers_to_learned_ones_and_keeps_the_bias():
@@ -88,11 +101,25 @@ def test_csra_by_hand_and_its_limits_are_average_and_max_pooling():
     weights = torch.softmax(torch.tensor(values), 0)  # T = 1, unit-length classifier
     by_hand = mean + 0.5 * float((weights * torch.tensor(values)).sum())
     torch.testing.assert_close(_one_label_csra(values, (1.0,), 0.5)(maps), torch.tensor([[by_hand]]))
-    torch.testing.assert_close(_one_label_csra(values, (0.0,), 0.5)(maps), torch.tensor([[mean * 1.5]]), msg="T = 0: attention is the mean")
-    torch.testing.assert_close(_one_label_csra(values, (math.inf,), 0.5)(maps), torch.tensor([[mean + 0.5 * top]]), msg="T = infinity: the max")
-    torch.testing.assert_close(_one_label_csra(values, (50.0,), 0.5)(maps), torch.tensor([[mean + 0.5 * top]]), msg="a large T tends to the max")
-    torch.testing.assert_close(_one_label_csra(values, (1.0, math.inf), 0.5)(maps), torch.tensor([[by_hand + mean + 0.5 * top]]), msg="heads add up")
-    torch.testing.assert_close(_one_label_csra(values, (1.0,), 0.0)(maps), torch.tensor([[mean]]), msg="lam = 0: average pooling")
+    torch.testing.assert_close(
+        _one_label_csra(values, (0.0,), 0.5)(maps), torch.tensor([[mean * 1.5]]), msg="T = 0: attention is the mean"
+    )
+    torch.testing.assert_close(
+        _one_label_csra(values, (math.inf,), 0.5)(maps), torch.tensor([[mean + 0.5 * top]]), msg="T = infinity: the max"
+    )
+    torch.testing.assert_close(
+        _one_label_csra(values, (50.0,), 0.5)(maps),
+        torch.tensor([[mean + 0.5 * top]]),
+        msg="a large T tends to the max",
+    )
+    torch.testing.assert_close(
+        _one_label_csra(values, (1.0, math.inf), 0.5)(maps),
+        torch.tensor([[by_hand + mean + 0.5 * top]]),
+        msg="heads add up",
+    )
+    torch.testing.assert_close(
+        _one_label_csra(values, (1.0,), 0.0)(maps), torch.tensor([[mean]]), msg="lam = 0: average pooling"
+    )
 
 
 def test_csra_temperature_does_not_depend_on_the_classifiers_length_and_heads_follow_the_paper():
@@ -103,8 +130,14 @@ def test_csra_temperature_does_not_depend_on_the_classifiers_length_and_heads_fo
     with torch.no_grad():
         head.classifiers.linear.weight.mul_(10.0)
         head.classifiers.linear.bias.mul_(10.0)
-    torch.testing.assert_close(head(maps), 10 * logits, msg="the same attention weights: the logits scale with the classifier")
-    assert csra_temperatures(1) == (1.0,) and csra_temperatures(2) == (1.0, math.inf) and csra_temperatures(4) == (1.0, 2.0, 3.0, math.inf)
+    torch.testing.assert_close(
+        head(maps), 10 * logits, msg="the same attention weights: the logits scale with the classifier"
+    )
+    assert (
+        csra_temperatures(1) == (1.0,)
+        and csra_temperatures(2) == (1.0, math.inf)
+        and csra_temperatures(4) == (1.0, 2.0, 3.0, math.inf)
+    )
 
 
 def test_a_csra_model_reads_whole_feature_maps_end_to_end():
@@ -121,7 +154,11 @@ def test_asl_by_hand_reduces_to_bce_and_ignores_easy_negatives():
     shifted = (p - 0.05).clamp(min=0)
     by_hand = -(torch.log(p[0]) * (1 - p[0]) ** 1 + sum(shifted[j] ** 4 * torch.log(1 - shifted[j]) for j in (1, 2)))
     torch.testing.assert_close(AsymmetricLoss(gamma_neg=4, gamma_pos=1, clip=0.05)(logits, targets), by_hand)
-    torch.testing.assert_close(AsymmetricLoss(0, 0, 0)(logits, targets), binary_cross_entropy(logits, targets), msg="no focusing, no margin: BCE")
+    torch.testing.assert_close(
+        AsymmetricLoss(0, 0, 0)(logits, targets),
+        binary_cross_entropy(logits, targets),
+        msg="no focusing, no margin: BCE",
+    )
     easy = torch.tensor([[-4.0]], requires_grad=True)  # p = 0.018 < clip
     loss = AsymmetricLoss()(easy, torch.zeros(1, 1))
     loss.backward()
@@ -133,11 +170,21 @@ def test_asl_by_hand_reduces_to_bce_and_ignores_easy_negatives():
 
 def test_the_graph_read_from_the_graph_stage_file_is_used_unchanged(tmp_path):
     labels = ["a", "b", "c"]
-    adjacency_norm = np.array([[0.8, 0.3, 0.0], [0.1, 0.9, 0.0], [0.0, 0.5, 1.0]], dtype=np.float32)  # asymmetric: no transpose slips by
+    adjacency_norm = np.array(
+        [[0.8, 0.3, 0.0], [0.1, 0.9, 0.0], [0.0, 0.5, 1.0]], dtype=np.float32
+    )  # asymmetric: no transpose slips by
     path = tmp_path / "label_graph.npz"
-    np.savez(path, labels=np.array(labels), adjacency=np.eye(3), adjacency_norm=adjacency_norm, embeddings=np.ones((3, 4), np.float32))
+    np.savez(
+        path,
+        labels=np.array(labels),
+        adjacency=np.eye(3),
+        adjacency_norm=adjacency_norm,
+        embeddings=np.ones((3, 4), np.float32),
+    )
     graph = read_label_graph(path, labels)
-    head = build_head(ModelSpec(kind="gcn"), 8, 3, torch.from_numpy(graph.embeddings), torch.from_numpy(graph.adjacency_norm), 5)
+    head = build_head(
+        ModelSpec(kind="gcn"), 8, 3, torch.from_numpy(graph.embeddings), torch.from_numpy(graph.adjacency_norm), 5
+    )
     assert torch.equal(head.classifiers.adjacency, torch.from_numpy(adjacency_norm))
     with pytest.raises(InputError, match="label_graph.npz: labels"):
         read_label_graph(path, ["c", "b", "a"])
@@ -155,6 +202,7 @@ def test_compiled_bf16_training_of_a_max_pooled_model_has_the_eager_gradients():
     Runs the real compile helper and StyleNet on CPU bf16 autocast (the GPU is not needed
     for this inductor code path).
     """
+
     def model() -> StyleNet:
         torch.manual_seed(0)
         body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU6())
@@ -177,7 +225,14 @@ def test_basic_cnn_maps_pixels_to_one_logit_per_class():
     assert BasicCNN(5)(torch.randn(2, 3, 64, 48)).shape == (2, 5)
 
 
-@pytest.mark.parametrize("entry", [{"kind": "gcn", "pooling": "median"}, {"kind": "linear", "loss": "focal"}, {"kind": "linear", "pooling": "csra", "heads": 0}])
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"kind": "gcn", "pooling": "median"},
+        {"kind": "linear", "loss": "focal"},
+        {"kind": "linear", "pooling": "csra", "heads": 0},
+    ],
+)
 def test_model_spec_rejects_unknown_values_with_the_params_section_named(entry):
     with pytest.raises(ParamsError, match="models section"):
         ModelSpec(**entry)
@@ -190,7 +245,9 @@ def test_resnet50_loads_a_local_weights_file(tmp_path):
     backbone = create_backbone("resnet50", str(path))
     assert backbone.dim == 2048
     assert torch.equal(backbone.body[0].weight, reference.conv1.weight)
-    with pytest.raises(InputError, match=r"missing.pth: resnet50 weights file not found; features.weights \(params.yaml\) must name"):
+    with pytest.raises(
+        InputError, match=r"missing.pth: resnet50 weights file not found; features.weights \(params.yaml\) must name"
+    ):
         create_backbone("resnet50", str(tmp_path / "missing.pth"))
 
 
@@ -198,13 +255,22 @@ def test_a_damaged_or_foreign_weights_file_is_refused_with_its_name(tmp_path):
     truncated, lite0 = tmp_path / "truncated.pth", tmp_path / "lite0.pth"
     torch.save(torchvision.models.resnet50().state_dict(), truncated)
     truncated.write_bytes(truncated.read_bytes()[:4096])
-    with pytest.raises(InputError, match=rf"{truncated}: cannot read resnet50 weights file, not a complete file written by torch.save \(RuntimeError: .*\); features.weights"):
+    with pytest.raises(
+        InputError,
+        match=rf"{truncated}: cannot read resnet50 weights file, not a complete file written by torch.save \(RuntimeError: .*\); features.weights",
+    ):
         create_backbone("resnet50", str(truncated))
     torch.save(torchvision.models.resnet18().state_dict(), lite0)  # another architecture
-    with pytest.raises(InputError, match=rf"{lite0}: its tensors do not fit EfficientNet: \d+ missing \(e.g. .*\); \d+ unexpected \(e.g. .*\)\. features.weights"):
+    with pytest.raises(
+        InputError,
+        match=rf"{lite0}: its tensors do not fit EfficientNet: \d+ missing \(e.g. .*\); \d+ unexpected \(e.g. .*\)\. features.weights",
+    ):
         create_backbone("tf_efficientnet_lite0", str(lite0))
     torch.save(torchvision.models.resnet50(num_classes=10).state_dict(), lite0)
-    with pytest.raises(InputError, match=r"do not fit ResNet: 2 of another shape \(e.g. fc.weight \(10, 2048\), expected \(1000, 2048\)\)"):
+    with pytest.raises(
+        InputError,
+        match=r"do not fit ResNet: 2 of another shape \(e.g. fc.weight \(10, 2048\), expected \(1000, 2048\)\)",
+    ):
         create_backbone("resnet50", str(lite0))
 
 
@@ -214,7 +280,10 @@ def test_resnet50_weights_that_cannot_be_downloaded_name_the_url_and_the_offline
 
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
     url = torchvision.models.ResNet50_Weights.IMAGENET1K_V2.url
-    with pytest.raises(InputError, match=rf"cannot download the ResNet-50 ImageNet weights from {url} \(<urlopen error \[Errno -3\] .*\)\..*features.weights: /path/to/resnet50.pth"):
+    with pytest.raises(
+        InputError,
+        match=rf"cannot download the ResNet-50 ImageNet weights from {url} \(<urlopen error \[Errno -3\] .*\)\..*features.weights: /path/to/resnet50.pth",
+    ):
         create_backbone("resnet50", "imagenet")
 
 
@@ -230,5 +299,8 @@ def test_efficientnet_lite0_gets_the_offline_imagenet_weights_by_position():
 
 
 def test_unknown_backbone_names_the_choices():
-    with pytest.raises(ParamsError, match=r"^unknown backbone 'vgg'; features.backbone in params.yaml must be one of \['resnet50', 'tf_efficientnet_lite0', 'tf_efficientnet_lite1', 'tf_efficientnet_lite2'\]$"):
+    with pytest.raises(
+        ParamsError,
+        match=r"^unknown backbone 'vgg'; features.backbone in params.yaml must be one of \['resnet50', 'tf_efficientnet_lite0', 'tf_efficientnet_lite1', 'tf_efficientnet_lite2'\]$",
+    ):
         create_backbone("vgg", "none")

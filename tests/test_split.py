@@ -75,7 +75,9 @@ def test_order_is_seeded_and_deterministic():
     batch = images({"Casual": 200}, "a")
     one = assign_splits(read_splits(Path("/nonexistent")), batch, SETTINGS)
     again = assign_splits(read_splits(Path("/nonexistent")), batch.sample(frac=1, random_state=3), SETTINGS)
-    other = assign_splits(read_splits(Path("/nonexistent")), batch, SplitSettings(seed=7, train=0.7, val=0.1, test=0.2, top_k=0))
+    other = assign_splits(
+        read_splits(Path("/nonexistent")), batch, SplitSettings(seed=7, train=0.7, val=0.1, test=0.2, top_k=0)
+    )
     pd.testing.assert_frame_equal(one, again)
     assert (one["split"] != other["split"]).any()
 
@@ -89,16 +91,34 @@ def test_fractions_must_sum_to_one():
 
 
 def write_stage_inputs(tmp_path: Path, labels: pd.DataFrame, **split: object) -> list[str]:
-    catalog = pd.DataFrame({"image_id": labels["image_id"], "path": "b/" + labels["image_id"] + ".jpg", "batch": labels["batch"]})
+    catalog = pd.DataFrame(
+        {"image_id": labels["image_id"], "path": "b/" + labels["image_id"] + ".jpg", "batch": labels["batch"]}
+    )
     labels.to_parquet(tmp_path / "labels.parquet")
     catalog.to_parquet(tmp_path / "catalog.parquet")
-    (tmp_path / "taxonomy.yaml").write_text(yaml.safe_dump({"labels": [{"id": n.lower(), "name": n, "words": [n.lower()]} for n in NAMES]}))
+    (tmp_path / "taxonomy.yaml").write_text(
+        yaml.safe_dump({"labels": [{"id": n.lower(), "name": n, "words": [n.lower()]} for n in NAMES]})
+    )
     params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
     params |= {"taxonomy": str(tmp_path / "taxonomy.yaml"), "split": SETTINGS.__dict__ | split}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return [
-        *("--labels", str(tmp_path / "labels.parquet"), "--catalog", str(tmp_path / "catalog.parquet"), "--params", str(tmp_path / "params.yaml")),
-        *("--splits", str(tmp_path / "splits.parquet"), "--dataset", str(tmp_path / "dataset.parquet"), "--subset", str(tmp_path / "subset.json")),
+        *(
+            "--labels",
+            str(tmp_path / "labels.parquet"),
+            "--catalog",
+            str(tmp_path / "catalog.parquet"),
+            "--params",
+            str(tmp_path / "params.yaml"),
+        ),
+        *(
+            "--splits",
+            str(tmp_path / "splits.parquet"),
+            "--dataset",
+            str(tmp_path / "dataset.parquet"),
+            "--subset",
+            str(tmp_path / "subset.json"),
+        ),
     ]
 
 
@@ -146,7 +166,9 @@ def test_all_labels_keep_sub_styles_in_taxonomy_order(tmp_path):
 
 
 def test_tag_taxonomy_keeps_images_with_any_selected_label_and_no_main_style(tmp_path):
-    tags = label_rows([("t1", None, ["Sexy", "Casual"], False), ("t2", None, ["Casual"], False), ("t3", None, ["Ethnic"], False)])
+    tags = label_rows(
+        [("t1", None, ["Sexy", "Casual"], False), ("t2", None, ["Casual"], False), ("t3", None, ["Ethnic"], False)]
+    )
     assert main(write_stage_inputs(tmp_path, tags, top_k=1)) == 0
     dataset = pd.read_parquet(tmp_path / "dataset.parquet").set_index("image_id")
     assert sorted(dataset.index) == ["t1", "t2"]
@@ -160,7 +182,10 @@ def test_stage_rerun_with_an_added_batch_keeps_every_split(tmp_path):
     first = label_rows(rows)
     assert main(write_stage_inputs(tmp_path, first)) == 0
     before = pd.read_parquet(tmp_path / "splits.parquet")
-    second = pd.concat([first, label_rows([(f"b{k:03d}", NAMES[rng.integers(0, 4)], [], False) for k in range(80)], "b2")], ignore_index=True)
+    second = pd.concat(
+        [first, label_rows([(f"b{k:03d}", NAMES[rng.integers(0, 4)], [], False) for k in range(80)], "b2")],
+        ignore_index=True,
+    )
     assert main(write_stage_inputs(tmp_path, second)) == 0
     after = pd.read_parquet(tmp_path / "splits.parquet").set_index("image_id")
     assert len(after) == 200
@@ -178,7 +203,16 @@ def test_near_duplicate_pairs_across_splits_are_listed_as_leakage(tmp_path):
     train, test = split_of[split_of == "train"].index[:2], split_of[split_of == "test"].index[:1]
     pairs = pd.DataFrame({"image_id_a": [train[0], train[0]], "image_id_b": [train[1], test[0]], "distance": [3, 7]})
     pairs.to_parquet(tmp_path / "near.parquet")
-    assert main([*args, "--near-duplicates", str(tmp_path / "near.parquet"), "--leakage", str(tmp_path / "leakage.parquet")]) == 0
+    assert (
+        main(
+            [*args, "--near-duplicates", str(tmp_path / "near.parquet"), "--leakage", str(tmp_path / "leakage.parquet")]
+        )
+        == 0
+    )
     leakage = pd.read_parquet(tmp_path / "leakage.parquet")
-    assert leakage.to_dict("records") == [{"image_id_a": train[0], "split_a": "train", "image_id_b": test[0], "split_b": "test", "distance": 7}]
-    assert (pd.read_parquet(tmp_path / "splits.parquet").set_index("image_id")["split"] == split_of).all(), "nothing moved"
+    assert leakage.to_dict("records") == [
+        {"image_id_a": train[0], "split_a": "train", "image_id_b": test[0], "split_b": "test", "distance": 7}
+    ]
+    assert (pd.read_parquet(tmp_path / "splits.parquet").set_index("image_id")["split"] == split_of).all(), (
+        "nothing moved"
+    )

@@ -40,7 +40,12 @@ def test_cooccurrence_equals_a_brute_force_count_on_random_label_sets():
     rng = np.random.default_rng(7)
     names = [f"s{k}" for k in range(9)]
     sets = [set(rng.choice(names, size=rng.integers(0, 5), replace=False)) for _ in range(400)]
-    frame = pd.DataFrame({"main_style": pd.Series([None] * len(sets), dtype="string"), "sub_styles": [np.array(sorted(s), dtype=object) for s in sets]})
+    frame = pd.DataFrame(
+        {
+            "main_style": pd.Series([None] * len(sets), dtype="string"),
+            "sub_styles": [np.array(sorted(s), dtype=object) for s in sets],
+        }
+    )
     _, sub = main_and_sub_matrices(frame["main_style"], frame["sub_styles"], names)
     expected = np.zeros((len(names), len(names)), dtype=np.int64)
     for labels in sets:
@@ -98,16 +103,34 @@ def test_unknown_style_is_an_error_not_silently_dropped():
 
 def test_cli_writes_the_parquet_tables_and_both_plots(tmp_path: Path):
     HAND.to_parquet(tmp_path / "labels.parquet")
-    (tmp_path / "taxonomy.yaml").write_text(yaml.safe_dump({"labels": [{"id": n, "name": n, "words": [n]} for n in NAMES]}))
+    (tmp_path / "taxonomy.yaml").write_text(
+        yaml.safe_dump({"labels": [{"id": n, "name": n, "words": [n]} for n in NAMES]})
+    )
     params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params | {"taxonomy": str(tmp_path / "taxonomy.yaml")}))
-    out = {name: tmp_path / name for name in ("balance.parquet", "by_batch.parquet", "cooc.parquet", "heat.png", "trend.png")}
+    out = {
+        name: tmp_path / name
+        for name in ("balance.parquet", "by_batch.parquet", "cooc.parquet", "heat.png", "trend.png")
+    }
     argv = ["--labels", str(tmp_path / "labels.parquet"), "--params", str(tmp_path / "params.yaml")]
-    argv += ["--balance", str(out["balance.parquet"]), "--balance-by-batch", str(out["by_batch.parquet"]), "--cooccurrence", str(out["cooc.parquet"])]
+    argv += [
+        "--balance",
+        str(out["balance.parquet"]),
+        "--balance-by-batch",
+        str(out["by_batch.parquet"]),
+        "--cooccurrence",
+        str(out["cooc.parquet"]),
+    ]
     argv += ["--heatmap", str(out["heat.png"]), "--trend", str(out["trend.png"])]
     assert main(argv) == 0
     assert pd.read_parquet(out["cooc.parquet"]).columns.tolist() == ["i", "j", "count", "p_j_given_i"]
     assert pd.read_parquet(out["by_batch.parquet"])["batch"].unique().tolist() == ["b1", "b2"]
-    assert pd.read_parquet(out["balance.parquet"]).columns.tolist() == ["style", "images", "main_share", "sub_labels", "sub_share"]
+    assert pd.read_parquet(out["balance.parquet"]).columns.tolist() == [
+        "style",
+        "images",
+        "main_share",
+        "sub_labels",
+        "sub_share",
+    ]
     for png in ("heat.png", "trend.png"):
         assert out[png].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

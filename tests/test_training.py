@@ -18,8 +18,8 @@ import pytest
 import timm
 import torch
 import yaml
-from torch import nn
 from PIL import Image
+from torch import nn
 
 import training.train as train_module
 from pipeline.cli import InputError, report_user_errors
@@ -40,7 +40,13 @@ MODELS = {
     "linear": {"kind": "linear", "pooling": "avg"},
     "gcn": {"kind": "gcn", "pooling": "max", "adjacency": "graph"},
     "gcn_identity": {"kind": "gcn", "pooling": "max", "adjacency": "identity"},
-    "residual_csra": {"kind": "gcn_residual", "pooling": "csra", "heads": 2, "lam": 0.5, "loss": "asl"},  # feature maps, the graph as a residual, ASL (last in sorted order)
+    "residual_csra": {
+        "kind": "gcn_residual",
+        "pooling": "csra",
+        "heads": 2,
+        "lam": 0.5,
+        "loss": "asl",
+    },  # feature maps, the graph as a residual, ASL (last in sorted order)
 }
 ADJACENCY_NORM = np.array([[0.8, 0.2, 0.0], [0.3, 0.7, 0.0], [0.0, 0.4, 0.6]], dtype=np.float32)
 
@@ -74,14 +80,38 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
             pixels[..., LABELS.index(label)] += 150
         Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(root / "crawl" / f"{i:02d}.png")
         split = "train" if i < 16 else "val" if i < 22 else "test"
-        rows.append({"image_id": f"img{i:02d}", "path": f"{i:02d}.png", "batch": "b1", "split": split, "main_style": labels[0], "labels": labels})
+        rows.append(
+            {
+                "image_id": f"img{i:02d}",
+                "path": f"{i:02d}.png",
+                "batch": "b1",
+                "split": split,
+                "main_style": labels[0],
+                "labels": labels,
+            }
+        )
     pd.DataFrame(rows).to_parquet(root / "dataset.parquet")
     (root / "label_subset.json").write_text(json.dumps({"labels": LABELS, "top_k": 3}))
-    np.savez(root / "label_graph.npz", labels=np.array(LABELS), adjacency=ADJACENCY_NORM, adjacency_norm=ADJACENCY_NORM, embeddings=rng.normal(size=(3, 5)).astype(np.float32))
+    np.savez(
+        root / "label_graph.npz",
+        labels=np.array(LABELS),
+        adjacency=ADJACENCY_NORM,
+        adjacency_norm=ADJACENCY_NORM,
+        embeddings=rng.normal(size=(3, 5)).astype(np.float32),
+    )
     # A weights file (random, fast) rather than "none": prediction must rebuild the very backbone the features came from.
     torch.manual_seed(0)
     torch.save(timm.create_model("tf_efficientnet_lite0").state_dict(), root / "lite0.pth")
-    paths = {"root": root, "weights": root / "lite0.pth", "dataset": root / "dataset.parquet", "subset": root / "label_subset.json", "graph": root / "label_graph.npz", "crawl": root / "crawl", "features": root / "features.npz", "pixels": root / "pixels"}
+    paths = {
+        "root": root,
+        "weights": root / "lite0.pth",
+        "dataset": root / "dataset.parquet",
+        "subset": root / "label_subset.json",
+        "graph": root / "label_graph.npz",
+        "crawl": root / "crawl",
+        "features": root / "features.npz",
+        "pixels": root / "pixels",
+    }
     build_cache(pd.DataFrame(rows), paths["crawl"], paths["pixels"], PixelCacheSettings(height=40, width=32, workers=1))
     _extract_features(paths, paths["features"], _params(root, paths["weights"]))
     return paths
@@ -89,7 +119,18 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
 
 def _extract_features(inputs: dict[str, Path], out: Path, params: Path) -> Path:
     """Run the features stage's command line into `out`."""
-    args = ["--dataset", str(inputs["dataset"]), "--label-subset", str(inputs["subset"]), "--crawl-dir", str(inputs["crawl"]), "--out", str(out), "--params", str(params)]
+    args = [
+        "--dataset",
+        str(inputs["dataset"]),
+        "--label-subset",
+        str(inputs["subset"]),
+        "--crawl-dir",
+        str(inputs["crawl"]),
+        "--out",
+        str(out),
+        "--params",
+        str(params),
+    ]
     assert features.main([*args, "--cache-dir", str(out.parent / f"{out.stem}_cache")]) == 0
     return out
 
@@ -112,7 +153,9 @@ def _error(capsys, prog: str) -> str:
 def test_features_cache_both_poolings_the_maps_and_every_image_mirrored(inputs):
     npz = np.load(inputs["features"])
     assert npz["max"].shape == npz["avg"].shape == (28, 1280)
-    assert npz["max_flip"].shape == (28, 1280) and list(npz["flip_image_id"]) == list(npz["image_id"]), "training augmentation and the test-time flip"
+    assert npz["max_flip"].shape == (28, 1280) and list(npz["flip_image_id"]) == list(npz["image_id"]), (
+        "training augmentation and the test-time flip"
+    )
     assert (npz["max"] >= npz["avg"]).all()
     assert npz["maps"].dtype == npz["maps_flip"].dtype == np.float16 and npz["maps"].shape[:2] == (28, 1280)
     np.testing.assert_allclose(npz["maps"].astype(np.float32).max(axis=(2, 3)), npz["max"], rtol=1e-3, atol=1e-3)
@@ -151,11 +194,15 @@ def _assert_same_features(features_file: Path, from_scratch: Path) -> None:
 
 def test_a_new_batch_runs_the_backbone_over_its_own_images_only(inputs, tmp_path, monkeypatch):
     params, out = _params(tmp_path, inputs["weights"]), tmp_path / "features.npz"
-    _extract_features(_dataset_in_batches(inputs, tmp_path, first_batch=20, keep=20), out, params)  # images 0-15 train, 16-19 val
+    _extract_features(
+        _dataset_in_batches(inputs, tmp_path, first_batch=20, keep=20), out, params
+    )  # images 0-15 train, 16-19 val
     shard = tmp_path / "features_cache" / "b1.npz"
     written = shard.stat().st_mtime_ns
     passes = _spy_on_extraction(monkeypatch)
-    _extract_features(_dataset_in_batches(inputs, tmp_path, first_batch=20), out, params)  # batch b2: 8 images, and their mirror images
+    _extract_features(
+        _dataset_in_batches(inputs, tmp_path, first_batch=20), out, params
+    )  # batch b2: 8 images, and their mirror images
     assert passes == [(8, 8)] and shard.stat().st_mtime_ns == written
     _assert_same_features(out, inputs["features"])
     _extract_features(_dataset_in_batches(inputs, tmp_path, first_batch=20), out, params)
@@ -165,19 +212,29 @@ def test_a_new_batch_runs_the_backbone_over_its_own_images_only(inputs, tmp_path
 def test_an_image_that_joined_an_old_batch_is_the_only_one_extracted(inputs, tmp_path, monkeypatch):
     params = _params(tmp_path, inputs["weights"])
     table = pd.read_parquet(inputs["dataset"]).assign(batch="b1")
-    table.loc[table["image_id"].isin(["img03", "img04"]), "split"] = "val"  # another split changes nothing: every image is mirrored
+    table.loc[table["image_id"].isin(["img03", "img04"]), "split"] = (
+        "val"  # another split changes nothing: every image is mirrored
+    )
     table.drop(index=[5]).to_parquet(tmp_path / "dataset.parquet")  # img05: labelled later
     partial = dict(inputs, dataset=tmp_path / "dataset.parquet")
     _extract_features(partial, tmp_path / "features.npz", params)
     passes = _spy_on_extraction(monkeypatch)
-    _extract_features(dict(inputs, dataset=_dataset_in_batches(inputs, tmp_path, first_batch=28)["dataset"]), tmp_path / "features.npz", params)
+    _extract_features(
+        dict(inputs, dataset=_dataset_in_batches(inputs, tmp_path, first_batch=28)["dataset"]),
+        tmp_path / "features.npz",
+        params,
+    )
     assert passes == [(1, 1)]
-    _assert_same_features(tmp_path / "features.npz", inputs["features"])  # a pass of one image computes what a pass of eight does
+    _assert_same_features(
+        tmp_path / "features.npz", inputs["features"]
+    )  # a pass of one image computes what a pass of eight does
 
 
 def test_the_cache_folder_is_made_even_when_nothing_is_cached_and_leftovers_go(inputs, tmp_path):
     """The folder is a DVC output, so it must exist after every run; a temporary file a killed write left must not stay in it."""
-    _extract_features(inputs, tmp_path / "features.npz", _params(tmp_path, "none"))  # a random backbone: nothing to reuse
+    _extract_features(
+        inputs, tmp_path / "features.npz", _params(tmp_path, "none")
+    )  # a random backbone: nothing to reuse
     cache = tmp_path / "features_cache"
     assert cache.is_dir() and not any(cache.iterdir())
     (cache / ".b1.npz.k2j4x.tmp").write_bytes(b"half a shard")
@@ -187,8 +244,12 @@ def test_the_cache_folder_is_made_even_when_nothing_is_cached_and_leftovers_go(i
 
 def test_an_interrupted_extraction_keeps_the_batches_it_finished(inputs, tmp_path, monkeypatch):
     batches, out = _dataset_in_batches(inputs, tmp_path, first_batch=20), tmp_path / "features.npz"
-    settings = features.FeatureSettings("tf_efficientnet_lite0", str(inputs["weights"]), image_size=32, batch_size=8, workers=0, flip=True, maps=True)
-    stage = lambda: features.write_features(batches["dataset"], batches["subset"], batches["crawl"], out, tmp_path / "cache", settings, "bf16")  # noqa: E731
+    settings = features.FeatureSettings(
+        "tf_efficientnet_lite0", str(inputs["weights"]), image_size=32, batch_size=8, workers=0, flip=True, maps=True
+    )
+    stage = lambda: features.write_features(
+        batches["dataset"], batches["subset"], batches["crawl"], out, tmp_path / "cache", settings, "bf16"
+    )  # noqa: E731
     real = training_data.load_rgb
 
     def interrupted_in_b2(path, vetted):
@@ -206,15 +267,27 @@ def test_an_interrupted_extraction_keeps_the_batches_it_finished(inputs, tmp_pat
     assert passes == [(8, 8)]
 
 
-@pytest.mark.parametrize("change", ["image_size", "batch_size", "thread count", "weights file", "random weights", "damaged shard", "empty shard"])
-def test_features_are_extracted_again_when_the_cache_cannot_vouch_for_them(inputs, tmp_path, monkeypatch, capsys, request, change):
+@pytest.mark.parametrize(
+    "change",
+    ["image_size", "batch_size", "thread count", "weights file", "random weights", "damaged shard", "empty shard"],
+)
+def test_features_are_extracted_again_when_the_cache_cannot_vouch_for_them(
+    inputs, tmp_path, monkeypatch, capsys, request, change
+):
     weights = tmp_path / "lite0.pth"
     weights.write_bytes(inputs["weights"].read_bytes())
     params, out = _params(tmp_path, weights), tmp_path / "features.npz"
     batches = _dataset_in_batches(inputs, tmp_path, first_batch=20)
     _extract_features(batches, out, params)
-    if change in ("image_size", "batch_size"):  # every pass has the batch size's shape, and kernels round differently for another
-        params.write_text(params.read_text().replace("image_size: 32", "image_size: 48") if change == "image_size" else params.read_text().replace("batch_size: 8", "batch_size: 4", 1))
+    if change in (
+        "image_size",
+        "batch_size",
+    ):  # every pass has the batch size's shape, and kernels round differently for another
+        params.write_text(
+            params.read_text().replace("image_size: 32", "image_size: 48")
+            if change == "image_size"
+            else params.read_text().replace("batch_size: 8", "batch_size: 4", 1)
+        )
     elif change == "thread count":  # CPU kernels split work, and so round, by threads
         request.addfinalizer(lambda threads=torch.get_num_threads(): torch.set_num_threads(threads))
         torch.set_num_threads(1 if torch.get_num_threads() > 1 else 2)
@@ -224,13 +297,18 @@ def test_features_are_extracted_again_when_the_cache_cannot_vouch_for_them(input
     elif change == "random weights":
         params.write_text(params.read_text().replace(f"weights: {weights}", "weights: none"))
     else:
-        (tmp_path / "features_cache" / "b2.npz").write_bytes(b"PK\x03\x04 cut off" if change == "damaged shard" else b"")
+        (tmp_path / "features_cache" / "b2.npz").write_bytes(
+            b"PK\x03\x04 cut off" if change == "damaged shard" else b""
+        )
     passes = _spy_on_extraction(monkeypatch)
     _extract_features(batches, out, params)
     damaged = change.endswith("shard")
     assert passes == ([(8, 8)] if damaged else [(28, 28)])
     if damaged:
-        assert re.search(r"features: warning: cache shard .*b2.npz is unreadable .*: extracting its images again", capsys.readouterr().err)
+        assert re.search(
+            r"features: warning: cache shard .*b2.npz is unreadable .*: extracting its images again",
+            capsys.readouterr().err,
+        )
 
 
 def test_smoke_run_of_every_model_then_the_evaluation_report(inputs, tmp_path):
@@ -238,14 +316,26 @@ def test_smoke_run_of_every_model_then_the_evaluation_report(inputs, tmp_path):
     for model in MODELS:
         _train(inputs, model, tmp_path, params)
     for model in MODELS:
-        assert (tmp_path / "models" / model / "best.pt").is_file() and (tmp_path / "models" / model / "last.pt").is_file()
+        assert (tmp_path / "models" / model / "best.pt").is_file() and (
+            tmp_path / "models" / model / "last.pt"
+        ).is_file()
         history = (tmp_path / "dvclive" / model / "plots" / "metrics" / "val" / "mAP.tsv").read_text().splitlines()
         assert len(history) == 1 + 2, "a header and one row per epoch"
     gcn = load_checkpoint(tmp_path / "models" / "gcn" / "best.pt")
-    assert torch.equal(gcn["model"]["classifiers.adjacency"], torch.from_numpy(ADJACENCY_NORM)), "the forward pass multiplies the graph stage's adjacency_norm"
-    assert torch.equal(load_checkpoint(tmp_path / "models" / "residual_csra" / "best.pt")["model"]["classifiers.graph.adjacency"], torch.from_numpy(ADJACENCY_NORM))
-    assert torch.equal(load_checkpoint(tmp_path / "models" / "gcn_identity" / "best.pt")["model"]["classifiers.adjacency"], torch.eye(3))
-    assert len(gcn["thresholds"]) == 3 and all(0 < t < 1 for t in gcn["thresholds"]), "per-label thresholds chosen on validation"
+    assert torch.equal(gcn["model"]["classifiers.adjacency"], torch.from_numpy(ADJACENCY_NORM)), (
+        "the forward pass multiplies the graph stage's adjacency_norm"
+    )
+    assert torch.equal(
+        load_checkpoint(tmp_path / "models" / "residual_csra" / "best.pt")["model"]["classifiers.graph.adjacency"],
+        torch.from_numpy(ADJACENCY_NORM),
+    )
+    assert torch.equal(
+        load_checkpoint(tmp_path / "models" / "gcn_identity" / "best.pt")["model"]["classifiers.adjacency"],
+        torch.eye(3),
+    )
+    assert len(gcn["thresholds"]) == 3 and all(0 < t < 1 for t in gcn["thresholds"]), (
+        "per-label thresholds chosen on validation"
+    )
 
     report, metrics = tmp_path / "evaluation.md", tmp_path / "evaluation.json"
     evaluate.main([
@@ -253,12 +343,22 @@ def test_smoke_run_of_every_model_then_the_evaluation_report(inputs, tmp_path):
         "--crawl-dir", str(inputs["crawl"]), "--models-dir", str(tmp_path / "models"), "--report", str(report), "--metrics", str(metrics), "--params", str(params),
     ])  # fmt: skip
     text = report.read_text()
-    assert "| model | T1 any | T2 all | T2 any | T3 all | T3 any | Tn all | mAP | CF1 | OF1 | CF1 (val thr) | OF1 (val thr) |" in text
+    assert (
+        "| model | T1 any | T2 all | T2 any | T3 all | T3 any | Tn all | mAP | CF1 | OF1 | CF1 (val thr) | OF1 (val thr) |"
+        in text
+    )
     assert all(f"| {model} |" in text for model in MODELS)
-    assert "Each model minus linear" in text and "| gcn_identity |" in text and "| linear | " not in text.split("Each model minus linear")[1].split("##")[0]
+    assert (
+        "Each model minus linear" in text
+        and "| gcn_identity |" in text
+        and "| linear | " not in text.split("Each model minus linear")[1].split("##")[0]
+    )
     scores = json.loads(metrics.read_text())
     val_maps = {name: load_checkpoint(tmp_path / "models" / name / "best.pt")["val"]["mAP"] for name in MODELS}
-    assert scores["chosen_model"] == max(val_maps, key=val_maps.get) and f"**Chosen on the validation split: {scores['chosen_model']}**" in text
+    assert (
+        scores["chosen_model"] == max(val_maps, key=val_maps.get)
+        and f"**Chosen on the validation split: {scores['chosen_model']}**" in text
+    )
     assert scores["n_images"] == 6 and set(scores["models"]) == set(MODELS)
     assert all(m["top2_all_ci_low"] <= m["top2_all"] <= m["top2_all_ci_high"] for m in scores["models"].values())
     assert "mAP_minus_baseline" in scores["models"]["gcn"] and "mAP_minus_baseline" not in scores["models"]["linear"]
@@ -284,7 +384,9 @@ def _interrupt_mid_epoch(monkeypatch, epoch: int) -> None:
 
 
 @pytest.mark.parametrize(("model", "cached_pixels"), [("gcn", False), ("cnn", False), ("cnn", True)])
-def test_interrupted_then_resumed_training_ends_in_the_uninterrupted_state(inputs, tmp_path, monkeypatch, model, cached_pixels):
+def test_interrupted_then_resumed_training_ends_in_the_uninterrupted_state(
+    inputs, tmp_path, monkeypatch, model, cached_pixels
+):
     params = _params(tmp_path, inputs["weights"], epochs=3, cached_pixels=cached_pixels)
     _train(inputs, model, tmp_path / "straight", params)
     with monkeypatch.context() as patch:
@@ -300,7 +402,11 @@ def test_interrupted_then_resumed_training_ends_in_the_uninterrupted_state(input
         for key, tensor in straight["model"].items():
             assert torch.equal(tensor, resumed["model"][key]), f"{name}: {key} differs after resuming"
         assert straight.get("state") == resumed.get("state") and straight.get("val") == resumed.get("val")
-    steps = (tmp_path / "resumed" / "dvclive" / model / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()[1:]
+    steps = (
+        (tmp_path / "resumed" / "dvclive" / model / "plots" / "metrics" / "train" / "loss.tsv")
+        .read_text()
+        .splitlines()[1:]
+    )
     assert [line.split("\t")[0] for line in steps] == ["0", "1", "2"], "one row per epoch, none repeated or lost"
 
 
@@ -333,7 +439,9 @@ def _metric_histories(live_dir: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("when", ["before_logging", "while_logging", "before_last_pt"])
-def test_a_kill_at_the_end_of_an_epoch_leaves_every_epoch_logged_once_after_resuming(inputs, tmp_path, monkeypatch, when):
+def test_a_kill_at_the_end_of_an_epoch_leaves_every_epoch_logged_once_after_resuming(
+    inputs, tmp_path, monkeypatch, when
+):
     params = _params(tmp_path, inputs["weights"], epochs=3)
     _train(inputs, "gcn", tmp_path / "straight", params)
     with monkeypatch.context() as patch:
@@ -341,8 +449,13 @@ def test_a_kill_at_the_end_of_an_epoch_leaves_every_epoch_logged_once_after_resu
         with pytest.raises(KeyboardInterrupt):
             _train(inputs, "gcn", tmp_path / "resumed", params)
     _train(inputs, "gcn", tmp_path / "resumed", params, "--resume")
-    straight, resumed = _metric_histories(tmp_path / "straight" / "dvclive" / "gcn"), _metric_histories(tmp_path / "resumed" / "dvclive" / "gcn")
-    assert [line.split("\t")[0] for line in resumed["train/loss.tsv"].splitlines()[1:]] == ["0", "1", "2"], "one row per epoch, none repeated or lost"
+    straight, resumed = (
+        _metric_histories(tmp_path / "straight" / "dvclive" / "gcn"),
+        _metric_histories(tmp_path / "resumed" / "dvclive" / "gcn"),
+    )
+    assert [line.split("\t")[0] for line in resumed["train/loss.tsv"].splitlines()[1:]] == ["0", "1", "2"], (
+        "one row per epoch, none repeated or lost"
+    )
     assert resumed == straight, "every metric's history as an uninterrupted run writes it"
 
 
@@ -361,17 +474,24 @@ def test_a_diverging_run_stops_with_the_epoch_and_keeps_the_last_good_checkpoint
         return float("nan")
 
     monkeypatch.setattr(train_module, "train_one_epoch", diverging)
-    with pytest.raises(train_module.TrainingDiverged, match=r"gcn: the training loss is nan in epoch 2; nothing of this epoch was saved .*train.warmup_epochs.*--resume"):
+    with pytest.raises(
+        train_module.TrainingDiverged,
+        match=r"gcn: the training loss is nan in epoch 2; nothing of this epoch was saved .*train.warmup_epochs.*--resume",
+    ):
         _train(inputs, "gcn", tmp_path, _params(tmp_path, inputs["weights"], epochs=4))
     assert epochs_run == [0, 1], "training stops at the first diverged epoch"
     for name in ("last.pt", "best.pt"):
         weights = load_checkpoint(tmp_path / "models" / "gcn" / name)["model"]
-        assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point()), f"{name} got NaN weights"
+        assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point()), (
+            f"{name} got NaN weights"
+        )
     assert load_checkpoint(tmp_path / "models" / "gcn" / "last.pt")["state"]["epoch"] == 1
 
 
 def test_finetuning_trains_the_backbone_from_pixels(inputs, tmp_path):
-    with pytest.warns(UserWarning, match=r"optimizer steps per epoch on \d+ training images.*lower train.batch_size"):  # the tiny set has too few
+    with pytest.warns(
+        UserWarning, match=r"optimizer steps per epoch on \d+ training images.*lower train.batch_size"
+    ):  # the tiny set has too few
         _train(inputs, "linear", tmp_path, _params(tmp_path, inputs["weights"], epochs=1, finetune=True))
     checkpoint = load_checkpoint(tmp_path / "models" / "linear" / "best.pt")
     assert checkpoint["meta"]["finetuned"] and any(key.startswith("body.") for key in checkpoint["model"])
@@ -386,14 +506,20 @@ def test_finetuning_from_the_pixel_cache_reads_no_image_file(inputs, tmp_path, c
     checkpoint = load_checkpoint(tmp_path / "models" / "linear" / "last.pt")
     initial = torch.load(inputs["weights"], weights_only=True)
     assert checkpoint["meta"]["finetuned"] and checkpoint["state"]["epoch"] == 1
-    assert not torch.equal(checkpoint["model"]["body.model.conv_stem.weight"], initial["conv_stem.weight"]), "the backbone must train"
-    _train(no_files, "linear", tmp_path / "files", _params(tmp_path, inputs["weights"], epochs=1, finetune=True), status=2)
+    assert not torch.equal(checkpoint["model"]["body.model.conv_stem.weight"], initial["conv_stem.weight"]), (
+        "the backbone must train"
+    )
+    _train(
+        no_files, "linear", tmp_path / "files", _params(tmp_path, inputs["weights"], epochs=1, finetune=True), status=2
+    )
     assert "no-crawl/01.png: cannot read image (FileNotFoundError" in _error(capsys, "train")
 
 
 def test_catalog_images_above_pillows_bomb_limit_load_and_other_pictures_keep_the_guard(tmp_path, monkeypatch):
     Image.new("RGB", (64, 48), "white").save(tmp_path / "big.png")
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 64 x 48 is a "bomb" to Pillow now; ingest.max_pixels admitted it
+    monkeypatch.setattr(
+        Image, "MAX_IMAGE_PIXELS", 100
+    )  # 64 x 48 is a "bomb" to Pillow now; ingest.max_pixels admitted it
     transform = eval_transform(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     catalog_images = ImageDataset([tmp_path / "big.png"], np.zeros((1, 2), np.float32), transform, vetted=True)
     assert catalog_images[0][0].shape == (3, 32, 32)
@@ -409,16 +535,33 @@ def test_bf16_stays_off_on_the_cpu_unless_asked_for_everywhere(inputs, tmp_path)
     for precision in ("fp32", "bf16", "bf16-all"):
         out = tmp_path / precision
         out.mkdir()
-        _train(inputs, "linear", out, _params(out, inputs["weights"], epochs=1, finetune=True, cached_pixels=True, precision=precision))
-        weights[precision] = load_checkpoint(out / "models" / "linear" / "last.pt")["model"]["body.model.conv_stem.weight"]
+        _train(
+            inputs,
+            "linear",
+            out,
+            _params(out, inputs["weights"], epochs=1, finetune=True, cached_pixels=True, precision=precision),
+        )
+        weights[precision] = load_checkpoint(out / "models" / "linear" / "last.pt")["model"][
+            "body.model.conv_stem.weight"
+        ]
     assert torch.equal(weights["bf16"], weights["fp32"])
     assert not torch.equal(weights["bf16-all"], weights["fp32"]) and torch.isfinite(weights["bf16-all"]).all()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: checks that the training loop does not wait for the GPU")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA: checks that the training loop does not wait for the GPU"
+)
 def test_the_cached_pixel_training_loop_waits_for_the_gpu_once_per_epoch(inputs, tmp_path):
     params = _params(tmp_path, inputs["weights"], finetune=True, cached_pixels=True, batch_size=4)
-    paths = argparse.Namespace(label_subset=inputs["subset"], graph=inputs["graph"], dataset=inputs["dataset"], features=inputs["features"], crawl_dir=inputs["crawl"], pixel_cache=inputs["pixels"], params=params)
+    paths = argparse.Namespace(
+        label_subset=inputs["subset"],
+        graph=inputs["graph"],
+        dataset=inputs["dataset"],
+        features=inputs["features"],
+        crawl_dir=inputs["crawl"],
+        pixel_cache=inputs["pixels"],
+        params=params,
+    )
     settings = load_section(TrainSettings, "train", params)
     device = torch.device("cuda")
     run = train_module.setup("linear", ModelSpec(**MODELS["linear"]), settings, paths, device)
@@ -437,9 +580,17 @@ def test_the_cached_pixel_training_loop_waits_for_the_gpu_once_per_epoch(inputs,
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the side-stream prefetch exists only there")
 def test_prefetched_pixel_batches_arrive_whole_and_in_order_on_the_gpu():
     generator = torch.Generator().manual_seed(0)
-    host = [(torch.randint(0, 256, (32, 224, 224, 3), dtype=torch.uint8, generator=generator).pin_memory(), torch.full((32,), i)) for i in range(6)]
+    host = [
+        (
+            torch.randint(0, 256, (32, 224, 224, 3), dtype=torch.uint8, generator=generator).pin_memory(),
+            torch.full((32,), i),
+        )
+        for i in range(6)
+    ]
     device = torch.device("cuda")
-    received = [(pixels.cpu(), targets) for pixels, targets in feeds.on_device(iter(host), device, lambda x: x.float().mul(2))]
+    received = [
+        (pixels.cpu(), targets) for pixels, targets in feeds.on_device(iter(host), device, lambda x: x.float().mul(2))
+    ]
     assert [int(t[0]) for _, t in received] == list(range(6))
     assert all(torch.equal(got, sent.float().mul(2)) for (got, _), (sent, _) in zip(received, host, strict=True))
 
@@ -447,7 +598,13 @@ def test_prefetched_pixel_batches_arrive_whole_and_in_order_on_the_gpu():
 def test_a_pixel_cache_without_the_dataset_images_says_how_to_rebuild_it(inputs, tmp_path, capsys):
     rows = pd.read_parquet(inputs["dataset"]).iloc[:20]  # train: rows 0-15, val: 16-21
     build_cache(rows, inputs["crawl"], tmp_path / "pixels", PixelCacheSettings(height=40, width=32, workers=1))
-    _train(dict(inputs, pixels=tmp_path / "pixels"), "cnn", tmp_path, _params(tmp_path, inputs["weights"], cached_pixels=True), status=2)
+    _train(
+        dict(inputs, pixels=tmp_path / "pixels"),
+        "cnn",
+        tmp_path,
+        _params(tmp_path, inputs["weights"], cached_pixels=True),
+        status=2,
+    )
     assert re.search("pixel cache lacks 2 dataset images.*python -m pipeline.pixel_cache", _error(capsys, "train"))
 
 
@@ -459,8 +616,12 @@ def test_learning_rates_scale_with_the_global_batch():
 
 @pytest.mark.parametrize(
     ("setting", "message"),
-    [({"lr_scaling": "cubic"}, "lr_scaling 'cubic' is not one of"), ({"precision": "fp16"}, r"train.precision 'fp16' is not one of \('bf16', 'bf16-all', 'fp32'\)"), ({"warmup_epochs": -1}, "warmup_epochs must be >= 0"),
-     ({"loss": "focal"}, r"loss 'focal' is not one of \('bce', 'asl'\) \(train.loss")],
+    [
+        ({"lr_scaling": "cubic"}, "lr_scaling 'cubic' is not one of"),
+        ({"precision": "fp16"}, r"train.precision 'fp16' is not one of \('bf16', 'bf16-all', 'fp32'\)"),
+        ({"warmup_epochs": -1}, "warmup_epochs must be >= 0"),
+        ({"loss": "focal"}, r"loss 'focal' is not one of \('bce', 'asl'\) \(train.loss"),
+    ],
 )
 def test_invalid_training_settings_are_refused_with_the_choices(setting, message):
     valid = {"seed": 0, "epochs": 1, "patience": 1, "batch_size": 8, "lr_backbone": 1e-4, "lr_head": 1e-3, "gcn_hidden": 8, "finetune": False, "workers": 0,
@@ -471,8 +632,12 @@ def test_invalid_training_settings_are_refused_with_the_choices(setting, message
 
 
 def test_warmup_raises_every_group_rate_linearly_across_epochs_then_leaves_it():
-    optimizer = torch.optim.Adam([{"params": [nn.Parameter(torch.zeros(1))], "lr": 1e-3}, {"params": [nn.Parameter(torch.zeros(1))], "lr": 1e-4}])
-    warmup = schedule.LinearWarmup((1e-3, 1e-4), steps=4, steps_per_epoch=schedule.steps_per_epoch(n_train=20, batch_size=8, world=SINGLE))
+    optimizer = torch.optim.Adam(
+        [{"params": [nn.Parameter(torch.zeros(1))], "lr": 1e-3}, {"params": [nn.Parameter(torch.zeros(1))], "lr": 1e-4}]
+    )
+    warmup = schedule.LinearWarmup(
+        (1e-3, 1e-4), steps=4, steps_per_epoch=schedule.steps_per_epoch(n_train=20, batch_size=8, world=SINGLE)
+    )
     rates = []
     for epoch in range(3):
         set_rates = warmup.setter(optimizer, epoch)
@@ -508,24 +673,49 @@ def test_predictions_equal_the_cached_feature_path_and_the_cli_writes_csv(inputs
     head.load_state_dict(checkpoint["model"])
     npz = np.load(inputs["features"])
     rows = [list(npz["image_id"]).index(f"img{p.stem}") for p in images]
-    plain, mirrored = (torch.sigmoid(head(torch.from_numpy(npz[array][rows]))).detach().numpy() for array in ("max", "max_flip"))
-    np.testing.assert_allclose([[r["scores"][label] for label in LABELS] for r in results], (plain + mirrored) / 2, atol=1e-5, err_msg="train.tta_flip: the mean with the mirror image")
+    plain, mirrored = (
+        torch.sigmoid(head(torch.from_numpy(npz[array][rows]))).detach().numpy() for array in ("max", "max_flip")
+    )
+    np.testing.assert_allclose(
+        [[r["scores"][label] for label in LABELS] for r in results],
+        (plain + mirrored) / 2,
+        atol=1e-5,
+        err_msg="train.tta_flip: the mean with the mirror image",
+    )
     thresholds = checkpoint["thresholds"]
-    assert all(r["predicted"] == [label for label, p in sorted(r["scores"].items(), key=lambda item: -item[1]) if p >= thresholds[LABELS.index(label)]] for r in results)
-    embedded = predict.predict_images(best, images, embeddings=True)  # what push's diverse labelling order compares images by
-    np.testing.assert_allclose([r["embedding"] for r in embedded], (npz["avg"][rows] + npz["avg_flip"][rows]) / 2, atol=1e-4)
+    assert all(
+        r["predicted"]
+        == [
+            label
+            for label, p in sorted(r["scores"].items(), key=lambda item: -item[1])
+            if p >= thresholds[LABELS.index(label)]
+        ]
+        for r in results
+    )
+    embedded = predict.predict_images(
+        best, images, embeddings=True
+    )  # what push's diverse labelling order compares images by
+    np.testing.assert_allclose(
+        [r["embedding"] for r in embedded], (npz["avg"][rows] + npz["avg_flip"][rows]) / 2, atol=1e-4
+    )
 
     out = tmp_path / "predictions.csv"
     assert predict.main([str(inputs["crawl"]), "--checkpoint", str(best), "--top-k", "2", "--out", str(out)]) == 0
     table = pd.read_csv(out)
-    assert list(table.columns) == ["path", "label_1", "prob_1", "label_2", "prob_2", "predicted", "error"] and len(table) == 28
+    assert (
+        list(table.columns) == ["path", "label_1", "prob_1", "label_2", "prob_2", "predicted", "error"]
+        and len(table) == 28
+    )
     assert table["error"].isna().all()
 
 
 def test_unknown_model_and_missing_inputs_say_what_to_do(inputs, tmp_path, capsys):
     params = _params(tmp_path, inputs["weights"])
     _train(inputs, "resnet-9000", tmp_path, params, status=2)
-    assert _error(capsys, "train") == "unknown model 'resnet-9000'; params.yaml 'models' has ['cnn', 'gcn', 'gcn_identity', 'linear', 'residual_csra']"
+    assert (
+        _error(capsys, "train")
+        == "unknown model 'resnet-9000'; params.yaml 'models' has ['cnn', 'gcn', 'gcn_identity', 'linear', 'residual_csra']"
+    )
     missing = dict(inputs, dataset=tmp_path / "nowhere.parquet")
     _train(missing, "linear", tmp_path, params, status=2)
     assert "nowhere.parquet: dataset not found; run the curation stages" in _error(capsys, "train")
@@ -535,7 +725,10 @@ def test_unknown_model_and_missing_inputs_say_what_to_do(inputs, tmp_path, capsy
     ("entry", "message"),
     [
         ({"kind": "gcn", "pooling": "median"}, "model pooling 'median' is not one of"),
-        ({"kind": "gcn", "poolng": "max"}, r"models.gcn must be a mapping with 'kind' and at most \[.*\]; unknown \['poolng'\]"),
+        (
+            {"kind": "gcn", "poolng": "max"},
+            r"models.gcn must be a mapping with 'kind' and at most \[.*\]; unknown \['poolng'\]",
+        ),
         ("gcn", r"models.gcn must be a mapping with 'kind'"),
     ],
     ids=["unknown-value", "unknown-key", "not-a-mapping"],
@@ -562,7 +755,9 @@ def test_resuming_a_checkpoint_that_predates_recorded_settings_is_refused(inputs
     del checkpoint["meta"]["train"], checkpoint["meta"]["processes"]  # as written before the settings were recorded
     torch.save(checkpoint, last)
     _train(inputs, "gcn", tmp_path, _params(tmp_path, inputs["weights"], epochs=2), "--resume", status=2)
-    assert re.search(r"older stylegraph that did not record its training settings.*rerun without --resume", _error(capsys, "train"))
+    assert re.search(
+        r"older stylegraph that did not record its training settings.*rerun without --resume", _error(capsys, "train")
+    )
 
 
 def _stage_paths(inputs: dict[str, Path], out: Path, params: Path) -> argparse.Namespace:
@@ -571,26 +766,51 @@ def _stage_paths(inputs: dict[str, Path], out: Path, params: Path) -> argparse.N
                               pixel_cache=inputs["pixels"], params=params, out_dir=out / "models" / "gcn", live_dir=out / "dvclive" / "gcn")  # fmt: skip
 
 
-def test_resuming_with_other_training_settings_or_processes_is_refused_but_longer_training_is_not(inputs, tmp_path, capsys):
+def test_resuming_with_other_training_settings_or_processes_is_refused_but_longer_training_is_not(
+    inputs, tmp_path, capsys
+):
     """Adam keeps the checkpoint's learning rates, so a resume with new rates (or seed, batch, ...) would silently train with the old ones."""
     _train(inputs, "gcn", tmp_path, _params(tmp_path, inputs["weights"], epochs=2))
-    _train(inputs, "gcn", tmp_path, _params(tmp_path, inputs["weights"], epochs=2, lr_head=1e-2, seed=99, batch_size=4), "--resume", status=2)
-    assert re.search(r"other settings: train.batch_size 8 -> 4, train.lr_head 0.001 -> 0.01, train.seed 7 -> 99\. Rerun without --resume .* restore those settings", _error(capsys, "train"))
+    _train(
+        inputs,
+        "gcn",
+        tmp_path,
+        _params(tmp_path, inputs["weights"], epochs=2, lr_head=1e-2, seed=99, batch_size=4),
+        "--resume",
+        status=2,
+    )
+    assert re.search(
+        r"other settings: train.batch_size 8 -> 4, train.lr_head 0.001 -> 0.01, train.seed 7 -> 99\. Rerun without --resume .* restore those settings",
+        _error(capsys, "train"),
+    )
     params = _params(tmp_path, inputs["weights"], epochs=2)
     settings = load_section(TrainSettings, "train", params)
     with pytest.raises(InputError, match=r"other settings: processes 1 -> 2\. .*the number of torchrun processes"):
-        train_module.train("gcn", ModelSpec(**MODELS["gcn"]), settings, _stage_paths(inputs, tmp_path, params), resume=True, world=World(rank=0, size=2))
+        train_module.train(
+            "gcn",
+            ModelSpec(**MODELS["gcn"]),
+            settings,
+            _stage_paths(inputs, tmp_path, params),
+            resume=True,
+            world=World(rank=0, size=2),
+        )
     _train(inputs, "gcn", tmp_path, _params(tmp_path, inputs["weights"], epochs=3, patience=9, workers=1), "--resume")
     last = load_checkpoint(tmp_path / "models" / "gcn" / "last.pt")
     assert last["state"]["epoch"] == 3 and last["meta"]["train"]["epochs"] == 3 and last["meta"]["processes"] == 1
 
 
 @pytest.mark.parametrize(("cached_pixels", "workers"), [(False, 0), (False, 1), (True, 0)])
-def test_ranks_augment_their_images_differently_and_rank_0_as_one_process_does(inputs, tmp_path, cached_pixels, workers):
+def test_ranks_augment_their_images_differently_and_rank_0_as_one_process_does(
+    inputs, tmp_path, cached_pixels, workers
+):
     """Eight copies of one picture, so that the batches differ by their augmentations alone; the shuffle stays shared."""
-    table = pd.DataFrame({"image_id": [f"copy{i}" for i in range(8)], "path": "00.png", "batch": "b1", "split": "train"})
+    table = pd.DataFrame(
+        {"image_id": [f"copy{i}" for i in range(8)], "path": "00.png", "batch": "b1", "split": "train"}
+    )
     build_cache(table, inputs["crawl"], tmp_path / "pixels", PixelCacheSettings(height=40, width=32, workers=1))
-    stage = feeds.StageInputs(table, torch.zeros(8, 3), {"train": np.ones(8, bool), "val": np.ones(8, bool)}, torch.zeros(3, 5), torch.eye(3))
+    stage = feeds.StageInputs(
+        table, torch.zeros(8, 3), {"train": np.ones(8, bool), "val": np.ones(8, bool)}, torch.zeros(3, 5), torch.eye(3)
+    )
     paths = argparse.Namespace(crawl_dir=inputs["crawl"], pixel_cache=tmp_path / "pixels")
     settings = load_section(TrainSettings, "train", _params(tmp_path, inputs["weights"], batch_size=4, workers=workers))
     make_feeds = feeds.cached_pixel_feeds if cached_pixels else feeds.file_feeds
@@ -603,7 +823,9 @@ def test_ranks_augment_their_images_differently_and_rank_0_as_one_process_does(i
 
     rank0 = first_batch(World(rank=0, size=2))
     assert torch.equal(rank0, first_batch(SINGLE)), "rank 0 draws what a single process draws"
-    assert not torch.equal(rank0, first_batch(World(rank=1, size=2))), "rank 1 must not repeat rank 0's crops, flips and jitter"
+    assert not torch.equal(rank0, first_batch(World(rank=1, size=2))), (
+        "rank 1 must not repeat rank 0's crops, flips and jitter"
+    )
 
 
 @pytest.mark.parametrize("model", ["gcn", "cnn"])
@@ -634,19 +856,30 @@ def _test_probs(inputs: dict[str, Path], best: Path, features: Path) -> tuple[pd
 def test_training_logs_inside_a_dvc_repo_without_commits(tmp_path, monkeypatch):
     """A fresh `git init` + `dvc init` + `dvc repro` (CI, a new project): dvclive must not need a commit."""
     monkeypatch.chdir(tmp_path)
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "DVC_NO_ANALYTICS": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
     subprocess.run("git init -q && dvc init -q", shell=True, check=True, env=env)
     with train_module.StageLive("dvclive/m", dvcyaml=False, save_dvc_exp=False) as live:
         live.log_metric("val/mAP", 0.5)
         live.next_step()
-    assert (tmp_path / "dvclive" / "m" / "plots" / "metrics" / "val" / "mAP.tsv").read_text().splitlines() == ["step\tmAP", "0\t0.5"]
+    assert (tmp_path / "dvclive" / "m" / "plots" / "metrics" / "val" / "mAP.tsv").read_text().splitlines() == [
+        "step\tmAP",
+        "0\t0.5",
+    ]
     assert not (tmp_path / "dvc.yaml").exists(), "dvclive must not write the project's dvc.yaml"
 
 
 def test_fine_tuning_with_too_few_steps_per_epoch_is_flagged_with_a_batch_that_fits():
     assert schedule.few_steps_warning(36, 1142, 32) is None  # batch 32 on the CCP benchmark: no accuracy lost
     message = schedule.few_steps_warning(9, 1142, 128)
-    assert message is not None and "9 optimizer steps per epoch on 1142 training images" in message and "train.batch_size to at most 57" in message
+    assert (
+        message is not None
+        and "9 optimizer steps per epoch on 1142 training images" in message
+        and "train.batch_size to at most 57" in message
+    )
 
 
 def _trained_gcn(inputs: dict[str, Path], tmp_path: Path) -> Path:
@@ -672,7 +905,10 @@ def test_predict_goes_past_unreadable_images_lists_each_with_its_error_and_exits
     assert [len(r["top"]) for r in results if "top" in r] == [2, 2] and results[0]["scores"] == results[2]["scores"]
     failed = {Path(r["path"]).name: r for r in results if "error" in r}
     assert set(failed) == {"b.jpg", "d.png"} and all(set(r) == {"path", "error"} for r in failed.values())
-    assert f"{photos / 'b.jpg'}: cannot read image (UnidentifiedImageError" in failed["b.jpg"]["error"] and "crawl.dir" not in failed["b.jpg"]["error"]
+    assert (
+        f"{photos / 'b.jpg'}: cannot read image (UnidentifiedImageError" in failed["b.jpg"]["error"]
+        and "crawl.dir" not in failed["b.jpg"]["error"]
+    )
     assert failed["d.png"]["error"].startswith(f"{photos / 'd.png'}: cannot read image (OSError")
     assert all(f"predict: warning: {r['error']}" in captured.err for r in failed.values())
     assert "predict: 2 of 4 images could not be read" in captured.err
@@ -681,9 +917,16 @@ def test_predict_goes_past_unreadable_images_lists_each_with_its_error_and_exits
     assert predict.main([str(photos), "--checkpoint", str(best), "--top-k", "2", "--out", str(out)]) == 1
     table = pd.read_csv(out, keep_default_na=False)
     assert list(table.columns) == ["path", "label_1", "prob_1", "label_2", "prob_2", "predicted", "error"]
-    assert list(table["error"] != "") == [False, True, False, True] and list(table["label_1"] == "") == [False, True, False, True]
+    assert list(table["error"] != "") == [False, True, False, True] and list(table["label_1"] == "") == [
+        False,
+        True,
+        False,
+        True,
+    ]
 
-    rows = predict.predict_images(best, [photos / "b.jpg", photos / "a.png"], top_k=3, vetted=True)  # annotation push --checkpoint
+    rows = predict.predict_images(
+        best, [photos / "b.jpg", photos / "a.png"], top_k=3, vetted=True
+    )  # annotation push --checkpoint
     assert "top" not in rows[0] and "scores" not in rows[0] and "crawl.dir" in rows[0]["error"]
     assert len(rows[1]["top"]) == 3
 
@@ -708,14 +951,23 @@ def test_predict_and_push_take_a_model_by_name_or_the_one_validation_chose(input
     assert f"predict: model {chosen} (highest validation mAP in {models})" in capsys.readouterr().err
     assert predict.model_checkpoint("linear", models) == models / "linear" / "best.pt"
     out = tmp_path / "best.json"
-    assert predict.main([str(inputs["crawl"] / "00.png"), "--model", "best", "--models-dir", str(models), "--out", str(out)]) == 0
-    assert json.loads(out.read_text()) == predict.predict_images(models / chosen / "best.pt", [inputs["crawl"] / "00.png"])
+    assert (
+        predict.main(
+            [str(inputs["crawl"] / "00.png"), "--model", "best", "--models-dir", str(models), "--out", str(out)]
+        )
+        == 0
+    )
+    assert json.loads(out.read_text()) == predict.predict_images(
+        models / chosen / "best.pt", [inputs["crawl"] / "00.png"]
+    )
     assert predict.main([str(inputs["crawl"]), "--model", "mlgcn", "--models-dir", str(models)]) == 2
     assert _error(capsys, "predict").startswith(f"{models / 'mlgcn' / 'best.pt'}: checkpoint not found")
     assert predict.main([str(inputs["crawl"]), "--model", "best", "--models-dir", str(tmp_path / "empty")]) == 2
     assert _error(capsys, "predict").startswith(f"{tmp_path / 'empty'}: no trained model")
     with pytest.raises(SystemExit):
-        predict.parse_args([str(inputs["crawl"]), "--model", "best", "--checkpoint", str(models / "linear" / "best.pt")])
+        predict.parse_args(
+            [str(inputs["crawl"]), "--model", "best", "--checkpoint", str(models / "linear" / "best.pt")]
+        )
 
 
 @pytest.mark.parametrize("top_k", ["0", "-1", "4"])
@@ -736,13 +988,22 @@ def test_training_commands_refuse_bad_inputs_with_a_message_naming_the_file(inpu
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(best.read_bytes()[:1000])
     assert predict.main([str(inputs["crawl"]), "--checkpoint", str(truncated)]) == 2
-    assert re.fullmatch(rf"{re.escape(str(truncated))}: cannot read checkpoint, not a complete file written by torch.save \(RuntimeError: .*\); train the model .*dvc pull\)", _error(capsys, "predict"))
+    assert re.fullmatch(
+        rf"{re.escape(str(truncated))}: cannot read checkpoint, not a complete file written by torch.save \(RuntimeError: .*\); train the model .*dvc pull\)",
+        _error(capsys, "predict"),
+    )
 
     other = load_checkpoint(best)
-    other["model"] = {"weight": torch.zeros(3, 1280), "bias": torch.zeros(3)}  # a linear head's tensors under a GCN head's meta
+    other["model"] = {
+        "weight": torch.zeros(3, 1280),
+        "bias": torch.zeros(3),
+    }  # a linear head's tensors under a GCN head's meta
     torch.save(other, tmp_path / "other.pt")
     assert predict.main([str(inputs["crawl"]), "--checkpoint", str(tmp_path / "other.pt")]) == 2
-    assert re.match(rf"{re.escape(str(tmp_path / 'other.pt'))}: its tensors do not fit PooledHead: \d+ missing \(e\.g\. .*\); 2 unexpected \(e\.g\. bias\)\. The file does not match", _error(capsys, "predict"))
+    assert re.match(
+        rf"{re.escape(str(tmp_path / 'other.pt'))}: its tensors do not fit PooledHead: \d+ missing \(e\.g\. .*\); 2 unexpected \(e\.g\. bias\)\. The file does not match",
+        _error(capsys, "predict"),
+    )
 
     evaluate_args = ["--dataset", str(inputs["dataset"]), "--label-subset", str(inputs["subset"]), "--features", str(inputs["features"]), "--crawl-dir", str(inputs["crawl"]),
                      "--report", str(tmp_path / "report.md"), "--metrics", str(tmp_path / "metrics.json"), "--params", str(_params(tmp_path, inputs["weights"]))]  # fmt: skip
@@ -751,35 +1012,71 @@ def test_training_commands_refuse_bad_inputs_with_a_message_naming_the_file(inpu
 
     params = _params(tmp_path, inputs["weights"])
     params.write_text(params.read_text().replace("backbone: tf_efficientnet_lite0", "backbone: vgg"))
-    feature_args = ["--dataset", str(inputs["dataset"]), "--label-subset", str(inputs["subset"]), "--crawl-dir", str(inputs["crawl"]), "--out", str(tmp_path / "f.npz"), "--cache-dir", str(tmp_path / "cache")]
+    feature_args = [
+        "--dataset",
+        str(inputs["dataset"]),
+        "--label-subset",
+        str(inputs["subset"]),
+        "--crawl-dir",
+        str(inputs["crawl"]),
+        "--out",
+        str(tmp_path / "f.npz"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     assert features.main([*feature_args, "--params", str(params)]) == 2
-    assert _error(capsys, "features") == "unknown backbone 'vgg'; features.backbone in params.yaml must be one of ['resnet50', 'tf_efficientnet_lite0', 'tf_efficientnet_lite1', 'tf_efficientnet_lite2']"
-    assert features.main([*feature_args, "--crawl-dir", str(tmp_path / "nowhere"), "--params", str(_params(tmp_path, inputs["weights"]))]) == 2
+    assert (
+        _error(capsys, "features")
+        == "unknown backbone 'vgg'; features.backbone in params.yaml must be one of ['resnet50', 'tf_efficientnet_lite0', 'tf_efficientnet_lite1', 'tf_efficientnet_lite2']"
+    )
+    assert (
+        features.main(
+            [
+                *feature_args,
+                "--crawl-dir",
+                str(tmp_path / "nowhere"),
+                "--params",
+                str(_params(tmp_path, inputs["weights"])),
+            ]
+        )
+        == 2
+    )
     assert "nowhere/00.png: cannot read image (FileNotFoundError" in _error(capsys, "features")
 
 
 def test_features_are_extracted_in_train_precision_so_predict_scores_what_evaluate_scores(inputs, tmp_path):
     """bf16-all on the CPU: predict runs backbone and head under bf16, so the cached features must come from a bf16 backbone too."""
-    params = _params(tmp_path, inputs["weights"], epochs=8, patience=8, lr_head=0.03, precision="bf16-all")  # trained enough that scores spread out from 0.5
+    params = _params(
+        tmp_path, inputs["weights"], epochs=8, patience=8, lr_head=0.03, precision="bf16-all"
+    )  # trained enough that scores spread out from 0.5
     bf16 = dict(inputs, features=_extract_features(inputs, tmp_path / "features.npz", params))
     assert json.loads(str(np.load(bf16["features"])["meta"]))["precision"] == "bf16-all"
     _train(bf16, "gcn", tmp_path, params)
     best = tmp_path / "models" / "gcn" / "best.pt"
     table, scored = _test_probs(inputs, best, bf16["features"])
     predicted = predict.predict_images(best, [inputs["crawl"] / p for p in table["path"]])
-    np.testing.assert_allclose([[r["scores"][label] for label in LABELS] for r in predicted], scored, atol=1e-4)  # fp32 features: off by 6.5e-3
+    np.testing.assert_allclose(
+        [[r["scores"][label] for label in LABELS] for r in predicted], scored, atol=1e-4
+    )  # fp32 features: off by 6.5e-3
 
 
-def test_a_csra_head_without_cached_maps_or_the_flip_without_mirror_images_is_refused_with_the_setting(inputs, tmp_path, capsys):
+def test_a_csra_head_without_cached_maps_or_the_flip_without_mirror_images_is_refused_with_the_setting(
+    inputs, tmp_path, capsys
+):
     npz = dict(np.load(inputs["features"]))
     pooled_only = {key: value for key, value in npz.items() if not key.startswith("maps")}
     np.savez(tmp_path / "pooled.npz", **pooled_only)
     np.savez(tmp_path / "unmirrored.npz", **{key: value for key, value in pooled_only.items() if "flip" not in key})
     params = _params(tmp_path, inputs["weights"], epochs=1)
     _train(dict(inputs, features=tmp_path / "pooled.npz"), "residual_csra", tmp_path, params, status=2)
-    assert _error(capsys, "train") == f"{tmp_path / 'pooled.npz'}: holds no feature maps, which a csra head reads; set features.maps: true (params.yaml) and re-run the features stage (dvc repro)"
+    assert (
+        _error(capsys, "train")
+        == f"{tmp_path / 'pooled.npz'}: holds no feature maps, which a csra head reads; set features.maps: true (params.yaml) and re-run the features stage (dvc repro)"
+    )
     _train(dict(inputs, features=tmp_path / "unmirrored.npz"), "linear", tmp_path, params, status=2)
-    assert _error(capsys, "train").startswith(f"{tmp_path / 'unmirrored.npz'}: holds no mirrored features, which train.tta_flip scores with; set features.flip: true")
+    assert _error(capsys, "train").startswith(
+        f"{tmp_path / 'unmirrored.npz'}: holds no mirrored features, which train.tta_flip scores with; set features.flip: true"
+    )
 
 
 def test_a_csra_head_predicts_from_images_what_evaluate_scores_from_the_cached_fp16_maps(inputs, tmp_path):
@@ -789,31 +1086,67 @@ def test_a_csra_head_predicts_from_images_what_evaluate_scores_from_the_cached_f
     table, scored = _test_probs(inputs, best, inputs["features"])
     predicted = predict.predict_images(best, [inputs["crawl"] / p for p in table["path"]])
     assert np.ptp(scored) > 0.01, "trained enough that the scores differ"
-    np.testing.assert_allclose([[r["scores"][label] for label in LABELS] for r in predicted], scored, atol=2e-3)  # the cache rounds maps to fp16
+    np.testing.assert_allclose(
+        [[r["scores"][label] for label in LABELS] for r in predicted], scored, atol=2e-3
+    )  # the cache rounds maps to fp16
 
 
-@pytest.mark.parametrize(("setting", "value", "named"), [("image_size", 48, "image_size 48 (model: 32)"), ("precision", "fp32", "precision 'fp32' (model: 'bf16')")])
-def test_evaluate_refuses_features_extracted_otherwise_than_a_heads_training_features(inputs, tmp_path, capsys, setting, value, named):
+@pytest.mark.parametrize(
+    ("setting", "value", "named"),
+    [("image_size", 48, "image_size 48 (model: 32)"), ("precision", "fp32", "precision 'fp32' (model: 'bf16')")],
+)
+def test_evaluate_refuses_features_extracted_otherwise_than_a_heads_training_features(
+    inputs, tmp_path, capsys, setting, value, named
+):
     npz = dict(np.load(inputs["features"]))
     npz["meta"] = json.dumps(json.loads(str(npz["meta"])) | {setting: value})
     np.savez(tmp_path / "features.npz", **npz)
-    for model in ("cnn", "gcn"):  # the report's first two models (params keys in sorted order); the GCN head reads the features
+    for model in (
+        "cnn",
+        "gcn",
+    ):  # the report's first two models (params keys in sorted order); the GCN head reads the features
         _train(inputs, model, tmp_path, _params(tmp_path, inputs["weights"], epochs=1))
     assert evaluate.main([
         "--dataset", str(inputs["dataset"]), "--label-subset", str(inputs["subset"]), "--features", str(tmp_path / "features.npz"), "--crawl-dir", str(inputs["crawl"]),
         "--models-dir", str(tmp_path / "models"), "--report", str(tmp_path / "report.md"), "--metrics", str(tmp_path / "metrics.json"), "--params", str(_params(tmp_path, inputs["weights"])),
     ]) == 2  # fmt: skip
-    assert re.fullmatch(rf"{re.escape(str(tmp_path / 'features.npz'))}: features of {re.escape(named)}, not those model gcn was trained on; re-run the features stage and the training \(dvc repro\)", _error(capsys, "evaluate"))
+    assert re.fullmatch(
+        rf"{re.escape(str(tmp_path / 'features.npz'))}: features of {re.escape(named)}, not those model gcn was trained on; re-run the features stage and the training \(dvc repro\)",
+        _error(capsys, "evaluate"),
+    )
 
 
 def test_a_head_is_not_trained_on_features_extracted_in_another_precision(inputs, tmp_path, capsys):
-    _train(inputs, "gcn", tmp_path, _params(tmp_path, inputs["weights"], epochs=1, precision="fp32"), status=2)  # the fixture's features: "bf16"
-    assert _error(capsys, "train") == f"{inputs['features']}: features extracted in bf16, but train.precision is fp32; re-run the features stage (dvc repro features)"
+    _train(
+        inputs, "gcn", tmp_path, _params(tmp_path, inputs["weights"], epochs=1, precision="fp32"), status=2
+    )  # the fixture's features: "bf16"
+    assert (
+        _error(capsys, "train")
+        == f"{inputs['features']}: features extracted in bf16, but train.precision is fp32; re-run the features stage (dvc repro features)"
+    )
 
 
 def test_the_features_stage_refuses_an_unknown_precision_before_extracting(inputs, tmp_path, capsys):
     params = _params(tmp_path, inputs["weights"], precision="fp16")
-    assert features.main(["--dataset", str(inputs["dataset"]), "--label-subset", str(inputs["subset"]), "--crawl-dir", str(inputs["crawl"]), "--out", str(tmp_path / "f.npz"), "--cache-dir", str(tmp_path / "cache"), "--params", str(params)]) == 2
+    assert (
+        features.main(
+            [
+                "--dataset",
+                str(inputs["dataset"]),
+                "--label-subset",
+                str(inputs["subset"]),
+                "--crawl-dir",
+                str(inputs["crawl"]),
+                "--out",
+                str(tmp_path / "f.npz"),
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "--params",
+                str(params),
+            ]
+        )
+        == 2
+    )
     assert "train.precision 'fp16' is not one of ('bf16', 'bf16-all', 'fp32')" in _error(capsys, "features")
     assert not (tmp_path / "f.npz").exists()
 
@@ -832,7 +1165,9 @@ def test_an_input_error_in_a_dataloader_worker_is_reported_without_torchs_traceb
         return 0
 
     assert report_user_errors("train", train_with_a_worker) == 2
-    assert _error(capsys, "train") == "/crawl/b1/x.jpg: cannot read image (OSError: broken data stream); check crawl.dir"
+    assert (
+        _error(capsys, "train") == "/crawl/b1/x.jpg: cannot read image (OSError: broken data stream); check crawl.dir"
+    )
 
 
 def test_a_checkpoint_whose_description_lacks_an_entry_is_named(inputs, tmp_path):
@@ -840,5 +1175,8 @@ def test_a_checkpoint_whose_description_lacks_an_entry_is_named(inputs, tmp_path
     checkpoint = torch.load(best, weights_only=True)
     del checkpoint["meta"]["finetuned"]
     torch.save(checkpoint, best)
-    with pytest.raises(InputError, match=rf"{re.escape(str(best))}: its description of the model is incomplete or damaged \(KeyError: 'finetuned'\)"):
+    with pytest.raises(
+        InputError,
+        match=rf"{re.escape(str(best))}: its description of the model is incomplete or damaged \(KeyError: 'finetuned'\)",
+    ):
         load_checkpoint(best)

@@ -49,8 +49,22 @@ def _torchrun(inputs: dict[str, Path], model: str, out: Path, params: Path) -> N
         "--features", str(inputs["features"]), "--crawl-dir", str(inputs["crawl"]), "--out-dir", str(out / "models" / model),
         "--live-dir", str(out / "dvclive" / model), "--pixel-cache", str(inputs["pixels"]), "--params", str(params),
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(PROJECT_ROOT / "tests")])}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__, str(out), *args]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(PROJECT_ROOT / "tests")]),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        __file__,
+        str(out),
+        *args,
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
@@ -60,12 +74,18 @@ def test_two_processes_train_on_halves_of_each_batch_and_hold_the_same_weights(i
     params = _params(tmp_path, inputs["weights"], epochs=1, batch_size=4, cached_pixels=cached_pixels)
     _torchrun(inputs, model, tmp_path / "ddp", params)
     ranks = [torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
-    assert [r["rows"] for r in ranks] == [8, 8] and [r["batches"] for r in ranks] == [2, 2], "16 training images: 8 per rank, 2 steps of 4"
+    assert [r["rows"] for r in ranks] == [8, 8] and [r["batches"] for r in ranks] == [2, 2], (
+        "16 training images: 8 per rank, 2 steps of 4"
+    )
     for name, tensor in ranks[0]["params"].items():
         assert torch.equal(tensor, ranks[1]["params"][name]), f"{name} differs between ranks"
     checkpoint = torch.load(tmp_path / "ddp" / "models" / model / "last.pt", weights_only=True)
-    assert all(torch.equal(checkpoint["model"][name], tensor) for name, tensor in ranks[0]["params"].items()), "rank 0 writes its weights"
-    loss_rows = (tmp_path / "ddp" / "dvclive" / model / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
+    assert all(torch.equal(checkpoint["model"][name], tensor) for name, tensor in ranks[0]["params"].items()), (
+        "rank 0 writes its weights"
+    )
+    loss_rows = (
+        (tmp_path / "ddp" / "dvclive" / model / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
+    )
     assert len(loss_rows) == 2, "one logger (rank 0): a header and one epoch"
     if model == "gcn":  # no batch norm: 2 ranks x 4 images take exactly the steps of 1 process x 8 images
         _train(inputs, model, tmp_path / "single", _params(tmp_path, inputs["weights"], epochs=1, batch_size=8))

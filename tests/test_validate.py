@@ -21,11 +21,21 @@ SETTINGS = ValidateSettings(require_main=True, min_images_per_style=2, min_alpha
 def clean_inputs() -> dict[str, pd.DataFrame]:
     """Four images, all labelled, every style on at least two images, experts in agreement."""
     ids = pd.Series(["a1", "a2", "a3", "a4"], dtype="string")
-    catalog = pd.DataFrame({"image_id": ids, "path": "b1/" + ids + ".jpg", "batch": pd.Series(["b1"] * 4, dtype="string")})
+    catalog = pd.DataFrame(
+        {"image_id": ids, "path": "b1/" + ids + ".jpg", "batch": pd.Series(["b1"] * 4, dtype="string")}
+    )
     mains = pd.Series(["Casual", "Romantic", "Sexy", "Casual"], dtype="string")
-    subs = pd.Series([np.array(["Romantic"]), np.array([], dtype=object), np.array(["Casual"]), np.array(["Sexy"])], dtype=object)
+    subs = pd.Series(
+        [np.array(["Romantic"]), np.array([], dtype=object), np.array(["Casual"]), np.array(["Sexy"])], dtype=object
+    )
     annotations = pd.DataFrame(
-        {"image_id": ids, "annotator": pd.Series(["1", "1", "2", "2"], dtype="string"), "main_style": mains, "sub_styles": subs, "cancelled": False}
+        {
+            "image_id": ids,
+            "annotator": pd.Series(["1", "1", "2", "2"], dtype="string"),
+            "main_style": mains,
+            "sub_styles": subs,
+            "cancelled": False,
+        }
     )
     labels = pd.DataFrame(
         {
@@ -38,12 +48,28 @@ def clean_inputs() -> dict[str, pd.DataFrame]:
             "needs_review": False,
         }
     )
-    agreement = pd.DataFrame({"scope": "style", "key": pd.Series(NAMES, dtype="string"), "measure": "named", "alpha": [1.0, 0.8, 0.7], "images": np.int64(2)})
-    agreement = pd.concat([agreement, pd.DataFrame([{"scope": "overall", "key": "", "measure": "main_style", "alpha": 0.1, "images": 4}])], ignore_index=True)
+    agreement = pd.DataFrame(
+        {
+            "scope": "style",
+            "key": pd.Series(NAMES, dtype="string"),
+            "measure": "named",
+            "alpha": [1.0, 0.8, 0.7],
+            "images": np.int64(2),
+        }
+    )
+    agreement = pd.concat(
+        [
+            agreement,
+            pd.DataFrame([{"scope": "overall", "key": "", "measure": "main_style", "alpha": 0.1, "images": 4}]),
+        ],
+        ignore_index=True,
+    )
     return {"catalog": catalog, "annotations": annotations, "image_labels": labels, "style_agreement": agreement}
 
 
-def failures(inputs: dict[str, pd.DataFrame], tmp_path: Path, settings: ValidateSettings = SETTINGS) -> dict[str, object]:
+def failures(
+    inputs: dict[str, pd.DataFrame], tmp_path: Path, settings: ValidateSettings = SETTINGS
+) -> dict[str, object]:
     return {o.check: o for o in validate(inputs, settings, NAMES, None) if not o.success}
 
 
@@ -91,19 +117,64 @@ def _tie(inputs: dict[str, pd.DataFrame]) -> None:
 
 # (planted defect, the expectation that must fail, its severity, a word its examples must show)
 DEFECTS = [
-    (_missing_column, "Every input has its columns, with values of the right kind", ERROR, "annotations.cancelled: expected bool, found missing"),
-    (_wrong_type, "Every input has its columns, with values of the right kind", ERROR, "image_labels.n_annotators: expected int"),
-    (_nulls_only, "Every input has its columns, with values of the right kind", ERROR, "annotations.cancelled: expected bool"),
-    (_set("image_labels", "sub_styles", 1, ["Boho"]), "Every main and sub style is in the taxonomy", ERROR, "Boho (image_labels, a2)"),
-    (_set("annotations", "main_style", 2, "Punk"), "Every main and sub style is in the taxonomy", ERROR, "Punk (annotations, a3)"),
+    (
+        _missing_column,
+        "Every input has its columns, with values of the right kind",
+        ERROR,
+        "annotations.cancelled: expected bool, found missing",
+    ),
+    (
+        _wrong_type,
+        "Every input has its columns, with values of the right kind",
+        ERROR,
+        "image_labels.n_annotators: expected int",
+    ),
+    (
+        _nulls_only,
+        "Every input has its columns, with values of the right kind",
+        ERROR,
+        "annotations.cancelled: expected bool",
+    ),
+    (
+        _set("image_labels", "sub_styles", 1, ["Boho"]),
+        "Every main and sub style is in the taxonomy",
+        ERROR,
+        "Boho (image_labels, a2)",
+    ),
+    (
+        _set("annotations", "main_style", 2, "Punk"),
+        "Every main and sub style is in the taxonomy",
+        ERROR,
+        "Punk (annotations, a3)",
+    ),
     (_duplicate_label_row, "One label row per image", ERROR, "a2"),
-    (_set("image_labels", "main_style", 3, pd.NA), "Exactly one main style per labelled image (ties aside)", ERROR, "a4"),
-    (_set("image_labels", "sub_styles", 1, ["Romantic", "Sexy"]), "The main style is not repeated among the sub-styles", ERROR, "a2 Romantic"),
+    (
+        _set("image_labels", "main_style", 3, pd.NA),
+        "Exactly one main style per labelled image (ties aside)",
+        ERROR,
+        "a4",
+    ),
+    (
+        _set("image_labels", "sub_styles", 1, ["Romantic", "Sexy"]),
+        "The main style is not repeated among the sub-styles",
+        ERROR,
+        "a2 Romantic",
+    ),
     (_drop_catalog_row, "Every labelled image is in the catalog", ERROR, "a1"),
     (_add_catalog_row, "Every catalogued image is labelled", WARNING, "zz"),
-    (_tie, "No image waits for review: a tie for the main style, or a source that labels it twice, differently (left out downstream)", WARNING, "a1"),
+    (
+        _tie,
+        "No image waits for review: a tie for the main style, or a source that labels it twice, differently (left out downstream)",
+        WARNING,
+        "a1",
+    ),
     (_set("image_labels", "sub_styles", 3, []), "Every style is named on at least 2 images", WARNING, "Sexy (1)"),
-    (_set("style_agreement", "alpha", 1, 0.25), "Experts agree on every style beyond chance: Krippendorff's alpha at least 0.667", WARNING, "Romantic (0.25)"),
+    (
+        _set("style_agreement", "alpha", 1, 0.25),
+        "Experts agree on every style beyond chance: Krippendorff's alpha at least 0.667",
+        WARNING,
+        "Romantic (0.25)",
+    ),
 ]
 
 
@@ -119,7 +190,9 @@ def test_clean_labels_pass_every_expectation(tmp_path):
     assert (tmp_path / "docs" / "index.html").is_file()
 
 
-@pytest.mark.parametrize(("plant", "check", "severity", "example"), DEFECTS, ids=[f"{d[1][:30]}-{d[3][:20]}" for d in DEFECTS])
+@pytest.mark.parametrize(
+    ("plant", "check", "severity", "example"), DEFECTS, ids=[f"{d[1][:30]}-{d[3][:20]}" for d in DEFECTS]
+)
 def test_each_expectation_catches_its_planted_defect(tmp_path, plant, check, severity, example):
     inputs = clean_inputs()
     plant(inputs)
@@ -145,8 +218,13 @@ def test_no_labels_yet_gives_warnings_not_a_schema_error(tmp_path, typed):
     for name in ("annotations", "image_labels", "style_agreement"):
         empty = inputs[name].iloc[0:0] if typed else pd.DataFrame(columns=list(inputs[name].columns))
         empty.to_parquet(tmp_path / f"{name}.parquet")
-        inputs[name] = pd.read_parquet(tmp_path / f"{name}.parquet")  # as the stage reads them: empty list columns lose their type
-    assert set(failures(inputs, tmp_path)) == {"Every catalogued image is labelled", "Every style is named on at least 2 images"}
+        inputs[name] = pd.read_parquet(
+            tmp_path / f"{name}.parquet"
+        )  # as the stage reads them: empty list columns lose their type
+    assert set(failures(inputs, tmp_path)) == {
+        "Every catalogued image is labelled",
+        "Every style is named on at least 2 images",
+    }
 
 
 def test_summary_names_the_expectation_the_row_count_and_examples_errors_first(tmp_path):
@@ -173,7 +251,14 @@ def write_inputs(tmp_path: Path, inputs: dict[str, pd.DataFrame], **validate_sec
     return [
         *("--catalog", str(tmp_path / "catalog.parquet"), "--annotations", str(tmp_path / "annotations.parquet")),
         *("--labels", str(tmp_path / "image_labels.parquet"), "--agreement", str(tmp_path / "style_agreement.parquet")),
-        *("--docs", str(tmp_path / "reports" / "validation"), "--metrics", str(tmp_path / "validation.json"), "--params", str(tmp_path / "params.yaml")),
+        *(
+            "--docs",
+            str(tmp_path / "reports" / "validation"),
+            "--metrics",
+            str(tmp_path / "validation.json"),
+            "--params",
+            str(tmp_path / "params.yaml"),
+        ),
     ]
 
 

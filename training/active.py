@@ -20,7 +20,9 @@ from training.labelling_order import pick
 from training.metrics import mean_average_precision
 
 
-def fit_head(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-3, steps: int = 100) -> Callable[[torch.Tensor], np.ndarray]:
+def fit_head(
+    x: torch.Tensor, y: torch.Tensor, l2: float = 1e-3, steps: int = 100
+) -> Callable[[torch.Tensor], np.ndarray]:
     """A linear multi-label head (logistic regression with an L2 penalty, fitted to convergence by L-BFGS); returns its probability function.
 
     Deterministic and free of epochs and learning rates, so a round's score depends on the labels chosen, not on how long a small set trained.
@@ -50,7 +52,16 @@ class Simulation:
     test_map: list[float] = field(default_factory=list)
 
 
-def simulate(order: str, x: torch.Tensor, targets: np.ndarray, split: np.ndarray, seed_size: int, round_size: int, rounds: int, seed: int) -> Simulation:
+def simulate(
+    order: str,
+    x: torch.Tensor,
+    targets: np.ndarray,
+    split: np.ndarray,
+    seed_size: int,
+    round_size: int,
+    rounds: int,
+    seed: int,
+) -> Simulation:
     """Replay `rounds` rounds of `order` on the rows of `split` == "train" (the pool); score each round's head on "val" and "test" rows.
 
     The seed set is `seed_size` random pool rows (the same for every order under one seed).

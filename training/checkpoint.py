@@ -49,14 +49,23 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """A checkpoint whose weights fit the model its meta describes; InputError names the file when it is missing, unreadable or not such a checkpoint."""
     checkpoint = read_torch_file(Path(path), "checkpoint", CHECKPOINT_REMEDY)
     if not isinstance(checkpoint, dict) or not {"meta", "model"} <= checkpoint.keys():
-        raise InputError(f"{path}: not a stylegraph checkpoint (no 'meta' and 'model' entries; a backbone's weights file goes in features.weights); {CHECKPOINT_REMEDY}")
+        raise InputError(
+            f"{path}: not a stylegraph checkpoint (no 'meta' and 'model' entries; a backbone's weights file goes in features.weights); {CHECKPOINT_REMEDY}"
+        )
     meta = checkpoint["meta"]
     try:
         with torch.device("meta"):  # only names and shapes are compared: no memory, no initialisation
             module = described_module(meta)
     except (KeyError, TypeError, ValueError) as error:  # a meta missing an entry, or with one of the wrong kind
-        raise InputError(f"{path}: its description of the model is incomplete or damaged ({type(error).__name__}: {error}); {CHECKPOINT_REMEDY}") from error
-    check_state_fits(module, checkpoint["model"], Path(path), f"The file does not match its own description (model {meta.get('name')}); {CHECKPOINT_REMEDY}")
+        raise InputError(
+            f"{path}: its description of the model is incomplete or damaged ({type(error).__name__}: {error}); {CHECKPOINT_REMEDY}"
+        ) from error
+    check_state_fits(
+        module,
+        checkpoint["model"],
+        Path(path),
+        f"The file does not match its own description (model {meta.get('name')}); {CHECKPOINT_REMEDY}",
+    )
     return checkpoint
 
 
@@ -75,7 +84,9 @@ DEFAULT_THRESHOLD = 0.5  # for checkpoints written before thresholds were chosen
 
 def decision_thresholds(checkpoint: dict[str, Any]) -> np.ndarray:
     """Per label, the probability from which the model calls it present: chosen on the validation split (best F1) when the model was selected."""
-    return np.asarray(checkpoint.get("thresholds") or [DEFAULT_THRESHOLD] * len(checkpoint["meta"]["labels"]), dtype=np.float64)
+    return np.asarray(
+        checkpoint.get("thresholds") or [DEFAULT_THRESHOLD] * len(checkpoint["meta"]["labels"]), dtype=np.float64
+    )
 
 
 def called_present(scores: np.ndarray, thresholds: np.ndarray, labels: list[str]) -> list[str]:
@@ -96,7 +107,9 @@ def best_model(models_dir: Path, heads_only: bool = False) -> tuple[str, Path]:
         if "val" in checkpoint and not (heads_only and pixels):
             candidates[path.parent.name] = (checkpoint["val"]["mAP"], path)
     if not candidates:
-        raise InputError(f"{models_dir}: no trained model (<name>/best.pt with validation metrics) to choose from; {CHECKPOINT_REMEDY}")
+        raise InputError(
+            f"{models_dir}: no trained model (<name>/best.pt with validation metrics) to choose from; {CHECKPOINT_REMEDY}"
+        )
     name = max(candidates, key=lambda n: candidates[n][0])
     return name, candidates[name][1]
 
@@ -127,7 +140,9 @@ def pixel_model(checkpoint: dict[str, Any]) -> tuple[nn.Module, v2.Compose]:
         module.load_state_dict(checkpoint["model"])
         return module.eval(), transform
     if meta["weights"] == "none":
-        raise InputError(f"model {meta['name']} was trained on features of a randomly initialised backbone (features.weights: none), which cannot be rebuilt; use pretrained weights or a weights file")
+        raise InputError(
+            f"model {meta['name']} was trained on features of a randomly initialised backbone (features.weights: none), which cannot be rebuilt; use pretrained weights or a weights file"
+        )
     head = build_trained_module(meta)
     head.load_state_dict(checkpoint["model"])
     body = create_backbone(meta["backbone"], meta["weights"]).body

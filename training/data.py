@@ -31,8 +31,13 @@ from pipeline.tables import read_table
 from training.gpu_augment import Jitter, train_batch
 
 SPLITS = ("train", "val", "test")
-CROP_SCALE, CROP_RATIO = (0.6, 1.0), (0.6, 1.0)  # training crops: area share and width/height (the outfit stays in frame)
-JITTER = Jitter(brightness=0.3, contrast=0.3, saturation=0.2)  # light and colour casts; no hue shifts (colour carries style)
+CROP_SCALE, CROP_RATIO = (
+    (0.6, 1.0),
+    (0.6, 1.0),
+)  # training crops: area share and width/height (the outfit stays in frame)
+JITTER = Jitter(
+    brightness=0.3, contrast=0.3, saturation=0.2
+)  # light and colour casts; no hue shifts (colour carries style)
 DATASET_COLUMNS = ("image_id", "path", "split", "main_style", "labels")
 
 
@@ -45,18 +50,32 @@ def read_torch_file(path: Path, what: str, remedy: str) -> Any:
     except MemoryError:
         raise
     except Exception as error:  # on foreign or damaged bytes: RuntimeError (zip reader), UnpicklingError, EOFError, struct.error, KeyError, ...
-        gist = str(error).split(". ")[0]  # torch's messages go on to advise weights_only=False, which would run code from the file
-        raise InputError(f"{path}: cannot read {what}, not a complete file written by torch.save ({type(error).__name__}: {gist}); {remedy}") from error
+        gist = str(error).split(". ")[
+            0
+        ]  # torch's messages go on to advise weights_only=False, which would run code from the file
+        raise InputError(
+            f"{path}: cannot read {what}, not a complete file written by torch.save ({type(error).__name__}: {gist}); {remedy}"
+        ) from error
 
 
 def check_state_fits(module: nn.Module, state: Any, path: Path, remedy: str) -> None:
     """InputError naming `path` unless `state` is a state_dict that `module.load_state_dict` takes as it is (names and shapes)."""
     if not isinstance(state, Mapping) or not all(isinstance(tensor, torch.Tensor) for tensor in state.values()):
-        raise InputError(f"{path}: holds no state_dict (a mapping of names to tensors) for {type(module).__name__}; {remedy}")
+        raise InputError(
+            f"{path}: holds no state_dict (a mapping of names to tensors) for {type(module).__name__}; {remedy}"
+        )
     expected = module.state_dict()
     missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
-    reshaped = [f"{name} {tuple(state[name].shape)}, expected {tuple(expected[name].shape)}" for name in expected if name in state and state[name].shape != expected[name].shape]
-    gaps = [f"{len(names)} {kind} (e.g. {names[0]})" for kind, names in (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped)) if names]
+    reshaped = [
+        f"{name} {tuple(state[name].shape)}, expected {tuple(expected[name].shape)}"
+        for name in expected
+        if name in state and state[name].shape != expected[name].shape
+    ]
+    gaps = [
+        f"{len(names)} {kind} (e.g. {names[0]})"
+        for kind, names in (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped))
+        if names
+    ]
     if gaps:
         raise InputError(f"{path}: its tensors do not fit {type(module).__name__}: {'; '.join(gaps)}. {remedy}")
 
@@ -89,11 +108,15 @@ def read_label_graph(path: Path, labels: list[str]) -> LabelGraph:
         raise InputError(f"{path}: label graph not found; run the graph stage first (dvc repro)") from None
     graph_labels = [str(label) for label in npz["labels"]]
     if graph_labels != labels:
-        raise InputError(f"{path}: labels {graph_labels} differ from the label subset's {labels}; re-run the graph stage")
+        raise InputError(
+            f"{path}: labels {graph_labels} differ from the label subset's {labels}; re-run the graph stage"
+        )
     adjacency = np.asarray(npz["adjacency_norm"], dtype=np.float32)
     embeddings = np.asarray(npz["embeddings"], dtype=np.float32)
     if adjacency.shape != (len(labels), len(labels)) or embeddings.shape[0] != len(labels):
-        raise InputError(f"{path}: adjacency_norm {adjacency.shape} / embeddings {embeddings.shape} do not fit {len(labels)} labels")
+        raise InputError(
+            f"{path}: adjacency_norm {adjacency.shape} / embeddings {embeddings.shape} do not fit {len(labels)} labels"
+        )
     return LabelGraph(labels=labels, adjacency_norm=adjacency, embeddings=embeddings)
 
 
@@ -110,7 +133,9 @@ def read_dataset(path: Path, labels: list[str]) -> pd.DataFrame:
     for row in table.itertuples():
         unknown = set(row.labels) - known
         if unknown or not len(row.labels):
-            raise InputError(f"{path}: image {row.image_id}: labels {list(row.labels)} are empty or outside the label subset ({sorted(unknown)})")
+            raise InputError(
+                f"{path}: image {row.image_id}: labels {list(row.labels)} are empty or outside the label subset ({sorted(unknown)})"
+            )
         if row.split not in SPLITS:
             raise InputError(f"{path}: image {row.image_id}: split {row.split!r} is not one of {SPLITS}")
     return table.reset_index(drop=True)
@@ -145,14 +170,25 @@ def load_rgb(path: Path, vetted: bool = False) -> Image.Image:
     except MemoryError:
         raise
     except Exception as error:  # Pillow raises many types on untrusted bytes (OSError, DecompressionBombError, SyntaxError, TypeError, ...)
-        hint = "check crawl.dir and that the catalog is current (dvc repro)" if vetted else "check the path; re-save or re-download a damaged picture"
+        hint = (
+            "check crawl.dir and that the catalog is current (dvc repro)"
+            if vetted
+            else "check the path; re-save or re-download a damaged picture"
+        )
         raise InputError(f"{path}: cannot read image ({type(error).__name__}: {error}); {hint}") from error
     raise InputError(f"{path}: {unsupported_mode_reason(mode)}")
 
 
 def eval_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:
     """Plain resize to size x size (the reference evaluates this way), then normalise."""
-    return v2.Compose([v2.PILToTensor(), v2.Resize((size, size), antialias=True), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+    return v2.Compose(
+        [
+            v2.PILToTensor(),
+            v2.Resize((size, size), antialias=True),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean, std),
+        ]
+    )
 
 
 def train_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:
@@ -171,12 +207,24 @@ def train_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...]) 
     ])  # fmt: skip
 
 
-def device_train_augment(size: int, mean: tuple[float, ...], std: tuple[float, ...], generator: torch.Generator, fused: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+def device_train_augment(
+    size: int, mean: tuple[float, ...], std: tuple[float, ...], generator: torch.Generator, fused: bool = False
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """The tensor twin of `train_transform` for uint8 batches on the device: the same crops, flips and colour jitter.
 
     `fused` compiles the per-pixel work after the crop into one kernel (training.gpu_augment.finish_crops).
     """
-    return partial(train_batch, size=size, mean=mean, std=std, scale=CROP_SCALE, ratio=CROP_RATIO, generator=generator, jitter=JITTER, fused=fused)
+    return partial(
+        train_batch,
+        size=size,
+        mean=mean,
+        std=std,
+        scale=CROP_SCALE,
+        ratio=CROP_RATIO,
+        generator=generator,
+        jitter=JITTER,
+        fused=fused,
+    )
 
 
 class ImageDataset(Dataset):
@@ -203,7 +251,9 @@ class CachedPixelBatches(Dataset):
     def __init__(self, store: PixelStore, image_ids: list[str], targets: np.ndarray) -> None:
         missing = sorted(set(image_ids) - set(store.index.index))
         if missing:
-            raise InputError(f"pixel cache lacks {len(missing)} dataset images (e.g. {missing[0]}); rebuild it: dvc repro pixel_cache (or python -m pipeline.pixel_cache --catalog data/catalog.parquet --out data/pixels)")
+            raise InputError(
+                f"pixel cache lacks {len(missing)} dataset images (e.g. {missing[0]}); rebuild it: dvc repro pixel_cache (or python -m pipeline.pixel_cache --catalog data/catalog.parquet --out data/pixels)"
+            )
         self.store, self.image_ids, self.targets = store, image_ids, torch.tensor(targets)
 
     def __len__(self) -> int:

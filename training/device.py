@@ -28,7 +28,9 @@ def adam(params: Iterable[Any], device: torch.device) -> torch.optim.Adam:
 
 def to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     images = images.to(device, non_blocking=True)
-    return images.contiguous(memory_format=torch.channels_last) if device.type == "cuda" and images.dim() == 4 else images
+    return (
+        images.contiguous(memory_format=torch.channels_last) if device.type == "cuda" and images.dim() == 4 else images
+    )
 
 
 PRECISIONS = ("bf16", "bf16-all", "fp32")  # the values of train.precision (see autocast)

@@ -22,7 +22,12 @@ Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 def feature_batches(
-    x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator | None, mirrored: torch.Tensor | None = None, world: World = SINGLE
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator | None,
+    mirrored: torch.Tensor | None = None,
+    world: World = SINGLE,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Mini-batches of cached features, as float32: shuffled (this rank's shard) when a generator is given, each row mirrored with probability 1/2.
 
@@ -39,8 +44,14 @@ def feature_batches(
 
 
 def train_one_epoch(
-    model: nn.Module, batches: Batches, optimizer: torch.optim.Optimizer, device: torch.device, desc: str | None, precision: str = "bf16",
-    set_rates: Callable[[int], None] | None = None, loss: LossFunction = binary_cross_entropy,
+    model: nn.Module,
+    batches: Batches,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    desc: str | None,
+    precision: str = "bf16",
+    set_rates: Callable[[int], None] | None = None,
+    loss: LossFunction = binary_cross_entropy,
 ) -> float:
     """One pass of training with `loss` (summed over a batch's images and labels); returns the mean loss per (image, label).
 
@@ -51,7 +62,9 @@ def train_one_epoch(
     """
     model.train()
     total, count, n_labels = torch.zeros((), dtype=torch.float64, device=device), 0, 1
-    for step, (inputs, targets) in enumerate(tqdm(batches, desc=desc, unit="batch", leave=False, disable=None if desc else True)):
+    for step, (inputs, targets) in enumerate(
+        tqdm(batches, desc=desc, unit="batch", leave=False, disable=None if desc else True)
+    ):
         inputs, targets = to_device(inputs, device), targets.to(device, non_blocking=True)
         with autocast(device, precision):
             logits = model(inputs)
@@ -67,7 +80,9 @@ def train_one_epoch(
 
 
 @torch.inference_mode()
-def predict_probs(model: nn.Module, batches: Batches, device: torch.device, precision: str = "bf16", mirror: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def predict_probs(
+    model: nn.Module, batches: Batches, device: torch.device, precision: str = "bf16", mirror: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Sigmoid scores and targets of every batch, as (N, C) arrays.
 
     `mirror`: each image's score is the mean of its own and its mirror image's (the inputs
@@ -87,7 +102,9 @@ def predict_probs(model: nn.Module, batches: Batches, device: torch.device, prec
     return np.concatenate(probs), np.concatenate(targets)
 
 
-def mirrored_mean(score: Callable[[torch.Tensor], np.ndarray], x: torch.Tensor, mirrored: torch.Tensor | None) -> np.ndarray:
+def mirrored_mean(
+    score: Callable[[torch.Tensor], np.ndarray], x: torch.Tensor, mirrored: torch.Tensor | None
+) -> np.ndarray:
     """`score(x)`, averaged with `score(mirrored)` (the features of the same images mirrored) when those are given: test-time flip on cached features."""
     probs = score(x)
     return probs if mirrored is None else (probs + score(mirrored)) / 2

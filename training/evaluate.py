@@ -26,17 +26,45 @@ from torch.utils.data import DataLoader
 from pipeline.atomic import atomic_path, outputs_together, write_json
 from pipeline.cli import InputError, report_user_errors
 from pipeline.settings import ParamsError, load_section
-from training.checkpoint import build_trained_module, decision_thresholds, load_checkpoint, pixel_model, scores_mirrored, trained_precision
+from training.checkpoint import (
+    build_trained_module,
+    decision_thresholds,
+    load_checkpoint,
+    pixel_model,
+    scores_mirrored,
+    trained_precision,
+)
 from training.data import ImageDataset, main_index, read_dataset, read_label_subset, target_matrix
 from training.device import pick_device, prepare
-from training.features import extracted_precision, feature_array, read_features
-from training.metrics import OWN_COUNT_COLUMN, PAPER_COLUMNS, TOP_K, all_recall_ceiling, bootstrap_interval, evaluate_scores, mean_average_precision, topk_hits
-from training.models import ModelSpec
 from training.engine import feature_batches, mirrored_mean, predict_probs
+from training.features import extracted_precision, feature_array, read_features
+from training.metrics import (
+    OWN_COUNT_COLUMN,
+    PAPER_COLUMNS,
+    TOP_K,
+    all_recall_ceiling,
+    bootstrap_interval,
+    evaluate_scores,
+    mean_average_precision,
+    topk_hits,
+)
+from training.models import ModelSpec
 from training.settings import load_model_specs
 
-FEATURE_SETTINGS = ("backbone", "weights", "image_size")  # features-file meta a head's checkpoint copies; precision is compared too
-COLUMN_TITLES = {"top1_any": "T1 any", "top2_all": "T2 all", "top2_any": "T2 any", "top3_all": "T3 all", "top3_any": "T3 any", OWN_COUNT_COLUMN: "Tn all", "mAP": "mAP"}
+FEATURE_SETTINGS = (
+    "backbone",
+    "weights",
+    "image_size",
+)  # features-file meta a head's checkpoint copies; precision is compared too
+COLUMN_TITLES = {
+    "top1_any": "T1 any",
+    "top2_all": "T2 all",
+    "top2_any": "T2 any",
+    "top3_all": "T3 all",
+    "top3_any": "T3 any",
+    OWN_COUNT_COLUMN: "Tn all",
+    "mAP": "mAP",
+}
 DIFFERENCE_COLUMNS = ("top1_any", "top2_all", OWN_COUNT_COLUMN)  # paired differences against the baseline, besides mAP
 UNINFORMATIVE_CEILING = 0.5  # a Top-k all-recall whose ceiling is below this is flagged as saying little
 
@@ -57,7 +85,11 @@ class TestSet:
     labels: list[str]
 
 
-HEAD_KINDS = {"linear": "linear head", "gcn": "ML-GCN classifiers", "gcn_residual": "linear head + ML-GCN classifiers (graph residual)"}
+HEAD_KINDS = {
+    "linear": "linear head",
+    "gcn": "ML-GCN classifiers",
+    "gcn_residual": "linear head + ML-GCN classifiers (graph residual)",
+}
 
 
 def describe(checkpoint: dict[str, Any]) -> str:
@@ -66,29 +98,45 @@ def describe(checkpoint: dict[str, Any]) -> str:
     spec = ModelSpec(**meta["spec"])
     if spec.kind == "cnn":
         return f"basic CNN from scratch, {meta['image_size']} px"
-    head = HEAD_KINDS[spec.kind] + (" (identity adjacency: no graph)" if spec.kind != "linear" and spec.adjacency == "identity" else "")
-    pooling = f"CSRA attention ({spec.heads} head{'s' * (spec.heads > 1)}, lambda {spec.lam:g})" if spec.spatial else f"global {spec.pooling} pool"
+    head = HEAD_KINDS[spec.kind] + (
+        " (identity adjacency: no graph)" if spec.kind != "linear" and spec.adjacency == "identity" else ""
+    )
+    pooling = (
+        f"CSRA attention ({spec.heads} head{'s' * (spec.heads > 1)}, lambda {spec.lam:g})"
+        if spec.spatial
+        else f"global {spec.pooling} pool"
+    )
     how = "fine-tuned" if meta["finetuned"] else "frozen, cached features"
     loss = spec.loss or meta.get("train", {}).get("loss", "bce")
     flip = ", test-time flip" if scores_mirrored(meta) else ""
     return f"{meta['backbone']} @ {meta['image_size']} px ({how}), {pooling}, {head}, {loss.upper()} loss{flip}"
 
 
-def test_probs(checkpoint: dict[str, Any], test: TestSet, features: Path, crawl_dir: Path, batch_size: int = 64) -> np.ndarray:
+def test_probs(
+    checkpoint: dict[str, Any], test: TestSet, features: Path, crawl_dir: Path, batch_size: int = 64
+) -> np.ndarray:
     """(N, C) test probabilities, scored as the model was selected: heads read the cached features, pixel models read the images."""
     meta = checkpoint["meta"]
     if meta["labels"] != test.labels:
-        raise InputError(f"model {meta['name']}: trained on labels {meta['labels']}, the label subset is now {test.labels}; retrain it")
+        raise InputError(
+            f"model {meta['name']}: trained on labels {meta['labels']}, the label subset is now {test.labels}; retrain it"
+        )
     device, precision, mirror = pick_device(), trained_precision(meta), scores_mirrored(meta)
     targets = torch.from_numpy(test.targets)
     if meta["spec"]["kind"] == "cnn" or meta["finetuned"]:
         model, transform = pixel_model(checkpoint)
         dataset = ImageDataset([crawl_dir / p for p in test.table["path"]], test.targets, transform, vetted=True)
-        return predict_probs(prepare(model, device), DataLoader(dataset, batch_size=batch_size), device, precision, mirror=mirror)[0]
-    cached = read_features(features, list(test.table["image_id"]), feature_array(ModelSpec(**meta["spec"])), mirrored=mirror)
+        return predict_probs(
+            prepare(model, device), DataLoader(dataset, batch_size=batch_size), device, precision, mirror=mirror
+        )[0]
+    cached = read_features(
+        features, list(test.table["image_id"]), feature_array(ModelSpec(**meta["spec"])), mirrored=mirror
+    )
     check_features_fit(meta, cached.meta, features)
     if mirror and cached.mirrored is None:
-        raise InputError(f"{features}: holds no mirrored features, but model {meta['name']} was selected with the test-time flip (train.tta_flip); re-run the features stage with features.flip: true (dvc repro)")
+        raise InputError(
+            f"{features}: holds no mirrored features, but model {meta['name']} was selected with the test-time flip (train.tta_flip); re-run the features stage with features.flip: true (dvc repro)"
+        )
     head = prepare(build_trained_module(meta), device)
     head.load_state_dict(checkpoint["model"])
 
@@ -100,14 +148,22 @@ def test_probs(checkpoint: dict[str, Any], test: TestSet, features: Path, crawl_
 
 def check_features_fit(meta: dict[str, Any], features_meta: dict[str, Any], features: Path) -> None:
     """Refuse cached features extracted otherwise than those a head was trained on (another backbone, weights, size or precision)."""
-    trained = {key: meta[key] for key in FEATURE_SETTINGS} | {"precision": meta.get("features_precision", trained_precision(meta))}
-    cached = {key: features_meta.get(key) for key in FEATURE_SETTINGS} | {"precision": extracted_precision(features_meta)}
+    trained = {key: meta[key] for key in FEATURE_SETTINGS} | {
+        "precision": meta.get("features_precision", trained_precision(meta))
+    }
+    cached = {key: features_meta.get(key) for key in FEATURE_SETTINGS} | {
+        "precision": extracted_precision(features_meta)
+    }
     differences = [f"{key} {cached[key]!r} (model: {trained[key]!r})" for key in trained if cached[key] != trained[key]]
     if differences:
-        raise InputError(f"{features}: features of {', '.join(differences)}, not those model {meta['name']} was trained on; re-run the features stage and the training (dvc repro)")
+        raise InputError(
+            f"{features}: features of {', '.join(differences)}, not those model {meta['name']} was trained on; re-run the features stage and the training (dvc repro)"
+        )
 
 
-def paired_differences(probs: dict[str, np.ndarray], baseline: str, test: TestSet, settings: EvaluateSettings) -> list[dict]:
+def paired_differences(
+    probs: dict[str, np.ndarray], baseline: str, test: TestSet, settings: EvaluateSettings
+) -> list[dict]:
     """Each other model minus `baseline`: DIFFERENCE_COLUMNS and mAP, with paired bootstrap 95% intervals (same resampled images)."""
     rows = []
     base_hits = topk_hits(probs[baseline], test.targets)
@@ -117,10 +173,15 @@ def paired_differences(probs: dict[str, np.ndarray], baseline: str, test: TestSe
         hits, row = topk_hits(p, test.targets), {"other": name}
         for column in DIFFERENCE_COLUMNS:
             diff = hits[column].astype(float) - base_hits[column]
-            row[column] = (float(diff.mean()), *bootstrap_interval(lambda idx, d=diff: d[idx].mean(), len(diff), settings.bootstrap, settings.seed))
+            row[column] = (
+                float(diff.mean()),
+                *bootstrap_interval(lambda idx, d=diff: d[idx].mean(), len(diff), settings.bootstrap, settings.seed),
+            )
 
         def map_gap(idx: np.ndarray, other: np.ndarray = p) -> float:
-            return mean_average_precision(other[idx], test.targets[idx]) - mean_average_precision(probs[baseline][idx], test.targets[idx])
+            return mean_average_precision(other[idx], test.targets[idx]) - mean_average_precision(
+                probs[baseline][idx], test.targets[idx]
+            )
 
         gap = mean_average_precision(p, test.targets) - mean_average_precision(probs[baseline], test.targets)
         row["mAP"] = (gap, *bootstrap_interval(map_gap, len(p), settings.bootstrap, settings.seed, around=gap))
@@ -153,11 +214,20 @@ def ceiling_lines(targets: np.ndarray) -> list[str]:
     n_true = targets.sum(axis=1)
     for k, ceiling in ceilings.items():
         if ceiling < UNINFORMATIVE_CEILING:
-            lines.append(f"**T{k} all says little here**: {_pct(float((n_true > k).mean()))} % of the images carry more than {k} labels; compare models on Tn all and mAP.")
+            lines.append(
+                f"**T{k} all says little here**: {_pct(float((n_true > k).mean()))} % of the images carry more than {k} labels; compare models on Tn all and mAP."
+            )
     return lines
 
 
-def render_report(results: dict[str, dict], descriptions: dict[str, str], differences: list[dict], chosen: str, test: TestSet, settings: EvaluateSettings) -> str:
+def render_report(
+    results: dict[str, dict],
+    descriptions: dict[str, str],
+    differences: list[dict],
+    chosen: str,
+    test: TestSet,
+    settings: EvaluateSettings,
+) -> str:
     """The Markdown comparison report."""
     names = list(results)
     n_pos = test.targets.sum(axis=0).astype(int)
@@ -190,44 +260,81 @@ def render_report(results: dict[str, dict], descriptions: dict[str, str], differ
     ]
     for name in names:
         summary, f1, tuned = results[name]["summary"], results[name]["f1"], results[name]["f1_val_thresholds"]
-        lines.append(f"| {name} | " + " | ".join(_ci(summary[c]) for c in COLUMN_TITLES) + f" | {_pct(f1['CF1'])} | {_pct(f1['OF1'])} | {_pct(tuned['CF1'])} | {_pct(tuned['OF1'])} |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(_ci(summary[c]) for c in COLUMN_TITLES)
+            + f" | {_pct(f1['CF1'])} | {_pct(f1['OF1'])} | {_pct(tuned['CF1'])} | {_pct(tuned['OF1'])} |"
+        )
     if differences:
         titles = [COLUMN_TITLES[c] for c in (*DIFFERENCE_COLUMNS, "mAP")]
         lines += ["", f"## Each model minus {settings.baseline} (paired bootstrap 95% intervals, points)", ""]
         lines += ["| model | " + " | ".join(f"Δ {t}" for t in titles) + " |", "|---|" + "---|" * len(titles)]
-        lines += [f"| {d['other']} | " + " | ".join(_signed(d[c]) for c in (*DIFFERENCE_COLUMNS, "mAP")) + " |" for d in differences]
-    lines += ["", "## Top-2 all-recall per label (paper Table 5)", "", "Images grouped by main label (by carried label for tag sets without one).", ""]
+        lines += [
+            f"| {d['other']} | " + " | ".join(_signed(d[c]) for c in (*DIFFERENCE_COLUMNS, "mAP")) + " |"
+            for d in differences
+        ]
+    lines += [
+        "",
+        "## Top-2 all-recall per label (paper Table 5)",
+        "",
+        "Images grouped by main label (by carried label for tag sets without one).",
+        "",
+    ]
     lines += ["| label | support | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     per_label = {name: {row["label"]: row for row in results[name]["per_label_top2_all"]} for name in names}
     for label in test.labels:
         support = per_label[names[0]][label]["support"]
-        lines.append(f"| {label} | {support} | " + " | ".join(_pct(per_label[n][label]["top2_all"]) for n in names) + " |")
-    lines += ["", "## Average precision per label", "", "A label with no positive test image has no AP (—) and is left out of mAP.", ""]
+        lines.append(
+            f"| {label} | {support} | " + " | ".join(_pct(per_label[n][label]["top2_all"]) for n in names) + " |"
+        )
+    lines += [
+        "",
+        "## Average precision per label",
+        "",
+        "A label with no positive test image has no AP (—) and is left out of mAP.",
+        "",
+    ]
     lines += ["| label | positives | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for c, label in enumerate(test.labels):
-        lines.append(f"| {label} | {n_pos[c]} | " + " | ".join(_pct(results[n]["per_class_ap"][label]) for n in names) + " |")
+        lines.append(
+            f"| {label} | {n_pos[c]} | " + " | ".join(_pct(results[n]["per_class_ap"][label]) for n in names) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
-def metrics_json(results: dict[str, dict], differences: list[dict], chosen: str, test: TestSet, settings: EvaluateSettings) -> dict:
+def metrics_json(
+    results: dict[str, dict], differences: list[dict], chosen: str, test: TestSet, settings: EvaluateSettings
+) -> dict:
     """The numbers `dvc metrics diff` compares: headline metrics per model with interval bounds, the chosen model, differences from the baseline."""
     out: dict[str, Any] = {"split": settings.split, "n_images": len(test.targets), "chosen_model": chosen, "baseline": settings.baseline,
                            "all_recall_ceiling": {f"top{k}_all": round(all_recall_ceiling(test.targets, k), 6) for k in TOP_K}, "models": {}}  # fmt: skip
     for name, result in results.items():
         entry = {key: round(value["value"], 6) for key, value in result["summary"].items()}
-        entry |= {f"{key}_ci_{end}": round(value[f"ci_{end}"], 6) for key, value in result["summary"].items() for end in ("low", "high")}
-        entry |= {key: round(result["f1"][key], 6) for key in ("CF1", "OF1")} | {f"{key}_val_thr": round(result["f1_val_thresholds"][key], 6) for key in ("CF1", "OF1")}
+        entry |= {
+            f"{key}_ci_{end}": round(value[f"ci_{end}"], 6)
+            for key, value in result["summary"].items()
+            for end in ("low", "high")
+        }
+        entry |= {key: round(result["f1"][key], 6) for key in ("CF1", "OF1")} | {
+            f"{key}_val_thr": round(result["f1_val_thresholds"][key], 6) for key in ("CF1", "OF1")
+        }
         entry["val_mAP"] = round(result["val_mAP"], 6)
         out["models"][name] = entry
     for d in differences:
-        out["models"][d["other"]] |= {f"{key}_minus_baseline{suffix}": round(value, 6) for key in (*DIFFERENCE_COLUMNS, "mAP") for suffix, value in zip(("", "_ci_low", "_ci_high"), d[key])}
+        out["models"][d["other"]] |= {
+            f"{key}_minus_baseline{suffix}": round(value, 6)
+            for key in (*DIFFERENCE_COLUMNS, "mAP")
+            for suffix, value in zip(("", "_ci_low", "_ci_high"), d[key])
+        }
     return out
 
 
 def evaluate(specs: dict[str, ModelSpec], args: argparse.Namespace, settings: EvaluateSettings) -> tuple[str, dict]:
     """Score every model; returns the Markdown report and the metrics JSON."""
     if settings.baseline not in specs:
-        raise ParamsError(f"evaluate.baseline {settings.baseline!r} is not a model of params.yaml (models: {sorted(specs)})")
+        raise ParamsError(
+            f"evaluate.baseline {settings.baseline!r} is not a model of params.yaml (models: {sorted(specs)})"
+        )
     labels = read_label_subset(args.label_subset)
     table = read_dataset(args.dataset, labels)
     table = table[table["split"] == settings.split].reset_index(drop=True)
@@ -238,13 +345,29 @@ def evaluate(specs: dict[str, ModelSpec], args: argparse.Namespace, settings: Ev
     for name in specs:
         checkpoint = load_checkpoint(args.models_dir / name / "best.pt")
         probs[name] = test_probs(checkpoint, test, args.features, args.crawl_dir)
-        results[name] = evaluate_scores(probs[name], test.targets, test.main, labels, settings.bootstrap, settings.seed, decision_thresholds(checkpoint))
+        results[name] = evaluate_scores(
+            probs[name],
+            test.targets,
+            test.main,
+            labels,
+            settings.bootstrap,
+            settings.seed,
+            decision_thresholds(checkpoint),
+        )
         results[name]["val_mAP"] = float(checkpoint["val"]["mAP"])
         descriptions[name] = describe(checkpoint)
-        print(f"{name}: " + ", ".join(f"{c} {100 * results[name]['summary'][c]['value']:.2f}" for c in (*PAPER_COLUMNS, OWN_COUNT_COLUMN, "mAP")))
+        print(
+            f"{name}: "
+            + ", ".join(
+                f"{c} {100 * results[name]['summary'][c]['value']:.2f}"
+                for c in (*PAPER_COLUMNS, OWN_COUNT_COLUMN, "mAP")
+            )
+        )
     chosen = max(results, key=lambda n: results[n]["val_mAP"])
     differences = paired_differences(probs, settings.baseline, test, settings)
-    return render_report(results, descriptions, differences, chosen, test, settings), metrics_json(results, differences, chosen, test, settings)
+    return render_report(results, descriptions, differences, chosen, test, settings), metrics_json(
+        results, differences, chosen, test, settings
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -255,20 +378,43 @@ def run(args: argparse.Namespace) -> int:
         with atomic_path(args.report) as tmp:
             tmp.write_text(report, encoding="utf-8")
         write_json(metrics, args.metrics)
-    print(f"evaluate: {len(metrics['models'])} models on {metrics['n_images']} {settings.split} images -> {args.report}, {args.metrics}")
+    print(
+        f"evaluate: {len(metrics['models'])} models on {metrics['n_images']} {settings.split} images -> {args.report}, {args.metrics}"
+    )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0], epilog="The stage's full command line is in dvc.yaml.")
+    parser = argparse.ArgumentParser(
+        prog="python -m training.evaluate",
+        description=__doc__.splitlines()[0],
+        epilog="The stage's full command line is in dvc.yaml.",
+    )
     parser.add_argument("--dataset", type=Path, required=True, help="curated dataset (data/dataset.parquet)")
     parser.add_argument("--label-subset", type=Path, required=True, help="class order (data/label_subset.json)")
-    parser.add_argument("--features", type=Path, required=True, help="cached backbone features (data/features.npz), for models trained on them")
-    parser.add_argument("--crawl-dir", type=Path, required=True, help="folder the dataset's image paths are relative to, for pixel models")
-    parser.add_argument("--models-dir", type=Path, required=True, help="folder with <model>/best.pt for every entry of the 'models' section")
+    parser.add_argument(
+        "--features",
+        type=Path,
+        required=True,
+        help="cached backbone features (data/features.npz), for models trained on them",
+    )
+    parser.add_argument(
+        "--crawl-dir",
+        type=Path,
+        required=True,
+        help="folder the dataset's image paths are relative to, for pixel models",
+    )
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        required=True,
+        help="folder with <model>/best.pt for every entry of the 'models' section",
+    )
     parser.add_argument("--report", type=Path, required=True, help="Markdown comparison report to write")
     parser.add_argument("--metrics", type=Path, required=True, help="JSON metrics to write (dvc metrics diff)")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file with 'models' and 'evaluate' sections")
+    parser.add_argument(
+        "--params", type=Path, default=Path("params.yaml"), help="params file with 'models' and 'evaluate' sections"
+    )
     args = parser.parse_args(argv)
     return report_user_errors("evaluate", lambda: run(args))
 

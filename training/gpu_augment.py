@@ -38,7 +38,14 @@ class Jitter(NamedTuple):
 
 
 def random_boxes(
-    n: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float], generator: torch.Generator | None, device: torch.device, attempts: int = 10
+    n: int,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    generator: torch.Generator | None,
+    device: torch.device,
+    attempts: int = 10,
 ) -> torch.Tensor:
     """(n, 4) crop boxes x0, y0, x1, y1 drawn as torchvision's RandomResizedCrop draws them.
 
@@ -49,7 +56,9 @@ def random_boxes(
     settings, 39% of the crops came out full-width against torchvision's 7%.
     """
     area = torch.empty(n, attempts, device=device).uniform_(*scale, generator=generator) * height * width
-    aspect = torch.exp(torch.empty(n, attempts, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator))
+    aspect = torch.exp(
+        torch.empty(n, attempts, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    )
     w, h = torch.sqrt(area * aspect), torch.sqrt(area / aspect)
     fits = (w <= width) & (h <= height)
     first = fits.int().argmax(1, keepdim=True)  # the first fitting candidate (argmax returns the first maximum)
@@ -119,7 +128,9 @@ def jitter_factors(n: int, jitter: Jitter, generator: torch.Generator | None, de
     Drawn with Python-scalar bounds: bound tensors built on the host would be copied to
     the device on every batch (see `normalise`).
     """
-    return torch.stack([torch.empty(n, 1, 1, 1, device=device).uniform_(max(0.0, 1 - s), 1 + s, generator=generator) for s in jitter])
+    return torch.stack(
+        [torch.empty(n, 1, 1, 1, device=device).uniform_(max(0.0, 1 - s), 1 + s, generator=generator) for s in jitter]
+    )
 
 
 def jittered(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
@@ -132,7 +143,9 @@ def jittered(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     return adjust_saturation(adjust_contrast(adjust_brightness(images, brightness), contrast), saturation)
 
 
-def finish_crops(crops: torch.Tensor, flip: torch.Tensor, factors: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+def finish_crops(
+    crops: torch.Tensor, flip: torch.Tensor, factors: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]
+) -> torch.Tensor:
     """Per-pixel tail of `train_batch` on (N, 3, S, S) crops in [0, 255]: scale to [0, 1], mirror where `flip`, jitter, normalise.
 
     No random draws and no Python branching on values, so torch.compile traces it whole.
@@ -166,11 +179,20 @@ def train_batch(
     flip = torch.rand(n, device=pixels.device, generator=generator) < 0.5
     factors = jitter_factors(n, jitter, generator, pixels.device)
     # sampling_ratio=0: ceil(footprint) samples per output pixel, one when enlarging; a fixed 2 x 2 grid blurred every crop
-    crops = roi_align(to_float_nchw(pixels, scale=1), rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=0, aligned=True)
+    crops = roi_align(
+        to_float_nchw(pixels, scale=1),
+        rois,
+        output_size=(size, size),
+        spatial_scale=1.0,
+        sampling_ratio=0,
+        aligned=True,
+    )
     return (fused_finish_crops() if fused else finish_crops)(crops, flip, factors, mean, std)
 
 
 def eval_batch(pixels: torch.Tensor, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """Plain resize of the whole picture to size x size (the reference code's evaluation), normalise."""
-    images = torch.nn.functional.interpolate(to_float_nchw(pixels), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    images = torch.nn.functional.interpolate(
+        to_float_nchw(pixels), size=(size, size), mode="bilinear", align_corners=False, antialias=True
+    )
     return normalise(images, mean, std)

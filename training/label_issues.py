@@ -41,7 +41,15 @@ from tqdm import tqdm
 from pipeline.atomic import atomic_path, outputs_together, write_json, write_parquet
 from pipeline.cli import InputError, report_user_errors
 from pipeline.settings import ParamsError, load_section
-from training.checkpoint import best_model, build_trained_module, called_present, decision_thresholds, load_checkpoint, scores_mirrored, trained_precision
+from training.checkpoint import (
+    best_model,
+    build_trained_module,
+    called_present,
+    decision_thresholds,
+    load_checkpoint,
+    scores_mirrored,
+    trained_precision,
+)
 from training.data import main_index, read_dataset, read_label_subset, target_matrix
 from training.device import adam, pick_device, prepare
 from training.distributed import SINGLE
@@ -67,7 +75,9 @@ class LabelIssueSettings:
 
     def __post_init__(self) -> None:
         if self.folds < 2 or self.max_rows < 1:
-            raise ParamsError(f"label_issues.folds must be >= 2 and label_issues.max_rows >= 1, not {self.folds} and {self.max_rows} (params.yaml)")
+            raise ParamsError(
+                f"label_issues.folds must be >= 2 and label_issues.max_rows >= 1, not {self.folds} and {self.max_rows} (params.yaml)"
+            )
 
 
 def chosen_checkpoint(models_dir: Path, model: str) -> tuple[str, dict[str, Any]]:
@@ -76,7 +86,9 @@ def chosen_checkpoint(models_dir: Path, model: str) -> tuple[str, dict[str, Any]
     checkpoint = load_checkpoint(path)
     meta = checkpoint["meta"]
     if meta["spec"]["kind"] == "cnn" or meta["finetuned"]:
-        raise InputError(f"label_issues.model {name!r} trains from pixels; the label-issue folds train heads on cached features: name a head model (params.yaml)")
+        raise InputError(
+            f"label_issues.model {name!r} trains from pixels; the label-issue folds train heads on cached features: name a head model (params.yaml)"
+        )
     return name, checkpoint
 
 
@@ -98,21 +110,35 @@ def fresh_head(checkpoint: dict[str, Any], seed: int) -> nn.Module:
     return head
 
 
-def out_of_fold_probs(checkpoint: dict[str, Any], x: torch.Tensor, mirrored: torch.Tensor | None, targets: np.ndarray, fold: np.ndarray, seed: int) -> np.ndarray:
+def out_of_fold_probs(
+    checkpoint: dict[str, Any],
+    x: torch.Tensor,
+    mirrored: torch.Tensor | None,
+    targets: np.ndarray,
+    fold: np.ndarray,
+    seed: int,
+) -> np.ndarray:
     """(N, C) probabilities, each row from a head trained on the other folds with the checkpoint's recipe for as many epochs as it took to its best."""
     meta, device = checkpoint["meta"], pick_device()
     train, precision, mirror = meta["train"], trained_precision(meta), scores_mirrored(meta)
     spec = ModelSpec(**meta["spec"])
-    loss = make_loss(spec.loss or train.get("loss", "bce"), AsymmetricLoss(train.get("asl_gamma_neg", 4.0), train.get("asl_gamma_pos", 0.0), train.get("asl_clip", 0.05)))
+    loss = make_loss(
+        spec.loss or train.get("loss", "bce"),
+        AsymmetricLoss(train.get("asl_gamma_neg", 4.0), train.get("asl_gamma_pos", 0.0), train.get("asl_clip", 0.05)),
+    )
     epochs, batch = int(checkpoint.get("epoch", 1)), int(train["batch_size"])
     y = torch.from_numpy(targets)
     probs = np.zeros(targets.shape, dtype=np.float64)
     for k in tqdm(range(int(fold.max()) + 1), desc="label_issues folds", unit="fold", disable=None):
         fit, held = torch.from_numpy(fold != k), torch.from_numpy(fold == k)
         head = prepare(fresh_head(checkpoint, seed + k), device)
-        optimizer = adam([{"params": head.parameters(), "lr": train["lr_head"] * lr_factor(train["lr_scaling"], batch)}], device)
+        optimizer = adam(
+            [{"params": head.parameters(), "lr": train["lr_head"] * lr_factor(train["lr_scaling"], batch)}], device
+        )
         per_epoch = steps_per_epoch(int(fit.sum()), batch, SINGLE)
-        warmup = LinearWarmup((optimizer.param_groups[0]["lr"],), round(train.get("warmup_epochs", 0) * per_epoch), per_epoch)
+        warmup = LinearWarmup(
+            (optimizer.param_groups[0]["lr"],), round(train.get("warmup_epochs", 0) * per_epoch), per_epoch
+        )
         generator = torch.Generator().manual_seed(seed + k)
         for epoch in range(epochs):
             batches = feature_batches(x[fit], y[fit], batch, generator, mirrored[fit] if mirrored is not None else None)
@@ -132,13 +158,22 @@ def label_quality(probs: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 def issue_kinds(targets: np.ndarray, main: np.ndarray) -> np.ndarray:
     """(N, C) kind of the error each cell would be: missing, extra sub-style or wrong main style (tag sets: missing or extra)."""
-    kinds = np.where(targets > 0, "extra sub-style" if (main >= 0).any() else "extra", "missing").astype(object)  # object: a fixed-width str array would cut longer kinds
+    kinds = np.where(targets > 0, "extra sub-style" if (main >= 0).any() else "extra", "missing").astype(
+        object
+    )  # object: a fixed-width str array would cut longer kinds
     rows = np.flatnonzero(main >= 0)
     kinds[rows, main[rows]] = "wrong main style"
     return kinds
 
 
-def rank_issues(table: pd.DataFrame, labels: list[str], probs: np.ndarray, targets: np.ndarray, thresholds: np.ndarray, max_rows: int) -> pd.DataFrame:
+def rank_issues(
+    table: pd.DataFrame,
+    labels: list[str],
+    probs: np.ndarray,
+    targets: np.ndarray,
+    thresholds: np.ndarray,
+    max_rows: int,
+) -> pd.DataFrame:
     """The `max_rows` least plausible cells, most suspicious first, with both views of each image."""
     quality = label_quality(probs, targets)
     kinds = issue_kinds(targets, main_index(table["main_style"], labels))
@@ -176,7 +211,9 @@ def report(issues: pd.DataFrame, name: str, n_images: int, settings: LabelIssueS
         "|---|---|---|---|---|---|---|",
     ]
     for row in issues.head(top).itertuples():
-        lines.append(f"| {row.rank} | {row.path} | {row.label} | {row.kind} | {row.model_probability:.2f} | {', '.join(row.experts_labels)} | {', '.join(row.model_labels) or '—'} |")
+        lines.append(
+            f"| {row.rank} | {row.path} | {row.label} | {row.kind} | {row.model_probability:.2f} | {', '.join(row.experts_labels)} | {', '.join(row.model_labels) or '—'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -186,13 +223,26 @@ def find_issues(args: argparse.Namespace, settings: LabelIssueSettings) -> tuple
     table = read_dataset(args.dataset, labels)
     table = table[table["split"].isin(CHECKED_SPLITS)].reset_index(drop=True)
     if len(table) < settings.folds:
-        raise InputError(f"{args.dataset}: {len(table)} labelled train and validation images, fewer than label_issues.folds = {settings.folds}")
+        raise InputError(
+            f"{args.dataset}: {len(table)} labelled train and validation images, fewer than label_issues.folds = {settings.folds}"
+        )
     name, checkpoint = chosen_checkpoint(args.models_dir, settings.model)
     if checkpoint["meta"]["labels"] != labels:
-        raise InputError(f"model {name}: trained on labels {checkpoint['meta']['labels']}, the label subset is now {labels}; retrain it (dvc repro)")
-    cached = read_features(args.features, list(table["image_id"]), feature_array(ModelSpec(**checkpoint["meta"]["spec"])), mirrored=True)
+        raise InputError(
+            f"model {name}: trained on labels {checkpoint['meta']['labels']}, the label subset is now {labels}; retrain it (dvc repro)"
+        )
+    cached = read_features(
+        args.features, list(table["image_id"]), feature_array(ModelSpec(**checkpoint["meta"]["spec"])), mirrored=True
+    )
     targets = target_matrix(table["labels"], labels)
-    probs = out_of_fold_probs(checkpoint, cached.x, cached.mirrored, targets, assign_folds(len(table), settings.folds, settings.seed), settings.seed)
+    probs = out_of_fold_probs(
+        checkpoint,
+        cached.x,
+        cached.mirrored,
+        targets,
+        assign_folds(len(table), settings.folds, settings.seed),
+        settings.seed,
+    )
     issues = rank_issues(table, labels, probs, targets, decision_thresholds(checkpoint), settings.max_rows)
     metrics = {"model": name, "images": len(table), "folds": settings.folds, "rows": len(issues),
                "top_100_by_kind": {str(k): int(v) for k, v in issues.head(100)["kind"].value_counts().items()}}  # fmt: skip
@@ -207,20 +257,34 @@ def run(args: argparse.Namespace) -> int:
         with atomic_path(args.report) as tmp:
             tmp.write_text(text, encoding="utf-8")
         write_json(metrics, args.metrics)
-    print(f"label_issues: {metrics['images']} images, {len(issues)} most suspicious (image, label) cells -> {args.out}, {args.report}")
+    print(
+        f"label_issues: {metrics['images']} images, {len(issues)} most suspicious (image, label) cells -> {args.out}, {args.report}"
+    )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.label_issues", description=__doc__.splitlines()[0], epilog="The stage's full command line is in dvc.yaml.")
+    parser = argparse.ArgumentParser(
+        prog="python -m training.label_issues",
+        description=__doc__.splitlines()[0],
+        epilog="The stage's full command line is in dvc.yaml.",
+    )
     parser.add_argument("--dataset", type=Path, required=True, help="curated dataset (data/dataset.parquet)")
     parser.add_argument("--label-subset", type=Path, required=True, help="class order (data/label_subset.json)")
     parser.add_argument("--features", type=Path, required=True, help="cached backbone features (data/features.npz)")
-    parser.add_argument("--models-dir", type=Path, required=True, help="folder with <model>/best.pt: the recipe the folds copy")
-    parser.add_argument("--out", type=Path, required=True, help="ranked suspicions to write (data/label_issues.parquet)")
-    parser.add_argument("--report", type=Path, required=True, help="Markdown summary to write (reports/label_issues.md)")
+    parser.add_argument(
+        "--models-dir", type=Path, required=True, help="folder with <model>/best.pt: the recipe the folds copy"
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, help="ranked suspicions to write (data/label_issues.parquet)"
+    )
+    parser.add_argument(
+        "--report", type=Path, required=True, help="Markdown summary to write (reports/label_issues.md)"
+    )
     parser.add_argument("--metrics", type=Path, required=True, help="JSON metrics to write (metrics/label_issues.json)")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file with a 'label_issues' section")
+    parser.add_argument(
+        "--params", type=Path, default=Path("params.yaml"), help="params file with a 'label_issues' section"
+    )
     args = parser.parse_args(argv)
     return report_user_errors("label_issues", lambda: run(args))
 

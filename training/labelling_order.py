@@ -55,7 +55,15 @@ def farthest_first(unit: np.ndarray, candidates: np.ndarray, nearest: np.ndarray
     return np.array(picked, dtype=np.int64)
 
 
-def pick(order: str, n: int, probs: np.ndarray, features: np.ndarray, unlabelled: np.ndarray, labelled: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def pick(
+    order: str,
+    n: int,
+    probs: np.ndarray,
+    features: np.ndarray,
+    unlabelled: np.ndarray,
+    labelled: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """`n` row indices of `unlabelled` images for experts to label next, most wanted first. `probs` and `features` cover every row."""
     if order == "random":
         return rng.permutation(unlabelled)[:n]
@@ -73,10 +81,10 @@ def pick(order: str, n: int, probs: np.ndarray, features: np.ndarray, unlabelled
 def labelling_queue(order: str, probs: np.ndarray, features: np.ndarray, round_size: int, seed: int = 0) -> np.ndarray:
     """Every row, in the order experts should label them (push's order for new tasks).
 
-    For entropy_diverse, successive rounds of `round_size`, each picked among the most uncertain rows not yet queued and
-    kept away from each other and from the rounds before; each row's distance to the nearest queued row is kept up to
-    date round by round: one pass over the rows per round, so the cost grows with the square of the rows (1,280-wide
-features on 2 cores: 10,000 rows 3 s, 30,000 rows 25 s; predicting those images takes far longer).
+        For entropy_diverse, successive rounds of `round_size`, each picked among the most uncertain rows not yet queued and
+        kept away from each other and from the rounds before; each row's distance to the nearest queued row is kept up to
+        date round by round: one pass over the rows per round, so the cost grows with the square of the rows (1,280-wide
+    features on 2 cores: 10,000 rows 3 s, 30,000 rows 25 s; predicting those images takes far longer).
     """
     rows = np.arange(len(probs))
     if order != "entropy_diverse":  # one pick of every row is already the whole order

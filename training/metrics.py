@@ -154,12 +154,19 @@ def per_label_top2_all(scores: np.ndarray, targets: np.ndarray, main: np.ndarray
     for c, label in enumerate(labels):
         group = main == c if (main >= 0).any() else targets[:, c].astype(bool)
         support = int(group.sum())
-        rows.append({"label": label, "support": support, "top2_all": float(hits[group].mean()) if support else float("nan")})
+        rows.append(
+            {"label": label, "support": support, "top2_all": float(hits[group].mean()) if support else float("nan")}
+        )
     return rows
 
 
 def bootstrap_interval(
-    statistic: Callable[[np.ndarray], float], n_images: int, n_resamples: int, seed: int, confidence: float = 0.95, around: float | None = None
+    statistic: Callable[[np.ndarray], float],
+    n_images: int,
+    n_resamples: int,
+    seed: int,
+    confidence: float = 0.95,
+    around: float | None = None,
 ) -> tuple[float, float]:
     """Interval of `statistic(indices)` over resamples of the images with replacement.
 
@@ -180,7 +187,13 @@ def bootstrap_interval(
 
 
 def evaluate_scores(
-    probs: np.ndarray, targets: np.ndarray, main: np.ndarray, labels: list[str], n_resamples: int, seed: int, thresholds: np.ndarray | None = None
+    probs: np.ndarray,
+    targets: np.ndarray,
+    main: np.ndarray,
+    labels: list[str],
+    n_resamples: int,
+    seed: int,
+    thresholds: np.ndarray | None = None,
 ) -> dict:
     """Every reported metric of one model on one split, with bootstrap 95% intervals for the headline ones.
 
@@ -192,7 +205,9 @@ def evaluate_scores(
         low, high = bootstrap_interval(lambda idx, h=hit: h[idx].mean(), len(hit), n_resamples, seed)
         summary[name] = {"value": float(hit.mean()), "ci_low": low, "ci_high": high}
     point = mean_average_precision(probs, targets)
-    low, high = bootstrap_interval(lambda idx: mean_average_precision(probs[idx], targets[idx]), len(probs), n_resamples, seed, around=point)
+    low, high = bootstrap_interval(
+        lambda idx: mean_average_precision(probs[idx], targets[idx]), len(probs), n_resamples, seed, around=point
+    )
     summary["mAP"] = {"value": point, "ci_low": low, "ci_high": high}
     ap = average_precision(probs, targets)
     return {

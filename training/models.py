@@ -44,7 +44,9 @@ class ModelSpec:
     """One entry of the `models` section of params.yaml."""
 
     kind: str  # cnn: the paper's basic CNN from pixels; linear | gcn | gcn_residual: where the label classifiers come from
-    pooling: str = "max"  # how the backbone's feature maps meet the classifiers: global max | avg pooling, or csra attention
+    pooling: str = (
+        "max"  # how the backbone's feature maps meet the classifiers: global max | avg pooling, or csra attention
+    )
     adjacency: str = "graph"  # gcn, gcn_residual: the label graph, or "identity" (the no-graph ablation)
     image_size: int = 0  # cnn: input size in px (the others use features.image_size)
     epochs: int = 0  # 0 = train.epochs
@@ -53,13 +55,20 @@ class ModelSpec:
     loss: str = ""  # bce | asl; "" = train.loss
 
     def __post_init__(self) -> None:
-        for field, value, allowed in (("kind", self.kind, KINDS), ("pooling", self.pooling, POOLINGS), ("adjacency", self.adjacency, ADJACENCIES), ("loss", self.loss, LOSS_CHOICES)):
+        for field, value, allowed in (
+            ("kind", self.kind, KINDS),
+            ("pooling", self.pooling, POOLINGS),
+            ("adjacency", self.adjacency, ADJACENCIES),
+            ("loss", self.loss, LOSS_CHOICES),
+        ):
             if value not in allowed:
                 raise ParamsError(f"model {field} {value!r} is not one of {allowed} (models section of params.yaml)")
         if self.kind == "cnn" and self.image_size <= 0:
             raise ParamsError("a cnn model needs image_size > 0 (models section of params.yaml)")
         if self.heads < 1 or self.lam < 0:
-            raise ParamsError(f"a csra model needs heads >= 1 and lam >= 0, not heads {self.heads}, lam {self.lam} (models section of params.yaml)")
+            raise ParamsError(
+                f"a csra model needs heads >= 1 and lam >= 0, not heads {self.heads}, lam {self.lam} (models section of params.yaml)"
+            )
 
     @property
     def spatial(self) -> bool:
@@ -182,22 +191,44 @@ class BasicCNN(nn.Module):
         blocks: list[nn.Module] = []
         in_channels = 3
         for width in widths:
-            blocks += [nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            blocks += [
+                nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
             in_channels = width
         self.features = nn.Sequential(*blocks, nn.AdaptiveMaxPool2d(2))
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 4, hidden), nn.ReLU(inplace=True), nn.Dropout(0.3), nn.Linear(hidden, n_classes))
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(in_channels * 4, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.3),
+            nn.Linear(hidden, n_classes),
+        )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(images))
 
 
-def build_head(spec: ModelSpec, feature_dim: int, n_classes: int, embeddings: torch.Tensor, adjacency: torch.Tensor, gcn_hidden: int) -> nn.Module:
+def build_head(
+    spec: ModelSpec,
+    feature_dim: int,
+    n_classes: int,
+    embeddings: torch.Tensor,
+    adjacency: torch.Tensor,
+    gcn_hidden: int,
+) -> nn.Module:
     """The classifier head of a non-cnn model (for the identity ablation, `adjacency` is ignored)."""
     if spec.kind == "linear":
         classifiers: nn.Module = FreeClassifiers(feature_dim, n_classes)
     else:
-        graph = GraphClassifiers(embeddings, torch.eye(n_classes) if spec.adjacency == "identity" else adjacency, feature_dim, gcn_hidden)
-        classifiers = graph if spec.kind == "gcn" else GraphResidualClassifiers(FreeClassifiers(feature_dim, n_classes), graph)
+        graph = GraphClassifiers(
+            embeddings, torch.eye(n_classes) if spec.adjacency == "identity" else adjacency, feature_dim, gcn_hidden
+        )
+        classifiers = (
+            graph if spec.kind == "gcn" else GraphResidualClassifiers(FreeClassifiers(feature_dim, n_classes), graph)
+        )
     return CSRAHead(classifiers, csra_temperatures(spec.heads), spec.lam) if spec.spatial else PooledHead(classifiers)
 
 

@@ -32,7 +32,15 @@ from tqdm import tqdm
 
 from pipeline.atomic import atomic_path
 from pipeline.cli import InputError, report_user_errors
-from training.checkpoint import best_model, called_present, decision_thresholds, load_checkpoint, pixel_model, scores_mirrored, trained_precision
+from training.checkpoint import (
+    best_model,
+    called_present,
+    decision_thresholds,
+    load_checkpoint,
+    pixel_model,
+    scores_mirrored,
+    trained_precision,
+)
 from training.data import load_rgb
 from training.device import pick_device, prepare
 from training.engine import predict_probs
@@ -43,7 +51,12 @@ SOME_IMAGES_FAILED = 1  # exit status: predictions were written, but some images
 
 
 def predict_images(
-    checkpoint_path: str | Path, image_paths: list[str | Path], top_k: int = 3, batch_size: int = 32, vetted: bool = False, embeddings: bool = False
+    checkpoint_path: str | Path,
+    image_paths: list[str | Path],
+    top_k: int = 3,
+    batch_size: int = 32,
+    vetted: bool = False,
+    embeddings: bool = False,
 ) -> list[dict]:
     """Per image, in input order: {"path", "scores": {label: prob} in class order, "top": [[label, prob], ...] (k highest),
     "predicted": [labels at or above their validation thresholds, most likely first]}.
@@ -55,23 +68,38 @@ def predict_images(
     the image's global-average-pooled backbone maps (np.ndarray), where push measures how
     alike two images look.
     """
-    return predict_checkpoint(load_checkpoint(Path(checkpoint_path)), [Path(p) for p in image_paths], top_k, batch_size, vetted, embeddings)
+    return predict_checkpoint(
+        load_checkpoint(Path(checkpoint_path)), [Path(p) for p in image_paths], top_k, batch_size, vetted, embeddings
+    )
 
 
-def predict_checkpoint(checkpoint: dict[str, Any], paths: list[Path], top_k: int, batch_size: int = 32, vetted: bool = False, embeddings: bool = False) -> list[dict]:
+def predict_checkpoint(
+    checkpoint: dict[str, Any],
+    paths: list[Path],
+    top_k: int,
+    batch_size: int = 32,
+    vetted: bool = False,
+    embeddings: bool = False,
+) -> list[dict]:
     """predict_images for a loaded checkpoint; the model runs in the train.precision it was trained in."""
     if top_k < 1:
         raise InputError(f"top_k must be at least 1, not {top_k}")
     labels, thresholds = checkpoint["meta"]["labels"], decision_thresholds(checkpoint)
     model, transform = pixel_model(checkpoint)
-    device, precision, mirror = pick_device(), trained_precision(checkpoint["meta"]), scores_mirrored(checkpoint["meta"])
+    device, precision, mirror = (
+        pick_device(),
+        trained_precision(checkpoint["meta"]),
+        scores_mirrored(checkpoint["meta"]),
+    )
     model = prepare(model, device)
     results: list[dict] = []
     with pooled_maps(model) if embeddings else contextlib.nullcontext() as views:
         for start in tqdm(range(0, len(paths), batch_size), desc="predict", unit="batch", disable=None):
             batch = paths[start : start + batch_size]
             pixels = [_pixels(path, transform, vetted) for path in batch]
-            scores = iter(_probabilities(model, [x for x in pixels if isinstance(x, torch.Tensor)], device, precision, mirror))
+            scores = iter(
+                _probabilities(model, [x for x in pixels if isinstance(x, torch.Tensor)], device, precision, mirror)
+            )
             pooled = iter(torch.stack(views).mean(dim=0).numpy() if views else [])
             if views is not None:
                 views.clear()
@@ -79,7 +107,10 @@ def predict_checkpoint(checkpoint: dict[str, Any], paths: list[Path], top_k: int
                 if not isinstance(x, torch.Tensor):
                     results.append({"path": str(path), "error": x})
                     continue
-                results.append(_ranked(path, labels, next(scores), top_k, thresholds) | ({"embedding": next(pooled)} if embeddings else {}))
+                results.append(
+                    _ranked(path, labels, next(scores), top_k, thresholds)
+                    | ({"embedding": next(pooled)} if embeddings else {})
+                )
     return results
 
 
@@ -105,7 +136,9 @@ def _pixels(path: Path, transform: v2.Compose, vetted: bool) -> torch.Tensor | s
         return str(error)
 
 
-def _probabilities(model: nn.Module, images: list[torch.Tensor], device: torch.device, precision: str, mirror: bool) -> list[list[float]]:
+def _probabilities(
+    model: nn.Module, images: list[torch.Tensor], device: torch.device, precision: str, mirror: bool
+) -> list[list[float]]:
     """Sigmoid scores of a batch of model inputs, one list per image (with `mirror`, averaged with the mirror image's)."""
     if not images:
         return []
@@ -147,10 +180,20 @@ def to_csv(results: list[dict], top_k: int) -> str:
     """One row per image: path, rank-ordered label_i / prob_i columns, the labels called present (;-separated), and error (empty unless the image could not be read)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["path", *[f"{name}_{i}" for i in range(1, top_k + 1) for name in ("label", "prob")], "predicted", "error"])
+    writer.writerow(
+        ["path", *[f"{name}_{i}" for i in range(1, top_k + 1) for name in ("label", "prob")], "predicted", "error"]
+    )
     for r in results:
         ranked = [v for label, p in r.get("top", []) for v in (label, f"{p:.6f}")]
-        writer.writerow([r["path"], *ranked, *[""] * (2 * top_k - len(ranked)), ";".join(r.get("predicted", [])), r.get("error", "")])
+        writer.writerow(
+            [
+                r["path"],
+                *ranked,
+                *[""] * (2 * top_k - len(ranked)),
+                ";".join(r.get("predicted", [])),
+                r.get("error", ""),
+            ]
+        )
     return buffer.getvalue()
 
 
@@ -158,11 +201,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training.predict", description=__doc__.splitlines()[0])
     parser.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders of images")
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--model", help="a model of params.yaml by name (MODELS_DIR/<name>/best.pt), or 'best': the one with the highest validation mAP")
+    which.add_argument(
+        "--model",
+        help="a model of params.yaml by name (MODELS_DIR/<name>/best.pt), or 'best': the one with the highest validation mAP",
+    )
     which.add_argument("--checkpoint", type=Path, help="a trained model's checkpoint file (models/<name>/best.pt)")
     parser.add_argument("--models-dir", type=Path, default=Path("models"), help="where --model looks (default: models)")
-    parser.add_argument("--top-k", type=int, default=3, help="how many of the highest-scoring labels to list per image (1 to the model's number of labels)")
-    parser.add_argument("--format", choices=("json", "csv"), default=None, help="output format (default: from --out's suffix, else json)")
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        default=3,
+        help="how many of the highest-scoring labels to list per image (1 to the model's number of labels)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("json", "csv"),
+        default=None,
+        help="output format (default: from --out's suffix, else json)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="file to write (default: print to stdout)")
     return parser.parse_args(argv)
 
@@ -185,7 +241,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"predict: {len(results)} images -> {args.out}", file=sys.stderr)
     failed = sum("error" in r for r in results)
     if failed:
-        print(f"predict: {failed} of {len(results)} images could not be read; the output lists each with its error", file=sys.stderr)
+        print(
+            f"predict: {failed} of {len(results)} images could not be read; the output lists each with its error",
+            file=sys.stderr,
+        )
         return SOME_IMAGES_FAILED
     return 0
 

@@ -30,9 +30,17 @@ def configuration_changes(saved: dict[str, Any], current: dict[str, Any]) -> lis
     a nested setting that only repeats a top-level one's change (train.gcn_hidden, gcn_hidden) is named once.
     """
     was, now = _flat(saved), _flat(current)
-    changed = {name: (was.get(name), now.get(name)) for name in (was.keys() | now.keys()) - RESUMABLE_SETTINGS if was.get(name) != now.get(name)}
+    changed = {
+        name: (was.get(name), now.get(name))
+        for name in (was.keys() | now.keys()) - RESUMABLE_SETTINGS
+        if was.get(name) != now.get(name)
+    }
     repeats = {name for name, change in changed.items() if changed.get(name.partition(".")[2]) == change}
-    return [f"{name} {reprlib.repr(old)} -> {reprlib.repr(new)}" for name, (old, new) in sorted(changed.items()) if name not in repeats]
+    return [
+        f"{name} {reprlib.repr(old)} -> {reprlib.repr(new)}"
+        for name, (old, new) in sorted(changed.items())
+        if name not in repeats
+    ]
 
 
 def _flat(meta: dict[str, Any]) -> dict[str, Any]:

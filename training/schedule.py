@@ -71,6 +71,8 @@ def few_steps_warning(steps: int, n_train: int, global_batch: int) -> str | None
     """
     if steps >= MIN_FINETUNE_STEPS:
         return None
-    return (f"fine-tuning at a global batch of {global_batch} takes {steps} optimizer steps per epoch on {n_train} training images; "
-            f"below {MIN_FINETUNE_STEPS} the CCP benchmark lost accuracy (3-5 mAP points at 9 steps): lower train.batch_size "
-            f"to at most {max(1, n_train // MIN_FINETUNE_STEPS)} or train more epochs (README, 'How large a batch')")
+    return (
+        f"fine-tuning at a global batch of {global_batch} takes {steps} optimizer steps per epoch on {n_train} training images; "
+        f"below {MIN_FINETUNE_STEPS} the CCP benchmark lost accuracy (3-5 mAP points at 9 steps): lower train.batch_size "
+        f"to at most {max(1, n_train // MIN_FINETUNE_STEPS)} or train more epochs (README, 'How large a batch')"
+    )

@@ -29,7 +29,9 @@ class TrainSettings:
     gcn_hidden: int  # width of the GCN's hidden layer
     finetune: bool  # fine-tune the backbone from pixels (GPU) instead of training heads on cached features
     workers: int  # DataLoader processes for pixel training
-    cached_pixels: bool  # pixel training reads the pixel cache and augments on the device, instead of decoding files with PIL
+    cached_pixels: (
+        bool  # pixel training reads the pixel cache and augments on the device, instead of decoding files with PIL
+    )
     compile: bool  # torch.compile the training forward and backward (and the device-side augmentation's per-pixel tail)
     lr_scaling: str  # none | sqrt | linear: scale both learning rates with the global batch / REFERENCE_BATCH
     precision: str  # bf16: autocast on CUDA, fp32 on the CPU; bf16-all: on the CPU too (CPUs with native bf16); fp32: full precision everywhere (the reference code's)
@@ -67,5 +69,8 @@ def load_model_specs(params: Path) -> dict[str, ModelSpec]:
     for name, entry in raw["models"].items():
         if not isinstance(entry, dict) or not entry.keys() <= known or "kind" not in entry:
             unknown = sorted(entry.keys() - known) if isinstance(entry, dict) else []
-            raise ParamsError(f"{params}: models.{name} must be a mapping with 'kind' and at most {sorted(known)}" + (f"; unknown {unknown}" if unknown else ""))
+            raise ParamsError(
+                f"{params}: models.{name} must be a mapping with 'kind' and at most {sorted(known)}"
+                + (f"; unknown {unknown}" if unknown else "")
+            )
     return {name: ModelSpec(**entry) for name, entry in raw["models"].items()}

@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from dvclive import Live
 from torch import nn
 
+from dvclive import Live
 from pipeline.cli import InputError, report_user_errors
 from pipeline.settings import ParamsError, load_section
 from training.backbones import create_backbone
@@ -94,11 +94,20 @@ class Setup:
     optimizer: torch.optim.Optimizer
     meta: dict[str, Any]
     train_batches: Callable[[torch.Generator], Batches]  # a fresh shuffle per epoch
-    val_scores: Callable[[nn.Module], tuple[np.ndarray, np.ndarray]]  # a model's validation probabilities (test-time flip where train.tta_flip) and the targets
+    val_scores: Callable[
+        [nn.Module], tuple[np.ndarray, np.ndarray]
+    ]  # a model's validation probabilities (test-time flip where train.tta_flip) and the targets
     n_train: int  # training images (all ranks together)
 
 
-def setup(name: str, spec: ModelSpec, settings: TrainSettings, paths: argparse.Namespace, device: torch.device, world: World = SINGLE) -> Setup:
+def setup(
+    name: str,
+    spec: ModelSpec,
+    settings: TrainSettings,
+    paths: argparse.Namespace,
+    device: torch.device,
+    world: World = SINGLE,
+) -> Setup:
     """Build the model, optimizer and data feeds for `spec` from the stage inputs."""
     labels = read_label_subset(paths.label_subset)
     graph = read_label_graph(paths.graph, labels)
@@ -108,42 +117,88 @@ def setup(name: str, spec: ModelSpec, settings: TrainSettings, paths: argparse.N
     for s, mask in split.items():
         if not mask.any():
             raise InputError(f"{paths.dataset}: the {s} split is empty; training needs train and val images")
-    inputs = StageInputs(table, targets, split, torch.from_numpy(graph.embeddings), torch.from_numpy(graph.adjacency_norm))
+    inputs = StageInputs(
+        table, targets, split, torch.from_numpy(graph.embeddings), torch.from_numpy(graph.adjacency_norm)
+    )
     meta: dict[str, Any] = {"name": name, "spec": asdict(spec), "labels": labels, "embedding_dim": graph.embeddings.shape[1], "gcn_hidden": settings.gcn_hidden, "finetuned": False,
                             "train": asdict(settings), "processes": world.size}  # fmt: skip
     make = _pixel_setup if spec.kind == "cnn" or settings.finetune else _feature_setup
     return make(spec, settings, paths, inputs, meta, device, world)
 
 
-def _feature_setup(spec: ModelSpec, settings: TrainSettings, paths: argparse.Namespace, inputs: StageInputs, meta: dict[str, Any], device: torch.device, world: World) -> Setup:
+def _feature_setup(
+    spec: ModelSpec,
+    settings: TrainSettings,
+    paths: argparse.Namespace,
+    inputs: StageInputs,
+    meta: dict[str, Any],
+    device: torch.device,
+    world: World,
+) -> Setup:
     """A head on the cached features (pooled vectors, or feature maps for csra); their mirrored copies augment training and serve the test-time flip."""
     table, targets, split = inputs.table, inputs.targets, inputs.split
     cached = read_features(paths.features, list(table["image_id"]), feature_array(spec), mirrored=True)
     if settings.tta_flip and cached.mirrored is None:
-        raise InputError(f"{paths.features}: holds no mirrored features, which train.tta_flip scores with; set features.flip: true (params.yaml) or train.tta_flip: false, and dvc repro")
+        raise InputError(
+            f"{paths.features}: holds no mirrored features, which train.tta_flip scores with; set features.flip: true (params.yaml) or train.tta_flip: false, and dvc repro"
+        )
     extracted_in = extracted_precision(cached.meta)
     if extracted_in != settings.precision:
-        raise InputError(f"{paths.features}: features extracted in {extracted_in}, but train.precision is {settings.precision}; re-run the features stage (dvc repro features)")
-    meta |= {"feature_dim": cached.x.shape[1], "features_precision": extracted_in} | {key: cached.meta[key] for key in ("backbone", "weights", "image_size", "mean", "std")}
+        raise InputError(
+            f"{paths.features}: features extracted in {extracted_in}, but train.precision is {settings.precision}; re-run the features stage (dvc repro features)"
+        )
+    meta |= {"feature_dim": cached.x.shape[1], "features_precision": extracted_in} | {
+        key: cached.meta[key] for key in ("backbone", "weights", "image_size", "mean", "std")
+    }
     model = prepare(build_trained_module(meta), device)
     _load_graph(model, spec, inputs)
-    optimizer = adam([{"params": model.parameters(), "lr": settings.lr_head * lr_factor(settings.lr_scaling, settings.batch_size * world.size)}], device)
+    optimizer = adam(
+        [
+            {
+                "params": model.parameters(),
+                "lr": settings.lr_head * lr_factor(settings.lr_scaling, settings.batch_size * world.size),
+            }
+        ],
+        device,
+    )
 
     def rows(s: str, mirrored: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         return cached.x[split[s]], cached.mirrored[split[s]] if mirrored and cached.mirrored is not None else None
 
-    (xt, mt), (xv, mv), yt, yv = rows("train", True), rows("val", settings.tta_flip), targets[split["train"]], targets[split["val"]]
+    (xt, mt), (xv, mv), yt, yv = (
+        rows("train", True),
+        rows("val", settings.tta_flip),
+        targets[split["train"]],
+        targets[split["val"]],
+    )
 
     def val_scores(model: nn.Module) -> tuple[np.ndarray, np.ndarray]:
         def score(x: torch.Tensor) -> np.ndarray:
-            return predict_probs(model, feature_batches(x, yv, 4 * settings.batch_size, None), device, settings.precision)[0]
+            return predict_probs(
+                model, feature_batches(x, yv, 4 * settings.batch_size, None), device, settings.precision
+            )[0]
 
         return mirrored_mean(score, xv, mv), yv.numpy()
 
-    return Setup(model, optimizer, meta, train_batches=lambda g: feature_batches(xt, yt, settings.batch_size, g, mt, world), val_scores=val_scores, n_train=len(xt))
+    return Setup(
+        model,
+        optimizer,
+        meta,
+        train_batches=lambda g: feature_batches(xt, yt, settings.batch_size, g, mt, world),
+        val_scores=val_scores,
+        n_train=len(xt),
+    )
 
 
-def _pixel_setup(spec: ModelSpec, settings: TrainSettings, paths: argparse.Namespace, inputs: StageInputs, meta: dict[str, Any], device: torch.device, world: World) -> Setup:
+def _pixel_setup(
+    spec: ModelSpec,
+    settings: TrainSettings,
+    paths: argparse.Namespace,
+    inputs: StageInputs,
+    meta: dict[str, Any],
+    device: torch.device,
+    world: World,
+) -> Setup:
     """The basic CNN, or a backbone fine-tuned end to end (train.finetune), fed augmented pixels."""
     if spec.kind == "cnn":
         size, mean, std, body = spec.image_size, PIXEL_MEAN, PIXEL_STD, None
@@ -152,13 +207,25 @@ def _pixel_setup(spec: ModelSpec, settings: TrainSettings, paths: argparse.Names
         features = load_section(FeatureSettings, "features", paths.params)
         backbone = create_backbone(features.backbone, features.weights)
         size, mean, std, body = features.image_size, backbone.mean, backbone.std, backbone.body
-        meta |= {"feature_dim": backbone.dim, "backbone": features.backbone, "weights": features.weights, "finetuned": True}
+        meta |= {
+            "feature_dim": backbone.dim,
+            "backbone": features.backbone,
+            "weights": features.weights,
+            "finetuned": True,
+        }
     meta |= {"image_size": size, "mean": mean, "std": std}
     model = build_trained_module(meta, body)
     _load_graph(model.head if isinstance(model, StyleNet) else model, spec, inputs)
     model = prepare(model, device)
     factor = lr_factor(settings.lr_scaling, settings.batch_size * world.size)
-    groups = [{"params": model.head.parameters(), "lr": settings.lr_head * factor}, {"params": model.body.parameters(), "lr": settings.lr_backbone * factor}] if body is not None else [{"params": model.parameters(), "lr": settings.lr_head * factor}]
+    groups = (
+        [
+            {"params": model.head.parameters(), "lr": settings.lr_head * factor},
+            {"params": model.body.parameters(), "lr": settings.lr_backbone * factor},
+        ]
+        if body is not None
+        else [{"params": model.parameters(), "lr": settings.lr_head * factor}]
+    )
     feeds = cached_pixel_feeds if settings.cached_pixels else file_feeds
     train_batches, val_batches = feeds(inputs, paths, settings, (size, mean, std), device, world)
 
@@ -175,7 +242,9 @@ def _load_graph(head: nn.Module, spec: ModelSpec, inputs: StageInputs) -> None:
         gcn.adjacency.copy_(torch.eye(len(inputs.adjacency)) if spec.adjacency == "identity" else inputs.adjacency)
 
 
-def train(name: str, spec: ModelSpec, settings: TrainSettings, paths: argparse.Namespace, resume: bool, world: World = SINGLE) -> dict[str, Any]:
+def train(
+    name: str, spec: ModelSpec, settings: TrainSettings, paths: argparse.Namespace, resume: bool, world: World = SINGLE
+) -> dict[str, Any]:
     """Run (or continue) the training loop; returns the final loop state.
 
     Under several processes every rank validates on the whole validation split and
@@ -187,14 +256,22 @@ def train(name: str, spec: ModelSpec, settings: TrainSettings, paths: argparse.N
     run = setup(name, spec, settings, paths, device, world)
     last, best = paths.out_dir / "last.pt", paths.out_dir / "best.pt"
     per_epoch = steps_per_epoch(run.n_train, settings.batch_size, world)
-    warmup = LinearWarmup(tuple(group["lr"] for group in run.optimizer.param_groups), round(settings.warmup_epochs * per_epoch), per_epoch)
-    if settings.finetune and world.main and (message := few_steps_warning(per_epoch, run.n_train, settings.batch_size * world.size)):
+    warmup = LinearWarmup(
+        tuple(group["lr"] for group in run.optimizer.param_groups), round(settings.warmup_epochs * per_epoch), per_epoch
+    )
+    if (
+        settings.finetune
+        and world.main
+        and (message := few_steps_warning(per_epoch, run.n_train, settings.batch_size * world.size))
+    ):
         warnings.warn(message, stacklevel=2)
     state = {"epoch": 0, "best_map": -1.0, "best_epoch": -1, "bad_epochs": 0}
     if resume:
         checkpoint = load_checkpoint(last)
         if "train" not in checkpoint["meta"]:
-            raise InputError(f"{last} was written by an older stylegraph that did not record its training settings, so resuming it cannot be checked; rerun without --resume to train from scratch (it overwrites {last})")
+            raise InputError(
+                f"{last} was written by an older stylegraph that did not record its training settings, so resuming it cannot be checked; rerun without --resume to train from scratch (it overwrites {last})"
+            )
         if changes := configuration_changes(checkpoint["meta"], run.meta):
             raise InputError(
                 f"{last} was written by a run with other settings: {', '.join(changes)}. Rerun without --resume to train from scratch "
@@ -209,25 +286,67 @@ def train(name: str, spec: ModelSpec, settings: TrainSettings, paths: argparse.N
     net = wrap(run.model, device, world)  # shares run.model's parameters; checkpoints store run.model's state_dict
     net = compile_for_training(net) if settings.compile else net
     epochs, loss = spec.epochs or settings.epochs, settings.loss_function(spec)
-    with StageLive(str(paths.live_dir), resume=resume, dvcyaml=False, save_dvc_exp=False) if world.main else contextlib.nullcontext() as live:
+    with (
+        StageLive(str(paths.live_dir), resume=resume, dvcyaml=False, save_dvc_exp=False)
+        if world.main
+        else contextlib.nullcontext() as live
+    ):
         for epoch in range(state["epoch"], epochs):
             if state["bad_epochs"] >= settings.patience:
                 break
             generator = seed_everything(settings.seed * 1000 + epoch, world)
             desc = f"{name} epoch {epoch + 1}/{epochs}" if world.main else None
-            train_loss = train_one_epoch(net, run.train_batches(generator), run.optimizer, device, desc, settings.precision, warmup.setter(run.optimizer, epoch), loss)
+            train_loss = train_one_epoch(
+                net,
+                run.train_batches(generator),
+                run.optimizer,
+                device,
+                desc,
+                settings.precision,
+                warmup.setter(run.optimizer, epoch),
+                loss,
+            )
             _stop_if_diverged(name, from_main(train_loss, world), epoch, last)
             val_probs, val_targets = run.val_scores(run.model)
             val = from_main(validation_metrics(val_probs, val_targets), world)
             improved = val["mAP"] > state["best_map"]
-            state = state | ({"best_map": val["mAP"], "best_epoch": epoch, "bad_epochs": 0} if improved else {"bad_epochs": state["bad_epochs"] + 1}) | {"epoch": epoch + 1}
+            state = (
+                state
+                | (
+                    {"best_map": val["mAP"], "best_epoch": epoch, "bad_epochs": 0}
+                    if improved
+                    else {"bad_epochs": state["bad_epochs"] + 1}
+                )
+                | {"epoch": epoch + 1}
+            )
             if live is not None:
                 if improved:
                     thresholds = f1_thresholds(val_probs, val_targets).tolist()
-                    save_checkpoint({"meta": run.meta, "model": run.model.state_dict(), "epoch": epoch + 1, "val": val, "thresholds": thresholds}, best)
-                _log_epoch(live, epoch, train_loss, val)  # before last.pt holds the epoch: rows of a kill in between are dropped on --resume
-                save_checkpoint({"meta": run.meta, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "state": state}, last)
-                print(f"{name} epoch {epoch + 1}: train loss {train_loss:.4f}, val mAP {val['mAP']:.4f}, val top2_all {val['top2_all']:.4f}")
+                    save_checkpoint(
+                        {
+                            "meta": run.meta,
+                            "model": run.model.state_dict(),
+                            "epoch": epoch + 1,
+                            "val": val,
+                            "thresholds": thresholds,
+                        },
+                        best,
+                    )
+                _log_epoch(
+                    live, epoch, train_loss, val
+                )  # before last.pt holds the epoch: rows of a kill in between are dropped on --resume
+                save_checkpoint(
+                    {
+                        "meta": run.meta,
+                        "model": run.model.state_dict(),
+                        "optimizer": run.optimizer.state_dict(),
+                        "state": state,
+                    },
+                    last,
+                )
+                print(
+                    f"{name} epoch {epoch + 1}: train loss {train_loss:.4f}, val mAP {val['mAP']:.4f}, val top2_all {val['top2_all']:.4f}"
+                )
         if live is not None:
             live.summary["best/epoch"] = state["best_epoch"] + 1
             live.summary["best/val_mAP"] = state["best_map"]
@@ -264,22 +383,55 @@ def run(args: argparse.Namespace) -> int:
     finally:
         close_world(world)
     if world.main:
-        print(f"{args.model}: best val mAP {state['best_map']:.4f} at epoch {state['best_epoch'] + 1} -> {args.out_dir / 'best.pt'}")
+        print(
+            f"{args.model}: best val mAP {state['best_map']:.4f} at epoch {state['best_epoch'] + 1} -> {args.out_dir / 'best.pt'}"
+        )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.splitlines()[0], epilog="The stage's full command line is in dvc.yaml.")
+    parser = argparse.ArgumentParser(
+        prog="python -m training.train",
+        description=__doc__.splitlines()[0],
+        epilog="The stage's full command line is in dvc.yaml.",
+    )
     parser.add_argument("--model", required=True, help="model name: a key of the 'models' section of params.yaml")
     parser.add_argument("--dataset", type=Path, required=True, help="curated dataset (data/dataset.parquet)")
     parser.add_argument("--label-subset", type=Path, required=True, help="class order (data/label_subset.json)")
-    parser.add_argument("--graph", type=Path, required=True, help="label graph with adjacency_norm and embeddings (data/label_graph.npz)")
-    parser.add_argument("--features", type=Path, required=True, help="cached backbone features (data/features.npz); read by heads unless train.finetune")
-    parser.add_argument("--crawl-dir", type=Path, required=True, help="folder the dataset's image paths are relative to (crawl.dir); read by pixel training")
-    parser.add_argument("--out-dir", type=Path, required=True, help="folder for last.pt (every epoch) and best.pt (best validation mAP)")
+    parser.add_argument(
+        "--graph",
+        type=Path,
+        required=True,
+        help="label graph with adjacency_norm and embeddings (data/label_graph.npz)",
+    )
+    parser.add_argument(
+        "--features",
+        type=Path,
+        required=True,
+        help="cached backbone features (data/features.npz); read by heads unless train.finetune",
+    )
+    parser.add_argument(
+        "--crawl-dir",
+        type=Path,
+        required=True,
+        help="folder the dataset's image paths are relative to (crawl.dir); read by pixel training",
+    )
+    parser.add_argument(
+        "--out-dir", type=Path, required=True, help="folder for last.pt (every epoch) and best.pt (best validation mAP)"
+    )
     parser.add_argument("--live-dir", type=Path, required=True, help="dvclive folder: per-epoch metrics and plots")
-    parser.add_argument("--pixel-cache", type=Path, default=Path("data/pixels"), help="pixel cache folder (the pixel_cache stage writes data/pixels); read by pixel training when train.cached_pixels")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file with 'train', 'features' and 'models' sections")
+    parser.add_argument(
+        "--pixel-cache",
+        type=Path,
+        default=Path("data/pixels"),
+        help="pixel cache folder (the pixel_cache stage writes data/pixels); read by pixel training when train.cached_pixels",
+    )
+    parser.add_argument(
+        "--params",
+        type=Path,
+        default=Path("params.yaml"),
+        help="params file with 'train', 'features' and 'models' sections",
+    )
     parser.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt after an interruption")
     args = parser.parse_args(argv)
     return report_user_errors("train", lambda: run(args))
