@@ -1,6 +1,6 @@
 """Screenshot of the expert's labeling screen, taken from a running Label Studio in headless Chromium.
 
-Not part of the pipeline: it refreshes docs/labeling-screen.png for the README.
+Not part of the pipeline: it refreshes docs/labeling-screen.png for docs/experts.md.
 Needs Debian's chromium + chromium-driver and `pip install selenium` (any venv).
 Usage: LABEL_STUDIO_USERNAME=... LABEL_STUDIO_PASSWORD=... python docs/screenshot_labeling.py URL PROJECT_ID [OUT.png]
 """
@@ -21,8 +21,9 @@ def main() -> int:
     out = sys.argv[3] if len(sys.argv) > 3 else "docs/labeling-screen.png"
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1400,1000"):  # fmt: skip
+    flags = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync")  # fmt: skip
+    for flag in (*flags, "--window-size=1400,1000"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
     try:
