@@ -9,7 +9,7 @@ export DVC_NO_ANALYTICS := 1
 # pip on some machines warns once per package about a missing local index; hide only that line.
 PIP_NOISE := is ignored: it is neither a file nor a directory
 
-.PHONY: setup demo demo-data test bench-ingest clean-demo
+.PHONY: setup demo demo-data lint test test-fast docs bench-ingest clean-demo
 
 setup: $(VENV)/.installed
 
@@ -22,15 +22,30 @@ $(VENV)/.installed: pyproject.toml
 ## demo: set up, write the synthetic demo crawl, track it with DVC, run the pipeline
 demo: setup demo-data
 	dvc repro
+	@echo "Open $(abspath reports/index.html) in a browser: every stage's results on one page"
 
 ## demo-data: generate missing demo batches and track them (as a team tracks a real crawl batch)
 demo-data: setup
 	python -m pipeline.demo_crawl
 	dvc add --quiet $$(find data/crawl -mindepth 1 -maxdepth 1 -type d -name 'batch-*' | sort) data/label-exports
 
+## lint: set up, then ruff (lint, format check) and mypy, as pyproject.toml configures them (CI runs it before the tests)
+lint: setup
+	ruff check .
+	ruff format --check .
+	mypy
+
 ## test: set up and run the test suite (what CI runs)
 test: setup
 	python -m pytest
+
+## test-fast: the edit-test loop: every test but those marked slow (real dvc repro, Label Studio, torchrun, training runs)
+test-fast: setup
+	python -m pytest -m "not slow"
+
+## docs: regenerate README's pipeline picture (from `dvc dag`) and docs/reference.md (from the settings); a test checks both
+docs: setup
+	python docs/generate.py
 
 ## bench-ingest: ingest throughput and incremental cost on ../shared/datasets/ccp/photos
 bench-ingest: setup

@@ -71,7 +71,8 @@ def serve(args: argparse.Namespace, params: Params, settings: AnnotationSettings
                 check_token(server, creds["LABEL_STUDIO_API_KEY"])
                 print(f"Label Studio runs at {server.url} (log: {server.log_path}); Ctrl-C stops it.")
                 print(
-                    f"Pipeline commands use it with: export LABEL_STUDIO_URL={server.url} LABEL_STUDIO_API_KEY=<your token>"
+                    f"Pipeline commands use it with: export LABEL_STUDIO_URL={server.url} LABEL_STUDIO_API_KEY=<your "
+                    "token>"
                 )
                 process.wait()
                 raise ServerError(
@@ -85,14 +86,16 @@ def serve(args: argparse.Namespace, params: Params, settings: AnnotationSettings
 
 
 def load_predictions(checkpoint: Path, images: pd.DataFrame, crawl_dir: Path, top_k: int) -> dict[str, Prediction]:
-    """Model guesses for pre-annotation, from the trainer's predict function; an image it cannot read (warned about) gets none."""
+    """Model guesses for pre-annotation, from the trainer's predict function; an image it cannot read (warned about)
+    gets none."""
     from training.predict import predict_images  # torch is imported only when predictions are asked for
 
     rows = predict_images(checkpoint, [crawl_dir / p for p in images["path"]], top_k, vetted=True, embeddings=True)
     version = f"{checkpoint.parent.name}@{int(checkpoint.stat().st_mtime)}"
     return {
-        image_id: Prediction(version, [tuple(pair) for pair in row["top"]], frozenset(row["predicted"]), list(row["scores"].values()), row["embedding"].tolist())
-        for image_id, row in zip(images["image_id"], rows) if "error" not in row
+        image_id: Prediction(version, [tuple(pair) for pair in row["top"]], frozenset(row["predicted"]),
+                             list(row["scores"].values()), row["embedding"].tolist())
+        for image_id, row in zip(images["image_id"], rows, strict=True) if "error" not in row
     }  # fmt: skip
 
 
@@ -101,19 +104,22 @@ def imported_labels(
 ) -> dict[str, Prediction]:
     """Pre-annotations from an existing label source (K-Fashion folder, tag CSV, export), consolidated per image.
 
-    K-Fashion files parsed here are cached in `cache_dir` (under annotation.data_dir: the labels stage's own cache is a DVC output).
+    K-Fashion files parsed here are cached in `cache_dir` (under annotation.data_dir: the labels stage's own cache is a
+    DVC output).
     """
     catalog = read_table(catalog_path, columns=["image_id", "batch", "sources"])
     rows, rejects = read_labels_at(source, crawl_dir, catalog, taxonomy, cache_dir).tables()
     if len(rejects):
-        print(f"push: {len(rejects)} records of {source} not imported (first: {rejects.iloc[0]['record']}: {rejects.iloc[0]['reason']}); "
+        first = rejects.iloc[0]
+        print(f"push: {len(rejects)} records of {source} not imported (first: {first['record']}: {first['reason']}); "
               "`dvc repro` lists them all in data/annotation_rejects.csv")  # fmt: skip
     labels, _, _ = consolidate(rows, catalog)
     return imported_predictions(labels, f"import:{source.name}")
 
 
 def chosen_checkpoint(args: argparse.Namespace) -> Path | None:
-    """The checkpoint whose predictions push attaches: --checkpoint, or --model's (a name, or 'best' by validation mAP); None for neither."""
+    """The checkpoint whose predictions push attaches: --checkpoint, or --model's (a name, or 'best' by validation mAP);
+    None for neither."""
     if args.model is None:
         return args.checkpoint
     from training.predict import model_checkpoint  # torch is imported only when predictions are asked for
@@ -132,7 +138,8 @@ def push(args: argparse.Namespace, params: Params, settings: AnnotationSettings)
         catalog = (
             catalog.set_index("image_id").reindex(items["image_id"]).dropna(subset=["path"]).reset_index()
         )  # the list's order: most urgent first
-        title, suspicions = review_title(settings.project), dict(zip(items["image_id"], items["suspicion"].fillna("")))
+        title = review_title(settings.project)
+        suspicions = dict(zip(items["image_id"], items["suspicion"].fillna(""), strict=True))
     if args.batch:
         catalog = catalog[catalog["batch"].isin(args.batch)]
     checkpoint = chosen_checkpoint(args)
@@ -162,7 +169,8 @@ def dvc_add(folder: Path) -> None:
         )
         raise CommandError(
             f"`{shlex.join(command)}` failed ({reason}); the snapshot is written but not tracked: fix the cause "
-            f"(dvc not installed in this environment? not run from the DVC repository?) and run `dvc add {folder}` by hand"
+            f"(dvc not installed in this environment? not run from the DVC repository?) and run `dvc add {folder}` by "
+            "hand"
         ) from None
 
 
@@ -186,7 +194,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m annotation",
         description="Expert labelling through Label Studio. A day: `serve` (or use your team's server: set "
-        "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY), `push` new crawl images, experts label, `pull` the labels, `dvc repro`.",
+        "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY), `push` new crawl images, experts label, `pull` the labels, `dvc "
+        "repro`.",
     )
     parser.add_argument(
         "--params", type=Path, default=DEFAULT_PARAMS, help="params.yaml (sections annotation, crawl, taxonomy)"
@@ -198,7 +207,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.set_defaults(run=serve)
     p = sub.add_parser(
         "push",
-        help="create/update the project and import catalog images not yet in it (server: LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY)",
+        help="create/update the project and import catalog images not yet in it (server: LABEL_STUDIO_URL, "
+        "LABEL_STUDIO_API_KEY)",
     )
     p.add_argument(
         "--catalog", type=Path, default=Path("data/catalog.parquet"), help="image catalog from the ingest stage"
@@ -208,18 +218,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     which.add_argument(
         "--checkpoint",
         type=Path,
-        help="trained model: attach its predictions and queue the photos by annotation.order (most uncertain, spread over looks)",
+        help="trained model: attach its predictions and queue the photos by annotation.order (most uncertain, spread "
+        "over looks)",
     )
     which.add_argument(
         "--labels",
         type=Path,
         help="existing labels as pre-annotations (model version 'import:<name>'), for experts to "
-        "review rather than label from scratch: a K-Fashion folder, an image,tags CSV, a Label Studio export, or a crawl batch "
-        "with K-Fashion files beside its photos; combine with --review to fill the review project",
+        "review rather than label from scratch: a K-Fashion folder, an image,tags CSV, a Label Studio export, or a "
+        "crawl batch with K-Fashion files beside its photos; combine with --review to fill the review project",
     )
     which.add_argument(
         "--model",
-        help="the same with a model of params.yaml by name (MODELS_DIR/<name>/best.pt), or 'best': the highest validation mAP",
+        help="the same with a model of params.yaml by name (MODELS_DIR/<name>/best.pt), or 'best': the highest "
+        "validation mAP",
     )
     p.add_argument("--models-dir", type=Path, default=Path("models"), help="where --model looks (default: models)")
     p.add_argument(
@@ -237,7 +249,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.set_defaults(run=push)
     p = sub.add_parser(
         "pull",
-        help="snapshot the project's (and its review project's) annotations into the label exports folder and `dvc add` it (server: LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY)",
+        help="snapshot the project's (and its review project's) annotations into the label exports folder and `dvc "
+        "add` it (server: LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY)",
     )
     p.add_argument("--no-dvc-add", action="store_true", help="write the snapshot only")
     p.set_defaults(run=pull)

@@ -46,7 +46,8 @@ def nominal_alpha(values: pd.DataFrame) -> float:
 
 
 def set_distance(a: frozenset, b: frozenset) -> float:
-    """MASI distance, with two empty sets (no sub-style from either expert) in full agreement (nltk divides by their empty union)."""
+    """MASI distance, with two empty sets (no sub-style from either expert) in full agreement (nltk divides by their
+    empty union)."""
     return 0.0 if a == b else masi_distance(a, b)
 
 
@@ -58,7 +59,8 @@ def masi_alpha(values: pd.DataFrame) -> float:
         return float("nan")
     return float(
         AnnotationTask(
-            data=list(zip(pairable["coder"].astype(str), pairable["unit"].astype(str), sets)), distance=set_distance
+            data=list(zip(pairable["coder"].astype(str), pairable["unit"].astype(str), sets, strict=True)),
+            distance=set_distance,
         ).alpha()
     )
 
@@ -71,7 +73,8 @@ def _pairable(values: pd.DataFrame) -> pd.DataFrame:
 
 
 def expert_votes(votes: pd.DataFrame) -> pd.DataFrame:
-    """(image_id, batch, annotator, main_style, sub_styles) with each expert's sub-styles as a frozenset, from consolidate's current votes."""
+    """(image_id, batch, annotator, main_style, sub_styles) with each expert's sub-styles as a frozenset, from
+    consolidate's current votes."""
     return votes.assign(
         sub_styles=[
             frozenset(s) if isinstance(s, (list, tuple, np.ndarray)) else frozenset() for s in votes["sub_styles"]
@@ -106,10 +109,8 @@ def _both(scope: str, key: str, votes: pd.DataFrame) -> list[dict]:
 def style_rows(votes: pd.DataFrame, styles: Iterable[str]) -> list[dict]:
     """Per style: nominal alpha on 'named it or not' (main or sub), over images with two or more experts."""
     multi = votes[votes.groupby("image_id")["annotator"].transform("nunique") >= 2]
-    named = [
-        {s, *subs} - {None}
-        for s, subs in zip(multi["main_style"].where(multi["main_style"].notna(), None), multi["sub_styles"])
-    ]
+    mains = multi["main_style"].where(multi["main_style"].notna(), None)
+    named = [{s, *subs} - {None} for s, subs in zip(mains, multi["sub_styles"], strict=True)]
     rows = []
     for style in styles:
         flags = pd.DataFrame(
@@ -123,7 +124,8 @@ def style_rows(votes: pd.DataFrame, styles: Iterable[str]) -> list[dict]:
 
 
 def leave_one_out_consensus(votes: pd.DataFrame, expert: str) -> pd.DataFrame:
-    """For each image `expert` labelled with others: the others' majority main style (None on a tie) and the sub-styles at least half of them named."""
+    """For each image `expert` labelled with others: the others' majority main style (None on a tie) and the sub-styles
+    at least half of them named."""
     mine = set(votes.loc[votes["annotator"] == expert, "image_id"])
     others = votes[votes["image_id"].isin(mine) & (votes["annotator"] != expert)]
     rows = []

@@ -51,7 +51,8 @@ class Connection:
             wait_s = -1.0
         if not wait_s > 0:
             raise LabelStudioError(
-                f"{WAIT_ENV}={wait!r}: set it to the seconds one Label Studio call may wait in all (default {DEFAULT_WAIT_S:g})"
+                f"{WAIT_ENV}={wait!r}: set it to the seconds one Label Studio call may wait in all (default "
+                f"{DEFAULT_WAIT_S:g})"
             )
         return cls(url=url.rstrip("/"), token=token, wait_s=wait_s)
 
@@ -67,10 +68,10 @@ class Connection:
             except ApiError as exc:
                 if exc.status_code in (401, 403):
                     raise LabelStudioError(
-                        f"{what}: Label Studio at {self.url} refused the token (HTTP {exc.status_code}); check {TOKEN_ENV}: it must be "
-                        "the account's legacy API token, which a server keeps from its FIRST start (for `python -m annotation serve`: "
-                        "the key it was first started with); a server first started without LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true "
-                        "rejects legacy tokens"
+                        f"{what}: Label Studio at {self.url} refused the token (HTTP {exc.status_code}); check "
+                        f"{TOKEN_ENV}: it must be the account's legacy API token, which a server keeps from its FIRST "
+                        "start (for `python -m annotation serve`: the key it was first started with); a server first "
+                        "started without LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true rejects legacy tokens"
                     ) from None
                 if exc.status_code is not None and exc.status_code < 500:
                     raise LabelStudioError(
@@ -90,10 +91,11 @@ class Connection:
         if isinstance(error, httpx.TimeoutException) and not isinstance(error, httpx.ConnectTimeout):
             return LabelStudioError(
                 f"{what}: Label Studio at {self.url} took the request but did not answer within {self.timeout_s:g} s "
-                f"({attempts} attempts in {self.wait_s:g} s): it runs but is busy or the request is large (e.g. a big project's export); "
-                f"look at the server's log and retry when it is idle, or allow a longer wait with {WAIT_ENV} (seconds)"
+                f"({attempts} attempts in {self.wait_s:g} s): it runs but is busy or the request is large (e.g. a big "
+                "project's export); look at the server's log and retry when it is idle, or allow a longer wait with "
+                f"{WAIT_ENV} (seconds)"
             )
         return LabelStudioError(
-            f"{what}: cannot reach Label Studio at {self.url} after {attempts} attempts ({type(error).__name__}: {error}); "
-            f"check that the server runs (`python -m annotation serve`) and that {URL_ENV} points at it"
+            f"{what}: cannot reach Label Studio at {self.url} after {attempts} attempts ({type(error).__name__}: "
+            f"{error}); check that the server runs (`python -m annotation serve`) and that {URL_ENV} points at it"
         )

@@ -74,13 +74,15 @@ def current_votes(annotations: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame
         named = set.intersection(
             *(
                 {*subs, *([m] if isinstance(m, str) else [])}
-                for m, subs in zip(group["main_style"], group["sub_styles"])
+                for m, subs in zip(group["main_style"], group["sub_styles"], strict=True)
             )
         )
         agreed.loc[(image_id, annotator), "main_style"] = main
         agreed.at[(image_id, annotator), "sub_styles"] = sorted(named - {main})
-        described = "; ".join(f"{record}: {m if isinstance(m, str) else '(no main)'}{' | ' + ', '.join(subs) if len(subs) else ''}"
-                              for record, m, subs in zip(group["record"], group["main_style"], group["sub_styles"]))  # fmt: skip
+        described = "; ".join(
+            f"{record}: {m if isinstance(m, str) else '(no main)'}{' | ' + ', '.join(subs) if len(subs) else ''}"
+            for record, m, subs in zip(group["record"], group["main_style"], group["sub_styles"], strict=True)
+        )
         review.append(
             {"image_id": image_id, "reason": f"{annotator} labels it {len(group)} times, differently: {described}"}
         )
@@ -134,7 +136,7 @@ def consolidate(annotations: pd.DataFrame, catalog: pd.DataFrame) -> tuple[pd.Da
     labels.insert(1, "batch", labels["image_id"].map(batches).astype("string"))
 
     review = ties.groupby("image_id").apply(
-        lambda g: "tie for main style: " + ", ".join(f"{s} {v}" for s, v in zip(g["style"], g["votes"])),
+        lambda g: "tie for main style: " + ", ".join(f"{s} {v}" for s, v in zip(g["style"], g["votes"], strict=True)),
         include_groups=False,
     )
     review = (
@@ -160,7 +162,7 @@ def agreement_metrics(agreement: pd.DataFrame) -> dict:
     def alpha(rows: pd.DataFrame) -> dict:
         return {
             f"{key + '/' if key else ''}{measure}": (None if pd.isna(a) else round(float(a), 4))
-            for key, measure, a in zip(rows["key"], rows["measure"], rows["alpha"])
+            for key, measure, a in zip(rows["key"], rows["measure"], rows["alpha"], strict=True)
         }
 
     overall = agreement[agreement["scope"] == "overall"]
@@ -231,7 +233,9 @@ def run(args: argparse.Namespace) -> int:
         f"{measure} {value if value is None else format(value, '.3f')}" for measure, value in metrics["alpha"].items()
     )
     print(
-        f"consolidate: {len(labels)} images, {int((labels['n_annotators'] > 1).sum())} with several experts ({alphas}), {len(review)} sent to review ({args.review}: ties, and sources that label a photo twice, differently)"
+        f"consolidate: {len(labels)} images, {int((labels['n_annotators'] > 1).sum())} with several experts "
+        f"({alphas}), {len(review)} sent to review ({args.review}: ties, and sources that label a photo twice, "
+        "differently)"
     )
     return 0
 

@@ -107,7 +107,8 @@ def read_utf8(path: Path) -> str:
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise InputError(
-            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); save it as UTF-8 and import it again"
+            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); save it as UTF-8 and import it "
+            "again"
         ) from None
 
 
@@ -118,7 +119,8 @@ def describe(value: object) -> str:
 
 
 def task_image(data: object, image_ids: Mapping[str, str]) -> tuple[str | None, str]:
-    """(image id or None, how the task names its image): data.image_id, else data.image's local-files URL looked up in `image_ids`."""
+    """(image id or None, how the task names its image): data.image_id, else data.image's local-files URL looked up in
+    `image_ids`."""
     if not isinstance(data, Mapping):
         return None, f"task data is {describe(data)}"
     named, url = data.get("image_id"), data.get("image")
@@ -146,7 +148,8 @@ def annotation_metadata(annotation: Mapping) -> dict[str, object]:
 
 
 def is_iso_timestamp(value: object) -> bool:
-    """Whether `value` is a time that `Imported.tables` can read: checked with the same parser, so no value passes here and fails there."""
+    """Whether `value` is a time that `Imported.tables` can read: checked with the same parser, so no value passes here
+    and fails there."""
     if not isinstance(value, str):
         return False
     try:
@@ -232,7 +235,8 @@ def import_label_studio(
 
 
 def label_studio_row(annotation: Mapping, taxonomy: Taxonomy) -> dict[str, object]:
-    """annotator, styles, metadata and cancelled of one annotation; RejectedRecord with the reason if it cannot be a row.
+    """annotator, styles, metadata and cancelled of one annotation; RejectedRecord with the reason if it cannot be a
+    row.
 
     A cancelled (skipped) annotation is a row without styles, which consolidation leaves out.
     """
@@ -266,8 +270,8 @@ def read_label_studio_export(path: Path) -> list:
 
 def imported_row(image_id: str | None, source: str, record: str, main: str | None, sub_styles: list[str]) -> dict:
     """An annotation row of an imported source: the source is the annotator; no times, nothing cancelled."""
-    return {"image_id": image_id, "annotator": source, "main_style": main, "sub_styles": sub_styles,
-            "lead_time": None, "created_at": None, "updated_at": None, "cancelled": False, "source": source, "record": record}  # fmt: skip
+    return {"image_id": image_id, "annotator": source, "main_style": main, "sub_styles": sub_styles, "lead_time": None,
+            "created_at": None, "updated_at": None, "cancelled": False, "source": source, "record": record}  # fmt: skip
 
 
 def tag_csv_rows(path: Path) -> Iterable[tuple[int, list[str], list[str]]]:
@@ -302,7 +306,8 @@ def image_file_problem(name: str, file: Path) -> str | None:
 
 
 def files_in(folder: Path) -> ImageMatcher:
-    """Matches a record's image name to the file of that name in `folder`, by content (the image id is the file's content id)."""
+    """Matches a record's image name to the file of that name in `folder`, by content (the image id is the file's
+    content id)."""
 
     def match(name: str) -> tuple[str | None, str | None]:
         file = folder / name
@@ -313,7 +318,8 @@ def files_in(folder: Path) -> ImageMatcher:
 
 
 def import_tag_csv(path: Path, taxonomy: Taxonomy, match: ImageMatcher) -> Imported:
-    """`image,tags[,main_style]` CSV, UTF-8 (tags separated by ';'): a tag set per image, and its main label where the column is there.
+    """`image,tags[,main_style]` CSV, UTF-8 (tags separated by ';'): a tag set per image, and its main label where the
+    column is there.
 
     Records name the file's real line numbers; a row with more or fewer fields than the
     header (an unquoted comma in the tags) is a reject. A main label counts as named:
@@ -329,7 +335,8 @@ def import_tag_csv(path: Path, taxonomy: Taxonomy, match: ImageMatcher) -> Impor
                 source,
                 record,
                 None,
-                f"{len(fields)} fields {fields}: expected {len(header)}, as the header has (quote a field that holds a comma)",
+                f"{len(fields)} fields {fields}: expected {len(header)}, as the header has (quote a field that holds "
+                "a comma)",
             )
             continue
         image_id, problem = (None, "no image file name") if not image else match(image)

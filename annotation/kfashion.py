@@ -39,7 +39,8 @@ def kfashion_style_entries(path: Path) -> list[dict]:
 
 
 def kfashion_style_names(entries: list[dict]) -> tuple[str, list[str]]:
-    """(main, sub-styles) as Korean names: the first 스타일 is the main style, every other 스타일 and 서브스타일 a sub-style."""
+    """(main, sub-styles) as Korean names: the first 스타일 is the main style, every other 스타일 and 서브스타일 a
+    sub-style."""
     found: dict[str, list[str]] = {KF_STYLE: [], KF_SUB_STYLE: []}
     for number, entry in enumerate(entries, start=1):
         for key, names in found.items():
@@ -91,8 +92,8 @@ def kfashion_rows(records: Iterable[KFashionRecord], source: str, taxonomy: Taxo
     for record in records:
         image_id, problem = match(f"{record.stem}.jpg")
         try:
-            if record.problem or problem:
-                raise RejectedRecord(record.problem or problem)
+            if record.problem or problem or record.main is None:  # parse_kfashion gives a record no main with a problem
+                raise RejectedRecord(record.problem or problem or "no main style")
             unmapped = sorted({n for n in [record.main, *record.sub_styles] if n not in korean})
             if unmapped:
                 raise RejectedRecord(f"Korean style name(s) {unmapped} not in taxonomy '{taxonomy.name}'")

@@ -31,10 +31,10 @@ def source_kind(source: str) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m annotation.labels",
-        description="Turn every label source into the normalised annotations table: Label Studio exports, K-Fashion JSON files "
-        "and image,tags[,main_style] CSV files, each recognised by its shape. Records with no or several main styles, unknown "
-        "styles, or images not in the catalog go to the rejects report. This is the `labels` stage; "
-        "`python -m annotation pull` fetches Label Studio exports from the server.",
+        description="Turn every label source into the normalised annotations table: Label Studio exports, K-Fashion "
+        "JSON files and image,tags[,main_style] CSV files, each recognised by its shape. Records with no or several "
+        "main styles, unknown styles, or images not in the catalog go to the rejects report. This is the `labels` "
+        "stage; `python -m annotation pull` fetches Label Studio exports from the server.",
     )
     parser.add_argument(
         "--params", type=Path, default=DEFAULT_PARAMS, help="params.yaml (taxonomy, crawl.label_exports, crawl.dir)"
@@ -91,19 +91,22 @@ def run(args: argparse.Namespace) -> int:
     )
     rows, rejects = imported.tables()
     valid = rows[~rows["cancelled"]]
+    per_kind = {kind: int(n) for kind, n in valid["source"].map(source_kind).value_counts().sort_index().items()}
     counts = {
         "annotations": len(valid),
         "cancelled": int(rows["cancelled"].sum()),
         "labelled_images": int(valid["image_id"].nunique()),
         "rejected": len(rejects),
-        "per_kind": {kind: int(n) for kind, n in valid["source"].map(source_kind).value_counts().sort_index().items()},
+        "per_kind": per_kind,
     }
     with outputs_together():
         write_parquet(rows, args.out)
         write_csv(rejects, args.rejects)
         write_json(counts, args.metrics)
+    kinds = ", ".join(f"{n} {kind}" for kind, n in per_kind.items())
     print(
-        f"labels: {counts['annotations']} annotations of {counts['labelled_images']} images ({', '.join(f'{n} {kind}' for kind, n in counts['per_kind'].items())}); {counts['rejected']} rejected -> {args.rejects}"
+        f"labels: {counts['annotations']} annotations of {counts['labelled_images']} images ({kinds}); "
+        f"{counts['rejected']} rejected -> {args.rejects}"
     )
     for row in rejects.head(10).itertuples(index=False):
         print(f"  rejected {row.source} {row.record}: {row.reason}")

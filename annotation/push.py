@@ -16,19 +16,19 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
-from label_studio_sdk import LabelStudio
+from label_studio_sdk import AllRolesProjectList, LabelStudio, RoleBasedTask
 from label_studio_sdk.core.api_error import ApiError
 from tqdm import tqdm
 
 from annotation.client import Connection, LabelStudioError
 from annotation.config import labeling_config
 from annotation.importers import MAIN_FIELD, SUB_FIELD
-from pipeline.settings import ParamsError
+from pipeline.settings import Settings, setting
 from pipeline.tables import read_table
 from pipeline.taxonomy import Taxonomy
 from training.labelling_order import ORDERS, labelling_queue
@@ -37,20 +37,20 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class AnnotationSettings:
-    project: str
-    chunk_size: int
-    port: int
-    data_dir: Path
-    document_root: Path
-    order: str  # labelling order of new tasks with predictions: random | least_confident | entropy | entropy_diverse (training/labelling_order.py)
-    round_size: int  # entropy_diverse: images per round, thinned for diversity among themselves and the rounds before
-
-    def __post_init__(self) -> None:
-        if self.order not in ORDERS or self.round_size < 1:
-            raise ParamsError(
-                f"annotation.order must be one of {', '.join(ORDERS)} and annotation.round_size >= 1, not {self.order!r} and {self.round_size} (params.yaml)"
-            )
+class AnnotationSettings(Settings):
+    section = "annotation"
+    project: str = setting("Label Studio project title; push and pull find (or create) the project by it")
+    chunk_size: int = setting("tasks per import request", interval="[1, inf)")
+    port: int = setting("`python -m annotation serve` listens on 127.0.0.1:<port>", interval="[1, 65535]")
+    data_dir: Path = setting("`serve`'s database and uploads (git-ignored)")
+    document_root: Path = setting("local-files root: task URLs are /data/local-files/?d=<path under it>")
+    order: str = setting(
+        "which new tasks experts see first, given a model (docs/expert-time.md): random, or an active-learning order",
+        choices=ORDERS,
+    )
+    round_size: int = setting(
+        "entropy_diverse: tasks per round, kept apart from each other and from earlier rounds", interval="[1, inf)"
+    )
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,8 @@ def _choices(from_name: str, values: list[str]) -> dict:
 
 
 def imported_predictions(labels: pd.DataFrame, version: str) -> dict[str, Prediction]:
-    """Pre-annotations from imported labels (consolidated, one row per image): experts review them rather than label from scratch.
+    """Pre-annotations from imported labels (consolidated, one row per image): experts review them rather than label
+    from scratch.
 
     The model version `version` ("import:<source>") tells them apart from a model's guesses in Label Studio.
     """
@@ -97,7 +98,9 @@ def imported_predictions(labels: pd.DataFrame, version: str) -> dict[str, Predic
             frozenset(subs),
             main_known=isinstance(main, str),
         )
-        for image_id, main, subs in zip(labels["image_id"], labels["main_style"].astype(object), labels["sub_styles"])
+        for image_id, main, subs in zip(
+            labels["image_id"], labels["main_style"].astype(object), labels["sub_styles"], strict=True
+        )
         if isinstance(main, str) or len(subs)
     }
 
@@ -116,7 +119,7 @@ def review_items(path: Path, top: int) -> pd.DataFrame:
         notes = issues.groupby("image_id", sort=False).apply(
             lambda g: "; ".join(
                 f"{kind} {label} (model {p:.2f})"
-                for kind, label, p in zip(g["kind"], g["label"], g["model_probability"])
+                for kind, label, p in zip(g["kind"], g["label"], g["model_probability"], strict=True)
             ),
             include_groups=False,
         )
@@ -130,16 +133,18 @@ def review_title(project: str) -> str:
     return f"{project} (review)"
 
 
-def find_projects(conn: Connection, ls: LabelStudio, *titles: str) -> list:
-    """The project called each of `titles`, or None, from one listing; two of one title are an error (push and pull must mean the same one)."""
-    projects = conn.call("list projects", lambda: list(ls.projects.list()))
-    found = []
+def find_projects(conn: Connection, ls: LabelStudio, *titles: str) -> list[AllRolesProjectList | None]:
+    """The project called each of `titles`, or None, from one listing; two of one title are an error (push and pull must
+    mean the same one)."""
+    projects: list[AllRolesProjectList] = conn.call("list projects", lambda: list(ls.projects.list()))
+    found: list[AllRolesProjectList | None] = []
     for title in titles:
         matches = [p for p in projects if p.title == title]
         if len(matches) > 1:
             raise LabelStudioError(
-                f"{len(matches)} projects on {conn.url} are titled {title!r} (ids {', '.join(str(p.id) for p in matches)}): "
-                "rename or delete all but one in Label Studio, or set annotation.project to another title"
+                f"{len(matches)} projects on {conn.url} are titled {title!r} (ids "
+                f"{', '.join(str(p.id) for p in matches)}): rename or delete all but one in Label Studio, or set "
+                "annotation.project to another title"
             )
         found.append(matches[0] if matches else None)
     return found
@@ -149,13 +154,26 @@ def ensure_project(conn: Connection, ls: LabelStudio, title: str, config: str) -
     """Id of the project called `title`; created if missing, its labeling config updated if stale."""
     [project] = find_projects(conn, ls, title)
     if project is not None:
+        project_id = server_id(project)
         if (project.label_config or "").strip() != config.strip():
-            conn.call("update labeling config", lambda: ls.projects.update(project.id, label_config=config))
-        return project.id
+            conn.call("update labeling config", lambda: ls.projects.update(project_id, label_config=config))
+        return project_id
     created = conn.call(
         "create project", lambda: ls.projects.create(title=title, label_config=config, sampling="Sequential sampling")
     )
-    return created.id
+    return server_id(created)
+
+
+class ServerObject(Protocol):
+    @property
+    def id(self) -> int | None: ...
+
+
+def server_id(obj: ServerObject) -> int:
+    """The id of a project or task that Label Studio sent (the SDK's models declare every field optional)."""
+    if obj.id is None:
+        raise LabelStudioError(f"Label Studio sent a {type(obj).__name__} without an id")
+    return obj.id
 
 
 def ensure_local_storage(conn: Connection, ls: LabelStudio, project_id: int, crawl_dir: Path) -> None:
@@ -171,8 +189,8 @@ def ensure_local_storage(conn: Connection, ls: LabelStudio, project_id: int, cra
 
 def listed_images(ls: LabelStudio, project_id: int) -> list[tuple[int, str]]:
     """(task id, image id) of every task of the project that push made; one page of task objects in memory at a time."""
-    tasks = ls.tasks.list(project=project_id, fields="task_only")  # data only, no annotations or predictions
-    return [(task.id, str(task.data["image_id"])) for task in tasks if task.data and task.data.get("image_id")]
+    tasks: Iterable[RoleBasedTask] = ls.tasks.list(project=project_id, fields="task_only")  # data, no annotations
+    return [(server_id(task), str(task.data["image_id"])) for task in tasks if task.data and task.data.get("image_id")]
 
 
 def crawl_url_prefix(crawl_dir: Path, document_root: Path) -> str:
@@ -180,8 +198,9 @@ def crawl_url_prefix(crawl_dir: Path, document_root: Path) -> str:
     crawl, root = crawl_dir.resolve(), document_root.resolve()
     if not crawl.is_relative_to(root):
         raise LabelStudioError(
-            f"crawl.dir {crawl} is not under annotation.document_root {root}, the only folder Label Studio serves files from: "
-            "in params.yaml, set annotation.document_root to a folder that holds crawl.dir (and restart `serve`), or move the crawl under it"
+            f"crawl.dir {crawl} is not under annotation.document_root {root}, the only folder Label Studio serves "
+            "files from: in params.yaml, set annotation.document_root to a folder that holds crawl.dir (and restart "
+            "`serve`), or move the crawl under it"
         )
     return crawl.relative_to(root).as_posix()
 
@@ -189,7 +208,8 @@ def crawl_url_prefix(crawl_dir: Path, document_root: Path) -> str:
 def task_for(
     image_id: str, path: str, url_prefix: str, prediction: Prediction | None, suspicion: str | None = None
 ) -> dict:
-    """A Label Studio task; `suspicion` (why a review task was sent: a tie, a likely label error) becomes a data field, a column of the Data Manager."""
+    """A Label Studio task; `suspicion` (why a review task was sent: a tie, a likely label error) becomes a data field,
+    a column of the Data Manager."""
     task: dict = {"data": {"image": f"/data/local-files/?d={quote(url_prefix + '/' + path)}", "image_id": image_id}}
     if suspicion:
         task["data"]["suspicion"] = suspicion
@@ -201,7 +221,8 @@ def task_for(
 def in_labelling_order(
     images: pd.DataFrame, predictions: Mapping[str, Prediction], settings: AnnotationSettings
 ) -> pd.DataFrame:
-    """`images` in the order experts should label them (`annotation.order`); images without a prediction (unreadable) last."""
+    """`images` in the order experts should label them (`annotation.order`); images without a prediction (unreadable)
+    last."""
     guessed = images[images["image_id"].isin(predictions)]
     if guessed.empty:
         return images
@@ -237,7 +258,8 @@ def import_chunk(conn: Connection, ls: LabelStudio, project_id: int, chunk: list
             pending = [task for task in chunk if task["data"]["image_id"] not in present]
         attempts += 1
         if pending:
-            ls.projects.import_tasks(project_id, request=pending, request_options={"max_retries": 0})
+            # The SDK serialises task dicts as they are; its type names only its own model class.
+            ls.projects.import_tasks(project_id, request=pending, request_options={"max_retries": 0})  # type: ignore[arg-type]
 
     conn.call(f"import {len(chunk)} tasks", send_missing)
     return attempts > 1
@@ -274,17 +296,20 @@ def remove_duplicate_tasks(conn: Connection, ls: LabelStudio, listed: list[tuple
     copies: dict[str, list[int]] = defaultdict(list)
     for task_id, image_id in listed:
         copies[image_id].append(task_id)
+
+    def read(task_id: int) -> RoleBasedTask | None:
+        return conn.call(f"read task {task_id}", lambda: unless_gone(lambda: ls.tasks.get(str(task_id))))
+
+    def delete(task_id: int) -> None:
+        conn.call(f"delete duplicate task {task_id}", lambda: unless_gone(lambda: ls.tasks.delete(str(task_id))))
+
     removed = 0
     for same in (sorted(ids) for ids in copies.values() if len(ids) > 1):
-        read = [
-            (task_id, conn.call(f"read task {task_id}", lambda: unless_gone(lambda: ls.tasks.get(task_id))))
-            for task_id in same
-        ]
-        present = [(task_id, task) for task_id, task in read if task is not None]
+        present = [(task_id, task) for task_id, task in ((i, read(i)) for i in same) if task is not None]
         fresh = [task_id for task_id, task in present if untouched(task)]
         started = len(fresh) < len(present)
         for task_id in fresh[0 if started else 1 :]:
-            conn.call(f"delete duplicate task {task_id}", lambda: unless_gone(lambda: ls.tasks.delete(str(task_id))))
+            delete(task_id)
             removed += 1
     return removed
 
@@ -318,7 +343,7 @@ def push_images(
         new = in_labelling_order(new, predictions, settings)
     tasks = [
         task_for(i, p, prefix, predictions.get(i), (suspicions or {}).get(i))
-        for i, p in zip(new["image_id"], new["path"])
+        for i, p in zip(new["image_id"], new["path"], strict=True)
     ]
     retried = False
     for chunk in tqdm(list(chunked(tasks, settings.chunk_size)), desc="push", unit="chunk", disable=None):

@@ -72,16 +72,17 @@ def ensure_installed(venv: Path = DEFAULT_VENV) -> Path:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     except (OSError, subprocess.CalledProcessError) as exc:
         raise ServerError(
-            f"could not create the virtual environment {venv} for Label Studio ({exc}); check that `{sys.executable} -m venv` works"
+            f"could not create the virtual environment {venv} for Label Studio ({exc}); check that `{sys.executable} "
+            "-m venv` works"
         ) from None
     requirement = f"label-studio=={LABEL_STUDIO_VERSION}"
     try:
         subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", requirement], check=True)
     except (OSError, subprocess.CalledProcessError) as exc:
         raise ServerError(
-            f"pip could not install {requirement} into {venv} ({exc}; pip's message is above). Usually there is no package "
-            "index: set PIP_INDEX_URL to your mirror, or install from a wheelhouse (a folder with the wheels of label-studio and "
-            "its dependencies) with PIP_NO_INDEX=1 PIP_FIND_LINKS=<folder>; then run `serve` again"
+            f"pip could not install {requirement} into {venv} ({exc}; pip's message is above). Usually there is no "
+            "package index: set PIP_INDEX_URL to your mirror, or install from a wheelhouse (a folder with the wheels "
+            "of label-studio and its dependencies) with PIP_NO_INDEX=1 PIP_FIND_LINKS=<folder>; then run `serve` again"
         ) from None
     stamp.write_text(LABEL_STUDIO_VERSION + "\n")
     return exe
@@ -93,12 +94,13 @@ def credentials() -> dict[str, str]:
     missing = [name for name in CREDENTIAL_ENV if not os.environ.get(name)]
     if missing:
         raise ServerError(
-            f"set {', '.join(missing)} in the environment first (the admin e-mail, a password and the API token the pipeline will use; {token_hint})"
+            f"set {', '.join(missing)} in the environment first (the admin e-mail, a password and the API token the "
+            f"pipeline will use; {token_hint})"
         )
     if len(os.environ["LABEL_STUDIO_API_KEY"]) <= IGNORED_TOKEN_LENGTH:
         raise ServerError(
-            f"LABEL_STUDIO_API_KEY must be longer than {IGNORED_TOKEN_LENGTH} characters: Label Studio ignores a shorter "
-            f"preset token (and writes it into its log), so push and pull would be refused; {token_hint}"
+            f"LABEL_STUDIO_API_KEY must be longer than {IGNORED_TOKEN_LENGTH} characters: Label Studio ignores a "
+            f"shorter preset token (and writes it into its log), so push and pull would be refused; {token_hint}"
         )
     return {name: os.environ[name] for name in CREDENTIAL_ENV}
 
@@ -121,7 +123,8 @@ def server_environment(settings: ServerSettings, creds: dict[str, str]) -> dict[
 
 
 def ensure_port_free(port: int) -> None:
-    """Refuse a taken port: Label Studio would silently move to the next free one while serve waited on (and printed) this one."""
+    """Refuse a taken port: Label Studio would silently move to the next free one while serve waited on (and printed)
+    this one."""
     with socket.socket() as probe:
         probe.setsockopt(
             socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
@@ -195,7 +198,8 @@ def wait_until_healthy(settings: ServerSettings, process: subprocess.Popen, time
             pass
         time.sleep(1)
     raise ServerError(
-        f"Label Studio at {settings.url} did not answer /health within {timeout_s:.0f} s, so it was stopped; see its log {settings.log_path}"
+        f"Label Studio at {settings.url} did not answer /health within {timeout_s:.0f} s, so it was stopped; see its "
+        f"log {settings.log_path}"
     )
 
 
@@ -224,9 +228,10 @@ def check_token(settings: ServerSettings, token: str) -> None:
         raise ServerError(f"Label Studio did not answer {url} ({exc}); see its log {settings.log_path}") from None
     if status in (401, 403):
         raise ServerError(
-            f"Label Studio refused LABEL_STUDIO_API_KEY: this server's database ({settings.data_dir}) was created with another "
-            f"API key, and Label Studio keeps the key (and password) of its first start. Use that key, or remove {settings.data_dir}/ "
-            "to start afresh (that deletes its projects and labels: `python -m annotation pull` them first, with the old key)"
+            f"Label Studio refused LABEL_STUDIO_API_KEY: this server's database ({settings.data_dir}) was created with "
+            "another API key, and Label Studio keeps the key (and password) of its first start. Use that key, or "
+            f"remove {settings.data_dir}/ to start afresh (that deletes its projects and labels: `python -m annotation "
+            "pull` them first, with the old key)"
         )
     if status != 200:
         raise ServerError(f"Label Studio answered HTTP {status} to {url}; see its log {settings.log_path}")

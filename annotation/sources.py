@@ -67,7 +67,7 @@ class CatalogIndex:
         self.ids = set(catalog["image_id"])
         self.by_key: dict[str, str] = {}  # 'batch/file' and 'batch/stem' -> image id
         self.by_name: dict[str, set[str]] = defaultdict(set)  # file name and stem -> image ids
-        for image_id, sources in zip(catalog["image_id"], catalog["sources"]):
+        for image_id, sources in zip(catalog["image_id"], catalog["sources"], strict=True):
             for s in sources:
                 batch, file = s["batch"], s["file"]
                 stem = stem_of(file)
@@ -76,7 +76,8 @@ class CatalogIndex:
                 self.by_name[stem].add(image_id)
 
     def matcher(self, batch: str | None) -> ImageMatcher:
-        """Matches an image name within `batch` (a crawl batch's own label files), else 'batch/file' or a name unique in the catalog."""
+        """Matches an image name within `batch` (a crawl batch's own label files), else 'batch/file' or a name unique in
+        the catalog."""
 
         def match(name: str) -> tuple[str | None, str | None]:
             if batch is not None:
@@ -95,17 +96,20 @@ class CatalogIndex:
                 )
             return (
                 None,
-                f"image {name} names {len(ids)} different catalog images (several batches hold a file of that name): write it as <batch>/{name}",
+                f"image {name} names {len(ids)} different catalog images (several batches hold a file of that name): "
+                f"write it as <batch>/{name}",
             )
 
         return match
 
 
 def label_folders(label_dir: Path) -> dict[Path, list[str]]:
-    """Every folder under `label_dir` (itself included) with the names of its label files; a file of no known shape is an InputError."""
+    """Every folder under `label_dir` (itself included) with the names of its label files; a file of no known shape is
+    an InputError."""
     if not label_dir.is_dir():
         raise InputError(
-            f"label folder {label_dir} does not exist: run `make demo-data`, `python -m annotation pull`, or put your label files there (crawl.label_exports)"
+            f"label folder {label_dir} does not exist: run `make demo-data`, `python -m annotation pull`, or put your "
+            "label files there (crawl.label_exports)"
         )
     folders: dict[Path, list[str]] = {}
     for root, dirs, files in os.walk(label_dir):
@@ -116,15 +120,17 @@ def label_folders(label_dir: Path) -> dict[Path, list[str]]:
         unknown = [f for f in names if os.path.splitext(f)[1].lower() not in (".json", ".csv")]
         if unknown:
             raise InputError(
-                f"{Path(root) / unknown[0]}: not a label file; the label folder holds Label Studio exports (.json lists), K-Fashion label "
-                "files (.json objects, with or without their photos) and image,tags CSV files: move other files elsewhere"
+                f"{Path(root) / unknown[0]}: not a label file; the label folder holds Label Studio exports (.json "
+                "lists), K-Fashion label files (.json objects, with or without their photos) and image,tags CSV files: "
+                "move other files elsewhere"
             )
         folders[Path(root)] = names
     return folders
 
 
 def first_character(path: Path) -> str:
-    """The first non-blank character of a file (after a byte-order mark): '[' for an export, '{' for a K-Fashion file."""
+    """The first non-blank character of a file (after a byte-order mark): '[' for an export, '{' for a K-Fashion
+    file."""
     with path.open("rb") as f:
         head = f.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
     return head[:1].decode("latin-1")
@@ -185,7 +191,8 @@ def read_folder(
             )
         else:
             raise InputError(
-                f"{path}: neither a Label Studio export (a JSON list of tasks) nor a K-Fashion label file (a JSON object)"
+                f"{path}: neither a Label Studio export (a JSON list of tasks) nor a K-Fashion label file (a JSON "
+                "object)"
             )
     table = pd.concat(
         [known, pd.DataFrame(parsed, columns=list(CACHE_COLUMNS)).astype(CACHE_COLUMNS)], ignore_index=True
@@ -196,7 +203,11 @@ def read_folder(
         records = (
             KFashionRecord(stem_of(f), None if pd.isna(m) else m, tuple(subs), None if pd.isna(p) else p)
             for f, m, subs, p in zip(
-                table["file"].tolist(), table["main"].tolist(), table["sub_styles"].tolist(), table["problem"].tolist()
+                table["file"].tolist(),
+                table["main"].tolist(),
+                table["sub_styles"].tolist(),
+                table["problem"].tolist(),
+                strict=True,
             )
         )
         out.extend(kfashion_rows(records, f"kfashion:{source_name}", taxonomy, match))
@@ -231,7 +242,8 @@ def read_batch_labels(batch_dir: Path, index: CatalogIndex, taxonomy: Taxonomy, 
 def read_label_sources(
     label_dir: Path, crawl_dir: Path, catalog: pd.DataFrame, taxonomy: Taxonomy, cache_dir: Path
 ) -> Imported:
-    """Every label record of the label folder and of the crawl batches' label files, with the rejects (the labels stage)."""
+    """Every label record of the label folder and of the crawl batches' label files, with the rejects (the labels
+    stage)."""
     index = CatalogIndex(catalog)
     imported = read_label_folder(label_dir, index, taxonomy, cache_dir)
     for batch_dir in (
@@ -242,7 +254,8 @@ def read_label_sources(
 
 
 def read_labels_at(path: Path, crawl_dir: Path, catalog: pd.DataFrame, taxonomy: Taxonomy, cache_dir: Path) -> Imported:
-    """The label records of one source (`push --labels`): a label file, a folder of them, or a crawl batch with label files beside its photos."""
+    """The label records of one source (`push --labels`): a label file, a folder of them, or a crawl batch with label
+    files beside its photos."""
     index = CatalogIndex(catalog)
     if path.is_file():
         return read_folder(path.parent, [path.name], path.parent.name, None, index, taxonomy, cache_dir)

@@ -1,6 +1,7 @@
 """Active labelling, simulated: how many expert labels each labelling order needs to reach 95% of the full-data mAP.
 
-Usage: python benchmarks/bench_active_labelling.py [CCP options, see bench_ccp_models.py] [--seeds 5] [--seed-size 50] [--round-size 50]
+Usage: python benchmarks/bench_active_labelling.py [CCP options, see bench_ccp_models.py] [--seeds 5] [--seed-size 50]
+           [--round-size 50]
        python benchmarks/bench_active_labelling.py --project .     # the demo: the project's own data/ after `make demo`
 
 The training split is the pool experts label from; its labels are hidden and revealed
@@ -39,7 +40,7 @@ SHARE_OF_FULL = 0.95
 
 def plot(runs: dict[str, list[Simulation]], full: dict[str, float], title: str, path: Path) -> None:
     figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for axis, split in zip(axes, ("val", "test")):
+    for axis, split in zip(axes, ("val", "test"), strict=True):
         for order, sims in runs.items():
             scores = np.array([getattr(s, f"{split}_map") for s in sims]) * 100
             axis.plot(sims[0].labels_used, scores.mean(axis=0), label=order)
@@ -106,7 +107,8 @@ def main() -> None:
     for seed in tqdm(range(args.seeds), desc="seeds", unit="seed"):
         for order in ORDERS:
             runs[order].append(simulate(order, x, targets, split, args.seed_size, args.round_size, rounds, seed))
-    print(f"\n{len(table)} images ({pool} in the pool), {len(labels)} labels; full-data mAP: val {100 * full['val']:.2f}, test {100 * full['test']:.2f}; "
+    print(f"\n{len(table)} images ({pool} in the pool), {len(labels)} labels; "
+          f"full-data mAP: val {100 * full['val']:.2f}, test {100 * full['test']:.2f}; "
           f"seed set {args.seed_size}, rounds of {args.round_size}, {args.seeds} seeds\n")  # fmt: skip
     needed = {
         split: {
@@ -122,7 +124,8 @@ def main() -> None:
         for split in ("val", "test")
     }
     print(
-        f"| order | labels to {SHARE_OF_FULL:.0%} of full val mAP | vs random | mean val mAP over rounds | labels to {SHARE_OF_FULL:.0%} of full test mAP | vs random | mean test mAP over rounds |"
+        f"| order | labels to {SHARE_OF_FULL:.0%} of full val mAP | vs random | mean val mAP over rounds | labels to "
+        f"{SHARE_OF_FULL:.0%} of full test mAP | vs random | mean test mAP over rounds |"
     )
     print("|---|---|---|---|---|---|---|")
     for order in ORDERS:
@@ -136,8 +139,9 @@ def main() -> None:
             ]
         print(f"| {order} | " + " | ".join(cells) + " |")
     chosen = min(ORDERS, key=lambda order: np.mean(needed["val"][order]))
-    print(f"\nchosen on the validation split: {chosen} ({np.mean(needed['val'][chosen]) / np.mean(needed['val']['random']) - 1:+.0%} labels against random; "
-          f"test: {np.mean(needed['test'][chosen]) / np.mean(needed['test']['random']) - 1:+.0%})")  # fmt: skip
+    val_gain = np.mean(needed["val"][chosen]) / np.mean(needed["val"]["random"]) - 1
+    test_gain = np.mean(needed["test"][chosen]) / np.mean(needed["test"]["random"]) - 1
+    print(f"\nchosen on the validation split: {chosen} ({val_gain:+.0%} labels against random; test: {test_gain:+.0%})")
     plot_path = args.plot or plot_path
     plot_path.parent.mkdir(parents=True, exist_ok=True)
     plot(runs, full, f"Simulated expert loop: {len(labels)} labels, pool {pool}", plot_path)

@@ -113,10 +113,11 @@ def variant_params(work: Path, name: str, overrides: dict[str, Any], args: argpa
 def train_variant(work: Path, photos: Path, name: str, params: Path) -> str | None:
     """Train one variant through the real entry point; the divergence message if its loss turned NaN."""
     try:
-        run_stage(f"train@{name}", train.main, ["--model", name, "--dataset", str(work / "dataset.parquet"), "--label-subset", str(work / "label_subset.json"),
-                    "--graph", str(work / "label_graph.npz"), "--features", str(work / "unused.npz"), "--crawl-dir", str(photos),
-                    "--out-dir", str(work / "models" / name), "--live-dir", str(work / "dvclive" / name), "--pixel-cache", str(work / "pixels"),
-                    "--params", str(params)])  # fmt: skip
+        run_stage(f"train@{name}", train.main, ["--model", name, "--dataset", str(work / "dataset.parquet"),
+                    "--label-subset", str(work / "label_subset.json"), "--graph", str(work / "label_graph.npz"),
+                    "--features", str(work / "unused.npz"), "--crawl-dir", str(photos),
+                    "--out-dir", str(work / "models" / name), "--live-dir", str(work / "dvclive" / name),
+                    "--pixel-cache", str(work / "pixels"), "--params", str(params)])  # fmt: skip
     except train.TrainingDiverged as diverged:
         return str(diverged)
     return None
@@ -132,7 +133,8 @@ def build_pixels(work: Path, photos: Path, size: int) -> None:
     )
     shards, decoded = build_cache(catalog, photos, work / "pixels", settings)
     print(
-        f"pixel cache {settings.height}x{settings.width}: {decoded} photos decoded into {shards} shard(s) in {time.perf_counter() - started:.1f} s"
+        f"pixel cache {settings.height}x{settings.width}: {decoded} photos decoded into {shards} shard(s) in "
+        f"{time.perf_counter() - started:.1f} s"
     )
 
 
@@ -165,9 +167,11 @@ def run(ccp: Path, work: Path, args: argparse.Namespace) -> None:
     }
     (work / "params-evaluate.yaml").write_text(yaml.safe_dump(evaluated, sort_keys=False), encoding="utf-8")
     report = work / "evaluation.md"
-    run_stage("evaluate", evaluate.main, ["--dataset", str(work / "dataset.parquet"), "--label-subset", str(work / "label_subset.json"), "--features", str(work / "unused.npz"),
+    run_stage("evaluate", evaluate.main, ["--dataset", str(work / "dataset.parquet"),
+                   "--label-subset", str(work / "label_subset.json"), "--features", str(work / "unused.npz"),
                    "--crawl-dir", str(photos), "--models-dir", str(work / "models"), "--report", str(report),
-                   "--metrics", str(work / "evaluation.json"), "--params", str(work / "params-evaluate.yaml")])  # fmt: skip
+                   "--metrics", str(work / "evaluation.json"),
+                   "--params", str(work / "params-evaluate.yaml")])  # fmt: skip
     device = torch.cuda.get_device_name() if gpu else "cpu"
     print(f"\n{device}: {args.backbone} @ {args.size} px, {args.epochs} epochs of {n_train} training photos\n")
     print(report.read_text(encoding="utf-8").split("## Top-2 all-recall per label")[0])
@@ -184,7 +188,8 @@ def run(ccp: Path, work: Path, args: argparse.Namespace) -> None:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, prefix: str = "") -> None:
-    """--backbone, --weights, --size, --workers: what variant_params needs besides the epochs (shared with diagnose_compile.py)."""
+    """--backbone, --weights, --size, --workers: what variant_params needs besides the epochs (shared with
+    diagnose_compile.py)."""
     parser.add_argument("--backbone", default="tf_efficientnet_lite0", help=f"{prefix}training/backbones.py name")
     parser.add_argument(
         "--weights", default="imagenet", help=f"{prefix}'imagenet' or a state_dict file of the backbone"
@@ -229,7 +234,8 @@ def main() -> None:
     parser.add_argument(
         "--keep-trained",
         action="store_true",
-        help="run: do not retrain a variant whose model the work dir already holds (add variants to a finished comparison; same seed and size assumed)",
+        help="run: do not retrain a variant whose model the work dir already holds (add variants to a finished "
+        "comparison; same seed and size assumed)",
     )
     parser.add_argument(
         "--seed",
@@ -246,13 +252,14 @@ def main() -> None:
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="run: also train fast_bf16_compiled (compiled training went to NaN once on an H200, torch 2.11; on a CPU each graph takes a minute or more to compile)",
+        help="run: also train fast_bf16_compiled (compiled training went to NaN once on an H200, torch 2.11; on a CPU "
+        "each graph takes a minute or more to compile)",
     )
     parser.add_argument(
         "--cpu-bf16",
         action="store_true",
-        help="run: the fast variants' bf16 autocast on the CPU too (train.precision bf16-all), for CPUs with native bf16 "
-        "(AVX512-BF16, AMX): tests the bf16 numerics without a GPU. Without it a CPU run is fp32 throughout",
+        help="run: the fast variants' bf16 autocast on the CPU too (train.precision bf16-all), for CPUs with native "
+        "bf16 (AVX512-BF16, AMX): tests the bf16 numerics without a GPU. Without it a CPU run is fp32 throughout",
     )
     args = parser.parse_args()
     args.work_dir.mkdir(parents=True, exist_ok=True)

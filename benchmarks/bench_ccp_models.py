@@ -35,10 +35,14 @@ SUMMARY_COLUMNS = {
 
 
 def seed_summary(runs: list[dict]) -> str:
-    """Markdown: each model's metrics as mean ± sd over the training seeds, and its mAP minus the baseline's per seed."""
+    """Markdown: each model's metrics as mean ± sd over the training seeds, and its mAP minus the baseline's per
+    seed."""
     first, n = runs[0], len(runs)
-    lines = [f"## {n} training seeds: mean ± sd (test split, {first['n_images']} images; val mAP on the validation split)", "",
-             "| model | " + " | ".join(SUMMARY_COLUMNS.values()) + f" | Δ mAP vs {first['baseline']} (mean ± sd; seed 1's paired 95% interval) |",
+    lines = [f"## {n} training seeds: mean ± sd (test split, {first['n_images']} images; "
+             "val mAP on the validation split)",
+             "",
+             "| model | " + " | ".join(SUMMARY_COLUMNS.values())
+             + f" | Δ mAP vs {first['baseline']} (mean ± sd; seed 1's paired 95% interval) |",
              "|---|" + "---|" * (len(SUMMARY_COLUMNS) + 1)]  # fmt: skip
     for name in first["models"]:
         values = {key: [100 * run["models"][name][key] for run in runs] for key in SUMMARY_COLUMNS}
@@ -48,7 +52,8 @@ def seed_summary(runs: list[dict]) -> str:
         else:
             gaps, one = [100 * run["models"][name]["mAP_minus_baseline"] for run in runs], first["models"][name]
             cells.append(
-                f"{np.mean(gaps):+.2f} ± {np.std(gaps, ddof=1) if n > 1 else 0:.2f} ([{100 * one['mAP_minus_baseline_ci_low']:+.2f}, {100 * one['mAP_minus_baseline_ci_high']:+.2f}])"
+                f"{np.mean(gaps):+.2f} ± {np.std(gaps, ddof=1) if n > 1 else 0:.2f} "
+                f"([{100 * one['mAP_minus_baseline_ci_low']:+.2f}, {100 * one['mAP_minus_baseline_ci_high']:+.2f}])"
             )
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     val = {name: np.mean([run["models"][name]["val_mAP"] for run in runs]) for name in first["models"]}
@@ -72,8 +77,11 @@ def main() -> None:
         out = ccp.work / f"seed-{seed}"
         for model in load_model_specs(ccp.params[seed]):
             ccp.timed(f"train@{model}", train.main, ccp.train_argv(model, seed, out))
-        ccp.timed("evaluate", evaluate.main, [*ccp.common, "--features", str(ccp.data["features.npz"]), "--models-dir", str(out / "models"),
-                                              "--report", str(out / "evaluation.md"), "--metrics", str(out / "evaluation.json"), "--params", str(ccp.params[seed])])  # fmt: skip
+        ccp.timed("evaluate", evaluate.main, [*ccp.common, "--features", str(ccp.data["features.npz"]),
+                                              "--models-dir", str(out / "models"),
+                                              "--report", str(out / "evaluation.md"),
+                                              "--metrics", str(out / "evaluation.json"),
+                                              "--params", str(ccp.params[seed])])  # fmt: skip
         runs.append(json.loads((out / "evaluation.json").read_text(encoding="utf-8")))
     report = (ccp.work / f"seed-{ccp.seeds[0]}" / "evaluation.md").read_text(encoding="utf-8")
     summary = seed_summary(runs)

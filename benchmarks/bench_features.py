@@ -31,7 +31,8 @@ BATCH = 100
 
 
 def dataset_of(photos: list[Path]) -> pd.DataFrame:
-    """A dataset table (as the split stage writes it) of `photos`, 100 per crawl batch, 7 in 10 in the training split."""
+    """A dataset table (as the split stage writes it) of `photos`, 100 per crawl batch, 7 in 10 in the training
+    split."""
     return pd.DataFrame({
         "image_id": [p.stem for p in photos],
         "path": [p.name for p in photos],
@@ -59,7 +60,8 @@ def timed_stage(photos: list[Path], work: Path, cache: Path, settings: FeatureSe
 
 def report(step: str, seconds: float, counts: FeatureCounts) -> None:
     print(
-        f"{step:<44} {seconds:7.1f} s  ({counts.extracted} + {counts.extracted_flips} mirrored extracted of {counts.images} images)"
+        f"{step:<44} {seconds:7.1f} s  ({counts.extracted} + {counts.extracted_flips} mirrored extracted of "
+        f"{counts.images} images)"
     )
 
 
@@ -74,7 +76,7 @@ def main() -> int:
     parser.add_argument(
         "--backbone",
         default="tf_efficientnet_lite0",
-        help="features.backbone (resnet50 needs its weights offline: see README)",
+        help="features.backbone (resnet50 needs its weights offline: see docs/models.md, Backbones)",
     )
     parser.add_argument(
         "--image-size", type=int, default=160, help="features.image_size in px (params.yaml's default: 160)"
@@ -97,7 +99,8 @@ def main() -> int:
         maps=args.maps,
     )
     print(
-        f"{len(photos)} photos from {args.photos}; {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads; {args.backbone} @ {args.image_size} px, maps {args.maps}"
+        f"{len(photos)} photos from {args.photos}; {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch "
+        f"threads; {args.backbone} @ {args.image_size} px, maps {args.maps}"
     )
     with tempfile.TemporaryDirectory() as tmp_name:
         work = Path(tmp_name)
@@ -110,10 +113,12 @@ def main() -> int:
         report(f"[3] all {len(photos)} photos from scratch", rebuild, counts)
         cache_bytes = sum(f.stat().st_size for f in (work / "scratch").iterdir())
     print(
-        f"\nnew batch / from scratch: {incremental / rebuild:.3f} (the batch is {BATCH / len(photos):.3f} of the photos)"
+        f"\nnew batch / from scratch: {incremental / rebuild:.3f} (the batch is {BATCH / len(photos):.3f} of the "
+        "photos)"
     )
     print(
-        f"features cache: {cache_bytes / 2**20:.1f} MiB for {len(photos)} images and their mirror images = {cache_bytes / len(photos) * 10_000 / 2**30:.2f} GiB per 10,000 images"
+        f"features cache: {cache_bytes / 2**20:.1f} MiB for {len(photos)} images and their mirror images = "
+        f"{cache_bytes / len(photos) * 10_000 / 2**30:.2f} GiB per 10,000 images"
     )
     return 0
 

@@ -97,7 +97,8 @@ def main() -> int:
               f"(decoded {decoded_inc})")  # fmt: skip
         print(f"    full rebuild of all {decoded_full} images:              {rebuild:6.2f} s")
         print(
-            f"    incremental / rebuild = {incremental / rebuild:.3f}  (rebuild is {rebuild / incremental:.1f}x the cost)"
+            f"    incremental / rebuild = {incremental / rebuild:.3f}  (rebuild is {rebuild / incremental:.1f}x the "
+            "cost)"
         )
     return 0
 

@@ -1,6 +1,7 @@
 """Ingest at scale: --images small synthetic photos in batches of --batch, ingested whole, then one more small batch.
 
-Usage: python benchmarks/bench_ingest_scale.py [--images 200000] [--batch 10000] [--added 200] [--work-dir /tmp/bench-ingest-scale]
+Usage: python benchmarks/bench_ingest_scale.py [--images 200000] [--batch 10000] [--added 200]
+           [--work-dir /tmp/bench-ingest-scale]
 
 The photos are 64x80 JPEGs of random colour blocks (each its own dHash; a few hundred bytes), so the figures show
 what ingest itself costs per file (listing, decoding, hashing, the catalog, the near-duplicate search at the
@@ -36,9 +37,10 @@ def write_batch(folder: Path, count: int, start: int, rng: np.random.Generator) 
 def timed_ingest(work: Path) -> tuple[float, float, dict]:
     """(seconds, peak MiB of the ingest process, its metrics)."""
     out = work / "out"
-    command = [sys.executable, "-m", "pipeline.ingest", "--crawl-dir", str(work / "crawl"), "--cache-dir", str(out / "cache"),
-               "--catalog", str(out / "catalog.parquet"), "--rejects", str(out / "rejects.csv"),
-               "--near-duplicates", str(out / "near.parquet"), "--metrics", str(out / "metrics.json")]  # fmt: skip
+    command = [sys.executable, "-m", "pipeline.ingest", "--crawl-dir", str(work / "crawl"),
+               "--cache-dir", str(out / "cache"), "--catalog", str(out / "catalog.parquet"),
+               "--rejects", str(out / "rejects.csv"), "--near-duplicates", str(out / "near.parquet"),
+               "--metrics", str(out / "metrics.json")]  # fmt: skip
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
@@ -64,16 +66,19 @@ def main() -> int:
     write_batch(args.work_dir / "crawl" / "batch-9999", args.added, args.images, rng)
     rows.append((f"one more batch of {args.added:,}", *timed_ingest(args.work_dir)))
     print(
-        "\n| run | seconds | vs first ingest | peak MiB (high-water mark of the runs so far) | decoded | near-duplicate search: images |\n|---|---|---|---|---|---|"
+        "\n| run | seconds | vs first ingest | peak MiB (high-water mark of the runs so far) | decoded | "
+        "near-duplicate search: images |\n|---|---|---|---|---|---|"
     )
     for name, seconds, peak, metrics in rows:
         print(
-            f"| {name} | {seconds:.1f} | {seconds / rows[0][1]:.3f} | {peak:.0f} | {metrics['decoded']:,} | {metrics.get('near_duplicate_searched', 0):,} |"
+            f"| {name} | {seconds:.1f} | {seconds / rows[0][1]:.3f} | {peak:.0f} | {metrics['decoded']:,} | "
+            f"{metrics.get('near_duplicate_searched', 0):,} |"
         )
     scale = 1_200_000 / args.images
     print(
-        f"\nat 1.2 M images, extrapolated linearly: first ingest ~{rows[0][1] * scale / 60:.0f} min, a small new batch ~{rows[1][1] * scale:.0f} s; "
-        "the near-duplicate search inside the first run grows with the square of the catalog instead (bench_near_duplicate_search.py)"
+        f"\nat 1.2 M images, extrapolated linearly: first ingest ~{rows[0][1] * scale / 60:.0f} min, a small new batch "
+        f"~{rows[1][1] * scale:.0f} s; the near-duplicate search inside the first run grows with the square of the "
+        "catalog instead (bench_near_duplicate_search.py)"
     )
     return 0
 

@@ -1,7 +1,10 @@
-"""Noise-injection check of the label-issue finder: corrupt a known share of labels, see how many of the corruptions it ranks on top.
+"""Noise-injection check of the label-issue finder: corrupt a known share of labels, see how many of the corruptions it
+ranks on top.
 
-Usage: python benchmarks/bench_label_issues.py [CCP options, see bench_ccp_models.py] [--model csra] [--noise 0.05] [--seeds 3]
-       python benchmarks/bench_label_issues.py --project .     # the demo: the project's own data/ and models/ after `make demo`
+Usage: python benchmarks/bench_label_issues.py [CCP options, see bench_ccp_models.py] [--model csra] [--noise 0.05]
+           [--seeds 3]
+       python benchmarks/bench_label_issues.py --project .
+           (the demo: the project's own data/ and models/ after `make demo`)
 
 CCP (default): the photos go through the project's stages (benchmarks/ccp.py) and the
 model whose recipe the finder copies (--model) is trained once on the clean labels.
@@ -72,7 +75,7 @@ def corrupt(
 def found_share(quality: np.ndarray, corruptions: list[Corruption], listed: int) -> tuple[float, float]:
     """(recall, precision) of the corruptions among the `listed` lowest-quality cells."""
     top = np.argsort(quality, axis=None, kind="stable")[:listed]
-    cells = set(zip(*np.unravel_index(top, quality.shape)))
+    cells = set(zip(*np.unravel_index(top, quality.shape), strict=True))
     hits = [any(cell in cells for cell in c.cells) for c in corruptions]
     corrupted = {cell for c in corruptions for cell in c.cells}
     return float(np.mean(hits)), len(cells & corrupted) / max(len(cells), 1)
@@ -111,7 +114,7 @@ def project_inputs(root: Path, model: str) -> tuple[Path, Path, Path, Path]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_arguments(parser, "/tmp/stylegraph-ccp-issues")
     parser.add_argument(
         "--project",
@@ -160,7 +163,8 @@ def main() -> None:
             ("relative self-confidence", relative_quality(probs, noisy)),
         ):
             recall, precision = found_share(quality, corruptions, listed)
-            top = set(zip(*np.unravel_index(np.argsort(quality, axis=None, kind="stable")[:listed], quality.shape)))
+            lowest = np.argsort(quality, axis=None, kind="stable")[:listed]
+            top = set(zip(*np.unravel_index(lowest, quality.shape), strict=True))
             by_kind = (
                 pd.Series(
                     [any(cell in top for cell in c.cells) for c in corruptions], index=[c.kind for c in corruptions]
@@ -168,11 +172,13 @@ def main() -> None:
                 .groupby(level=0)
                 .mean()
             )
-            rows.append({"seed": seed, "method": method, "injected": len(corruptions), "listed": listed, "chance": listed / noisy.size, "recall": recall, "precision": precision}
+            rows.append({"seed": seed, "method": method, "injected": len(corruptions), "listed": listed,
+                         "chance": listed / noisy.size, "recall": recall, "precision": precision}
                         | {f"recall {k}": v for k, v in by_kind.items()})  # fmt: skip
     results = pd.DataFrame(rows)
     print(
-        f"\n{len(table)} train and validation images, {len(labels)} labels, noise {args.noise:.0%}, model {args.model} ({args.folds} folds)\n"
+        f"\n{len(table)} train and validation images, {len(labels)} labels, noise {args.noise:.0%}, model {args.model} "
+        f"({args.folds} folds)\n"
     )
     print(markdown(results))
     shares = [c for c in results.columns if c.startswith(("chance", "recall", "precision"))]

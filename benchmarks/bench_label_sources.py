@@ -120,7 +120,8 @@ def main() -> int:
     start = time.perf_counter()
     write_files(labels / "kfashion", first, korean, rng)
     print(
-        f"wrote {args.files:,} files ({'sample-shaped' if SAMPLE.is_file() else 'minimal'}) in {time.perf_counter() - start:.1f} s"
+        f"wrote {args.files:,} files ({'sample-shaped' if SAMPLE.is_file() else 'minimal'}) in "
+        f"{time.perf_counter() - start:.1f} s"
     )
     catalog_path = args.work_dir / "catalog.parquet"
     synthetic_catalog(range(first.start, added.stop)).to_parquet(catalog_path)

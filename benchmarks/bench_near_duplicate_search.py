@@ -1,4 +1,5 @@
-"""Near-duplicate search at scale: a catalog of --images hashes in batches of --batch, searched whole, then one new batch.
+"""Near-duplicate search at scale: a catalog of --images hashes in batches of --batch, searched whole, then one new
+batch.
 
 Usage: python benchmarks/bench_near_duplicate_search.py [--images 200000] [--batch 10000] [--distance 8] [--workers 0]
 
@@ -43,7 +44,8 @@ def synthetic(images: int, batch: int, seed: int) -> pd.DataFrame:
         for _ in copies
     ]
     hashes[copies] = hashes[sources] ^ np.array(flips, dtype=np.uint64)
-    return pd.DataFrame({"image_id": [f"{i:016x}" for i in range(images)], "batch": [f"batch-{i // batch:05d}" for i in range(images)],
+    return pd.DataFrame({"image_id": [f"{i:016x}" for i in range(images)],
+                         "batch": [f"batch-{i // batch:05d}" for i in range(images)],
                          "dhash": pd.array(hashes, dtype="UInt64")})  # fmt: skip
 
 

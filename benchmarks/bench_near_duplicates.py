@@ -1,6 +1,7 @@
 """Near-duplicate detection, measured: how many re-posts each detector finds, and how many distinct photos it pairs.
 
-Usage: python benchmarks/bench_near_duplicates.py [--ccp ../shared/datasets/ccp] [--originals 200] [--checkpoint models/linear/best.pt]
+Usage: python benchmarks/bench_near_duplicates.py [--ccp ../shared/datasets/ccp] [--originals 200]
+           [--checkpoint models/linear/best.pt]
 
 Re-posts are made from --originals CCP street photos, each in the forms social media
 produces (every one saved again as JPEG):

@@ -91,7 +91,8 @@ def bench_photo_set(name: str, paths: list[Path], height: int, width: int, repea
     photos, catalog, cores = paths[0].parent, catalog_of(paths), os.cpu_count() or 1
     with Image.open(paths[0]) as first:
         print(
-            f"\n{name}: {len(catalog)} photos ({first.size[0]} x {first.size[1]}), cache {height}x{width}, best of {repeats}"
+            f"\n{name}: {len(catalog)} photos ({first.size[0]} x {first.size[1]}), cache {height}x{width}, best of "
+            f"{repeats}"
         )
     best: dict[str, float] = {}
     for _ in range(repeats):
@@ -118,7 +119,8 @@ def bench_photo_set(name: str, paths: list[Path], height: int, width: int, repea
     print(f"  read back, random batches of 128: {20 * min(128, len(ids)) / (time.perf_counter() - start):.0f} images/s")
     size = sum(p.stat().st_size for p in (work_dir / f"w{cores}").glob("*.npy"))
     print(
-        f"  store: {size / 1e6:.0f} MB for {len(catalog)} images = {size / len(catalog) * 10_000 / 1e9:.2f} GB per 10,000 images"
+        f"  store: {size / 1e6:.0f} MB for {len(catalog)} images = {size / len(catalog) * 10_000 / 1e9:.2f} GB per "
+        "10,000 images"
     )
 
 

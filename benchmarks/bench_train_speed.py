@@ -72,7 +72,8 @@ def paper_rates(model: StyleNet) -> list[dict]:
 
 
 def reference_rate(model: StyleNet, loader: DataLoader, device: torch.device, warmup: int) -> tuple[float, float]:
-    """images/s of a plain fp32 loop that reads the loss back after every step, as the reference code does, and its mean loss."""
+    """images/s of a plain fp32 loop that reads the loss back after every step, as the reference code does, and its mean
+    loss."""
     model = model.to(device).train()
     optimizer, criterion = torch.optim.Adam(paper_rates(model)), nn.BCEWithLogitsLoss()
     batches = iter(loader)
@@ -181,7 +182,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.images < max(*args.batch, args.ref_batch):
         parser.error(
-            f"--images {args.images} is smaller than a batch ({max(*args.batch, args.ref_batch)}): nothing would be timed"
+            f"--images {args.images} is smaller than a batch ({max(*args.batch, args.ref_batch)}): nothing would be "
+            "timed"
         )
     return args
 
@@ -204,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     mean, std = backbone.mean, backbone.std
     name = "cuda " + torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(
-        f"{name}, {torch.get_num_threads()} threads; {args.backbone} @ {args.size} px, {N_LABELS} outputs; {len(paths)} photos x {repeats} = {len(files)} images"
+        f"{name}, {torch.get_num_threads()} threads; {args.backbone} @ {args.size} px, {N_LABELS} outputs; "
+        f"{len(paths)} photos x {repeats} = {len(files)} images"
     )
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -214,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         build_cache(catalog, args.photos, Path(tmp), cache)
         print(
-            f"pixel cache {cache.height}x{cache.width}: {len(paths)} photos decoded once in {time.perf_counter() - start:.1f} s (not counted below)"
+            f"pixel cache {cache.height}x{cache.width}: {len(paths)} photos decoded once in "
+            f"{time.perf_counter() - start:.1f} s (not counted below)"
         )
 
         generator = torch.Generator().manual_seed(args.seed)
@@ -234,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             args.warmup,
         )
         print(
-            f"(a) reference-style: fp32, PIL DataLoader ({args.workers} workers), batch {args.ref_batch}: {ref:9.1f} images/s (mean loss {ref_loss:.4f})"
+            f"(a) reference-style: fp32, PIL DataLoader ({args.workers} workers), batch {args.ref_batch}: {ref:9.1f} "
+            f"images/s (mean loss {ref_loss:.4f})"
         )
 
         order = torch.randperm(len(ids), generator=generator)
@@ -250,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
                 build_model(args.backbone, args.seed), batches, device, args.warmup, args.compile
             )
             print(
-                f"(b) ours: pixel cache + device augment, {how}{', compiled' if args.compile else ''}, batch {batch}: {fast:9.1f} images/s (mean loss {fast_loss:.4f})"
+                f"(b) ours: pixel cache + device augment, {how}{', compiled' if args.compile else ''}, batch {batch}: "
+                f"{fast:9.1f} images/s (mean loss {fast_loss:.4f})"
             )
             print(f"(c) compute only: (b)'s steps on one batch already on the device:     {compute:9.1f} images/s")
             pixels = cached[list(range(batch))][0].to(device)
@@ -258,10 +264,12 @@ def main(argv: list[str] | None = None) -> int:
             for fused in (False, True) if args.compile else (False,):
                 ms = augment_ms(augment(fused=fused), pixels, device)
                 print(
-                    f"(d) device augmentation alone, {'fused' if fused else 'eager'}: {ms:8.2f} ms per batch = {ms / step_ms:.1%} of a (b) step ({step_ms:.1f} ms)"
+                    f"(d) device augmentation alone, {'fused' if fused else 'eager'}: {ms:8.2f} ms per batch = "
+                    f"{ms / step_ms:.1%} of a (b) step ({step_ms:.1f} ms)"
                 )
             print(
-                f"batch {batch}: speed-up (b)/(a) {fast / ref:.2f}x; (b) runs at {fast / compute:.0%} of the compute-only figure (c)"
+                f"batch {batch}: speed-up (b)/(a) {fast / ref:.2f}x; (b) runs at {fast / compute:.0%} of the "
+                "compute-only figure (c)"
             )
     return 0
 

@@ -57,7 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser, work_dir: str, models: str | 
 
 
 def run_stage(name: str, main: Callable[[list[str]], int], argv: list[str]) -> None:
-    """Run a stage's command line; stop the benchmark when it fails (the stage printed why), so no later step reads stale outputs."""
+    """Run a stage's command line; stop the benchmark when it fails (the stage printed why), so no later step reads
+    stale outputs."""
     if status := main(argv):
         raise SystemExit(f"{name} failed with exit status {status}; its message is above")
 
@@ -88,7 +89,8 @@ def stage_inputs(ccp: Path, work: Path, drop: set[str]) -> tuple[Path, Path, Pat
 
 
 def write_params(work: Path, taxonomy: Path, args: argparse.Namespace, seed: int, maps: bool) -> Path:
-    """The project's params with the benchmark's taxonomy, label subset size, backbone, input size, training seed and (for csra heads) feature maps."""
+    """The project's params with the benchmark's taxonomy, label subset size, backbone, input size, training seed and
+    (for csra heads) feature maps."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
     params["taxonomy"] = str(taxonomy)
     params["split"]["top_k"] = args.top_k
@@ -109,9 +111,11 @@ def curation_argv(work: Path, labels: Path, catalog: Path, params: Path) -> dict
     """Command lines of the split and graph stages, writing dataset, label subset and label graph into `work`."""
     return {
         "split": ["--labels", str(labels), "--catalog", str(catalog), "--splits", str(work / "splits.parquet"),
-                  "--dataset", str(work / "dataset.parquet"), "--subset", str(work / "label_subset.json"), "--params", str(params)],
-        "graph": ["--dataset", str(work / "dataset.parquet"), "--subset", str(work / "label_subset.json"), "--out", str(work / "label_graph.npz"),
-                  "--plot", str(work / "label_graph.png"), "--params", str(params)],
+                  "--dataset", str(work / "dataset.parquet"), "--subset", str(work / "label_subset.json"),
+                  "--params", str(params)],
+        "graph": ["--dataset", str(work / "dataset.parquet"), "--subset", str(work / "label_subset.json"),
+                  "--out", str(work / "label_graph.npz"), "--plot", str(work / "label_graph.png"),
+                  "--params", str(params)],
     }  # fmt: skip
 
 
@@ -133,8 +137,9 @@ class Prepared:
 
     def train_argv(self, model: str, seed: int, out: Path) -> list[str]:
         """The train stage's command line for `model` under `seed`, into `out`/models and `out`/dvclive."""
-        return [*self.common, "--model", model, "--graph", str(self.data["label_graph.npz"]), "--features", str(self.data["features.npz"]),
-                "--out-dir", str(out / "models" / model), "--live-dir", str(out / "dvclive" / model), "--params", str(self.params[seed])]  # fmt: skip
+        return [*self.common, "--model", model, "--graph", str(self.data["label_graph.npz"]),
+                "--features", str(self.data["features.npz"]), "--out-dir", str(out / "models" / model),
+                "--live-dir", str(out / "dvclive" / model), "--params", str(self.params[seed])]  # fmt: skip
 
 
 def prepare(args: argparse.Namespace, n_seeds: int, name: str) -> Prepared:

@@ -79,7 +79,8 @@ def compiled(model: torch.nn.Module, config: Config) -> torch.nn.Module:
 def step_losses(
     config: Config, settings: train.TrainSettings, paths: argparse.Namespace, steps: int, seed: int
 ) -> tuple[list[float], float, float]:
-    """Loss of each of the first `steps` optimizer steps (stops at the first non-finite one), of a step on the epoch's last batch, and the seconds taken."""
+    """Loss of each of the first `steps` optimizer steps (stops at the first non-finite one), of a step on the epoch's
+    last batch, and the seconds taken."""
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     train.seed_everything(seed)
     run = train.setup("diagnose", ModelSpec(**MLGCN), settings, paths, device)
@@ -120,12 +121,14 @@ def main() -> None:
         argparse.Namespace(**vars(args), epochs=1, seed=None, fast_warmup_epochs=0, cpu_bf16=False),
     )
     settings = load_section(train.TrainSettings, "train", params)
-    paths = argparse.Namespace(label_subset=work / "label_subset.json", graph=work / "label_graph.npz", dataset=work / "dataset.parquet",
-                               features=work / "unused.npz", crawl_dir=photos, pixel_cache=work / "pixels", params=params)  # fmt: skip
+    paths = argparse.Namespace(label_subset=work / "label_subset.json", graph=work / "label_graph.npz",
+                               dataset=work / "dataset.parquet", features=work / "unused.npz", crawl_dir=photos,
+                               pixel_cache=work / "pixels", params=params)  # fmt: skip
     chosen = [CONFIGS[int(i)] for i in args.configs.split(",") if i] or list(CONFIGS)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     print(
-        f"{device}, torch {torch.__version__}: {args.backbone} @ {args.size} px, ML-GCN, batch {settings.batch_size}, {args.steps} steps\n"
+        f"{device}, torch {torch.__version__}: {args.backbone} @ {args.size} px, ML-GCN, batch {settings.batch_size}, "
+        f"{args.steps} steps\n"
     )
     shown = [s for s in SHOWN_STEPS if s <= args.steps]
     print(

@@ -98,7 +98,8 @@ def main() -> int:
     )
     total = folder_bytes(args.out)
     print(
-        f"{args.out}: {total / 2**20:.1f} MiB ({'fits' if total < CARRY_LIMIT - 4 * 2**20 else 'TOO LARGE for'} the 64 MiB carry with the repository)"
+        f"{args.out}: {total / 2**20:.1f} MiB ({'fits' if total < CARRY_LIMIT - 4 * 2**20 else 'TOO LARGE for'} the 64 "
+        "MiB carry with the repository)"
     )
     return 0
 

@@ -44,14 +44,16 @@ _deferred: ContextVar[list[tuple[Path, Path]] | None] = ContextVar("_deferred", 
 
 @contextmanager
 def storage_errors(target: Path) -> Iterator[None]:
-    """A full disk or a write refused while writing `target` becomes an OutputError that names it and says what to do."""
+    """A full disk or a write refused while writing `target` becomes an OutputError that names it and says what to
+    do."""
     try:
         yield
     except OSError as exc:
         if exc.errno not in STORAGE_ERRORS:
             raise
         raise OutputError(
-            f"{target}: cannot write it ({os.strerror(exc.errno)}); {STORAGE_ERRORS[exc.errno]}. The previous {target.name}, if any, is unchanged"
+            f"{target}: cannot write it ({os.strerror(exc.errno)}); {STORAGE_ERRORS[exc.errno]}. The previous "
+            f"{target.name}, if any, is unchanged"
         ) from exc
 
 

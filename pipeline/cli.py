@@ -68,5 +68,8 @@ def user_message(error: Exception) -> str:
         named_by_pandas = error.errno is None and len(error.args) == 1
         missing = error.filename if error.filename is not None else error.args[0] if named_by_pandas else None
         if missing is not None:
-            return f"{missing}: not found (if a stage writes it, `dvc repro` runs the stages in order; otherwise check the path)"
+            return (
+                f"{missing}: not found (if a stage writes it, `dvc repro` runs the stages in order; otherwise check "
+                "the path)"
+            )
     return text

@@ -17,9 +17,11 @@ def inside(path: str, root: str) -> bool:
 
 
 def batch_folders(crawl_dir: Path) -> tuple[list[Path], list[Path]]:
-    """(batch folders, folders that link outside the crawl and are not to be read), in name order; dot-folders are no batches."""
+    """(batch folders, folders that link outside the crawl and are not to be read), in name order; dot-folders are no
+    batches."""
     root = os.path.realpath(crawl_dir)
-    batches, outside = [], []
+    batches: list[Path] = []
+    outside: list[Path] = []
     for path in sorted(p for p in crawl_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
         (batches if inside(os.path.realpath(path), root) else outside).append(path)
     return batches, outside

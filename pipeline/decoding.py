@@ -1,4 +1,5 @@
-"""Decoding policy shared by every stage that opens pictures: which pixel modes are accepted, how they become RGB, and where Pillow's bomb guard is lifted.
+"""Decoding policy shared by every stage that opens pictures: which pixel modes are accepted, how they become RGB, and
+where Pillow's bomb guard is lifted.
 
 A module of its own (Pillow and numpy only), so the training stages that decode pictures depend
 on this policy (dvc.yaml deps) and not on ingest's implementation (pipeline/images.py).
@@ -9,6 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import cast
 
 import numpy as np
 from PIL import Image, ImageCms
@@ -25,7 +27,10 @@ SUPPORTED_MODES = EIGHT_BIT_MODES | WIDE_MODES | {"LAB"}
 
 def unsupported_mode_reason(mode: str) -> str:
     """Why a picture whose mode is not in SUPPORTED_MODES is refused, and how to convert it."""
-    return f"unsupported pixel mode {mode}: convert the file to 8-bit RGB (e.g. `magick in.tif -depth 8 out.png`) and put it back in the batch"
+    return (
+        f"unsupported pixel mode {mode}: convert the file to 8-bit RGB (e.g. `magick in.tif -depth 8 out.png`) and put "
+        "it back in the batch"
+    )
 
 
 def wide_to_8bit(values: np.ndarray, mode: str) -> np.ndarray:
@@ -46,11 +51,12 @@ def wide_to_8bit(values: np.ndarray, mode: str) -> np.ndarray:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """The picture in 8-bit RGB: 16- and 32-bit grey scaled (`wide_to_8bit`), LAB through a colour conversion (LittleCMS, to sRGB)."""
+    """The picture in 8-bit RGB: 16- and 32-bit grey scaled (`wide_to_8bit`), LAB through a colour conversion
+    (LittleCMS, to sRGB)."""
     if image.mode in WIDE_MODES:
         return Image.fromarray(wide_to_8bit(np.asarray(image), image.mode), mode="L").convert("RGB")
     if image.mode == "LAB":
-        return ImageCms.applyTransform(image, _lab_to_srgb())
+        return cast(Image.Image, ImageCms.applyTransform(image, _lab_to_srgb()))  # a new image: None only when inPlace
     return image.convert("RGB")
 
 

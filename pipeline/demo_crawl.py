@@ -89,29 +89,75 @@ class StyleLook:
 
 
 LOOKS: dict[str, StyleLook] = {
-    "Casual": StyleLook(((70, 110, 170), (240, 240, 235), (150, 150, 150), (40, 60, 100)), ("tee", "shirt", "hoodie"), ("jeans", "slim_pants", "shorts"), ("solid", "solid", "stripes"), ("sneakers",), ("cap", "bag")),
-    "Romantic": StyleLook(((245, 190, 205), (230, 210, 240), (255, 240, 225), (250, 160, 180)), ("blouse", "knit"), ("midi_skirt", "dress"), ("floral", "dots", "solid"), ("heels", "sandals"), ("headband", "bag")),
-    "Sexy": StyleLook(((15, 15, 15), (190, 20, 40), (120, 0, 30)), ("crop", "blouse"), ("mini_skirt", "dress"), ("solid", "solid"), ("heels",), ("sunglasses", "chain")),
-    "Ethnic": StyleLook(((170, 90, 40), (200, 150, 60), (110, 60, 30), (60, 100, 90)), ("blouse", "knit"), ("maxi_skirt", "wide_pants"), ("zigzag", "paisley"), ("sandals",), ("scarf", "bag")),
-    "Elegant": StyleLook(((25, 35, 70), (235, 225, 205), (120, 20, 50)), ("blouse", "blazer"), ("midi_skirt", "dress"), ("solid", "solid"), ("heels",), ("bag", "belt")),
-    "Natural": StyleLook(((210, 195, 165), (130, 140, 90), (245, 240, 225), (160, 120, 80)), ("shirt", "knit"), ("wide_pants", "maxi_skirt"), ("solid", "linen"), ("sandals", "loafers"), ("hat", "bag")),
-    "Sporty": StyleLook(((230, 40, 40), (30, 90, 220), (250, 250, 250), (250, 210, 0)), ("hoodie", "tee"), ("shorts", "slim_pants"), ("sport_stripes", "solid"), ("sneakers",), ("cap",)),
-    "Retro": StyleLook(((210, 160, 30), (150, 80, 30), (220, 110, 50), (90, 110, 60)), ("shirt", "knit"), ("wide_pants", "midi_skirt"), ("dots", "check"), ("loafers", "boots"), ("sunglasses", "scarf")),
-    "Classic": StyleLook(((25, 40, 80), (190, 150, 100), (245, 245, 240)), ("blazer", "shirt", "trench"), ("slim_pants", "midi_skirt"), ("solid", "check"), ("loafers", "heels"), ("bag", "belt")),
-    "Businesscasual": StyleLook(((90, 95, 105), (30, 45, 85), (235, 235, 240)), ("blazer", "shirt"), ("slim_pants",), ("solid", "pinstripe"), ("loafers",), ("bag",)),
-    "Exotic": StyleLook(((0, 170, 140), (250, 120, 0), (230, 30, 120), (250, 220, 0)), ("blouse", "crop"), ("maxi_skirt", "dress"), ("tropical", "floral"), ("sandals",), ("hat",)),
-    "Modern": StyleLook(((20, 20, 20), (245, 245, 245), (128, 128, 128)), ("shirt", "trench", "knit"), ("wide_pants", "slim_pants"), ("solid",), ("loafers", "boots"), ("bag",)),
-    "Sophisticated": StyleLook(((60, 60, 65), (230, 220, 200), (100, 80, 70)), ("trench", "blazer"), ("slim_pants", "midi_skirt"), ("solid",), ("heels", "boots"), ("bag",)),
-    "Glamorous": StyleLook(((210, 170, 50), (180, 30, 60), (20, 20, 20)), ("crop", "blouse"), ("dress", "mini_skirt"), ("sparkle",), ("heels",), ("chain", "sunglasses")),
-    "Manish": StyleLook(((80, 70, 60), (110, 110, 110), (30, 30, 40)), ("blazer", "shirt"), ("wide_pants",), ("pinstripe", "solid"), ("loafers",), ("hat",)),
-    "Hippie": StyleLook(((230, 120, 180), (120, 200, 120), (250, 200, 60), (120, 120, 230)), ("blouse", "tee"), ("maxi_skirt", "wide_pants"), ("tiedye",), ("sandals",), ("headband",)),
-    "Gothpunkrocker": StyleLook(((10, 10, 10), (170, 0, 0), (60, 60, 60)), ("jacket", "tee"), ("slim_pants", "mini_skirt"), ("studs", "plaid"), ("boots",), ("chain",)),
-    "Military": StyleLook(((85, 95, 50), (140, 120, 80), (60, 55, 40)), ("jacket", "shirt"), ("cargo",), ("camo", "solid"), ("boots",), ("belt", "cap")),
-    "Tomboy": StyleLook(((50, 60, 80), (200, 200, 200), (90, 120, 150)), ("shirt", "hoodie"), ("jeans", "cargo"), ("solid", "check"), ("sneakers",), ("cap",)),
-    "Kitschkidult": StyleLook(((255, 120, 200), (120, 230, 255), (255, 240, 80), (160, 255, 140)), ("tee", "knit"), ("mini_skirt", "shorts"), ("hearts", "dots"), ("sneakers",), ("headband", "bag")),
-    "Hiphop": StyleLook(((240, 190, 0), (20, 20, 20), (200, 30, 30)), ("hoodie", "tee"), ("cargo", "wide_pants"), ("solid", "logo"), ("sneakers",), ("cap", "chain")),
-    "Grunge": StyleLook(((90, 30, 30), (50, 50, 60), (100, 90, 60)), ("shirt", "jacket"), ("jeans",), ("plaid",), ("boots",), ("chain",)),
-    "Preppy": StyleLook(((20, 60, 40), (25, 35, 80), (240, 240, 230), (150, 20, 30)), ("knit", "blazer"), ("mini_skirt", "slim_pants"), ("plaid", "check"), ("loafers",), ("headband", "bag")),
+    "Casual": StyleLook(((70, 110, 170), (240, 240, 235), (150, 150, 150), (40, 60, 100)),
+        ("tee", "shirt", "hoodie"), ("jeans", "slim_pants", "shorts"), ("solid", "solid", "stripes"),
+        ("sneakers",), ("cap", "bag")),
+    "Romantic": StyleLook(((245, 190, 205), (230, 210, 240), (255, 240, 225), (250, 160, 180)),
+        ("blouse", "knit"), ("midi_skirt", "dress"), ("floral", "dots", "solid"),
+        ("heels", "sandals"), ("headband", "bag")),
+    "Sexy": StyleLook(((15, 15, 15), (190, 20, 40), (120, 0, 30)),
+        ("crop", "blouse"), ("mini_skirt", "dress"), ("solid", "solid"),
+        ("heels",), ("sunglasses", "chain")),
+    "Ethnic": StyleLook(((170, 90, 40), (200, 150, 60), (110, 60, 30), (60, 100, 90)),
+        ("blouse", "knit"), ("maxi_skirt", "wide_pants"), ("zigzag", "paisley"),
+        ("sandals",), ("scarf", "bag")),
+    "Elegant": StyleLook(((25, 35, 70), (235, 225, 205), (120, 20, 50)),
+        ("blouse", "blazer"), ("midi_skirt", "dress"), ("solid", "solid"),
+        ("heels",), ("bag", "belt")),
+    "Natural": StyleLook(((210, 195, 165), (130, 140, 90), (245, 240, 225), (160, 120, 80)),
+        ("shirt", "knit"), ("wide_pants", "maxi_skirt"), ("solid", "linen"),
+        ("sandals", "loafers"), ("hat", "bag")),
+    "Sporty": StyleLook(((230, 40, 40), (30, 90, 220), (250, 250, 250), (250, 210, 0)),
+        ("hoodie", "tee"), ("shorts", "slim_pants"), ("sport_stripes", "solid"),
+        ("sneakers",), ("cap",)),
+    "Retro": StyleLook(((210, 160, 30), (150, 80, 30), (220, 110, 50), (90, 110, 60)),
+        ("shirt", "knit"), ("wide_pants", "midi_skirt"), ("dots", "check"),
+        ("loafers", "boots"), ("sunglasses", "scarf")),
+    "Classic": StyleLook(((25, 40, 80), (190, 150, 100), (245, 245, 240)),
+        ("blazer", "shirt", "trench"), ("slim_pants", "midi_skirt"), ("solid", "check"),
+        ("loafers", "heels"), ("bag", "belt")),
+    "Businesscasual": StyleLook(((90, 95, 105), (30, 45, 85), (235, 235, 240)),
+        ("blazer", "shirt"), ("slim_pants",), ("solid", "pinstripe"),
+        ("loafers",), ("bag",)),
+    "Exotic": StyleLook(((0, 170, 140), (250, 120, 0), (230, 30, 120), (250, 220, 0)),
+        ("blouse", "crop"), ("maxi_skirt", "dress"), ("tropical", "floral"),
+        ("sandals",), ("hat",)),
+    "Modern": StyleLook(((20, 20, 20), (245, 245, 245), (128, 128, 128)),
+        ("shirt", "trench", "knit"), ("wide_pants", "slim_pants"), ("solid",),
+        ("loafers", "boots"), ("bag",)),
+    "Sophisticated": StyleLook(((60, 60, 65), (230, 220, 200), (100, 80, 70)),
+        ("trench", "blazer"), ("slim_pants", "midi_skirt"), ("solid",),
+        ("heels", "boots"), ("bag",)),
+    "Glamorous": StyleLook(((210, 170, 50), (180, 30, 60), (20, 20, 20)),
+        ("crop", "blouse"), ("dress", "mini_skirt"), ("sparkle",),
+        ("heels",), ("chain", "sunglasses")),
+    "Manish": StyleLook(((80, 70, 60), (110, 110, 110), (30, 30, 40)),
+        ("blazer", "shirt"), ("wide_pants",), ("pinstripe", "solid"),
+        ("loafers",), ("hat",)),
+    "Hippie": StyleLook(((230, 120, 180), (120, 200, 120), (250, 200, 60), (120, 120, 230)),
+        ("blouse", "tee"), ("maxi_skirt", "wide_pants"), ("tiedye",),
+        ("sandals",), ("headband",)),
+    "Gothpunkrocker": StyleLook(((10, 10, 10), (170, 0, 0), (60, 60, 60)),
+        ("jacket", "tee"), ("slim_pants", "mini_skirt"), ("studs", "plaid"),
+        ("boots",), ("chain",)),
+    "Military": StyleLook(((85, 95, 50), (140, 120, 80), (60, 55, 40)),
+        ("jacket", "shirt"), ("cargo",), ("camo", "solid"),
+        ("boots",), ("belt", "cap")),
+    "Tomboy": StyleLook(((50, 60, 80), (200, 200, 200), (90, 120, 150)),
+        ("shirt", "hoodie"), ("jeans", "cargo"), ("solid", "check"),
+        ("sneakers",), ("cap",)),
+    "Kitschkidult": StyleLook(((255, 120, 200), (120, 230, 255), (255, 240, 80), (160, 255, 140)),
+        ("tee", "knit"), ("mini_skirt", "shorts"), ("hearts", "dots"),
+        ("sneakers",), ("headband", "bag")),
+    "Hiphop": StyleLook(((240, 190, 0), (20, 20, 20), (200, 30, 30)),
+        ("hoodie", "tee"), ("cargo", "wide_pants"), ("solid", "logo"),
+        ("sneakers",), ("cap", "chain")),
+    "Grunge": StyleLook(((90, 30, 30), (50, 50, 60), (100, 90, 60)),
+        ("shirt", "jacket"), ("jeans",), ("plaid",),
+        ("boots",), ("chain",)),
+    "Preppy": StyleLook(((20, 60, 40), (25, 35, 80), (240, 240, 230), (150, 20, 30)),
+        ("knit", "blazer"), ("mini_skirt", "slim_pants"), ("plaid", "check"),
+        ("loafers",), ("headband", "bag")),
 }  # fmt: skip
 
 SKIN_TONES: tuple[RGB, ...] = ((241, 204, 178), (224, 172, 140), (198, 134, 100), (150, 100, 70), (95, 65, 45))
@@ -519,13 +565,14 @@ def label_studio_task(
     task_id: int, photo: DemoPhoto, batch: str, rng: random.Random, names: list[str], posted: datetime
 ) -> dict:
     """One task as Label Studio's JSON export writes it (choices for main and sub-styles)."""
+    assert photo.main is not None, f"{photo.file}: only labelled photos become tasks"
     opinions = [(photo.main, photo.subs)]
     for p in EXTRA_ANNOTATOR_P:
         if rng.random() < p:
             opinions.append(second_opinion(rng, names, photo.main, photo.subs))
     experts = rng.sample(ANNOTATORS, len(opinions))
     annotations = []
-    for n, ((main, subs), expert) in enumerate(zip(opinions, experts)):
+    for n, ((main, subs), expert) in enumerate(zip(opinions, experts, strict=True)):
         created = posted + timedelta(days=2, minutes=rng.randint(0, 600))
         result = [
             {
@@ -593,7 +640,7 @@ def generate_batch(
         with open(tmp / "metadata.csv", "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(["file", "source", "post_id", "posted_at"])
-            for photo, when in zip(files, posted):
+            for photo, when in zip(files, posted, strict=True):
                 known = [part for part in photo.file.split("_") if part in SOURCES]
                 writer.writerow(
                     [
@@ -604,8 +651,8 @@ def generate_batch(
                     ]
                 )
     seen: set[str] = set()
-    tasks = []
-    for photo, when in zip(files, posted):
+    tasks: list[dict] = []
+    for photo, when in zip(files, posted, strict=True):
         image_id = content_id(photo.data)
         if photo.main is None or image_id in seen:
             continue
@@ -674,7 +721,8 @@ def run(args: argparse.Namespace) -> int:
     exports_dir = args.exports_dir or params.crawl.label_exports
     written = generate(settings, names, crawl_dir, exports_dir, force=args.force)
     print(
-        f"demo_crawl: wrote {len(written)} batch(es) {written} to {crawl_dir} (labels in {exports_dir}); SYNTHETIC pictures"
+        f"demo_crawl: wrote {len(written)} batch(es) {written} to {crawl_dir} (labels in {exports_dir}); SYNTHETIC "
+        "pictures"
     )
     return 0
 

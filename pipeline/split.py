@@ -9,9 +9,14 @@ an order fixed by a seeded hash of the image id. Delete splits.parquet to re-spl
 
 Eligible images: consolidated, not tied (needs_review false), at least one label.
 
-Leakage: given ingest's near-duplicate pairs, the pairs whose two images lie in
-different splits (a re-post in test of a photo in train flatters the test scores) are
-listed in the leakage table for review. Assignments are not moved to fix them.
+Near-duplicates: a re-post in test of a photo in train flatters the test scores. Given
+ingest's near-duplicate pairs, new images are kept together: the pairs at most
+`split.near_duplicates_together` bits apart join images into groups, and every new
+image of a group takes the split of the group's images assigned earlier (the most common
+one), or else of its first new image in the stratified order. Groups may shift a
+stratum's shares slightly off their targets. The pairs whose two images still lie in
+different splits (assigned before, or further apart) are listed in the leakage table for
+review. Assignments are never moved to fix them.
 
 Label subset (the paper's top-K): the K styles with most images as main style
 (most images with the label, for tag taxonomies), ties broken by taxonomy order;
@@ -25,7 +30,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +41,7 @@ import pyarrow as pa
 from pipeline.atomic import outputs_together, write_json, write_parquet
 from pipeline.cli import report_user_errors
 from pipeline.labelsets import main_and_sub_matrices
-from pipeline.settings import DEFAULT_PARAMS, ParamsError, load_params, load_section
+from pipeline.settings import DEFAULT_PARAMS, Settings, load_params, load_section, setting
 from pipeline.tables import empty_table, read_table
 from pipeline.taxonomy import load_taxonomy
 
@@ -44,18 +49,27 @@ SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
-class SplitSettings:
-    seed: int  # fixes the order in which new images of a stratum fill the splits
-    train: float
-    val: float
-    test: float
-    top_k: int  # keep the K most frequent labels; 0 = all labels
+class SplitSettings(Settings):
+    section = "split"
+    seed: int = setting("orders NEW images inside a stratum; images already assigned never move")
+    train: float = setting("share of each stratum in the train split", interval="[0, 1]")
+    val: float = setting("share in the validation split (model and setting choices are made here)", interval="[0, 1]")
+    test: float = setting("share in the test split (read once, by evaluate)", interval="[0, 1]")
+    top_k: int = setting(
+        "label subset: the K styles with most images as main style; 0 = all (the paper: 5 and 7)", interval="[0, inf)"
+    )
+    near_duplicates_together: int = setting(
+        "new images in near-duplicate pairs at most this many dHash bits apart go to one split (from ingest's list,"
+        " up to ingest.near_duplicate_distance); -1: off (docs/near-duplicates.md)",
+        interval="[-1, 64]",
+    )
+
+    def rules(self) -> Iterator[str]:
+        if not np.isclose(self.train + self.val + self.test, 1.0):
+            yield f"split: train + val + test must sum to 1, got {[self.train, self.val, self.test]}"
 
     def fractions(self) -> np.ndarray:
-        shares = np.array([self.train, self.val, self.test], dtype=np.float64)
-        if (shares < 0).any() or not np.isclose(shares.sum(), 1.0):
-            raise ParamsError(f"split: train + val + test must be non-negative and sum to 1, got {shares.tolist()}")
-        return shares
+        return np.array([self.train, self.val, self.test], dtype=np.float64)
 
 
 def largest_remainder(totals: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -83,11 +97,51 @@ def eligible_images(labels: pd.DataFrame, names: Sequence[str]) -> tuple[pd.Data
     return rows, main, sub
 
 
-def assign_splits(existing: pd.DataFrame, images: pd.DataFrame, settings: SplitSettings) -> pd.DataFrame:
+def components(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    """Connected components of the graph on n nodes with edges a[i]-b[i]: each node's smallest member."""
+    parent = list(range(n))
+
+    def root(node: int) -> int:
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]  # path halving
+            node = parent[node]
+        return node
+
+    for x, y in zip(a.tolist(), b.tolist(), strict=True):
+        rx, ry = root(x), root(y)
+        if rx != ry:
+            parent[max(rx, ry)] = min(rx, ry)
+    return np.array([root(node) for node in range(n)], dtype=np.int64)
+
+
+def keep_together(new: pd.DataFrame, existing: pd.DataFrame, pairs: pd.DataFrame) -> pd.Series:
+    """The split of each new image (rows of `new`, in the stratified order, with their allocated split) once
+    near-duplicate groups are kept in one split: a group's earlier images decide (their most common split,
+    train before val before test on ties), else its first new image."""
+    ids = pd.Index(pd.concat([pairs["image_id_a"], pairs["image_id_b"]]).astype(str).unique())
+    group_of = pd.Series(
+        components(
+            ids.get_indexer(pairs["image_id_a"].astype(str)), ids.get_indexer(pairs["image_id_b"].astype(str)), len(ids)
+        ),
+        index=ids,
+    )
+    new_groups = new["image_id"].astype(str).map(group_of)
+    grouped = new.assign(group=new_groups.to_numpy())[new_groups.notna().to_numpy()]
+    choice = grouped.groupby("group", sort=False)["split"].first()  # `new` is in allocation order
+    old = existing.assign(group=existing["image_id"].astype(str).map(group_of).to_numpy()).dropna(subset=["group"])
+    earlier = old.groupby("group")["split"].agg(lambda s: s.value_counts().reindex(list(SPLITS)).idxmax())
+    choice.update(earlier)
+    return new["split"].where(new_groups.isna().to_numpy(), new_groups.map(choice).to_numpy())
+
+
+def assign_splits(
+    existing: pd.DataFrame, images: pd.DataFrame, settings: SplitSettings, pairs: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """All assignments (image_id, split): the existing ones untouched plus the new images of `images`.
 
     `images` has image_id and stratum. For each stratum, the new images go where the
-    stratum's current members (old + new) fall short of the target shares.
+    stratum's current members (old + new) fall short of the target shares; then, given
+    near-duplicate `pairs` (image_id_a, image_id_b, distance), groups are kept in one split.
     """
     known = images["image_id"].isin(existing["image_id"])
     old = images[known].merge(existing, on="image_id")
@@ -111,6 +165,9 @@ def assign_splits(existing: pd.DataFrame, images: pd.DataFrame, settings: SplitS
     position = new.groupby("stratum").cumcount().to_numpy()
     limits = bounds.loc[new["stratum"]].to_numpy()
     new["split"] = np.asarray(SPLITS)[(position[:, None] >= limits).sum(axis=1)]
+    close = pairs[pairs["distance"] <= settings.near_duplicates_together] if pairs is not None else None
+    if close is not None and not close.empty:
+        new["split"] = keep_together(new, existing, close)
     merged = pd.concat([existing, new[["image_id", "split"]]], ignore_index=True)
     return merged.astype({"image_id": "string", "split": "string"}).sort_values("image_id", ignore_index=True)
 
@@ -216,12 +273,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--near-duplicates",
         type=Path,
-        help="ingest's near-duplicate pairs; with --leakage, the pairs that cross splits are listed",
+        help="ingest's near-duplicate pairs: new near-duplicates are kept in one split (split.near_duplicates_together)"
+        "; with --leakage, the pairs that still cross splits are listed",
     )
     parser.add_argument(
         "--leakage",
         type=Path,
-        help="output: near-duplicate pairs whose images lie in different splits (image_id_a, split_a, image_id_b, split_b, distance)",
+        help="output: near-duplicate pairs whose images lie in different splits (image_id_a, split_a, image_id_b, "
+        "split_b, distance)",
     )
     return parser.parse_args(argv)
 
@@ -238,10 +297,11 @@ def run(args: argparse.Namespace) -> int:
     catalog = read_table(args.catalog, columns=["image_id", "path", "batch"])
     rows, main, sub = eligible_images(labels, names)
     existing = read_splits(args.splits)
-    splits = assign_splits(existing, rows[["image_id", "stratum"]], settings)
+    pairs = read_table(args.near_duplicates) if args.near_duplicates else None
+    splits = assign_splits(existing, rows[["image_id", "stratum"]], settings, pairs)
     subset = select_labels(main, sub, names, settings.top_k)
     dataset = build_dataset(rows, main, sub, subset, names, splits, catalog)
-    leakage = split_leakage(read_table(args.near_duplicates), splits) if args.near_duplicates and args.leakage else None
+    leakage = split_leakage(pairs, splits) if pairs is not None and args.leakage else None
     with outputs_together():
         write_parquet(splits, args.splits)
         write_parquet(dataset, args.dataset)
@@ -250,7 +310,8 @@ def run(args: argparse.Namespace) -> int:
             write_parquet(leakage, args.leakage)
     sizes = dataset["split"].value_counts().reindex(list(SPLITS), fill_value=0)
     print(
-        f"split: {len(splits) - len(existing)} new images assigned ({len(splits)} in all); dataset {len(dataset)} images, "
+        f"split: {len(splits) - len(existing)} new images assigned ({len(splits)} in all); "
+        f"dataset {len(dataset)} images, "
         + ", ".join(f"{k} {v}" for k, v in sizes.items())
         + f"; {len(subset)} labels"
         + (

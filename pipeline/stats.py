@@ -102,7 +102,7 @@ def plot_trend(by_batch: pd.DataFrame, target: Path) -> None:
     shares = by_batch.pivot(index="batch", columns="style", values="main_share")
     shares = shares[by_batch["style"].drop_duplicates()]
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    colours = plt.get_cmap("tab20").colors + plt.get_cmap("tab20b").colors
+    colours = [cmap(i) for cmap in (plt.get_cmap("tab20"), plt.get_cmap("tab20b")) for i in range(cmap.N)]  # 40 colours
     for k, style in enumerate(shares.columns):
         ax.plot(shares.index, shares[style], marker="o", label=style, color=colours[k % len(colours)])
     ax.set_xlabel("crawl batch")

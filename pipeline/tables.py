@@ -1,4 +1,5 @@
-"""Tables between stages: typed empty tables, Parquet inputs read with the file named when they are damaged, and caches."""
+"""Tables between stages: typed empty tables, Parquet inputs read with the file named when they are damaged, and
+caches."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ def read_table(path: Path, columns: Sequence[str] | None = None) -> pd.DataFrame
 
 
 def read_cache(path: Path, columns: Mapping[str, str], prog: str, remedy: str) -> pd.DataFrame | None:
-    """A stage's own cache table (a persistent output it reads back), typed as `columns`; None when there is none to use.
+    """A stage's own cache table (a persistent output it reads back), typed as `columns`; None when there is none to
+    use.
 
     A damaged cache, or one in another layout (written by an older version), is not an error: `<prog>: warning:`
     says so and what the stage does instead (`remedy`), and the stage rebuilds it.

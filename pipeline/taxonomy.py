@@ -51,7 +51,8 @@ def label_words(entry: dict, path: Path) -> tuple[str, ...]:
     words = entry["words"]
     if not (isinstance(words, list) and words and all(isinstance(w, str) and w.strip() for w in words)):
         raise TaxonomyError(
-            f"{path}: label {entry['name']!r}: 'words' must be a non-empty list of words, e.g. words: [romantic]; found {words!r}"
+            f"{path}: label {entry['name']!r}: 'words' must be a non-empty list of words, e.g. words: [romantic]; "
+            f"found {words!r}"
         )
     return tuple(words)
 

@@ -30,7 +30,7 @@ from pandas.api import types as ptypes
 from pipeline.atomic import atomic_dir, write_json
 from pipeline.cli import report_user_errors
 from pipeline.labelsets import flatten_lists
-from pipeline.settings import DEFAULT_PARAMS, load_params, load_section
+from pipeline.settings import DEFAULT_PARAMS, Settings, load_params, load_section, setting
 from pipeline.tables import read_table
 from pipeline.taxonomy import load_taxonomy
 
@@ -61,11 +61,18 @@ SCHEMA: dict[str, dict[str, str]] = {
 
 
 @dataclass(frozen=True)
-class ValidateSettings:
-    require_main: bool  # every image has exactly one main style (false for tag taxonomies)
-    min_images_per_style: int  # warn when a style is named on fewer images (main or sub)
-    min_alpha: float  # warn when the experts' agreement on a style, as Krippendorff's alpha, is below this
-    fail_on_warnings: bool  # treat warnings as errors
+class ValidateSettings(Settings):
+    section = "validate"
+    require_main: bool = setting(
+        "every image has exactly one main style (false for tag taxonomies without a main label)"
+    )
+    min_images_per_style: int = setting("warn when a style is named (main or sub) on fewer images", interval="[0, inf)")
+    min_alpha: float = setting(
+        "warn when experts agree on a style less than this, as Krippendorff's alpha (0.667: his bar for tentative"
+        " conclusions)",
+        interval="[-1, 1]",
+    )
+    fail_on_warnings: bool = setting("warnings stop the pipeline like errors")
 
 
 @dataclass(frozen=True)
@@ -182,7 +189,8 @@ def style_counts(styles: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
 
 
 def style_alphas(agreement: pd.DataFrame) -> pd.DataFrame:
-    """(style, images, alpha) of each style the experts named, from the agreement table (annotation/agreement.py); alpha NaN where undefined."""
+    """(style, images, alpha) of each style the experts named, from the agreement table (annotation/agreement.py); alpha
+    NaN where undefined."""
     styles = agreement[(agreement["scope"] == "style") & (agreement["measure"] == "named")]
     return pd.DataFrame(
         {
@@ -316,14 +324,15 @@ def content_checks(settings: ValidateSettings, names: Sequence[str]) -> list[Che
                 image,
                 "Exactly one main style per labelled image (ties aside)",
                 column="main_style",
-                row_condition=Column("needs_review") == False,
-            ),  # noqa: E712 (builds a GX condition)
+                row_condition=Column("needs_review") == False,  # noqa: E712 (builds a GX condition)
+            ),
             expect(
                 "labels",
                 WARNING,
                 gxe.ExpectColumnValuesToBeInSet,
                 image,
-                "No image waits for review: a tie for the main style, or a source that labels it twice, differently (left out downstream)",
+                "No image waits for review: a tie for the main style, or a source that labels it twice, differently "
+                "(left out downstream)",
                 column="needs_review",
                 value_set=[False],
             ),
@@ -481,7 +490,8 @@ def run(args: argparse.Namespace) -> int:
     if report:
         print(report, file=sys.stdout if passed else sys.stderr)
     print(
-        f"validate: {len(outcomes)} expectations, {errors} errors, {warnings} warnings; report: {args.docs / 'index.html'}"
+        f"validate: {len(outcomes)} expectations, {errors} errors, {warnings} warnings; report: "
+        f"{args.docs / 'index.html'}"
     )
     return 0 if passed else 1
 

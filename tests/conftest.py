@@ -73,6 +73,15 @@ def project_left_as_it_was():
     assert not changed, f"tests changed files of the project: {changed[:10]}"
 
 
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    """Curation outputs for 28 tiny pictures whose colours carry their labels, plus cached features: the stage
+    inputs of test_training.py, test_label_issues.py and test_training_ddp.py, built once per test module."""
+    from test_training import build_stage_inputs  # torch and timm load only where a test asks for these
+
+    return build_stage_inputs(tmp_path_factory.mktemp("stage-inputs"))
+
+
 @pytest.fixture(scope="session")
 def params() -> Params:
     return load_params(PROJECT_ROOT / "params.yaml")

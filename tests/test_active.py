@@ -1,4 +1,5 @@
-"""Labelling orders and the simulated expert loop: bookkeeping (no image labelled twice, only the pool labelled) and hand-computed cases."""
+"""Labelling orders and the simulated expert loop: bookkeeping (no image labelled twice, only the pool labelled) and
+hand-computed cases."""
 
 from __future__ import annotations
 
@@ -103,5 +104,11 @@ def test_an_unknown_push_order_in_params_is_refused_naming_the_choices(tmp_path)
         ParamsError, match="annotation.order must be one of random, least_confident, entropy, entropy_diverse.*'smart'"
     ):
         AnnotationSettings(
-            project="p", chunk_size=1, port=0, data_dir=tmp_path, document_root=tmp_path, order="smart", round_size=50
+            project="p",
+            chunk_size=1,
+            port=8080,
+            data_dir=tmp_path,
+            document_root=tmp_path,
+            order="smart",
+            round_size=50,
         )

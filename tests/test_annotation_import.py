@@ -116,7 +116,7 @@ def test_each_bad_annotation_is_rejected_with_its_reason_and_valid_ones_kept(dem
     del tasks[5]["data"]["image_id"]  # resolved through the local-files URL instead
 
     rows, rejects = import_label_studio(tasks, "export.json", styles, lookup, ids).tables()
-    reasons = dict(zip(rejects["record"], rejects["reason"]))
+    reasons = dict(zip(rejects["record"], rejects["reason"], strict=True))
     for i, (_, reason) in planted.items():
         assert reasons[f"task {tasks[i]['id']} / annotation {tasks[i]['annotations'][0]['id']}"].startswith(reason)
     assert any(r.startswith("cancelled") for r in reasons.values())
@@ -160,7 +160,7 @@ def test_malformed_label_studio_tasks_are_rejected_and_the_valid_one_kept(styles
     assert rows["lead_time"].iloc[1] == 12.5 and rows["created_at"].iloc[1] == pd.Timestamp(
         "2019-07-08T10:00:00.123456Z"
     )
-    assert dict(zip(rejects["record"], rejects["reason"])) == {
+    assert dict(zip(rejects["record"], rejects["reason"], strict=True)) == {
         "task #1 in the file": "malformed task: [1, 2] is not an object",
         "task 2 / annotation 1": "image not in catalog (task data is null)",
         "task 3": "malformed task: annotations is null, not a list",
@@ -222,7 +222,7 @@ def test_kfashion_bad_files_are_rejected_one_by_one_and_no_style_is_dropped(tmp_
         ["Sexy", "Sporty"],
     )
     assert by_record.loc["bom", "main_style"] == "Romantic"
-    reasons = dict(zip(rejects["record"], rejects["reason"]))
+    reasons = dict(zip(rejects["record"], rejects["reason"], strict=True))
     assert reasons["sub-only"].startswith("no main style (스타일 missing)")
     assert reasons["style-list"] == 'style entry 1: 스타일 is ["로맨틱"], not one Korean style name'
     assert (
@@ -273,7 +273,7 @@ def test_tag_csv_rows_are_checked_one_by_one_with_their_real_line_numbers(tmp_pa
     rows, rejects = import_tag_csv(tmp_path / "labels.csv", garments, files_in(tmp_path)).tables()
     assert list(rows["record"]) == ["line 4 (b.jpg)", "line 8 (b.jpg)"]
     assert [sorted(tags) for tags in rows["sub_styles"]] == [["hat", "skirt"]] * 2
-    assert list(zip(rejects["record"], rejects["reason"])) == [
+    assert list(zip(rejects["record"], rejects["reason"], strict=True)) == [
         (
             "line 2 (a.jpg)",
             "3 fields ['a.jpg', 'skirt', 'oops']: expected 2, as the header has (quote a field that holds a comma)",
@@ -298,7 +298,8 @@ def test_tag_csv_columns_after_image_and_tags_are_ignored(tmp_path):
 
 @pytest.mark.parametrize(
     ("content", "problem"),
-    [(b"", "empty file; expected the header line image,tags"), ("image,tags\nb\xe9.jpg,skirt\n".encode("latin-1"), r"not UTF-8 text \(byte 0xe9 on line 2\)"),
+    [(b"", "empty file; expected the header line image,tags"),
+     ("image,tags\nb\xe9.jpg,skirt\n".encode("latin-1"), r"not UTF-8 text \(byte 0xe9 on line 2\)"),
      (b"file,labels\na.jpg,skirt\n", "expected the header line image,tags; found file,labels")],
     ids=["empty", "latin-1", "wrong header"],
 )  # fmt: skip

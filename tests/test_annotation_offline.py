@@ -66,6 +66,7 @@ def test_labeling_config_follows_the_taxonomy(tmp_path):
     ] == ["A & B"] * 2
 
 
+@pytest.mark.slow
 def test_server_down_fails_after_retries_with_what_to_check():
     closed = Connection(url="http://127.0.0.1:9", token="x", attempts=2, backoff_s=0.01)
     with pytest.raises(
@@ -102,7 +103,8 @@ def annotations(rows: list[tuple[str, str | None, list[str]]]) -> pd.DataFrame:
 
 def test_consolidation_majority_main_half_vote_subs_and_ties_for_review():
     table = annotations([
-        ("a", "Romantic", ["Elegant"]), ("a", "Romantic", ["Sexy"]), ("a", "Elegant", []),  # main 2:1; Elegant named by 2/3
+        # main 2:1; Elegant named by 2/3
+        ("a", "Romantic", ["Elegant"]), ("a", "Romantic", ["Sexy"]), ("a", "Elegant", []),
         ("b", "Casual", ["Sporty"]), ("b", "Natural", ["Sporty"]),                           # tie -> review
         ("c", "Sexy", []),                                                                    # one expert
     ])  # fmt: skip
@@ -129,8 +131,10 @@ def test_consolidation_majority_main_half_vote_subs_and_ties_for_review():
 def test_an_expert_counts_once_per_image_with_their_newest_annotation():
     table = annotations([
         ("a", "Casual", []), ("a", "Casual", []), ("a", "Sporty", []),  # expert 1 twice (second tab) vs. expert 2
-        ("b", "Casual", []), ("b", "Sporty", []), ("b", "Sporty", []),  # expert 1 changed their mind in a later annotation
-        ("c", "Natural", []), ("c", "Sexy", []),                         # no timestamps (K-Fashion, CSV): nothing orders them
+        # expert 1 changed their mind in a later annotation
+        ("b", "Casual", []), ("b", "Sporty", []), ("b", "Sporty", []),
+        # no timestamps (K-Fashion, CSV): nothing orders them
+        ("c", "Natural", []), ("c", "Sexy", []),
     ])  # fmt: skip
     table["annotator"] = ["1", "1", "2", "1", "1", "2", "kfashion", "kfashion"]
     table["updated_at"] = pd.to_datetime(
@@ -156,7 +160,7 @@ def test_an_export_file_read_twice_changes_nothing():
     table["updated_at"] = pd.Timestamp("2019-07-01", tz="UTC")
     twice = pd.concat([table, table.assign(source="copy of export.json")], ignore_index=True)
     catalog = pd.DataFrame({"image_id": ["a", "b"], "batch": ["b1", "b1"]})
-    for once, doubled in zip(consolidate(table, catalog), consolidate(twice, catalog)):
+    for once, doubled in zip(consolidate(table, catalog), consolidate(twice, catalog), strict=True):
         pd.testing.assert_frame_equal(once, doubled)
     _, _, agreement = consolidate(twice, catalog)
     romantic = agreement[(agreement["scope"] == "style") & (agreement["key"] == "Romantic")].iloc[0]
@@ -168,7 +172,8 @@ def test_no_valid_annotations_give_empty_typed_tables(tmp_path, capsys):
     pd.DataFrame({"image_id": ["a", "b"], "batch": ["b1", "b1"]}).to_parquet(tmp_path / "catalog.parquet")
     for table in (skipped, skipped.iloc[:0]):
         table.to_parquet(tmp_path / "annotations.parquet")
-        paths = ["--annotations", "annotations.parquet", "--catalog", "catalog.parquet", "--out", "labels.parquet", "--review", "review.csv", "--agreement", "agreement.parquet",
+        paths = ["--annotations", "annotations.parquet", "--catalog", "catalog.parquet", "--out", "labels.parquet",
+                 "--review", "review.csv", "--agreement", "agreement.parquet",
                  "--metrics", "agreement.json"]  # fmt: skip
         assert (
             consolidate_main([str(tmp_path / p) if p.endswith(("parquet", "csv", "json")) else p for p in paths]) == 0
@@ -230,9 +235,9 @@ class FakeLabelStudio:
         self.requests.append(("list tasks", fields))
         return [SimpleNamespace(id=i, data=data) for i, data in self.saved.items()]
 
-    def get_task(self, id: int):
-        self.requests.append(("get", id))
-        if id in self.gone:
+    def get_task(self, id: str):
+        self.requests.append(("get", int(id)))
+        if int(id) in self.gone:
             raise ApiError(status_code=404, body={"detail": "Not found."})
         untouched = {
             "total_annotations": 0,
@@ -241,7 +246,7 @@ class FakeLabelStudio:
             "comment_count": 0,
             "annotators": [],
         }
-        return SimpleNamespace(id=id, data=self.saved[id], **untouched | self.work.get(id, {}))
+        return SimpleNamespace(id=int(id), data=self.saved[int(id)], **untouched | self.work.get(int(id), {}))
 
     def import_tasks(self, project_id: int, request: list[dict], request_options: dict | None = None):
         self.requests.append(("import", request_options))
@@ -272,7 +277,7 @@ def push_setup(tmp_path, monkeypatch):
     settings = AnnotationSettings(
         project="styles",
         chunk_size=2,
-        port=0,
+        port=8080,  # unused: the tests pass the server URL
         data_dir=tmp_path,
         document_root=tmp_path,
         order="least_confident",
@@ -381,7 +386,7 @@ def test_predictions_are_made_for_the_new_images_only(push_setup):
 
     def predict(new: pd.DataFrame) -> dict[str, Prediction]:
         asked.append(list(new["image_id"]))
-        return {i: Prediction("m@1", [("Casual", p)]) for i, p in zip(new["image_id"], [0.9, 0.3])}
+        return {i: Prediction("m@1", [("Casual", p)]) for i, p in zip(new["image_id"], [0.9, 0.3], strict=True)}
 
     assert push_images(conn, settings, taxonomy, images("abcd"), crawl, predict) == (7, 2)
     assert asked == [["c", "d"]]
@@ -393,12 +398,16 @@ def test_predictions_are_made_for_the_new_images_only(push_setup):
 
 def test_a_review_list_sends_its_images_most_urgent_first_with_why(push_setup, tmp_path):
     conn, settings, taxonomy, crawl, serve = push_setup
-    issues = pd.DataFrame({"rank": [1, 2, 3, 4], "image_id": ["c", "a", "c", "d"], "label": ["Sexy", "Casual", "Romantic", "Sporty"],
-                           "kind": ["missing", "wrong main style", "extra sub-style", "missing"], "model_probability": [0.97, 0.02, 0.01, 0.9]})  # fmt: skip
+    issues = pd.DataFrame({"rank": [1, 2, 3, 4], "image_id": ["c", "a", "c", "d"],
+                           "label": ["Sexy", "Casual", "Romantic", "Sporty"],
+                           "kind": ["missing", "wrong main style", "extra sub-style", "missing"],
+                           "model_probability": [0.97, 0.02, 0.01, 0.9]})  # fmt: skip
     issues.to_parquet(tmp_path / "label_issues.parquet")
     items = review_items(tmp_path / "label_issues.parquet", top=2)
-    assert items.to_dict("records") == [{"image_id": "c", "suspicion": "missing Sexy (model 0.97); extra sub-style Romantic (model 0.01)"},
-                                        {"image_id": "a", "suspicion": "wrong main style Casual (model 0.02)"}]  # fmt: skip
+    assert items.to_dict("records") == [
+        {"image_id": "c", "suspicion": "missing Sexy (model 0.97); extra sub-style Romantic (model 0.01)"},
+        {"image_id": "a", "suspicion": "wrong main style Casual (model 0.02)"},
+    ]
     pd.DataFrame({"image_id": ["b"], "reason": ["tie for main style: Casual 1, Natural 1"]}).to_csv(
         tmp_path / "review.csv", index=False
     )
@@ -407,7 +416,12 @@ def test_a_review_list_sends_its_images_most_urgent_first_with_why(push_setup, t
     ]
     fake = serve([])
     push_images(
-        conn, settings, taxonomy, images("ca"), crawl, suspicions=dict(zip(items["image_id"], items["suspicion"]))
+        conn,
+        settings,
+        taxonomy,
+        images("ca"),
+        crawl,
+        suspicions=dict(zip(items["image_id"], items["suspicion"], strict=True)),
     )
     assert fake.image_ids() == ["c", "a"] and [data["suspicion"] for data in fake.saved.values()] == list(
         items["suspicion"]
@@ -423,10 +437,13 @@ def test_new_tasks_follow_the_labelling_order_of_the_settings(push_setup):
         "c": [0.95, 0.6],
         "d": [0.6, 0.1],
     }  # mean entropy: b > d > c > a; top-1: b < d < a < c
-    predict = lambda new: {
-        i: Prediction("m@1", [("Casual", max(scores[i]))], scores=scores[i], embedding=[1.0, 0.0])
-        for i in new["image_id"]
-    }  # noqa: E731
+
+    def predict(new: pd.DataFrame) -> dict[str, Prediction]:
+        return {
+            i: Prediction("m@1", [("Casual", max(scores[i]))], scores=scores[i], embedding=[1.0, 0.0])
+            for i in new["image_id"]
+        }
+
     push_images(conn, dataclasses.replace(settings, order="entropy"), taxonomy, images("abcd"), crawl, predict)
     assert fake.image_ids() == ["b", "d", "c", "a"]
     fake = serve([])
@@ -438,7 +455,7 @@ def test_crawl_outside_the_document_root_is_named_before_any_request(tmp_path):
     settings = AnnotationSettings(
         project="styles",
         chunk_size=2,
-        port=0,
+        port=8080,  # unused: the tests pass the server URL
         data_dir=tmp_path,
         document_root=tmp_path / "data",
         order="least_confident",
@@ -645,7 +662,8 @@ class LocalServe:
     def serve(
         self, send: signal.Signals = signal.SIGTERM, once: Callable[[], bool] | None = None, delay_s: float = 3.0
     ) -> int:
-        """`python -m annotation serve` here; `send` reaches this process `delay_s` after `once()` holds (default: answering).
+        """`python -m annotation serve` here; `send` reaches this process `delay_s` after `once()` holds (default:
+        answering).
 
         The test's own SIGTERM/SIGHUP handler raises SignalReachedTheTest, so a serve that does not handle the
         signal fails the test instead of ending pytest, and a serve that never returns is ended that way too.
@@ -700,6 +718,7 @@ def test_ctrl_c_while_the_server_starts_stops_it(local_serve, monkeypatch):
     assert local_serve.server_pid() is not None and not local_serve.server_running()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="the server ends with serve through Linux's PR_SET_PDEATHSIG")
 def test_a_serve_killed_outright_does_not_leave_its_server_holding_the_port(local_serve):
     command = [
@@ -807,7 +826,8 @@ def test_an_install_without_a_package_index_says_where_else_to_install_from(loca
     shutil.rmtree(local_serve.settings.venv)
     python = local_serve.root / "python"  # stands in for `python -m venv DIR`: its pip fails as pip does offline
     python.write_text(
-        '#!/bin/sh\nmkdir -p "$3/bin" && printf \'#!/bin/sh\\necho "ERROR: No matching distribution found for label-studio" >&2\\nexit 1\\n\' > "$3/bin/pip" && chmod +x "$3/bin/pip"\n'
+        '#!/bin/sh\nmkdir -p "$3/bin" && printf \'#!/bin/sh\\necho "ERROR: No matching distribution found for '
+        'label-studio" >&2\\nexit 1\\n\' > "$3/bin/pip" && chmod +x "$3/bin/pip"\n'
     )
     python.chmod(0o755)
     monkeypatch.setattr(sys, "executable", str(python))
@@ -820,7 +840,8 @@ def test_an_image_the_model_cannot_read_gets_no_pre_annotation(tmp_path, monkeyp
     checkpoint = tmp_path / "models" / "mlgcn" / "best.pt"
     checkpoint.parent.mkdir(parents=True)
     checkpoint.write_bytes(b"stand-in: predict_images is replaced below")
-    rows = [{"path": "b1/a.jpg", "top": [["Casual", 0.9], ["Sexy", 0.2]], "predicted": ["Casual", "Sexy"], "scores": {"Casual": 0.9, "Sexy": 0.2}, "embedding": np.ones(3)},
+    rows = [{"path": "b1/a.jpg", "top": [["Casual", 0.9], ["Sexy", 0.2]], "predicted": ["Casual", "Sexy"],
+             "scores": {"Casual": 0.9, "Sexy": 0.2}, "embedding": np.ones(3)},
             {"path": "b1/b.jpg", "error": "cannot read image"}]  # fmt: skip
     monkeypatch.setattr("training.predict.predict_images", lambda *args, **kwargs: rows)
     images = pd.DataFrame({"image_id": ["a", "b"], "path": ["b1/a.jpg", "b1/b.jpg"]})

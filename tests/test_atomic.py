@@ -98,7 +98,8 @@ def test_a_full_disk_while_a_stage_writes_is_a_clear_error_and_the_old_outputs_s
     import sys
 
     out = tmp_path / "out"
-    args = ["--crawl-dir", str(demo_crawl), "--cache-dir", str(out / "cache"), "--catalog", str(out / "catalog.parquet"), "--rejects", str(out / "rejects.csv"),
+    args = ["--crawl-dir", str(demo_crawl), "--cache-dir", str(out / "cache"),
+            "--catalog", str(out / "catalog.parquet"), "--rejects", str(out / "rejects.csv"),
             "--near-duplicates", str(out / "near.parquet"), "--metrics", str(out / "metrics.json")]  # fmt: skip
     run = [sys.executable, "-c", "import sys; from pipeline.ingest import main; sys.exit(main(sys.argv[1:]))", *args]
     assert subprocess.run(run, cwd=Path(__file__).parents[1], capture_output=True).returncode == 0
@@ -107,7 +108,8 @@ def test_a_full_disk_while_a_stage_writes_is_a_clear_error_and_the_old_outputs_s
     big.write_bytes(os.urandom(1))  # a reject whose long reason makes rejects.csv grow
     (demo_crawl / "batch-001" / ("x" * 200 + ".jpg")).write_bytes(b"not an image")
     limited = [sys.executable, "-c", "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-               "resource.setrlimit(resource.RLIMIT_FSIZE, (1200, 1200)); from pipeline.ingest import main; sys.exit(main(sys.argv[1:]))", *args]  # fmt: skip
+               "resource.setrlimit(resource.RLIMIT_FSIZE, (1200, 1200)); "
+               "from pipeline.ingest import main; sys.exit(main(sys.argv[1:]))", *args]  # fmt: skip
     done = subprocess.run(limited, cwd=Path(__file__).parents[1], capture_output=True, text=True)
     assert done.returncode == 2, done.stderr
     assert (
@@ -120,18 +122,22 @@ def test_a_full_disk_while_a_stage_writes_is_a_clear_error_and_the_old_outputs_s
     assert not [p for p in out.rglob(".*.tmp")], "no temporary left"
 
 
+@pytest.mark.slow
 def test_a_checkpoint_that_cannot_be_written_is_a_clear_error_and_the_old_one_stays(tmp_path: Path) -> None:
-    """torch's writer fails without an errno ("basic_ios::clear" on a full disk); here a real refusal: a 64 KiB file-size limit."""
+    """torch's writer fails without an errno ("basic_ios::clear" on a full disk); here a real refusal: a 64 KiB
+    file-size limit."""
     import subprocess
     import sys
 
     path = tmp_path / "best.pt"
     save_checkpoint({"weights": torch.zeros(10)}, path)
     before = path.read_bytes()
-    script = ("import resource, signal, sys, torch; from pathlib import Path; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-              "resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536)); from training.checkpoint import save_checkpoint; "
-              "from pipeline.cli import report_user_errors; "
-              "sys.exit(report_user_errors('train', lambda: save_checkpoint({'weights': torch.zeros(100_000)}, Path(sys.argv[1])) or 0))")  # fmt: skip
+    script = ("import resource, signal, sys, torch; from pathlib import Path; "
+              "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536)); "
+              "from training.checkpoint import save_checkpoint; from pipeline.cli import report_user_errors; "
+              "sys.exit(report_user_errors('train', "
+              "lambda: save_checkpoint({'weights': torch.zeros(100_000)}, Path(sys.argv[1])) or 0))")  # fmt: skip
     done = subprocess.run(
         [sys.executable, "-c", script, str(path)], cwd=Path(__file__).parents[1], capture_output=True, text=True
     )

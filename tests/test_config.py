@@ -3,21 +3,30 @@ in one line from every stage's command line."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import importlib.util
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from pipeline.cli import user_message
-from pipeline.settings import ParamsError, load_params
+from pipeline.settings import ParamsError, Settings, load_params, load_section
 from pipeline.taxonomy import TaxonomyError, load_taxonomy
+from training.settings import load_model_specs
 
 ROOT = Path(__file__).parents[1]
 
 
-def test_project_params_load_into_typed_settings(params):
-    assert params.ingest.min_side == 64 and isinstance(params.crawl.dir, Path)
+def test_every_section_of_the_project_params_loads_into_its_typed_settings(params):
+    sections, _ = documented_sections()
+    for name, cls in sections.items():
+        if name != "models":
+            assert isinstance(load_section(cls, name, ROOT / "params.yaml"), cls)
+    assert all(isinstance(spec, sections["models"]) for spec in load_model_specs(ROOT / "params.yaml").values())
+    assert isinstance(params.crawl.dir, Path) and isinstance(params.taxonomy, Path), "paths are converted from text"
 
 
 def test_paper_taxonomy_has_23_styles_in_table_order_with_korean_names():
@@ -116,13 +125,13 @@ def test_a_stage_run_outside_the_project_says_where_to_run_it(prog, tmp_path, mo
     err = run_stage(prog, [], capsys)
     if prog == "consolidate":  # reads no params: its first input is missing instead
         assert (
-            f"{Path('data/annotations.parquet')}: not found (if a stage writes it, `dvc repro` runs the stages in order; otherwise check the path)"
-            in err
+            f"{Path('data/annotations.parquet')}: not found (if a stage writes it, `dvc repro` runs the stages in "
+            "order; otherwise check the path)" in err
         )
     else:
         assert (
-            f"params.yaml: params file not found in {tmp_path}; run from the project root (the folder with dvc.yaml), or pass --params"
-            in err
+            f"params.yaml: params file not found in {tmp_path}; run from the project root (the folder with dvc.yaml), "
+            "or pass --params" in err
         )
 
 
@@ -170,11 +179,13 @@ FileNotFoundError: [Errno 2] No such file or directory: '/crawl/b1/x.jpg'
     [
         (
             FileNotFoundError(2, "No such file or directory", "data/a.parquet"),
-            "data/a.parquet: not found (if a stage writes it, `dvc repro` runs the stages in order; otherwise check the path)",
+            "data/a.parquet: not found (if a stage writes it, `dvc repro` runs the stages in order; otherwise check "
+            "the path)",
         ),
         (
             FileNotFoundError("data/a.parquet"),
-            "data/a.parquet: not found (if a stage writes it, `dvc repro` runs the stages in order; otherwise check the path)",
+            "data/a.parquet: not found (if a stage writes it, `dvc repro` runs the stages in order; otherwise check "
+            "the path)",
         ),
         (FileNotFoundError(2, "No such file or directory"), "[Errno 2] No such file or directory"),
         (FileNotFoundError(WORKER_TRACEBACK), "[Errno 2] No such file or directory: '/crawl/b1/x.jpg'"),
@@ -183,3 +194,41 @@ FileNotFoundError: [Errno 2] No such file or directory: '/crawl/b1/x.jpg'
 )
 def test_a_missing_file_is_named_once_with_what_to_do(error, message):
     assert user_message(error) == message
+
+
+def documented_sections() -> tuple[dict[str, type], dict[str, str]]:
+    """docs/reference.py's SECTIONS (params.yaml section -> dataclass) and its top-level keys."""
+    spec = importlib.util.spec_from_file_location("reference", ROOT / "docs" / "reference.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return dict(module.SECTIONS), module.TOP_LEVEL_KEYS
+
+
+def test_every_params_key_is_declared_with_a_meaning_for_the_reference_page():
+    sections, top_level = documented_sections()
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, value in raw.items():
+        if section in top_level:
+            continue
+        assert section in sections, f"params.yaml section {section!r} is missing from SECTIONS in docs/reference.py"
+        declared = {spec.name: spec.metadata.get("help") for spec in dataclasses.fields(sections[section])}
+        for entry in value.values() if section == "models" else [value]:
+            undocumented = [key for key in entry if not declared.get(key)]
+            assert not undocumented, f"{section}: {undocumented} not declared with setting(help) in {sections[section]}"
+
+
+def test_every_settings_dataclass_is_on_the_reference_page():
+    sections, _ = documented_sections()
+
+    def subclasses(cls: type) -> set[type]:
+        return {sub for direct in cls.__subclasses__() for sub in {direct} | subclasses(direct)}
+
+    assert subclasses(Settings) == set(sections.values())
+
+
+def test_a_value_outside_its_declared_interval_names_the_key_and_the_interval(tmp_path):
+    text = (ROOT / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(text.replace("near_duplicate_distance: 8", "near_duplicate_distance: 65"))
+    with pytest.raises(ParamsError, match=r"ingest.near_duplicate_distance must be in \[0, 64\], not 65"):
+        load_params(tmp_path / "params.yaml")

@@ -1,4 +1,5 @@
-"""Hostile crawl folders: every entry of a batch is judged on its own; nothing crashes ingest or reads outside the crawl."""
+"""Hostile crawl folders: every entry of a batch is judged on its own; nothing crashes ingest or reads outside the
+crawl."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def test_every_hostile_entry_is_a_reject_with_its_reason_and_the_batch_goes_on(
 
     catalog, rejects, _, _ = ingest(crawl, tmp_path / "cache", ingest_settings)
 
-    reasons = dict(zip(rejects["file"], rejects["reason"]))
+    reasons = dict(zip(rejects["file"], rejects["reason"], strict=True))
     assert reasons["loop-a.jpg"] == reasons["loop-b.jpg"] == "symlink loop"
     assert reasons["dangling.jpg"].startswith(f"dangling symlink: its target {batch / 'gone.jpg'} does not exist")
     assert reasons["escape.jpg"].startswith(f"symlink to {private}, outside the crawl folder")
@@ -83,8 +84,9 @@ def test_the_stage_writes_its_outputs_with_a_name_that_is_not_utf8(clean, tmp_pa
     with open(os.path.join(os.fsencode(crawl / "batch-001"), b"\xff\xfe.jpg"), "wb") as f:
         f.write(b"junk")
     out = tmp_path / "out"
-    args = ["--crawl-dir", str(crawl), "--cache-dir", str(out / "cache"), "--catalog", str(out / "catalog.parquet"), "--rejects", str(out / "rejects.csv"),
-            "--near-duplicates", str(out / "near.parquet"), "--metrics", str(out / "metrics.json")]  # fmt: skip
+    args = ["--crawl-dir", str(crawl), "--cache-dir", str(out / "cache"), "--catalog", str(out / "catalog.parquet"),
+            "--rejects", str(out / "rejects.csv"), "--near-duplicates", str(out / "near.parquet"),
+            "--metrics", str(out / "metrics.json")]  # fmt: skip
     assert ingest_main(args) == 0
     rejects = pd.read_csv(out / "rejects.csv", encoding="utf-8")
     assert rejects.set_index("file").loc["\\xff\\xfe.jpg", "reason"].startswith("file name is not valid UTF-8")

@@ -60,7 +60,8 @@ def test_repro_is_incremental_idempotent_and_restorable(project: Path):
     assert "Running stage 'ingest'" in first
     assert metrics(project)["batches"] == 2 and metrics(project)["rejected"] == 10
     assert metrics(project, "labels")["labelled_images"] == metrics(project)["images"]
-    catalog = (project / "data/catalog.parquet").read_bytes()
+    page = (project / "reports/index.html").read_text(encoding="utf-8")  # the last stage: every section, none empty
+    assert page.count("<section id=") == 9 and 'class="absent"' not in page and "data:image/png;base64," in page
 
     again = run("dvc repro", project)
     assert "Running stage" not in again, again
@@ -88,8 +89,9 @@ def test_repro_is_incremental_idempotent_and_restorable(project: Path):
 
 
 def write_existing_labels(project: Path) -> None:
-    """Turn the demo's Label Studio exports into what a team arriving with labels has: K-Fashion files (in a folder of the
-    label folder and beside the photos of batch-002) and a CSV with a main label column; one bad record of each; no export."""
+    """Turn the demo's Label Studio exports into what a team arriving with labels has: K-Fashion files (in a folder of
+    the label folder and beside the photos of batch-002) and a CSV with a main label column; one bad record of each; no
+    export."""
     from annotation.importers import annotation_choices, local_file_key, read_label_studio_export
     from pipeline.taxonomy import load_taxonomy
 
@@ -133,7 +135,7 @@ def test_repro_with_kfashion_files_and_a_csv_instead_of_label_studio_exports(pro
     assert kinds == {"kfashion", "csv"}, kinds
     assert "kfashion:batch-002" in set(annotations["source"]), "K-Fashion files beside the photos of a batch are read"
     rejects = pd.read_csv(project / "data/annotation_rejects.csv")
-    reasons = dict(zip(rejects["record"], rejects["reason"]))
+    reasons = dict(zip(rejects["record"], rejects["reason"], strict=True))
     bad_stem = Path(pd.read_csv(project / "data/label-exports/tags.csv")["image"][0]).stem
     assert reasons[bad_stem] == "Korean style name(s) ['페미닌'] not in taxonomy 'kfashion-styles'"
     assert reasons[next(r for r in reasons if "no-such-photo" in r)].startswith(

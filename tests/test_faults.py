@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.slow  # SIGKILLs real stage processes (make test-fast skips them)
+
 ROOT = Path(__file__).parents[1]
 
 
@@ -52,8 +54,9 @@ def kill_when(command: list[str], ready: Callable[[], bool], timeout_s: float = 
 
 
 def ingest_args(crawl: Path, out: Path) -> list[str]:
-    return ["--crawl-dir", str(crawl), "--cache-dir", str(out / "cache"), "--catalog", str(out / "catalog.parquet"), "--rejects", str(out / "rejects.csv"),
-            "--near-duplicates", str(out / "near.parquet"), "--metrics", str(out / "metrics.json")]  # fmt: skip
+    return ["--crawl-dir", str(crawl), "--cache-dir", str(out / "cache"), "--catalog", str(out / "catalog.parquet"),
+            "--rejects", str(out / "rejects.csv"), "--near-duplicates", str(out / "near.parquet"),
+            "--metrics", str(out / "metrics.json")]  # fmt: skip
 
 
 def test_ingest_killed_in_the_middle_then_run_again_leaves_what_an_uninterrupted_run_leaves(
@@ -95,8 +98,9 @@ def test_pixel_cache_killed_in_the_middle_then_run_again_leaves_what_an_uninterr
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
 
     def pixel_cache(out: Path) -> list[str]:
-        return stage("pipeline.pixel_cache", "--params", str(tmp_path / "params.yaml"), "--catalog", str(tmp_path / "ingest" / "catalog.parquet"),
-                     "--crawl-dir", str(demo_crawl), "--out", str(out))  # fmt: skip
+        return stage("pipeline.pixel_cache", "--params", str(tmp_path / "params.yaml"),
+                     "--catalog", str(tmp_path / "ingest" / "catalog.parquet"), "--crawl-dir", str(demo_crawl),
+                     "--out", str(out))  # fmt: skip
 
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     subprocess.run(pixel_cache(reference), cwd=ROOT, check=True, capture_output=True)
@@ -106,7 +110,6 @@ def test_pixel_cache_killed_in_the_middle_then_run_again_leaves_what_an_uninterr
     assert digests(killed) == digests(reference)
 
 
-@pytest.mark.slow
 def test_a_second_dvc_repro_in_the_same_checkout_is_refused_while_the_first_runs(tmp_path: Path):
     work = tmp_path / "project"
     work.mkdir()
@@ -125,7 +128,8 @@ def test_a_second_dvc_repro_in_the_same_checkout_is_refused_while_the_first_runs
         "DVC_NO_ANALYTICS": "1",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     }
-    subprocess.run("git init -q && dvc init -q && python -m pipeline.demo_crawl && dvc add -q data/crawl/batch-* data/label-exports",
+    subprocess.run("git init -q && dvc init -q && python -m pipeline.demo_crawl "
+                   "&& dvc add -q data/crawl/batch-* data/label-exports",
                    shell=True, cwd=work, env=env, check=True, capture_output=True)  # fmt: skip
     first = subprocess.Popen(
         ["dvc", "repro", "features"], cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

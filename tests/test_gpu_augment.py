@@ -1,4 +1,5 @@
-"""GPU-side augmentation, checked on the CPU (the same tensor ops): shapes, ranges, flips, crops as torchvision draws them, the fused tail."""
+"""GPU-side augmentation, checked on the CPU (the same tensor ops): shapes, ranges, flips, crops as torchvision draws
+them, the fused tail."""
 
 from __future__ import annotations
 
@@ -86,7 +87,8 @@ def test_crops_fall_back_to_the_centre_when_no_candidate_fits():
 
 
 def test_a_whole_picture_crop_at_its_own_size_is_the_picture_itself():
-    """roi_align samples adaptively: one bilinear sample per output pixel when not shrinking (a fixed 2 x 2 grid blurred every crop)."""
+    """roi_align samples adaptively: one bilinear sample per output pixel when not shrinking (a fixed 2 x 2 grid blurred
+    every crop)."""
     batch = pixels(n=4, h=40, w=40)
     out = train_batch(
         batch, 40, MEAN, STD, scale=(1.0, 1.0), ratio=(1.0, 1.0), generator=torch.Generator().manual_seed(0)
@@ -153,6 +155,7 @@ def test_zero_jitter_leaves_pictures_untouched_and_strong_jitter_stays_in_range(
     assert strong.min() >= -1.0 - 1e-5 and strong.max() <= 1.0 + 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "device",
     [
@@ -163,7 +166,8 @@ def test_zero_jitter_leaves_pictures_untouched_and_strong_jitter_stays_in_range(
     ],
 )
 def test_fused_augmentation_draws_and_computes_what_the_eager_one_does(device):
-    """train.compile fuses the per-pixel tail with torch.compile (inductor's C++ backend on the CPU, Triton on a GPU)."""
+    """train.compile fuses the per-pixel tail with torch.compile (inductor's C++ backend on the CPU, Triton on a
+    GPU)."""
     batch = pixels(n=5, h=70, w=56).to(device)
     eager = train_batch(
         batch, 40, MEAN, STD, generator=torch.Generator(device).manual_seed(3), jitter=Jitter(0.3, 0.3, 0.2)

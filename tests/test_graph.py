@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from pipeline.graph import GraphSettings, WordVectorError, build_graph, label_embeddings, main, train_matrix
-from pipeline.settings import ParamsError, load_section
+from pipeline.settings import ParamsError
 from pipeline.taxonomy import Label, Taxonomy
 
 NAMES = ["A", "B", "C", "D", "E"]
@@ -54,12 +54,6 @@ ADJACENCY = np.array(  # A': edges A->B, B->A, C->B; p spread over each row's ed
 )
 
 
-def test_project_params_have_a_valid_graph_section():
-    settings = load_section(GraphSettings, "graph", Path(__file__).resolve().parents[1] / "params.yaml")
-    settings.check()
-    assert (settings.threshold, settings.p) == (0.4, 0.2)
-
-
 def test_matrices_match_the_hand_computed_case():
     graph = build_graph(train_matrix(dataset(TRAIN), NAMES), NAMES, SETTINGS)
     assert graph["counts"].tolist() == [5, 3, 1, 1, 0]
@@ -89,9 +83,9 @@ def test_threshold_and_p_reshape_the_graph():
     )["adjacency"]
     np.testing.assert_allclose(loose[1], [0.25, 0.5, 0.25, 0, 0])  # B -> A and B -> C share p = 0.5
     with pytest.raises(ParamsError, match="normalisation"):
-        GraphSettings(threshold=0.4, p=0.2, normalisation="kipf", word_vectors="x").check()
+        GraphSettings(threshold=0.4, p=0.2, normalisation="kipf", word_vectors="x")
     with pytest.raises(ParamsError, match="graph.p"):
-        GraphSettings(threshold=0.4, p=1.0, normalisation="symmetric", word_vectors="x").check()
+        GraphSettings(threshold=0.4, p=1.0, normalisation="symmetric", word_vectors="x")
 
 
 def test_only_train_labels_build_the_graph():

@@ -190,11 +190,14 @@ def test_lab_pictures_go_through_a_colour_conversion(tmp_path):
     assert rgb[0, 0].tolist() in ([254, 255, 254], [255, 255, 255])
 
 
+@pytest.mark.slow
 def test_training_applies_the_decoding_policy_without_importing_ingests_code():
-    """Training stages depend on pipeline/decoding.py (dvc.yaml deps), not on ingest's pipeline/images.py; ingest uses the same policy."""
+    """Training stages depend on pipeline/decoding.py (dvc.yaml deps), not on ingest's pipeline/images.py; ingest uses
+    the same policy."""
     code = (
-        "import sys, training.predict, training.features, training.train, training.evaluate; print('pipeline.images' in sys.modules); "
-        "import pipeline.decoding as d, pipeline.images as i; print(i.SUPPORTED_MODES is d.SUPPORTED_MODES and i.unsupported_mode_reason is d.unsupported_mode_reason)"
+        "import sys, training.predict, training.features, training.train, training.evaluate; print('pipeline.images' "
+        "in sys.modules); import pipeline.decoding as d, pipeline.images as i; print(i.SUPPORTED_MODES is "
+        "d.SUPPORTED_MODES and i.unsupported_mode_reason is d.unsupported_mode_reason)"
     )
     run = subprocess.run(
         [sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True, text=True, check=True

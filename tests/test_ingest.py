@@ -268,7 +268,7 @@ def test_near_duplicate_search_finds_exactly_the_pairs_a_plain_loop_finds():
         for j in range(i + 1, len(hashes))
         if bin(int(hashes[i]) ^ int(hashes[j])).count("1") <= 2
     }
-    assert set(zip(found["image_id_a"], found["image_id_b"])) == brute
+    assert set(zip(found["image_id_a"], found["image_id_b"], strict=True)) == brute
     assert len(brute) >= 60
 
 

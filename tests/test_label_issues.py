@@ -1,4 +1,5 @@
-"""The label-issue finder on tiny pictures whose colours carry their labels: a planted wrong label ranks near the top."""
+"""The label-issue finder on tiny pictures whose colours carry their labels: a planted wrong label ranks near the
+top."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from test_training import LABELS, _params, _train, inputs  # noqa: F401  (inputs is a fixture)
+from test_training import LABELS, _params, _train
 
 from training import label_issues
 
@@ -26,13 +27,15 @@ def _finder_params(tmp_path: Path, weights: Path, **finder) -> Path:
 def _find(inputs: dict[str, Path], tmp_path: Path, params: Path, dataset: Path) -> int:
     """Run the label_issues stage's command line on `dataset` with the models trained into tmp_path/models."""
     return label_issues.main([
-        "--dataset", str(dataset), "--label-subset", str(inputs["subset"]), "--features", str(inputs["features"]), "--models-dir", str(tmp_path / "models"),
-        "--out", str(tmp_path / "issues.parquet"), "--report", str(tmp_path / "issues.md"), "--metrics", str(tmp_path / "issues.json"), "--params", str(params),
+        "--dataset", str(dataset), "--label-subset", str(inputs["subset"]), "--features", str(inputs["features"]),
+        "--models-dir", str(tmp_path / "models"), "--out", str(tmp_path / "issues.parquet"),
+        "--report", str(tmp_path / "issues.md"), "--metrics", str(tmp_path / "issues.json"), "--params", str(params),
     ])  # fmt: skip
 
 
 def _telling_features(inputs: dict[str, Path], tmp_path: Path) -> dict[str, Path]:
-    """The fixture's features file with pooled vectors that carry each image's labels (a backbone that sees colour perfectly), plus noise."""
+    """The fixture's features file with pooled vectors that carry each image's labels (a backbone that sees colour
+    perfectly), plus noise."""
     npz = dict(np.load(inputs["features"]))
     table = pd.read_parquet(inputs["dataset"]).set_index("image_id")
     rng = np.random.default_rng(0)
@@ -60,7 +63,7 @@ def test_a_planted_wrong_label_ranks_near_the_top_and_the_test_split_stays_out(i
     table.to_parquet(tmp_path / "dataset.parquet")
     assert _find(inputs, tmp_path, params, tmp_path / "dataset.parquet") == 0
     issues = pd.read_parquet(tmp_path / "issues.parquet")
-    assert set(zip(issues.head(2)["image_id"], issues.head(2)["label"], issues.head(2)["kind"])) == {
+    assert set(zip(issues.head(2)["image_id"], issues.head(2)["label"], issues.head(2)["kind"], strict=True)) == {
         ("img01", "blue", "wrong main style"),
         ("img01", "green", "missing"),
     }
@@ -82,7 +85,8 @@ def test_every_image_is_scored_by_a_head_that_never_saw_it(inputs):
 
 
 @pytest.mark.parametrize(
-    ("finder", "message"), [({"model": "cnn"}, "trains from pixels"), ({"folds": 1}, "label_issues.folds must be >= 2")]
+    ("finder", "message"),
+    [({"model": "cnn"}, "trains from pixels"), ({"folds": 1}, "label_issues.folds must be in [2, inf), not 1")],
 )
 def test_a_finder_that_cannot_work_is_refused_naming_the_setting(inputs, tmp_path, capsys, finder, message):
     params = _finder_params(tmp_path, inputs["weights"], **finder)

@@ -76,7 +76,7 @@ def test_kfashion_folder_csv_and_sidecars_are_recognised_by_shape_and_matched(cr
         ("csv:tags.csv", id2): ("Tomboy", ["Hiphop"], "csv:tags.csv"),
         (f"kfashion:{b3}", id3): ("Sporty", ["Tomboy"], f"kfashion:{b3}"),
     }
-    reasons = dict(zip(rejects["record"], rejects["reason"]))
+    reasons = dict(zip(rejects["record"], rejects["reason"], strict=True))
     assert (
         reasons["9999999"]
         == "image 9999999.jpg not in the catalog (no crawl batch has a file of that name: ingest it first)"
@@ -116,7 +116,8 @@ def test_a_name_in_several_batches_must_say_which(crawl, tmp_path, styles, inges
     (labels / "tags.csv").write_text(f"image,tags\ncopy.jpg,Casual\n{batch}/copy.jpg,Casual\n", encoding="utf-8")
     rows, rejects = read_label_sources(labels, crawl_dir, catalog, styles, tmp_path / "cache").tables()
     assert list(rejects["reason"]) == [
-        "image copy.jpg names 2 different catalog images (several batches hold a file of that name): write it as <batch>/copy.jpg"
+        "image copy.jpg names 2 different catalog images (several batches hold a file of that name): write it as "
+        "<batch>/copy.jpg"
     ]
     assert len(rows) == 1
 
@@ -163,8 +164,8 @@ def test_a_source_that_labels_copies_of_a_photo_differently_sends_it_to_review(
     assert not by_image.loc[id2, "needs_review"], "the same labels twice are no conflict"
     [reason] = review.loc[review["image_id"] == image_id, "reason"]
     assert (
-        reason
-        == f"csv:tags.csv labels it 2 times, differently: line 2 ({batch}/{file}): Casual | Sporty, Hiphop; line 3 ({batch}/repost.jpg): Romantic | Hiphop"
+        reason == f"csv:tags.csv labels it 2 times, differently: line 2 ({batch}/{file}): Casual | Sporty, Hiphop; "
+        f"line 3 ({batch}/repost.jpg): Romantic | Hiphop"
     )
 
 
@@ -177,8 +178,9 @@ def test_the_labels_stage_reports_each_kind_of_source(crawl, tmp_path, capsys):
     catalog_path = tmp_path / "catalog.parquet"
     catalog.to_parquet(catalog_path)
     out = tmp_path / "out"
-    args = ["--params", str(ROOT / "params.yaml"), "--label-dir", str(labels), "--crawl-dir", str(crawl_dir), "--catalog", str(catalog_path),
-            "--cache-dir", str(out / "cache"), "--out", str(out / "a.parquet"), "--rejects", str(out / "r.csv"), "--metrics", str(out / "m.json")]  # fmt: skip
+    args = ["--params", str(ROOT / "params.yaml"), "--label-dir", str(labels), "--crawl-dir", str(crawl_dir),
+            "--catalog", str(catalog_path), "--cache-dir", str(out / "cache"), "--out", str(out / "a.parquet"),
+            "--rejects", str(out / "r.csv"), "--metrics", str(out / "m.json")]  # fmt: skip
     assert labels_main(args) == 0
     metrics = json.loads((out / "m.json").read_text())
     assert metrics["per_kind"]["csv"] == 1 and metrics["per_kind"]["label-studio"] > 0

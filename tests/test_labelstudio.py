@@ -80,7 +80,7 @@ def annotation_settings(workspace, request) -> AnnotationSettings:
     return AnnotationSettings(
         project=request.node.name[5:50],
         chunk_size=4,
-        port=0,
+        port=8080,  # unused: the tests pass the server URL
         data_dir=root,
         document_root=root / "data",
         order="least_confident",
@@ -178,7 +178,7 @@ def test_round_trip_keeps_exactly_the_valid_annotations(server, workspace, annot
         ([choices("main_style", ["Boho"])], False, "unknown style(s) ['Boho']"),
         ([], True, "cancelled"),
     ]
-    for task, (result, cancelled, _) in zip(tasks, expert):
+    for task, (result, cancelled, _) in zip(tasks, expert, strict=False):
         ls.annotations.create(id=task.id, result=result, was_cancelled=cancelled, lead_time=4.5)
 
     exports = root / f"exports-{project_id}"
@@ -193,7 +193,7 @@ def test_round_trip_keeps_exactly_the_valid_annotations(server, workspace, annot
     assert valid.iloc[1]["sub_styles"] == ["Elegant", "Sexy"] and valid.iloc[1]["lead_time"] == 4.5
     reasons = sorted(rejects["reason"])
     assert len(reasons) == 4
-    for (_, _, expected), image_id in zip(expert[2:], [t.data["image_id"] for t in tasks[2:6]]):
+    for (_, _, expected), image_id in zip(expert[2:], [t.data["image_id"] for t in tasks[2:6]], strict=True):
         hit = rejects[rejects["image_id"] == image_id]
         assert len(hit) == 1 and hit.iloc[0]["reason"].startswith(expected), (expected, hit)
 
@@ -205,7 +205,7 @@ def test_predictions_become_pre_annotations_most_uncertain_first(server, workspa
     predictions = {
         # Sexy at 0.1 is over its own (validation) threshold, Natural at 0.55 is not: the thresholds decide, not 0.5
         image_id: Prediction("mlgcn@1", [("Casual", p), ("Natural", 0.55), ("Sexy", 0.1)], frozenset({"Sexy"}))
-        for image_id, p in zip(subset["image_id"], confidences)
+        for image_id, p in zip(subset["image_id"], confidences, strict=True)
     }
     project_id, _ = push_images(
         server, annotation_settings, styles, subset, root / "data/crawl", lambda new: predictions
@@ -228,8 +228,13 @@ def test_push_labels_sends_existing_labels_as_pre_annotations_for_review(
         f"image,tags\n{files[1]},Sexy\n", encoding="utf-8"
     )  # a tag set: no main label to pre-select
     catalog.to_parquet(tmp_path / "catalog.parquet")
-    predictions = {**imported_labels(tmp_path / "tags.csv", root / "data/crawl", tmp_path / "catalog.parquet", styles, tmp_path / "cache"),
-                   **imported_labels(tmp_path / "sets.csv", root / "data/crawl", tmp_path / "catalog.parquet", styles, tmp_path / "cache")}  # fmt: skip
+
+    def labels_of(name: str) -> dict:
+        return imported_labels(
+            tmp_path / name, root / "data/crawl", tmp_path / "catalog.parquet", styles, tmp_path / "cache"
+        )
+
+    predictions = {**labels_of("tags.csv"), **labels_of("sets.csv")}
     project_id, _ = push_images(
         server, annotation_settings, styles, catalog.head(2), root / "data/crawl", lambda new: predictions
     )

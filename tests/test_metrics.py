@@ -1,4 +1,5 @@
-"""Metrics against values computed by hand on small cases: ties, more labels than k, a class with no positives, F1 thresholds."""
+"""Metrics against values computed by hand on small cases: ties, more labels than k, a class with no positives, F1
+thresholds."""
 
 from __future__ import annotations
 
@@ -56,7 +57,8 @@ def test_paper_columns_in_table_order_and_their_means_then_top_n_all():
 
 
 def test_top_n_all_recall_asks_for_exactly_the_images_own_labels_at_the_top_and_stays_meaningful_with_many_labels():
-    # row 0: its one label tied with a false one (a miss); row 1: all 3 labels are the top 3; row 2: a false label above a true one; row 3: clean
+    # row 0: its one label tied with a false one (a miss); row 1: all 3 labels are the top 3; row 2: a false label above
+    # a true one; row 3: clean
     assert own_count_all_hits(SCORES, TARGETS).tolist() == [False, True, False, True]
     many = np.array([[1, 1, 1, 0], [1, 1, 1, 1]])  # 3 and 4 labels: Top-2 all-recall is 0 for any model
     perfect = many * 0.9 + 0.05
@@ -158,7 +160,8 @@ def test_evaluate_scores_reports_nan_ap_as_none_and_every_paper_column():
 
 
 def test_map_intervals_are_centred_on_the_estimate_though_resampling_lifts_ap():
-    """Repeated images lift AP, so percentile intervals of mAP lean above the estimate; shifting by the resamples' bias corrects that."""
+    """Repeated images lift AP, so percentile intervals of mAP lean above the estimate; shifting by the resamples' bias
+    corrects that."""
     rng = np.random.default_rng(0)
     targets = (rng.random((235, 23)) < 0.1).astype(np.float32)
     scores = targets * rng.normal(1, 1, targets.shape) + rng.normal(0, 1, targets.shape)
@@ -184,7 +187,40 @@ def test_the_report_warns_where_top_k_all_recall_cannot_mean_much():
     summary, *warnings = ceiling_lines(six_labels)
     assert "k = 2: 0.00, k = 3: 0.00" in summary
     assert warnings == [
-        f"**T{k} all says little here**: 100.00 % of the images carry more than {k} labels; compare models on Tn all and mAP."
+        f"**T{k} all says little here**: 100.00 % of the images carry more than {k} labels; compare models on Tn all "
+        "and mAP."
         for k in (2, 3)
     ]
     assert ceiling_lines(TARGETS)[1:] == [], "3 of 4 images with at most 2 labels: no warning"
+
+
+def test_ap_and_f1_agree_with_scikit_learn_on_random_multilabel_scores_with_ties():
+    """scikit-learn as the oracle: per-class AP (ties as one threshold), micro P/R/F1 as OP/OR/OF1,
+    macro P/R over the classes with positives as CP/CR (CF1 is the paper's F1 of CP and CR)."""
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(7)
+    scores = rng.random((300, 12)).round(1)  # one decimal: many ties
+    targets = (rng.random((300, 12)) < np.linspace(0.02, 0.5, 12)).astype(int)
+    targets[:, 3] = 0  # a class without positives
+    has_pos = targets.sum(axis=0) > 0
+    expected_ap = [
+        sklearn_metrics.average_precision_score(targets[:, c], scores[:, c]) for c in np.flatnonzero(has_pos)
+    ]
+    np.testing.assert_allclose(average_precision(scores, targets)[has_pos], expected_ap, rtol=1e-12)
+    assert np.isnan(average_precision(scores, targets)[3])
+
+    predicted = (scores >= 0.5).astype(int)
+    ours = f1_scores(scores, targets, 0.5)
+    oracle = {
+        "OP": sklearn_metrics.precision_score(targets, predicted, average="micro", zero_division=0),
+        "OR": sklearn_metrics.recall_score(targets, predicted, average="micro", zero_division=0),
+        "OF1": sklearn_metrics.f1_score(targets, predicted, average="micro", zero_division=0),
+        "CP": sklearn_metrics.precision_score(
+            targets[:, has_pos], predicted[:, has_pos], average="macro", zero_division=0
+        ),
+        "CR": sklearn_metrics.recall_score(
+            targets[:, has_pos], predicted[:, has_pos], average="macro", zero_division=0
+        ),
+    }
+    oracle["CF1"] = 2 * oracle["CP"] * oracle["CR"] / (oracle["CP"] + oracle["CR"])
+    assert ours == pytest.approx(oracle, rel=1e-12)

@@ -1,5 +1,5 @@
-"""Models: GCN shapes and gradients, the graph the forward pass multiplies, CSRA attention and the ASL loss against hand-computed
-cases, the backbone registry's weight sources."""
+"""Models: GCN shapes and gradients, the graph the forward pass multiplies, CSRA attention and the ASL loss against
+hand-computed cases, the backbone registry's weight sources."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from training.models import (
     csra_temperatures,
     global_pool,
 )
+from training.settings import load_model_specs
 
 
 def _graph(n_classes: int = 4, dim: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,6 +197,7 @@ def test_global_pooling_max_and_average():
     assert global_pool(maps, "avg").tolist() == [[1.5, 5.5]]
 
 
+@pytest.mark.slow
 def test_compiled_bf16_training_of_a_max_pooled_model_has_the_eager_gradients():
     """The H200 NaN, reproduced on CPU: with `amax` pooling, inductor's bf16 backward divided by zero.
 
@@ -226,16 +228,21 @@ def test_basic_cnn_maps_pixels_to_one_logit_per_class():
 
 
 @pytest.mark.parametrize(
-    "entry",
+    ("entry", "message"),
     [
-        {"kind": "gcn", "pooling": "median"},
-        {"kind": "linear", "loss": "focal"},
-        {"kind": "linear", "pooling": "csra", "heads": 0},
+        ("{kind: gcn, pooling: median}", "models.mine.pooling must be one of max, avg, csra, not 'median'"),
+        ("{kind: linear, loss: focal}", "models.mine.loss must be one of '', bce, asl, not 'focal'"),
+        ("{kind: linear, pooling: csra, heads: 0}", r"models.mine.heads must be in \[1, inf\), not 0"),
+        ("{kind: cnn}", "models.mine.image_size must be > 0 for a cnn model"),
+        ("{kind: gcn, lam: high}", "models.mine.lam must be float, not 'high'"),
+        ("{kind: gcn, depth: 3}", r"section 'models.mine': unknown \['depth'\]"),
     ],
 )
-def test_model_spec_rejects_unknown_values_with_the_params_section_named(entry):
-    with pytest.raises(ParamsError, match="models section"):
-        ModelSpec(**entry)
+def test_a_bad_models_entry_is_refused_naming_the_entry_and_key(tmp_path, entry, message):
+    params = tmp_path / "params.yaml"
+    params.write_text(f"models:\n  mine: {entry}\n")
+    with pytest.raises(ParamsError, match=f"^{params}: {message}"):
+        load_model_specs(params)
 
 
 def test_resnet50_loads_a_local_weights_file(tmp_path):
@@ -257,13 +264,15 @@ def test_a_damaged_or_foreign_weights_file_is_refused_with_its_name(tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:4096])
     with pytest.raises(
         InputError,
-        match=rf"{truncated}: cannot read resnet50 weights file, not a complete file written by torch.save \(RuntimeError: .*\); features.weights",
+        match=rf"{truncated}: cannot read resnet50 weights file, not a complete file written by torch.save "
+        r"\(RuntimeError: .*\); features.weights",
     ):
         create_backbone("resnet50", str(truncated))
     torch.save(torchvision.models.resnet18().state_dict(), lite0)  # another architecture
     with pytest.raises(
         InputError,
-        match=rf"{lite0}: its tensors do not fit EfficientNet: \d+ missing \(e.g. .*\); \d+ unexpected \(e.g. .*\)\. features.weights",
+        match=rf"{lite0}: its tensors do not fit EfficientNet: \d+ missing \(e.g. .*\); "
+        r"\d+ unexpected \(e.g. .*\)\. features.weights",
     ):
         create_backbone("tf_efficientnet_lite0", str(lite0))
     torch.save(torchvision.models.resnet50(num_classes=10).state_dict(), lite0)
@@ -282,7 +291,8 @@ def test_resnet50_weights_that_cannot_be_downloaded_name_the_url_and_the_offline
     url = torchvision.models.ResNet50_Weights.IMAGENET1K_V2.url
     with pytest.raises(
         InputError,
-        match=rf"cannot download the ResNet-50 ImageNet weights from {url} \(<urlopen error \[Errno -3\] .*\)\..*features.weights: /path/to/resnet50.pth",
+        match=rf"cannot download the ResNet-50 ImageNet weights from {url} \(<urlopen error \[Errno -3\] .*\)\."
+        r".*features.weights: /path/to/resnet50.pth",
     ):
         create_backbone("resnet50", "imagenet")
 
@@ -301,6 +311,7 @@ def test_efficientnet_lite0_gets_the_offline_imagenet_weights_by_position():
 def test_unknown_backbone_names_the_choices():
     with pytest.raises(
         ParamsError,
-        match=r"^unknown backbone 'vgg'; features.backbone in params.yaml must be one of \['resnet50', 'tf_efficientnet_lite0', 'tf_efficientnet_lite1', 'tf_efficientnet_lite2'\]$",
+        match=r"^unknown backbone 'vgg'; features.backbone in params.yaml must be one of "
+        r"\['resnet50', 'tf_efficientnet_lite0', 'tf_efficientnet_lite1', 'tf_efficientnet_lite2'\]$",
     ):
         create_backbone("vgg", "none")

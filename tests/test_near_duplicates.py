@@ -14,7 +14,8 @@ from pipeline.near_duplicates import catalog_near_duplicates, near_duplicate_pai
 
 
 def synthetic_catalog(batches: int, per_batch: int, seed: int = 0) -> pd.DataFrame:
-    """Random hashes, and every third image a copy of an earlier one (this or an earlier batch) with 1-6 bits flipped."""
+    """Random hashes, and every third image a copy of an earlier one (this or an earlier batch) with 1-6 bits
+    flipped."""
     rng = np.random.default_rng(seed)
     hashes = rng.integers(0, 2**63, size=batches * per_batch, dtype=np.uint64)
     for i in range(3, len(hashes), 3):
@@ -22,12 +23,13 @@ def synthetic_catalog(batches: int, per_batch: int, seed: int = 0) -> pd.DataFra
         hashes[i] = hashes[rng.integers(0, i)] ^ np.bitwise_or.reduce(
             np.left_shift(np.uint64(1), flips.astype(np.uint64))
         )
-    return pd.DataFrame({"image_id": [f"{i:016x}" for i in range(len(hashes))], "batch": [f"batch-{i // per_batch:03d}" for i in range(len(hashes))],
+    return pd.DataFrame({"image_id": [f"{i:016x}" for i in range(len(hashes))],
+                         "batch": [f"batch-{i // per_batch:03d}" for i in range(len(hashes))],
                          "dhash": pd.array(hashes, dtype="UInt64")})  # fmt: skip
 
 
 def as_set(pairs: pd.DataFrame) -> set[tuple[str, str, int]]:
-    return set(zip(pairs["image_id_a"], pairs["image_id_b"], pairs["distance"]))
+    return set(zip(pairs["image_id_a"], pairs["image_id_b"], pairs["distance"], strict=True))
 
 
 def test_per_batch_search_finds_the_whole_catalog_search_and_a_new_batch_searches_only_itself(tmp_path: Path):
@@ -70,7 +72,8 @@ def test_a_repost_scaled_and_recompressed_is_found_at_the_default_distance(
     )
     catalog, _, near, _ = ingest(demo_crawl, tmp_path / "cache", settings)
     ids = {s["file"]: row["image_id"] for row in catalog.to_pylist() for s in row["sources"]}
-    assert {ids[photo.name], ids["repost.jpg"]} in [{a, b} for a, b in zip(near["image_id_a"], near["image_id_b"])]
+    pairs = [{a, b} for a, b in zip(near["image_id_a"], near["image_id_b"], strict=True)]
+    assert {ids[photo.name], ids["repost.jpg"]} in pairs
 
 
 def test_a_damaged_batch_cache_is_searched_again_with_a_warning(tmp_path: Path, capsys):

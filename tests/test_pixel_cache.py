@@ -41,7 +41,7 @@ def test_cache_reads_back_bit_exact(tmp_path, demo_crawl, ingest_settings):
     ids = list(catalog["image_id"][::-1])  # any order
     pixels = store.get(ids)
     assert pixels.shape == (len(ids), 64, 48, 3) and pixels.dtype == np.uint8
-    for image, path in zip(pixels, catalog["path"][::-1]):
+    for image, path in zip(pixels, catalog["path"][::-1], strict=True):
         assert np.array_equal(image, load_resized(demo_crawl / path, 64, 48))
 
 
@@ -145,9 +145,14 @@ def test_pictures_ingest_admitted_beyond_pillows_bomb_limit_are_cached_and_the_l
     assert Image.MAX_IMAGE_PIXELS == 100
 
 
+@pytest.mark.slow
 def test_importing_the_pipeline_keeps_pillows_bomb_guard_for_other_pictures():
     """predict opens arbitrary photos: no pipeline module may switch Pillow's guard off for the whole process."""
-    code = "from PIL import Image; default = Image.MAX_IMAGE_PIXELS; import training.predict, training.train, pipeline.ingest, pipeline.pixel_cache; print(Image.MAX_IMAGE_PIXELS == default)"
+    code = (
+        "from PIL import Image; default = Image.MAX_IMAGE_PIXELS; "
+        "import training.predict, training.train, pipeline.ingest, pipeline.pixel_cache; "
+        "print(Image.MAX_IMAGE_PIXELS == default)"
+    )
     run = subprocess.run(
         [sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True, text=True, check=True
     )

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.settings import ParamsError, load_section
+from pipeline.settings import ParamsError
 from pipeline.split import SplitSettings, assign_splits, largest_remainder, main, read_splits
 
-SETTINGS = SplitSettings(seed=2019, train=0.7, val=0.1, test=0.2, top_k=0)
+SETTINGS = SplitSettings(seed=2019, train=0.7, val=0.1, test=0.2, top_k=0, near_duplicates_together=4)
 NAMES = ["Casual", "Romantic", "Sexy", "Ethnic"]
 
 
@@ -25,11 +25,6 @@ def images(counts: dict[str, int], prefix: str) -> pd.DataFrame:
 
 def shares(splits: pd.DataFrame, members: pd.DataFrame) -> pd.DataFrame:
     return pd.crosstab(members.merge(splits, on="image_id")["stratum"], members.merge(splits, on="image_id")["split"])
-
-
-def test_project_params_split_70_10_20():
-    settings = load_section(SplitSettings, "split", Path(__file__).resolve().parents[1] / "params.yaml")
-    assert settings.fractions().tolist() == [0.7, 0.1, 0.2]
 
 
 def test_largest_remainder_is_exact_and_proportional():
@@ -66,7 +61,7 @@ def test_adding_a_batch_never_moves_an_image_and_keeps_strata_balanced():
 def test_earlier_assignments_survive_new_params_and_images_leaving():
     first = images({"Casual": 30}, "a")
     before = assign_splits(read_splits(Path("/nonexistent")), first, SETTINGS)
-    other = SplitSettings(seed=1, train=0.5, val=0.0, test=0.5, top_k=3)
+    other = SplitSettings(seed=1, train=0.5, val=0.0, test=0.5, top_k=3, near_duplicates_together=4)
     after = assign_splits(before, first.iloc[:10], other)  # 20 images no longer eligible
     pd.testing.assert_frame_equal(after, before)
 
@@ -76,7 +71,9 @@ def test_order_is_seeded_and_deterministic():
     one = assign_splits(read_splits(Path("/nonexistent")), batch, SETTINGS)
     again = assign_splits(read_splits(Path("/nonexistent")), batch.sample(frac=1, random_state=3), SETTINGS)
     other = assign_splits(
-        read_splits(Path("/nonexistent")), batch, SplitSettings(seed=7, train=0.7, val=0.1, test=0.2, top_k=0)
+        read_splits(Path("/nonexistent")),
+        batch,
+        SplitSettings(seed=7, train=0.7, val=0.1, test=0.2, top_k=0, near_duplicates_together=4),
     )
     pd.testing.assert_frame_equal(one, again)
     assert (one["split"] != other["split"]).any()
@@ -84,7 +81,9 @@ def test_order_is_seeded_and_deterministic():
 
 def test_fractions_must_sum_to_one():
     with pytest.raises(ParamsError, match="sum to 1"):
-        SplitSettings(seed=1, train=0.7, val=0.1, test=0.1, top_k=0).fractions()
+        SplitSettings(seed=1, train=0.7, val=0.1, test=0.1, top_k=0, near_duplicates_together=4)
+    with pytest.raises(ParamsError, match=r"split.val must be in \[0, 1\], not -0.1"):
+        SplitSettings(seed=1, train=0.9, val=-0.1, test=0.2, top_k=0, near_duplicates_together=4)
 
 
 # ---- the stage end to end: files, label subset, exclusions ---------------------------------------
@@ -216,3 +215,36 @@ def test_near_duplicate_pairs_across_splits_are_listed_as_leakage(tmp_path):
     assert (pd.read_parquet(tmp_path / "splits.parquet").set_index("image_id")["split"] == split_of).all(), (
         "nothing moved"
     )
+
+
+def pairs_of(a: list[str], b: list[str], distance: int) -> pd.DataFrame:
+    return pd.DataFrame({"image_id_a": a, "image_id_b": b, "distance": [distance] * len(a)})
+
+
+def test_new_near_duplicates_share_one_split_and_pairs_further_apart_do_not_move():
+    batch = images({"Casual": 50, "Romantic": 50}, "a")
+    casual, romantic = batch["image_id"][:50].tolist(), batch["image_id"][50:].tolist()
+    pairs = pd.concat([pairs_of(casual[:25], romantic[:25], 3), pairs_of(casual[25:], romantic[25:], 7)])
+    none = read_splits(Path("/nonexistent"))
+    apart = assign_splits(none, batch, SETTINGS).set_index("image_id")["split"]
+    together = assign_splits(none, batch, SETTINGS, pairs).set_index("image_id")["split"]
+    crossing = [a != b for a, b in zip(apart[casual[:25]], apart[romantic[:25]], strict=True)]
+    assert any(crossing), "without grouping some close pairs cross splits: the test can tell"
+    assert (together[casual[:25]].to_numpy() == together[romantic[:25]].to_numpy()).all()
+    assert together[casual[25:]].equals(apart[casual[25:]]) and together[romantic[25:]].equals(apart[romantic[25:]])
+    assert together[casual].equals(apart[casual]), "a group takes the split of its first image in the stratified order"
+    off = SplitSettings(**(vars(SETTINGS) | {"near_duplicates_together": -1}))
+    assert assign_splits(none, batch, off, pairs).set_index("image_id")["split"].equals(apart)
+
+
+def test_a_new_re_post_of_an_assigned_photo_joins_its_split_through_a_chain_and_nothing_moves():
+    first = images({"Casual": 20}, "a")
+    before = assign_splits(read_splits(Path("/nonexistent")), first, SETTINGS)
+    test_photo = before.loc[before["split"] == "test", "image_id"].iloc[0]
+    second = images({"Romantic": 20}, "b")
+    repost, its_copy = second["image_id"].iloc[0], second["image_id"].iloc[1]
+    pairs = pairs_of([test_photo, repost], [repost, its_copy], 2)
+    after = assign_splits(before, pd.concat([first, second], ignore_index=True), SETTINGS, pairs)
+    split_of = after.set_index("image_id")["split"]
+    assert split_of[repost] == split_of[its_copy] == "test"
+    assert after.merge(before, on="image_id")["split_x"].equals(after.merge(before, on="image_id")["split_y"])

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_training import _params, _train, inputs  # noqa: F401  (inputs is a fixture)
+from test_training import _params, _train
 
 import training.train as train_module
+
+pytestmark = pytest.mark.slow  # torchrun: two processes (make test-fast skips them)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,9 +47,10 @@ def _worker(out: Path, argv: list[str]) -> None:
 def _torchrun(inputs: dict[str, Path], model: str, out: Path, params: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     args = [
-        "--model", model, "--dataset", str(inputs["dataset"]), "--label-subset", str(inputs["subset"]), "--graph", str(inputs["graph"]),
-        "--features", str(inputs["features"]), "--crawl-dir", str(inputs["crawl"]), "--out-dir", str(out / "models" / model),
-        "--live-dir", str(out / "dvclive" / model), "--pixel-cache", str(inputs["pixels"]), "--params", str(params),
+        "--model", model, "--dataset", str(inputs["dataset"]), "--label-subset", str(inputs["subset"]),
+        "--graph", str(inputs["graph"]), "--features", str(inputs["features"]), "--crawl-dir", str(inputs["crawl"]),
+        "--out-dir", str(out / "models" / model), "--live-dir", str(out / "dvclive" / model),
+        "--pixel-cache", str(inputs["pixels"]), "--params", str(params),
     ]  # fmt: skip
     env = {
         **os.environ,

@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.settings import load_section
 from pipeline.validate import ERROR, WARNING, ValidateSettings, main, summary, validate
 
 NAMES = ["Casual", "Romantic", "Sexy"]
@@ -164,7 +163,8 @@ DEFECTS = [
     (_add_catalog_row, "Every catalogued image is labelled", WARNING, "zz"),
     (
         _tie,
-        "No image waits for review: a tie for the main style, or a source that labels it twice, differently (left out downstream)",
+        "No image waits for review: a tie for the main style, or a source that labels it twice, differently (left out "
+        "downstream)",
         WARNING,
         "a1",
     ),
@@ -176,11 +176,6 @@ DEFECTS = [
         "Romantic (0.25)",
     ),
 ]
-
-
-def test_project_params_have_a_validate_section():
-    settings = load_section(ValidateSettings, "validate", Path(__file__).resolve().parents[1] / "params.yaml")
-    assert settings.require_main and not settings.fail_on_warnings
 
 
 def test_clean_labels_pass_every_expectation(tmp_path):
@@ -233,7 +228,8 @@ def test_summary_names_the_expectation_the_row_count_and_examples_errors_first(t
     _set("image_labels", "sub_styles", 0, ["Romantic", "Boho", "Emo"])(inputs)
     lines = summary(validate(inputs, SETTINGS, NAMES, None)).splitlines()
     assert lines == [
-        "ERROR: Every main and sub style is in the taxonomy [styles]: 2 rows, e.g. Boho (image_labels, a1); Emo (image_labels, a1)",
+        "ERROR: Every main and sub style is in the taxonomy [styles]: 2 rows, e.g. Boho (image_labels, a1); Emo "
+        "(image_labels, a1)",
         "WARNING: Every catalogued image is labelled [catalog]: 1 rows, e.g. zz",
     ]
 

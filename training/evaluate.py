@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from pipeline.atomic import atomic_path, outputs_together, write_json
 from pipeline.cli import InputError, report_user_errors
-from pipeline.settings import ParamsError, load_section
+from pipeline.settings import ParamsError, Settings, load_section, setting
 from training.checkpoint import (
     build_trained_module,
     decision_thresholds,
@@ -69,12 +69,17 @@ DIFFERENCE_COLUMNS = ("top1_any", "top2_all", OWN_COUNT_COLUMN)  # paired differ
 UNINFORMATIVE_CEILING = 0.5  # a Top-k all-recall whose ceiling is below this is flagged as saying little
 
 
+# pipeline.split.SPLITS, spelled out: importing the split stage would make evaluate re-run when its code changes.
+EVALUATED_SPLITS = ("train", "val", "test")
+
+
 @dataclass(frozen=True)
-class EvaluateSettings:
-    split: str  # the split the report is computed on
-    bootstrap: int  # resamples for the 95% intervals
-    seed: int
-    baseline: str  # the model every other one is compared with (paired differences): a name in `models`
+class EvaluateSettings(Settings):
+    section = "evaluate"
+    split: str = setting("the split the report is computed on (read once, here)", choices=EVALUATED_SPLITS)
+    bootstrap: int = setting("resamples for the 95% bootstrap intervals", interval="[1, inf)")
+    seed: int = setting("seed of the bootstrap resampling")
+    baseline: str = setting("the `models` entry every other model is compared with (paired differences and intervals)")
 
 
 @dataclass
@@ -115,11 +120,13 @@ def describe(checkpoint: dict[str, Any]) -> str:
 def test_probs(
     checkpoint: dict[str, Any], test: TestSet, features: Path, crawl_dir: Path, batch_size: int = 64
 ) -> np.ndarray:
-    """(N, C) test probabilities, scored as the model was selected: heads read the cached features, pixel models read the images."""
+    """(N, C) test probabilities, scored as the model was selected: heads read the cached features, pixel models read
+    the images."""
     meta = checkpoint["meta"]
     if meta["labels"] != test.labels:
         raise InputError(
-            f"model {meta['name']}: trained on labels {meta['labels']}, the label subset is now {test.labels}; retrain it"
+            f"model {meta['name']}: trained on labels {meta['labels']}, the label subset is now {test.labels}; retrain "
+            "it"
         )
     device, precision, mirror = pick_device(), trained_precision(meta), scores_mirrored(meta)
     targets = torch.from_numpy(test.targets)
@@ -135,7 +142,8 @@ def test_probs(
     check_features_fit(meta, cached.meta, features)
     if mirror and cached.mirrored is None:
         raise InputError(
-            f"{features}: holds no mirrored features, but model {meta['name']} was selected with the test-time flip (train.tta_flip); re-run the features stage with features.flip: true (dvc repro)"
+            f"{features}: holds no mirrored features, but model {meta['name']} was selected with the test-time flip "
+            "(train.tta_flip); re-run the features stage with features.flip: true (dvc repro)"
         )
     head = prepare(build_trained_module(meta), device)
     head.load_state_dict(checkpoint["model"])
@@ -147,7 +155,8 @@ def test_probs(
 
 
 def check_features_fit(meta: dict[str, Any], features_meta: dict[str, Any], features: Path) -> None:
-    """Refuse cached features extracted otherwise than those a head was trained on (another backbone, weights, size or precision)."""
+    """Refuse cached features extracted otherwise than those a head was trained on (another backbone, weights, size or
+    precision)."""
     trained = {key: meta[key] for key in FEATURE_SETTINGS} | {
         "precision": meta.get("features_precision", trained_precision(meta))
     }
@@ -157,26 +166,31 @@ def check_features_fit(meta: dict[str, Any], features_meta: dict[str, Any], feat
     differences = [f"{key} {cached[key]!r} (model: {trained[key]!r})" for key in trained if cached[key] != trained[key]]
     if differences:
         raise InputError(
-            f"{features}: features of {', '.join(differences)}, not those model {meta['name']} was trained on; re-run the features stage and the training (dvc repro)"
+            f"{features}: features of {', '.join(differences)}, not those model {meta['name']} was trained on; re-run "
+            "the features stage and the training (dvc repro)"
         )
 
 
 def paired_differences(
     probs: dict[str, np.ndarray], baseline: str, test: TestSet, settings: EvaluateSettings
 ) -> list[dict]:
-    """Each other model minus `baseline`: DIFFERENCE_COLUMNS and mAP, with paired bootstrap 95% intervals (same resampled images)."""
+    """Each other model minus `baseline`: DIFFERENCE_COLUMNS and mAP, with paired bootstrap 95% intervals (same
+    resampled images)."""
     rows = []
     base_hits = topk_hits(probs[baseline], test.targets)
     for name, p in probs.items():
         if name == baseline:
             continue
-        hits, row = topk_hits(p, test.targets), {"other": name}
+        hits = topk_hits(p, test.targets)
+        row: dict[str, Any] = {"other": name}  # and (difference, interval low, interval high) per column
         for column in DIFFERENCE_COLUMNS:
             diff = hits[column].astype(float) - base_hits[column]
-            row[column] = (
-                float(diff.mean()),
-                *bootstrap_interval(lambda idx, d=diff: d[idx].mean(), len(diff), settings.bootstrap, settings.seed),
-            )
+
+            def mean_gain(idx: np.ndarray, d: np.ndarray = diff) -> float:
+                return float(d[idx].mean())
+
+            interval = bootstrap_interval(mean_gain, len(diff), settings.bootstrap, settings.seed)
+            row[column] = (float(diff.mean()), *interval)
 
         def map_gap(idx: np.ndarray, other: np.ndarray = p) -> float:
             return mean_average_precision(other[idx], test.targets[idx]) - mean_average_precision(
@@ -204,18 +218,22 @@ def _signed(triple: tuple[float, float, float]) -> str:
 
 
 def ceiling_lines(targets: np.ndarray) -> list[str]:
-    """What Top-k all-recall can reach on these images, and a warning where it says little (most images carry more than k labels)."""
+    """What Top-k all-recall can reach on these images, and a warning where it says little (most images carry more than
+    k labels)."""
     ceilings = {k: all_recall_ceiling(targets, k) for k in TOP_K[1:]}
     lines = [
-        f"Images carry {targets.sum(axis=1).mean():.1f} labels on average, so Top-k all-recall cannot exceed the share with at most k: "
+        f"Images carry {targets.sum(axis=1).mean():.1f} labels on average, so Top-k all-recall cannot exceed the share "
+        "with at most k: "
         + ", ".join(f"k = {k}: {_pct(c)}" for k, c in ceilings.items())
-        + ". Tn all is all-recall at k = each image's own number of labels (its labels are exactly its n highest scores)."
+        + ". Tn all is all-recall at k = each image's own number of labels (its labels are exactly its n highest "
+        "scores)."
     ]
     n_true = targets.sum(axis=1)
     for k, ceiling in ceilings.items():
         if ceiling < UNINFORMATIVE_CEILING:
             lines.append(
-                f"**T{k} all says little here**: {_pct(float((n_true > k).mean()))} % of the images carry more than {k} labels; compare models on Tn all and mAP."
+                f"**T{k} all says little here**: {_pct(float((n_true > k).mean()))} % of the images carry more than "
+                f"{k} labels; compare models on Tn all and mAP."
             )
     return lines
 
@@ -236,10 +254,10 @@ def render_report(
         "",
         "Every model was selected on the validation split (best validation mAP) and scored once here. "
         f"Percent; brackets: bootstrap 95% intervals ({settings.bootstrap} resamples of the images). "
-        "Top-k any-recall: at least one true label among the k highest scores; Top-k all-recall: the main label and every sub label among them "
-        "(an image with more than k labels is a miss; tied scores count against the model). "
-        "A resample that repeats images lifts AP (a repeated positive raises the precision at its rank), so mAP intervals, "
-        "and those of mAP differences, are shifted by the resamples' mean bias to centre on the estimate.",
+        "Top-k any-recall: at least one true label among the k highest scores; Top-k all-recall: the main label and "
+        "every sub label among them (an image with more than k labels is a miss; tied scores count against the model). "
+        "A resample that repeats images lifts AP (a repeated positive raises the precision at its rank), so mAP "
+        "intervals, and those of mAP differences, are shifted by the resamples' mean bias to centre on the estimate.",
         "",
         "## Models",
         "",
@@ -252,8 +270,8 @@ def render_report(
         "",
         *ceiling_lines(test.targets),
         "",
-        "CF1/OF1: labels called present at probability 0.5; (val thr): at each label's threshold chosen on the validation split (best F1 there), "
-        "as `predict` and pre-annotations call them.",
+        "CF1/OF1: labels called present at probability 0.5; (val thr): at each label's threshold chosen on the "
+        "validation split (best F1 there), as `predict` and pre-annotations call them.",
         "",
         "| model | " + " | ".join(COLUMN_TITLES.values()) + " | CF1 | OF1 | CF1 (val thr) | OF1 (val thr) |",
         "|---|" + "---|" * (len(COLUMN_TITLES) + 4),
@@ -305,9 +323,11 @@ def render_report(
 def metrics_json(
     results: dict[str, dict], differences: list[dict], chosen: str, test: TestSet, settings: EvaluateSettings
 ) -> dict:
-    """The numbers `dvc metrics diff` compares: headline metrics per model with interval bounds, the chosen model, differences from the baseline."""
-    out: dict[str, Any] = {"split": settings.split, "n_images": len(test.targets), "chosen_model": chosen, "baseline": settings.baseline,
-                           "all_recall_ceiling": {f"top{k}_all": round(all_recall_ceiling(test.targets, k), 6) for k in TOP_K}, "models": {}}  # fmt: skip
+    """The numbers `dvc metrics diff` compares: headline metrics per model with interval bounds, the chosen model,
+    differences from the baseline."""
+    ceilings = {f"top{k}_all": round(all_recall_ceiling(test.targets, k), 6) for k in TOP_K}
+    out: dict[str, Any] = {"split": settings.split, "n_images": len(test.targets), "chosen_model": chosen,
+                           "baseline": settings.baseline, "all_recall_ceiling": ceilings, "models": {}}  # fmt: skip
     for name, result in results.items():
         entry = {key: round(value["value"], 6) for key, value in result["summary"].items()}
         entry |= {
@@ -324,7 +344,7 @@ def metrics_json(
         out["models"][d["other"]] |= {
             f"{key}_minus_baseline{suffix}": round(value, 6)
             for key in (*DIFFERENCE_COLUMNS, "mAP")
-            for suffix, value in zip(("", "_ci_low", "_ci_high"), d[key])
+            for suffix, value in zip(("", "_ci_low", "_ci_high"), d[key], strict=True)
         }
     return out
 
@@ -379,7 +399,8 @@ def run(args: argparse.Namespace) -> int:
             tmp.write_text(report, encoding="utf-8")
         write_json(metrics, args.metrics)
     print(
-        f"evaluate: {len(metrics['models'])} models on {metrics['n_images']} {settings.split} images -> {args.report}, {args.metrics}"
+        f"evaluate: {len(metrics['models'])} models on {metrics['n_images']} {settings.split} images -> {args.report}, "
+        f"{args.metrics}"
     )
     return 0
 

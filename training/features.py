@@ -53,38 +53,42 @@ from tqdm import tqdm
 
 from pipeline.atomic import atomic_path, remove_leftover_temporaries
 from pipeline.cli import InputError, report_user_errors
-from pipeline.settings import ParamsError, load_section, read_params_file
-from training.backbones import LITE_NATIVE_SIZES, Backbone, create_backbone
+from pipeline.settings import Settings, load_section, setting
+from training.backbones import BACKBONES, LITE_NATIVE_SIZES, Backbone, create_backbone
 from training.data import ImageDataset, eval_transform, read_dataset, read_label_subset
-from training.device import PRECISIONS, autocast, pick_device, prepare, to_device
+from training.device import autocast, pick_device, prepare, to_device
 from training.models import ModelSpec, global_pool
+from training.settings import TrainSettings
 
 
 @dataclass(frozen=True)
-class FeatureSettings:
-    backbone: str  # a name in training.backbones.BACKBONES
-    weights: str  # "imagenet", a state_dict file, or "none"
-    image_size: int  # input side in px (plain resize to a square, as the reference evaluates)
-    batch_size: int
-    workers: int  # DataLoader processes decoding images; 0 = in the main process
-    flip: bool  # also store the features of every image mirrored (training augmentation, test-time flip)
-    maps: bool  # also store the last feature maps (fp16), which csra heads read
+class FeatureSettings(Settings):
+    section = "features"
+    backbone: str = setting(
+        "the pretrained backbone (training/backbones.py); ImageNet weights of the EfficientNet-Lites ship offline,"
+        " native sizes 224/240/260 px",
+        choices=tuple(sorted(BACKBONES)),
+    )
+    weights: str = setting('"imagenet" (pretrained), a path to a state_dict file, or "none"')
+    image_size: int = setting(
+        "input side in px: plain resize to a square, as the reference evaluates (the paper: 448)", interval="[16, inf)"
+    )
+    batch_size: int = setting("images per backbone pass", interval="[1, inf)")
+    workers: int = setting("decoding processes; 0 = in the main process", interval="[0, inf)")
+    flip: bool = setting(
+        "also cache every image mirrored (training augmentation; the test-time flip of train.tta_flip)"
+    )
+    maps: bool = setting("also cache the last feature maps (fp16), which csra heads read (size: docs/models.md)")
 
 
 def training_precision(params: Path) -> str:
     """train.precision of the params file: the precision features are extracted in (see the module docstring)."""
-    train = read_params_file(params).get("train")
-    if not isinstance(train, dict) or "precision" not in train:
-        raise ParamsError(
-            f"{params}: train.precision is missing; the features stage extracts in the precision the heads are trained in"
-        )
-    if train["precision"] not in PRECISIONS:
-        raise ParamsError(f"{params}: train.precision {train['precision']!r} is not one of {PRECISIONS}")
-    return str(train["precision"])
+    return load_section(TrainSettings, "train", params).precision
 
 
 def extracted_precision(features_meta: dict) -> str:
-    """The precision a features file was extracted in; "bf16" (autocast's default then) for files written before it was recorded."""
+    """The precision a features file was extracted in; "bf16" (autocast's default then) for files written before it was
+    recorded."""
     return features_meta.get("precision", "bf16")
 
 
@@ -115,7 +119,8 @@ def extract(
     precision: str,
     progress: tqdm,
 ) -> Iterator[Extracted]:
-    """Pooled backbone features of each image of `paths` (flipped where `mirrored`), in order, with its feature maps where `settings.maps`.
+    """Pooled backbone features of each image of `paths` (flipped where `mirrored`), in order, with its feature maps
+    where `settings.maps`.
 
     The backbone runs in `precision` (train.precision) over one stream of passes of
     `features.batch_size` images, so only the stream's last pass is padded.
@@ -131,7 +136,8 @@ def extract(
             maps = body(to_device(padded(images, settings.batch_size), device)).float()[:n]
         progress.update(n)
         kept = maps.half().cpu().numpy() if settings.maps else np.zeros((n, 0), np.float16)
-        yield from zip(global_pool(maps, "max").cpu().numpy(), global_pool(maps, "avg").cpu().numpy(), kept)
+        pooled_max, pooled_avg = global_pool(maps, "max").cpu().numpy(), global_pool(maps, "avg").cpu().numpy()
+        yield from zip(pooled_max, pooled_avg, kept, strict=True)
 
 
 FIELDS = ("image_ids", "max", "avg", "maps")
@@ -217,7 +223,8 @@ def cpu_model() -> str:
 
 
 def hardware(device: torch.device) -> str:
-    """What decides how features round besides the code: the GPU model, or the CPU model, its vector instruction set and the thread count."""
+    """What decides how features round besides the code: the GPU model, or the CPU model, its vector instruction set and
+    the thread count."""
     if device.type == "cuda":
         return f"cuda {torch.cuda.get_device_name(device)}"
     return f"{device.type} {cpu_model()} {torch.backends.cpu.get_cpu_capability()} {torch.get_num_threads()} threads"
@@ -233,12 +240,15 @@ def extraction_key(settings: FeatureSettings, precision: str, device: torch.devi
     weights = settings.weights
     if weights != "imagenet":
         weights += "@" + hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16]
-    return {"backbone": settings.backbone, "weights": weights, "image_size": settings.image_size, "batch_size": settings.batch_size, "maps": settings.maps,
-            "precision": precision, "hardware": hardware(device), "code": feature_code_digest()} | {p: installed_version(p) for p in FEATURE_PACKAGES}  # fmt: skip
+    versions = {p: installed_version(p) for p in FEATURE_PACKAGES}
+    return {"backbone": settings.backbone, "weights": weights, "image_size": settings.image_size,
+            "batch_size": settings.batch_size, "maps": settings.maps, "precision": precision,
+            "hardware": hardware(device), "code": feature_code_digest()} | versions  # fmt: skip
 
 
 def read_shard(path: Path, key: dict | None, dim: int) -> tuple[FeatureRows, FeatureRows]:
-    """(features, mirrored features) cached in `path` under `key`; none when it is missing, damaged or of another key."""
+    """(features, mirrored features) cached in `path` under `key`; none when it is missing, damaged or of another
+    key."""
     empty = (no_features(dim), no_features(dim))
     if key is None or not path.exists():
         return empty
@@ -260,7 +270,8 @@ def read_shard(path: Path, key: dict | None, dim: int) -> tuple[FeatureRows, Fea
 def write_shard(path: Path, key: dict, plain: FeatureRows, mirrored: FeatureRows) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, key=json.dumps(key), image_id=plain.image_ids, max=plain.max, avg=plain.avg, maps=plain.maps,
-                 flip_image_id=mirrored.image_ids, max_flip=mirrored.max, avg_flip=mirrored.avg, maps_flip=mirrored.maps)  # fmt: skip
+                 flip_image_id=mirrored.image_ids, max_flip=mirrored.max, avg_flip=mirrored.avg,
+                 maps_flip=mirrored.maps)  # fmt: skip
 
 
 def next_rows(stream: Iterator[Extracted], image_ids: np.ndarray, dim: int) -> FeatureRows:
@@ -296,11 +307,13 @@ def write_features(
     table = read_dataset(dataset_path, read_label_subset(label_subset))
     if "batch" not in table.columns:
         raise InputError(
-            f"{dataset_path}: no batch column, which the features cache is kept by; re-run the split stage (dvc repro split)"
+            f"{dataset_path}: no batch column, which the features cache is kept by; re-run the split stage (dvc repro "
+            "split)"
         )
     if table["batch"].isna().any():
         raise InputError(
-            f"{dataset_path}: images {table.loc[table['batch'].isna(), 'image_id'].head(5).tolist()} have no crawl batch; re-run the split stage (dvc repro split)"
+            f"{dataset_path}: images {table.loc[table['batch'].isna(), 'image_id'].head(5).tolist()} have no crawl "
+            "batch; re-run the split stage (dvc repro split)"
         )
     cache_dir.mkdir(
         parents=True, exist_ok=True
@@ -312,10 +325,13 @@ def write_features(
     flips_of = dict(tuple(flipped.groupby("batch", sort=True)))  # one pass over the table, not one per batch
     wanted = {batch: (rows, flips_of.get(batch, flipped.iloc[:0])) for batch, rows in table.groupby("batch", sort=True)}
     held = {batch: read_shard(cache_dir / f"{batch}.npz", key, backbone.dim) for batch in wanted}
-    todo = {batch: [pooled.lacking(rows) for rows, pooled in zip(wanted[batch], held[batch])] for batch in wanted}
+    todo = {
+        batch: [pooled.lacking(rows) for rows, pooled in zip(wanted[batch], held[batch], strict=True)]
+        for batch in wanted
+    }
     counts = FeatureCounts(len(table), *(sum(len(todo[batch][kind]) for batch in wanted) for kind in (0, 1)))
     queue = [(crawl_dir / path, kind == 1) for batch in wanted for kind in (0, 1) for path in todo[batch][kind]["path"]]
-    parts = [(no_features(backbone.dim), no_features(backbone.dim))]
+    parts: list[tuple[FeatureRows, ...]] = [(no_features(backbone.dim), no_features(backbone.dim))]  # (plain, mirrored)
     with tqdm(total=len(queue), desc="features", unit="image", disable=None) as progress:
         stream = extract(
             backbone, [path for path, _ in queue], [mirror for _, mirror in queue], settings, precision, progress
@@ -327,12 +343,12 @@ def write_features(
             new = [next_rows(stream, lacking["image_id"].to_numpy(dtype=str), backbone.dim) for lacking in todo[batch]]
             done = tuple(
                 FeatureRows.concat([old, extra]).take(want["image_id"])
-                for old, extra, want in zip(held[batch], new, (rows, flips))
+                for old, extra, want in zip(held[batch], new, (rows, flips), strict=True)
             )
             if key is not None and [p.image_ids.tolist() for p in done] != [p.image_ids.tolist() for p in held[batch]]:
                 write_shard(cache_dir / f"{batch}.npz", key, *done)
             parts.append(done)
-    plain, mirrored = (FeatureRows.concat(rows) for rows in zip(*parts))
+    plain, mirrored = (FeatureRows.concat(rows) for rows in zip(*parts, strict=True))
     plain, mirrored = plain.take(table["image_id"]), mirrored.take(flipped["image_id"])
     arrays = {"max": plain.max, "avg": plain.avg} | ({"maps": plain.maps} if settings.maps else {})
     if settings.flip:
@@ -344,7 +360,8 @@ def write_features(
         arrays |= {"maps_flip": mirrored.maps} if settings.maps else {}
     meta = asdict(settings) | {"mean": backbone.mean, "std": backbone.std, "precision": precision}
     with atomic_path(out) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, image_id=table["image_id"].to_numpy(dtype=str), meta=json.dumps(meta), **arrays)
+        # ignored below: numpy's stub fears that **arrays might fill its allow_pickle: bool
+        np.savez(handle, image_id=table["image_id"].to_numpy(dtype=str), meta=json.dumps(meta), **arrays)  # type: ignore[arg-type]
     return counts
 
 
@@ -363,14 +380,16 @@ def feature_array(spec: ModelSpec) -> str:
 
 
 def read_features(path: Path, image_ids: Sequence[str], array: str, mirrored: bool) -> CachedFeatures:
-    """`array` (max, avg or maps) of `image_ids` from the features file, with their mirrored rows when `mirrored` and the file has them.
+    """`array` (max, avg or maps) of `image_ids` from the features file, with their mirrored rows when `mirrored` and
+    the file has them.
 
     InputError names the file when it lacks the array or an image.
     """
     with np.load(path, allow_pickle=False) as npz:
         if array not in npz:
             raise InputError(
-                f"{path}: holds no feature maps, which a csra head reads; set features.maps: true (params.yaml) and re-run the features stage (dvc repro)"
+                f"{path}: holds no feature maps, which a csra head reads; set features.maps: true (params.yaml) and "
+                "re-run the features stage (dvc repro)"
             )
         row = {image_id: i for i, image_id in enumerate(npz["image_id"])}
         missing = [i for i in image_ids if i not in row]
@@ -384,7 +403,8 @@ def read_features(path: Path, image_ids: Sequence[str], array: str, mirrored: bo
             flip_row = {image_id: i for i, image_id in enumerate(npz["flip_image_id"])}
             if lacking := [i for i in image_ids if i not in flip_row]:
                 raise InputError(
-                    f"{path}: no mirrored features for {len(lacking)} images (e.g. {lacking[0]}), written by an older features stage; re-run it (dvc repro features)"
+                    f"{path}: no mirrored features for {len(lacking)} images (e.g. {lacking[0]}), written by an older "
+                    "features stage; re-run it (dvc repro features)"
                 )
             flips = torch.from_numpy(npz[f"{array}_flip"][[flip_row[i] for i in image_ids]])
         return CachedFeatures(x, flips, json.loads(str(npz["meta"])))
@@ -397,7 +417,8 @@ def run(args: argparse.Namespace) -> int:
         args.dataset, args.label_subset, args.crawl_dir, args.out, args.cache_dir, settings, precision
     )
     print(
-        f"features: {counts.images} images ({counts.extracted} + {counts.extracted_flips} mirrored extracted, the rest from {args.cache_dir}), backbone {settings.backbone} @ {settings.image_size} px, {precision} -> {args.out}"
+        f"features: {counts.images} images ({counts.extracted} + {counts.extracted_flips} mirrored extracted, the rest "
+        f"from {args.cache_dir}), backbone {settings.backbone} @ {settings.image_size} px, {precision} -> {args.out}"
     )
     return 0
 

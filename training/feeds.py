@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -57,14 +58,14 @@ def file_feeds(
 
     def subset(s: str, transform: v2.Compose) -> ImageDataset:
         return ImageDataset(
-            [f for f, keep in zip(files, inputs.split[s]) if keep],
+            [f for f, keep in zip(files, inputs.split[s], strict=True) if keep],
             inputs.targets[inputs.split[s]].numpy(),
             transform,
             vetted=True,
         )
 
     train_set, val_set = subset("train", train_transform(*norm)), subset("val", eval_transform(*norm))
-    loader = dict(
+    loader: dict[str, Any] = dict(
         batch_size=settings.batch_size,
         num_workers=settings.workers,
         pin_memory=device.type == "cuda",
@@ -85,7 +86,8 @@ def file_feeds(
 
 
 def reseed_worker_for_rank(worker_id: int, world: World) -> None:
-    """DataLoader worker_init_fn: this rank's own augmentations (the loader seeded its workers from the shuffle generator that all ranks share)."""
+    """DataLoader worker_init_fn: this rank's own augmentations (the loader seeded its workers from the shuffle
+    generator that all ranks share)."""
     torch.manual_seed(rank_seed(torch.initial_seed(), world))
 
 
@@ -106,7 +108,8 @@ def cached_pixel_feeds(
     height, width = next(iter(store.shards.values())).shape[1:3]
     if min(height, width) < norm[0]:
         warnings.warn(
-            f"the pixel cache holds {height}x{width} pictures, smaller than the {norm[0]} px input: training upsamples them; set pixel_cache.height/width >= {norm[0]} and rebuild it",
+            f"the pixel cache holds {height}x{width} pictures, smaller than the {norm[0]} px input: training "
+            f"upsamples them; set pixel_cache.height/width >= {norm[0]} and rebuild it",
             stacklevel=2,
         )
     ids = inputs.table["image_id"].astype(str).to_numpy()
@@ -133,7 +136,8 @@ def cached_pixel_feeds(
 def cached_pixel_loader(
     dataset: CachedPixelBatches, order: torch.Tensor, batch_size: int, workers: int, device: torch.device
 ) -> DataLoader:
-    """uint8 batches of `dataset` in `order`, gathered by `workers` processes, pinned for asynchronous copies on CUDA."""
+    """uint8 batches of `dataset` in `order`, gathered by `workers` processes, pinned for asynchronous copies on
+    CUDA."""
     sampler = BatchSampler(order.tolist(), batch_size, drop_last=False)
     return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda")
 

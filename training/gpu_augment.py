@@ -30,11 +30,15 @@ GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_
 
 
 class Jitter(NamedTuple):
-    """Colour jitter strengths: each factor is drawn uniformly from [max(0, 1 - s), 1 + s] (torchvision's ColorJitter)."""
+    """Colour jitter strengths: each factor is drawn uniformly from [max(0, 1 - s), 1 + s] (torchvision's
+    ColorJitter)."""
 
     brightness: float = 0.0
     contrast: float = 0.0
     saturation: float = 0.0
+
+
+NO_JITTER = Jitter()
 
 
 def random_boxes(
@@ -146,7 +150,8 @@ def jittered(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
 def finish_crops(
     crops: torch.Tensor, flip: torch.Tensor, factors: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]
 ) -> torch.Tensor:
-    """Per-pixel tail of `train_batch` on (N, 3, S, S) crops in [0, 255]: scale to [0, 1], mirror where `flip`, jitter, normalise.
+    """Per-pixel tail of `train_batch` on (N, 3, S, S) crops in [0, 255]: scale to [0, 1], mirror where `flip`, jitter,
+    normalise.
 
     No random draws and no Python branching on values, so torch.compile traces it whole.
     """
@@ -169,16 +174,18 @@ def train_batch(
     scale: tuple[float, float] = (0.35, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
     generator: torch.Generator | None = None,
-    jitter: Jitter = Jitter(),
+    jitter: Jitter = NO_JITTER,
     fused: bool = False,
 ) -> torch.Tensor:
-    """Random resized crop to size x size, horizontal flip with p = 0.5, colour jitter, normalise; `fused`: the tail compiled."""
+    """Random resized crop to size x size, horizontal flip with p = 0.5, colour jitter, normalise; `fused`: the tail
+    compiled."""
     n, height, width, _ = pixels.shape
     boxes = random_boxes(n, height, width, scale, ratio, generator, pixels.device)
     rois = torch.cat([torch.arange(n, device=pixels.device, dtype=boxes.dtype).unsqueeze(1), boxes], dim=1)
     flip = torch.rand(n, device=pixels.device, generator=generator) < 0.5
     factors = jitter_factors(n, jitter, generator, pixels.device)
-    # sampling_ratio=0: ceil(footprint) samples per output pixel, one when enlarging; a fixed 2 x 2 grid blurred every crop
+    # sampling_ratio=0: ceil(footprint) samples per output pixel, one when enlarging; a fixed 2 x 2 grid blurred every
+    # crop
     crops = roi_align(
         to_float_nchw(pixels, scale=1),
         rois,

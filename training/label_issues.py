@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from pipeline.atomic import atomic_path, outputs_together, write_json, write_parquet
 from pipeline.cli import InputError, report_user_errors
-from pipeline.settings import ParamsError, load_section
+from pipeline.settings import Settings, load_section, setting
 from training.checkpoint import (
     best_model,
     build_trained_module,
@@ -61,23 +61,23 @@ from training.schedule import LinearWarmup, lr_factor, steps_per_epoch
 
 CHECKED_SPLITS = ("train", "val")
 ISSUE_COLUMNS = {
-    "rank": "int64", "image_id": "string", "batch": "string", "path": "string", "split": "string", "label": "string", "kind": "string",
-    "score": "float64", "model_probability": "float64", "experts_main": "string", "experts_labels": "object", "model_main": "string", "model_labels": "object",
+    "rank": "int64", "image_id": "string", "batch": "string", "path": "string", "split": "string", "label": "string",
+    "kind": "string", "score": "float64", "model_probability": "float64", "experts_main": "string",
+    "experts_labels": "object", "model_main": "string", "model_labels": "object",
 }  # fmt: skip
 
 
 @dataclass(frozen=True)
-class LabelIssueSettings:
-    model: str  # a `models` entry on cached features whose recipe the out-of-fold heads copy, or "best" (highest validation mAP)
-    folds: int  # out-of-fold: each image is scored by a head trained on the other folds
-    seed: int  # fold assignment and head initialisation
-    max_rows: int  # the most suspicious (image, label) cells kept in the table
-
-    def __post_init__(self) -> None:
-        if self.folds < 2 or self.max_rows < 1:
-            raise ParamsError(
-                f"label_issues.folds must be >= 2 and label_issues.max_rows >= 1, not {self.folds} and {self.max_rows} (params.yaml)"
-            )
+class LabelIssueSettings(Settings):
+    section = "label_issues"
+    model: str = setting(
+        "a `models` entry on cached features whose recipe the out-of-fold heads copy, or best (highest validation mAP)"
+    )
+    folds: int = setting("out-of-fold: each image is scored by a head trained on the other folds", interval="[2, inf)")
+    seed: int = setting("fold assignment and head initialisation")
+    max_rows: int = setting(
+        "the most suspicious (image, label) cells kept in data/label_issues.parquet", interval="[1, inf)"
+    )
 
 
 def chosen_checkpoint(models_dir: Path, model: str) -> tuple[str, dict[str, Any]]:
@@ -87,7 +87,8 @@ def chosen_checkpoint(models_dir: Path, model: str) -> tuple[str, dict[str, Any]
     meta = checkpoint["meta"]
     if meta["spec"]["kind"] == "cnn" or meta["finetuned"]:
         raise InputError(
-            f"label_issues.model {name!r} trains from pixels; the label-issue folds train heads on cached features: name a head model (params.yaml)"
+            f"label_issues.model {name!r} trains from pixels; the label-issue folds train heads on cached features: "
+            "name a head model (params.yaml)"
         )
     return name, checkpoint
 
@@ -118,7 +119,8 @@ def out_of_fold_probs(
     fold: np.ndarray,
     seed: int,
 ) -> np.ndarray:
-    """(N, C) probabilities, each row from a head trained on the other folds with the checkpoint's recipe for as many epochs as it took to its best."""
+    """(N, C) probabilities, each row from a head trained on the other folds with the checkpoint's recipe for as many
+    epochs as it took to its best."""
     meta, device = checkpoint["meta"], pick_device()
     train, precision, mirror = meta["train"], trained_precision(meta), scores_mirrored(meta)
     spec = ModelSpec(**meta["spec"])
@@ -144,7 +146,7 @@ def out_of_fold_probs(
             batches = feature_batches(x[fit], y[fit], batch, generator, mirrored[fit] if mirrored is not None else None)
             train_one_epoch(head, batches, optimizer, device, None, precision, warmup.setter(optimizer, epoch), loss)
 
-        def score(features: torch.Tensor, head: nn.Module = head) -> np.ndarray:
+        def score(features: torch.Tensor, head: nn.Module = head, held: torch.Tensor = held) -> np.ndarray:
             return predict_probs(head, feature_batches(features, y[held], 4 * batch, None), device, precision)[0]
 
         probs[held.numpy()] = mirrored_mean(score, x[held], mirrored[held] if mirror and mirrored is not None else None)
@@ -157,7 +159,8 @@ def label_quality(probs: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 
 def issue_kinds(targets: np.ndarray, main: np.ndarray) -> np.ndarray:
-    """(N, C) kind of the error each cell would be: missing, extra sub-style or wrong main style (tag sets: missing or extra)."""
+    """(N, C) kind of the error each cell would be: missing, extra sub-style or wrong main style (tag sets: missing or
+    extra)."""
     kinds = np.where(targets > 0, "extra sub-style" if (main >= 0).any() else "extra", "missing").astype(
         object
     )  # object: a fixed-width str array would cut longer kinds
@@ -183,7 +186,8 @@ def rank_issues(
     picked = table.iloc[rows]
     return pd.DataFrame({
         "rank": np.arange(1, len(rows) + 1),
-        "image_id": picked["image_id"].to_numpy(), "batch": picked["batch"].to_numpy(), "path": picked["path"].to_numpy(), "split": picked["split"].to_numpy(),
+        "image_id": picked["image_id"].to_numpy(), "batch": picked["batch"].to_numpy(),
+        "path": picked["path"].to_numpy(), "split": picked["split"].to_numpy(),
         "label": label_array[cols], "kind": kinds[rows, cols], "score": -np.log(np.maximum(quality[rows, cols], 1e-12)),
         "model_probability": probs[rows, cols], "experts_main": picked["main_style"].to_numpy(),
         "experts_labels": [list(v) for v in picked["labels"]], "model_main": label_array[probs[rows].argmax(axis=1)],
@@ -196,10 +200,11 @@ def report(issues: pd.DataFrame, name: str, n_images: int, settings: LabelIssueS
     lines = [
         "# Likely label errors",
         "",
-        f"{n_images} labelled images of the train and validation splits, each scored by a head of `{name}` trained on the other "
-        f"{settings.folds - 1} of {settings.folds} folds. Score: -log of the probability the model gives to the experts' answer "
-        "(self-confidence); the list is `data/label_issues.parquet`. "
-        "`python -m annotation push --review data/label_issues.parquet --top 50` sends the most suspicious images to the review project.",
+        f"{n_images} labelled images of the train and validation splits, each scored by a head of `{name}` trained on "
+        f"the other {settings.folds - 1} of {settings.folds} folds. Score: -log of the probability the model gives to "
+        "the experts' answer (self-confidence); the list is `data/label_issues.parquet`. "
+        "`python -m annotation push --review data/label_issues.parquet --top 50` sends the most suspicious images to "
+        "the review project.",
         "",
         "| kind | in the top 100 |",
         "|---|---|",
@@ -212,7 +217,8 @@ def report(issues: pd.DataFrame, name: str, n_images: int, settings: LabelIssueS
     ]
     for row in issues.head(top).itertuples():
         lines.append(
-            f"| {row.rank} | {row.path} | {row.label} | {row.kind} | {row.model_probability:.2f} | {', '.join(row.experts_labels)} | {', '.join(row.model_labels) or '—'} |"
+            f"| {row.rank} | {row.path} | {row.label} | {row.kind} | {row.model_probability:.2f} | "
+            f"{', '.join(row.experts_labels)} | {', '.join(row.model_labels) or '—'} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -224,12 +230,14 @@ def find_issues(args: argparse.Namespace, settings: LabelIssueSettings) -> tuple
     table = table[table["split"].isin(CHECKED_SPLITS)].reset_index(drop=True)
     if len(table) < settings.folds:
         raise InputError(
-            f"{args.dataset}: {len(table)} labelled train and validation images, fewer than label_issues.folds = {settings.folds}"
+            f"{args.dataset}: {len(table)} labelled train and validation images, fewer than label_issues.folds = "
+            f"{settings.folds}"
         )
     name, checkpoint = chosen_checkpoint(args.models_dir, settings.model)
     if checkpoint["meta"]["labels"] != labels:
         raise InputError(
-            f"model {name}: trained on labels {checkpoint['meta']['labels']}, the label subset is now {labels}; retrain it (dvc repro)"
+            f"model {name}: trained on labels {checkpoint['meta']['labels']}, the label subset is now {labels}; "
+            "retrain it (dvc repro)"
         )
     cached = read_features(
         args.features, list(table["image_id"]), feature_array(ModelSpec(**checkpoint["meta"]["spec"])), mirrored=True
@@ -244,8 +252,9 @@ def find_issues(args: argparse.Namespace, settings: LabelIssueSettings) -> tuple
         settings.seed,
     )
     issues = rank_issues(table, labels, probs, targets, decision_thresholds(checkpoint), settings.max_rows)
+    by_kind = issues.head(100)["kind"].value_counts()
     metrics = {"model": name, "images": len(table), "folds": settings.folds, "rows": len(issues),
-               "top_100_by_kind": {str(k): int(v) for k, v in issues.head(100)["kind"].value_counts().items()}}  # fmt: skip
+               "top_100_by_kind": {str(k): int(v) for k, v in by_kind.items()}}  # fmt: skip
     return issues, report(issues, name, len(table), settings), metrics
 
 
@@ -258,7 +267,8 @@ def run(args: argparse.Namespace) -> int:
             tmp.write_text(text, encoding="utf-8")
         write_json(metrics, args.metrics)
     print(
-        f"label_issues: {metrics['images']} images, {len(issues)} most suspicious (image, label) cells -> {args.out}, {args.report}"
+        f"label_issues: {metrics['images']} images, {len(issues)} most suspicious (image, label) cells -> {args.out}, "
+        f"{args.report}"
     )
     return 0
 

@@ -24,7 +24,8 @@ CANDIDATES_PER_PICK = 4  # entropy_diverse thins this many times n of the most u
 
 
 def mean_entropy(probs: np.ndarray) -> np.ndarray:
-    """Per image, the mean binary entropy of its label probabilities (bits): 0 when sure of every label, 1 when undecided on all."""
+    """Per image, the mean binary entropy of its label probabilities (bits): 0 when sure of every label, 1 when
+    undecided on all."""
     p = np.clip(probs, 1e-7, 1 - 1e-7)
     return (-(p * np.log2(p) + (1 - p) * np.log2(1 - p))).mean(axis=1)
 
@@ -64,7 +65,8 @@ def pick(
     labelled: np.ndarray,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """`n` row indices of `unlabelled` images for experts to label next, most wanted first. `probs` and `features` cover every row."""
+    """`n` row indices of `unlabelled` images for experts to label next, most wanted first. `probs` and `features` cover
+    every row."""
     if order == "random":
         return rng.permutation(unlabelled)[:n]
     if order == "least_confident":
@@ -81,9 +83,9 @@ def pick(
 def labelling_queue(order: str, probs: np.ndarray, features: np.ndarray, round_size: int, seed: int = 0) -> np.ndarray:
     """Every row, in the order experts should label them (push's order for new tasks).
 
-        For entropy_diverse, successive rounds of `round_size`, each picked among the most uncertain rows not yet queued and
-        kept away from each other and from the rounds before; each row's distance to the nearest queued row is kept up to
-        date round by round: one pass over the rows per round, so the cost grows with the square of the rows (1,280-wide
+    For entropy_diverse, successive rounds of `round_size`, each picked among the most uncertain rows not yet queued
+    and kept away from each other and from the rounds before; each row's distance to the nearest queued row is kept up
+    to date round by round: one pass over the rows per round, so the cost grows with the square of the rows (1,280-wide
     features on 2 cores: 10,000 rows 3 s, 30,000 rows 25 s; predicting those images takes far longer).
     """
     rows = np.arange(len(probs))

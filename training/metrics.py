@@ -1,4 +1,5 @@
-"""Multi-label metrics: the paper's Top-k any/all-recall, mAP and per-class AP, CF1/OF1, F1 thresholds, bootstrap intervals.
+"""Multi-label metrics: the paper's Top-k any/all-recall, mAP and per-class AP, CF1/OF1, F1 thresholds, bootstrap
+intervals.
 
 All functions take `scores` (N, C) (probabilities or logits: only the order matters,
 except for CF1/OF1 which threshold probabilities at 0.5, i.e. logit 0 as in the
@@ -17,58 +18,72 @@ meaningful however many labels an image carries.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
+
+Scores = NDArray[np.floating[Any]]  # (N, C) probabilities or logits
+Targets = NDArray[Any]  # (N, C) 0/1, of whatever numeric or bool dtype the caller holds
+Hits = NDArray[np.bool_]  # (N,) one per image
 
 TOP_K = (1, 2, 3)
 PAPER_COLUMNS = ("top1_any", "top2_all", "top2_any", "top3_all", "top3_any")  # the order of the paper's Tables 3-4
 OWN_COUNT_COLUMN = "topn_all"  # all-recall at k = the image's own number of labels
 
 
-def _false_at_or_above(scores: np.ndarray, truth: np.ndarray, reference: np.ndarray) -> np.ndarray:
+def _false_at_or_above(
+    scores: Scores, truth: NDArray[np.bool_], reference: NDArray[np.floating[Any]]
+) -> NDArray[np.intp]:
     """Per image: how many false labels score >= `reference` (one threshold per image)."""
-    return ((scores >= reference[:, None]) & ~truth).sum(axis=1)
+    counts: NDArray[np.intp] = ((scores >= reference[:, None]) & ~truth).sum(axis=1)
+    return counts
 
 
-def topk_any_hits(scores: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
+def topk_any_hits(scores: Scores, targets: Targets, k: int) -> Hits:
     """Per image: is at least one true label among the k highest scores."""
     truth = targets.astype(bool)
     best_true = np.where(truth, scores, -np.inf).max(axis=1)
-    return truth.any(axis=1) & (_false_at_or_above(scores, truth, best_true) < k)
+    hits: Hits = truth.any(axis=1) & (_false_at_or_above(scores, truth, best_true) < k)
+    return hits
 
 
-def topk_all_hits(scores: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
+def topk_all_hits(scores: Scores, targets: Targets, k: int) -> Hits:
     """Per image: are the main label and every sub label among the k highest scores."""
     truth = targets.astype(bool)
     worst_true = np.where(truth, scores, np.inf).min(axis=1)
     n_true = truth.sum(axis=1)
-    return (n_true > 0) & (n_true + _false_at_or_above(scores, truth, worst_true) <= k)
+    hits: Hits = (n_true > 0) & (n_true + _false_at_or_above(scores, truth, worst_true) <= k)
+    return hits
 
 
-def own_count_all_hits(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Per image with n labels: are they its n highest scores (Top-k all-recall at k = n; no false label ties or beats one)."""
+def own_count_all_hits(scores: Scores, targets: Targets) -> Hits:
+    """Per image with n labels: are they its n highest scores (Top-k all-recall at k = n; no false label ties or beats
+    one)."""
     truth = targets.astype(bool)
     worst_true = np.where(truth, scores, np.inf).min(axis=1)
-    return truth.any(axis=1) & (_false_at_or_above(scores, truth, worst_true) == 0)
+    hits: Hits = truth.any(axis=1) & (_false_at_or_above(scores, truth, worst_true) == 0)
+    return hits
 
 
-def all_recall_ceiling(targets: np.ndarray, k: int) -> float:
+def all_recall_ceiling(targets: Targets, k: int) -> float:
     """The highest Top-k all-recall any model can reach on `targets`: the share of images with 1 to k labels."""
     n_true = targets.astype(bool).sum(axis=1)
     return float(((n_true > 0) & (n_true <= k)).mean()) if len(n_true) else float("nan")
 
 
-def topk_hits(scores: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
+def topk_hits(scores: Scores, targets: Targets) -> dict[str, Hits]:
     """Per-image hit vectors for every paper column, then Top-n all (their means are the recalls)."""
-    hits = {}
+    hits: dict[str, Hits] = {}
     for k in TOP_K:
         hits[f"top{k}_any"] = topk_any_hits(scores, targets, k)
         hits[f"top{k}_all"] = topk_all_hits(scores, targets, k)
     return {name: hits[name] for name in PAPER_COLUMNS} | {OWN_COUNT_COLUMN: own_count_all_hits(scores, targets)}
 
 
-def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Per-class AP (area under the step precision-recall curve, one step per distinct score); NaN for a class with no positives.
+def average_precision(scores: Scores, targets: Targets) -> NDArray[np.float64]:
+    """Per-class AP (area under the step precision-recall curve, one step per distinct score); NaN for a class with no
+    positives.
 
     Tied scores form one threshold, as in scikit-learn's average_precision_score.
     """
@@ -88,14 +103,15 @@ def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return ap
 
 
-def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
+def mean_average_precision(scores: Scores, targets: Targets) -> float:
     """Mean AP over the classes that have positives."""
     ap = average_precision(scores, targets)
     return float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan")
 
 
-def f1_scores(probs: np.ndarray, targets: np.ndarray, threshold: float | np.ndarray = 0.5) -> dict[str, float]:
-    """Per-class (C*) and overall (O*) precision, recall, F1 of predictions prob >= threshold (one for all classes, or one per class).
+def f1_scores(probs: Scores, targets: Targets, threshold: float | NDArray[np.floating[Any]] = 0.5) -> dict[str, float]:
+    """Per-class (C*) and overall (O*) precision, recall, F1 of predictions prob >= threshold (one for all classes, or
+    one per class).
 
     CP and CR average over the same classes, those with positives (as mAP does): a
     class absent from `targets` has no recall, and counting its precision as 0 would
@@ -120,8 +136,9 @@ def _f1(precision: float, recall: float) -> float:
     return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
 
 
-def f1_thresholds(probs: np.ndarray, targets: np.ndarray, default: float = 0.5) -> np.ndarray:
-    """Per class, the probability threshold (predict where prob >= it) with the best F1 on these images; `default` for a class without positives.
+def f1_thresholds(probs: Scores, targets: Targets, default: float = 0.5) -> NDArray[np.float64]:
+    """Per class, the probability threshold (predict where prob >= it) with the best F1 on these images; `default` for a
+    class without positives.
 
     Meant for the validation split: thresholds chosen there decide which labels a
     prediction ticks, and are scored on the test split like every other choice. Each
@@ -144,7 +161,9 @@ def f1_thresholds(probs: np.ndarray, targets: np.ndarray, default: float = 0.5) 
     return thresholds
 
 
-def per_label_top2_all(scores: np.ndarray, targets: np.ndarray, main: np.ndarray, labels: list[str]) -> list[dict]:
+def per_label_top2_all(
+    scores: Scores, targets: Targets, main: NDArray[np.integer[Any]], labels: list[str]
+) -> list[dict[str, Any]]:
     """The paper's Table 5: Top-2 all-recall of the images grouped by main label (support = their count).
 
     Without main labels (tag taxonomies, main = -1) an image counts for every label it carries.
@@ -161,7 +180,7 @@ def per_label_top2_all(scores: np.ndarray, targets: np.ndarray, main: np.ndarray
 
 
 def bootstrap_interval(
-    statistic: Callable[[np.ndarray], float],
+    statistic: Callable[[NDArray[np.int64]], float],
     n_images: int,
     n_resamples: int,
     seed: int,
@@ -187,14 +206,14 @@ def bootstrap_interval(
 
 
 def evaluate_scores(
-    probs: np.ndarray,
-    targets: np.ndarray,
-    main: np.ndarray,
+    probs: Scores,
+    targets: Targets,
+    main: NDArray[np.integer[Any]],
     labels: list[str],
     n_resamples: int,
     seed: int,
-    thresholds: np.ndarray | None = None,
-) -> dict:
+    thresholds: NDArray[np.floating[Any]] | None = None,
+) -> dict[str, Any]:
     """Every reported metric of one model on one split, with bootstrap 95% intervals for the headline ones.
 
     `thresholds`: per-label decision thresholds (chosen on the validation split) for a second set of F1 figures.
@@ -202,7 +221,11 @@ def evaluate_scores(
     hits = topk_hits(probs, targets)
     summary: dict[str, dict[str, float]] = {}
     for name, hit in hits.items():
-        low, high = bootstrap_interval(lambda idx, h=hit: h[idx].mean(), len(hit), n_resamples, seed)
+
+        def hit_rate(idx: NDArray[np.int64], h: Hits = hit) -> float:
+            return float(h[idx].mean())
+
+        low, high = bootstrap_interval(hit_rate, len(hit), n_resamples, seed)
         summary[name] = {"value": float(hit.mean()), "ci_low": low, "ci_high": high}
     point = mean_average_precision(probs, targets)
     low, high = bootstrap_interval(
@@ -215,6 +238,6 @@ def evaluate_scores(
         "summary": summary,
         "f1": f1_scores(probs, targets),
         "f1_val_thresholds": f1_scores(probs, targets, 0.5 if thresholds is None else thresholds),
-        "per_class_ap": {label: (None if np.isnan(v) else float(v)) for label, v in zip(labels, ap)},
+        "per_class_ap": {label: (None if np.isnan(v) else float(v)) for label, v in zip(labels, ap, strict=True)},
         "per_label_top2_all": per_label_top2_all(probs, targets, main, labels),
     }

@@ -24,13 +24,14 @@ tuned end to end (GPU, `StyleNet`).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.settings import ParamsError
+from pipeline.settings import Settings, setting
 
 KINDS = ("cnn", "linear", "gcn", "gcn_residual")
 GRAPH_KINDS = ("gcn", "gcn_residual")  # models that read the label graph
@@ -40,35 +41,39 @@ LOSS_CHOICES = ("", "bce", "asl")  # "" = train.loss
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """One entry of the `models` section of params.yaml."""
+class ModelSpec(Settings):
+    """One entry of the `models` section of params.yaml: `models.<name>: {kind: ..., ...}`."""
 
-    kind: str  # cnn: the paper's basic CNN from pixels; linear | gcn | gcn_residual: where the label classifiers come from
-    pooling: str = (
-        "max"  # how the backbone's feature maps meet the classifiers: global max | avg pooling, or csra attention
+    section = "models.<name>"
+    kind: str = setting(
+        "where each label's classifier comes from: cnn (the paper's basic CNN, from pixels), linear (learned),"
+        " gcn (ML-GCN: word vectors through a GCN over the label graph), gcn_residual (learned + GCN-made)",
+        choices=KINDS,
     )
-    adjacency: str = "graph"  # gcn, gcn_residual: the label graph, or "identity" (the no-graph ablation)
-    image_size: int = 0  # cnn: input size in px (the others use features.image_size)
-    epochs: int = 0  # 0 = train.epochs
-    heads: int = 1  # csra: attention heads, temperatures 1, 2, ..., heads - 1 and infinity (one head: temperature 1)
-    lam: float = 0.1  # csra: weight of the attention logit against the average-pooled one
-    loss: str = ""  # bce | asl; "" = train.loss
+    pooling: str = setting(
+        "how the backbone's feature maps meet the classifiers: global max or avg pooling, or csra (class-specific"
+        " residual attention, Zhu & Wu 2021; needs features.maps)",
+        choices=POOLINGS,
+        default="max",
+    )
+    adjacency: str = setting(
+        "gcn, gcn_residual: the label graph, or identity (the no-graph ablation)", choices=ADJACENCIES, default="graph"
+    )
+    image_size: int = setting(
+        "cnn: input side in px (the others use features.image_size)", interval="[0, inf)", default=0
+    )
+    epochs: int = setting("this model's epoch bound; 0 = train.epochs", interval="[0, inf)", default=0)
+    heads: int = setting(
+        "csra: attention heads, temperatures 1, 2, ..., heads - 1 and infinity", interval="[1, inf)", default=1
+    )
+    lam: float = setting(
+        "csra: weight of the attention logit against the average-pooled one", interval="[0, inf)", default=0.1
+    )
+    loss: str = setting("bce or asl; empty = train.loss", choices=LOSS_CHOICES, default="")
 
-    def __post_init__(self) -> None:
-        for field, value, allowed in (
-            ("kind", self.kind, KINDS),
-            ("pooling", self.pooling, POOLINGS),
-            ("adjacency", self.adjacency, ADJACENCIES),
-            ("loss", self.loss, LOSS_CHOICES),
-        ):
-            if value not in allowed:
-                raise ParamsError(f"model {field} {value!r} is not one of {allowed} (models section of params.yaml)")
+    def rules(self) -> Iterator[str]:
         if self.kind == "cnn" and self.image_size <= 0:
-            raise ParamsError("a cnn model needs image_size > 0 (models section of params.yaml)")
-        if self.heads < 1 or self.lam < 0:
-            raise ParamsError(
-                f"a csra model needs heads >= 1 and lam >= 0, not heads {self.heads}, lam {self.lam} (models section of params.yaml)"
-            )
+            yield f"{self.section}.image_size must be > 0 for a cnn model"
 
     @property
     def spatial(self) -> bool:
@@ -105,6 +110,9 @@ class FreeClassifiers(nn.Module):
 
 class GraphClassifiers(nn.Module):
     """ML-GCN's classifiers: word vectors mixed along the graph's edges by two GCN layers, (C, d) -> (C, D); no bias."""
+
+    embeddings: torch.Tensor  # buffers: (C, d) word vectors, (C, C) normalised adjacency
+    adjacency: torch.Tensor
 
     def __init__(self, embeddings: torch.Tensor, adjacency: torch.Tensor, feature_dim: int, hidden: int) -> None:
         super().__init__()
@@ -150,7 +158,8 @@ class PooledHead(nn.Module):
 
 
 def csra_temperatures(heads: int) -> tuple[float, ...]:
-    """The CSRA paper's temperatures for `heads` attention heads: 1 for one head, else 1, 2, ..., heads - 1 and infinity."""
+    """The CSRA paper's temperatures for `heads` attention heads: 1 for one head, else 1, 2, ..., heads - 1 and
+    infinity."""
     return (1.0,) if heads == 1 else (*map(float, range(1, heads)), math.inf)
 
 
@@ -238,7 +247,8 @@ def graph_classifiers(head: nn.Module) -> GraphClassifiers | None:
 
 
 class StyleNet(nn.Module):
-    """Backbone feature maps -> global pooling (csra: the maps themselves) -> head: the end-to-end model (fine-tuning, prediction)."""
+    """Backbone feature maps -> global pooling (csra: the maps themselves) -> head: the end-to-end model (fine-tuning,
+    prediction)."""
 
     def __init__(self, body: nn.Module, pooling: str, head: nn.Module) -> None:
         super().__init__()

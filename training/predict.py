@@ -1,6 +1,8 @@
-"""Predict styles of image files with a trained model: top-k labels with probabilities, and the labels it calls present, as JSON or CSV.
+"""Predict styles of image files with a trained model: top-k labels with probabilities, and the labels it calls present,
+as JSON or CSV.
 
-    python -m training.predict --model best photos/ --top-k 3 --out predictions.json    # the model the validation split chose
+    # the model the validation split chose:
+    python -m training.predict --model best photos/ --top-k 3 --out predictions.json
     python -m training.predict --checkpoint models/mlgcn/best.pt photos/ --out predictions.csv
 
 A label is called present where its probability reaches the threshold chosen for it on
@@ -22,7 +24,7 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -44,7 +46,7 @@ from training.checkpoint import (
 from training.data import load_rgb
 from training.device import pick_device, prepare
 from training.engine import predict_probs
-from training.models import StyleNet
+from training.models import BasicCNN, StyleNet
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 SOME_IMAGES_FAILED = 1  # exit status: predictions were written, but some images could not be read
@@ -58,8 +60,8 @@ def predict_images(
     vetted: bool = False,
     embeddings: bool = False,
 ) -> list[dict]:
-    """Per image, in input order: {"path", "scores": {label: prob} in class order, "top": [[label, prob], ...] (k highest),
-    "predicted": [labels at or above their validation thresholds, most likely first]}.
+    """Per image, in input order: {"path", "scores": {label: prob} in class order, "top": [[label, prob], ...] (k
+    highest), "predicted": [labels at or above their validation thresholds, most likely first]}.
 
     An image that cannot be read gets {"path", "error"} instead (and a warning on stderr);
     the other images are predicted all the same. A `top_k` above the number of labels lists
@@ -103,7 +105,7 @@ def predict_checkpoint(
             pooled = iter(torch.stack(views).mean(dim=0).numpy() if views else [])
             if views is not None:
                 views.clear()
-            for path, x in zip(batch, pixels):
+            for path, x in zip(batch, pixels, strict=True):
                 if not isinstance(x, torch.Tensor):
                     results.append({"path": str(path), "error": x})
                     continue
@@ -119,7 +121,7 @@ def pooled_maps(model: nn.Module) -> Iterator[list[torch.Tensor]]:
     """Collects, for every forward pass of `model`, its feature maps averaged over positions (B, D): the backbone's
     (StyleNet) or the convolutional blocks' (the basic CNN). With the test-time flip there are two per batch."""
     views: list[torch.Tensor] = []
-    trunk = model.body if isinstance(model, StyleNet) else model.features
+    trunk = model.body if isinstance(model, StyleNet) else cast(BasicCNN, model).features
     hook = trunk.register_forward_hook(lambda module, inputs, maps: views.append(maps.float().mean(dim=(2, 3)).cpu()))
     try:
         yield views
@@ -139,7 +141,8 @@ def _pixels(path: Path, transform: v2.Compose, vetted: bool) -> torch.Tensor | s
 def _probabilities(
     model: nn.Module, images: list[torch.Tensor], device: torch.device, precision: str, mirror: bool
 ) -> list[list[float]]:
-    """Sigmoid scores of a batch of model inputs, one list per image (with `mirror`, averaged with the mirror image's)."""
+    """Sigmoid scores of a batch of model inputs, one list per image (with `mirror`, averaged with the mirror
+    image's)."""
     if not images:
         return []
     probs, _ = predict_probs(model, [(torch.stack(images), torch.zeros(len(images)))], device, precision, mirror)
@@ -147,13 +150,15 @@ def _probabilities(
 
 
 def _ranked(path: Path, labels: list[str], scores: list[float], top_k: int, thresholds: np.ndarray) -> dict:
-    ranked = sorted(zip(labels, scores), key=lambda item: -item[1])
-    return {"path": str(path), "scores": dict(zip(labels, scores)), "top": [[label, p] for label, p in ranked[:top_k]],
+    ranked = sorted(zip(labels, scores, strict=True), key=lambda item: -item[1])
+    return {"path": str(path), "scores": dict(zip(labels, scores, strict=True)),
+            "top": [[label, p] for label, p in ranked[:top_k]],
             "predicted": called_present(np.array(scores), thresholds, labels)}  # fmt: skip
 
 
 def model_checkpoint(model: str, models_dir: Path) -> Path:
-    """The checkpoint `--model` names: MODELS_DIR/<model>/best.pt, or for 'best' that of the model with the highest validation mAP."""
+    """The checkpoint `--model` names: MODELS_DIR/<model>/best.pt, or for 'best' that of the model with the highest
+    validation mAP."""
     if model == "best":
         name, path = best_model(models_dir)
         print(f"predict: model {name} (highest validation mAP in {models_dir})", file=sys.stderr)
@@ -177,7 +182,8 @@ def expand_inputs(inputs: list[Path]) -> list[Path]:
 
 
 def to_csv(results: list[dict], top_k: int) -> str:
-    """One row per image: path, rank-ordered label_i / prob_i columns, the labels called present (;-separated), and error (empty unless the image could not be read)."""
+    """One row per image: path, rank-ordered label_i / prob_i columns, the labels called present (;-separated), and
+    error (empty unless the image could not be read)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(
@@ -198,12 +204,13 @@ def to_csv(results: list[dict], top_k: int) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m training.predict", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m training.predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders of images")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument(
         "--model",
-        help="a model of params.yaml by name (MODELS_DIR/<name>/best.pt), or 'best': the one with the highest validation mAP",
+        help="a model of params.yaml by name (MODELS_DIR/<name>/best.pt), or 'best': the one with the highest "
+        "validation mAP",
     )
     which.add_argument("--checkpoint", type=Path, help="a trained model's checkpoint file (models/<name>/best.pt)")
     parser.add_argument("--models-dir", type=Path, default=Path("models"), help="where --model looks (default: models)")

@@ -24,7 +24,8 @@ RESUMABLE_SETTINGS = frozenset({"train.epochs", "train.patience", "train.workers
 
 
 def configuration_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """'name saved -> current' for each recorded setting in which a checkpoint's meta and this run's differ, RESUMABLE_SETTINGS aside.
+    """'name saved -> current' for each recorded setting in which a checkpoint's meta and this run's differ,
+    RESUMABLE_SETTINGS aside.
 
     Names are meta keys, with those of the nested sections spelled section.key (train.lr_head, spec.kind);
     a nested setting that only repeats a top-level one's change (train.gcn_hidden, gcn_hidden) is named once.

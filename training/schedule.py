@@ -1,4 +1,5 @@
-"""Learning-rate schedule: rates scaled with the global batch, a linear warm-up, and the check that fine-tuning takes enough steps per epoch."""
+"""Learning-rate schedule: rates scaled with the global batch, a linear warm-up, and the check that fine-tuning takes
+enough steps per epoch."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ class LinearWarmup:
     Adam moves every weight by about its learning rate on its first steps, whatever the
     gradient's size. Under a freshly initialised GCN head on a pretrained backbone that
     overshoots: one step at the paper's rates took the CCP fine-tuning loss from 1.28 to
-    9.8, more at large batches with scaled rates (README, 'Learning rates with larger batches').
+    9.8, more at large batches with scaled rates (docs/speed.md, 'Learning rates with larger batches').
     """
 
     base_lrs: tuple[float, ...]  # each parameter group's rate after warm-up
@@ -40,7 +41,8 @@ class LinearWarmup:
     steps_per_epoch: int
 
     def setter(self, optimizer: torch.optim.Optimizer, epoch: int) -> Callable[[int], None] | None:
-        """Sets the rates before batch i of `epoch`; None when warm-up ended before this epoch (the rates stay where its last step left them)."""
+        """Sets the rates before batch i of `epoch`; None when warm-up ended before this epoch (the rates stay where its
+        last step left them)."""
         first = epoch * self.steps_per_epoch
         if first >= self.steps:
             return None
@@ -58,7 +60,7 @@ def steps_per_epoch(n_train: int, batch_size: int, world: World) -> int:
     return math.ceil(math.ceil(n_train / world.size) / batch_size)
 
 
-MIN_FINETUNE_STEPS = 20  # per epoch; README, 'How large a batch: enough steps per epoch'
+MIN_FINETUNE_STEPS = 20  # per epoch; docs/speed.md, 'How large a batch: enough steps per epoch'
 
 
 def few_steps_warning(steps: int, n_train: int, global_batch: int) -> str | None:
@@ -66,13 +68,14 @@ def few_steps_warning(steps: int, n_train: int, global_batch: int) -> str | None
 
     On the CCP benchmark (1,142 training photos, 12 epochs) batch 128, 9 steps an epoch, lost
     3-5 mAP points against batch 16 (3.3 and 3.6 in two seeds since the device crops match
-    torchvision's; 2 with a 4-epoch warm-up); batch 32, 36 steps, lost none measurable. Adam's first steps overshoot under
-    the new GCN head, and a run with few steps spends a large share of them recovering.
+    torchvision's; 2 with a 4-epoch warm-up); batch 32, 36 steps, lost none measurable. Adam's first steps overshoot
+    under the new GCN head, and a run with few steps spends a large share of them recovering.
     """
     if steps >= MIN_FINETUNE_STEPS:
         return None
     return (
-        f"fine-tuning at a global batch of {global_batch} takes {steps} optimizer steps per epoch on {n_train} training images; "
-        f"below {MIN_FINETUNE_STEPS} the CCP benchmark lost accuracy (3-5 mAP points at 9 steps): lower train.batch_size "
-        f"to at most {max(1, n_train // MIN_FINETUNE_STEPS)} or train more epochs (README, 'How large a batch')"
+        f"fine-tuning at a global batch of {global_batch} takes {steps} optimizer steps per epoch on {n_train} "
+        f"training images; below {MIN_FINETUNE_STEPS} the CCP benchmark lost accuracy (3-5 mAP points at 9 steps): "
+        f"lower train.batch_size to at most {max(1, n_train // MIN_FINETUNE_STEPS)} or train more epochs"
+        " (docs/speed.md, 'How large a batch')"
     )

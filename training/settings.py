@@ -8,48 +8,58 @@ the rates scaled with the batch (`lr_scaling`) and reached by a linear warm-up
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.settings import ParamsError, read_params_file
+from pipeline.settings import ParamsError, Settings, build_section, read_params_file, setting
 from training.device import PRECISIONS
-from training.losses import AsymmetricLoss, LossFunction, make_loss
+from training.losses import LOSSES, AsymmetricLoss, LossFunction, make_loss
 from training.models import ModelSpec
 from training.schedule import LR_SCALINGS
 
 
 @dataclass(frozen=True)
-class TrainSettings:
-    seed: int
-    epochs: int
-    patience: int  # early stopping: epochs without a better validation mAP
-    batch_size: int
-    lr_backbone: float  # Adam lr of pretrained backbone weights (fine-tuning)
-    lr_head: float  # Adam lr of the heads, the GCN and the basic CNN
-    gcn_hidden: int  # width of the GCN's hidden layer
-    finetune: bool  # fine-tune the backbone from pixels (GPU) instead of training heads on cached features
-    workers: int  # DataLoader processes for pixel training
-    cached_pixels: (
-        bool  # pixel training reads the pixel cache and augments on the device, instead of decoding files with PIL
+class TrainSettings(Settings):
+    section = "train"
+    seed: int = setting("seed of initialisation, batch order and augmentation")
+    epochs: int = setting("upper bound on epochs; early stopping usually ends sooner", interval="[1, inf)")
+    patience: int = setting("early stopping: epochs without a better validation mAP", interval="[1, inf)")
+    batch_size: int = setting("images per step and process", interval="[1, inf)")
+    lr_backbone: float = setting(
+        "Adam learning rate of the pretrained backbone (fine-tuning; paper: 1e-4)", interval="(0, inf)"
     )
-    compile: bool  # torch.compile the training forward and backward (and the device-side augmentation's per-pixel tail)
-    lr_scaling: str  # none | sqrt | linear: scale both learning rates with the global batch / REFERENCE_BATCH
-    precision: str  # bf16: autocast on CUDA, fp32 on the CPU; bf16-all: on the CPU too (CPUs with native bf16); fp32: full precision everywhere (the reference code's)
-    warmup_epochs: float  # learning rates rise linearly from ~0 over this many epochs (0: the paper's constant rates from the first step)
-    loss: str  # bce (the paper) | asl (asymmetric loss); a model's own `loss` overrides it
-    asl_gamma_neg: float  # ASL focusing of negatives
-    asl_gamma_pos: float  # ASL focusing of positives
-    asl_clip: float  # ASL probability margin shifted off negatives
-    tta_flip: bool  # score every image as the mean of it and its mirror image (validation, evaluate, predict)
-
-    def __post_init__(self) -> None:
-        if self.lr_scaling not in LR_SCALINGS:
-            raise ParamsError(f"train.lr_scaling {self.lr_scaling!r} is not one of {LR_SCALINGS} (params.yaml)")
-        if self.precision not in PRECISIONS:
-            raise ParamsError(f"train.precision {self.precision!r} is not one of {PRECISIONS} (params.yaml)")
-        if self.warmup_epochs < 0:
-            raise ParamsError(f"train.warmup_epochs must be >= 0, not {self.warmup_epochs} (params.yaml)")
-        make_loss(self.loss, self.asl)  # refuses an unknown name
+    lr_head: float = setting(
+        "Adam learning rate of the heads, the GCN and the basic CNN (paper: 1e-3)", interval="(0, inf)"
+    )
+    gcn_hidden: int = setting(
+        "width of the GCN's hidden layer (word vectors -> hidden -> feature size)", interval="[1, inf)"
+    )
+    finetune: bool = setting("fine-tune the backbone from pixels (GPU) instead of training heads on cached features")
+    workers: int = setting("DataLoader processes for pixel training", interval="[0, inf)")
+    cached_pixels: bool = setting(
+        "pixel training reads the pixel cache and augments on the device, instead of decoding files with PIL"
+    )
+    compile: bool = setting("torch.compile the training step (GPU: ~1.4x at 448 px; it does not pay on the CPU demo)")
+    lr_scaling: str = setting(
+        "scale both learning rates with the global batch / 32: none, sqrt (Adam's rule) or linear", choices=LR_SCALINGS
+    )
+    precision: str = setting(
+        "bf16: autocast on CUDA, fp32 on the CPU; bf16-all: on the CPU too (CPUs with AVX512-BF16/AMX);"
+        " fp32: full precision everywhere (the reference code's)",
+        choices=PRECISIONS,
+    )
+    warmup_epochs: float = setting(
+        "learning rates rise linearly from ~0 over this many epochs (0: the paper's constant rates)",
+        interval="[0, inf)",
+    )
+    loss: str = setting(
+        "bce (the paper) or asl (asymmetric loss, Ben-Baruch et al. 2021); a model's own `loss` overrides it",
+        choices=LOSSES,
+    )
+    asl_gamma_neg: float = setting("ASL: focusing of negatives", interval="[0, inf)")
+    asl_gamma_pos: float = setting("ASL: focusing of positives", interval="[0, inf)")
+    asl_clip: float = setting("ASL: probability margin shifted off every negative", interval="[0, 1)")
+    tta_flip: bool = setting("score each image as the mean of it and its mirror image (validation, evaluate, predict)")
 
     @property
     def asl(self) -> AsymmetricLoss:
@@ -65,12 +75,4 @@ def load_model_specs(params: Path) -> dict[str, ModelSpec]:
     raw = read_params_file(params)
     if not isinstance(raw.get("models"), dict) or not raw["models"]:
         raise ParamsError(f"{params}: section 'models' is missing or empty")
-    known = {field.name for field in fields(ModelSpec)}
-    for name, entry in raw["models"].items():
-        if not isinstance(entry, dict) or not entry.keys() <= known or "kind" not in entry:
-            unknown = sorted(entry.keys() - known) if isinstance(entry, dict) else []
-            raise ParamsError(
-                f"{params}: models.{name} must be a mapping with 'kind' and at most {sorted(known)}"
-                + (f"; unknown {unknown}" if unknown else "")
-            )
-    return {name: ModelSpec(**entry) for name, entry in raw["models"].items()}
+    return {name: build_section(ModelSpec, entry, f"models.{name}", params) for name, entry in raw["models"].items()}

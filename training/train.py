@@ -120,8 +120,9 @@ def setup(
     inputs = StageInputs(
         table, targets, split, torch.from_numpy(graph.embeddings), torch.from_numpy(graph.adjacency_norm)
     )
-    meta: dict[str, Any] = {"name": name, "spec": asdict(spec), "labels": labels, "embedding_dim": graph.embeddings.shape[1], "gcn_hidden": settings.gcn_hidden, "finetuned": False,
-                            "train": asdict(settings), "processes": world.size}  # fmt: skip
+    meta: dict[str, Any] = {"name": name, "spec": asdict(spec), "labels": labels,
+                            "embedding_dim": graph.embeddings.shape[1], "gcn_hidden": settings.gcn_hidden,
+                            "finetuned": False, "train": asdict(settings), "processes": world.size}  # fmt: skip
     make = _pixel_setup if spec.kind == "cnn" or settings.finetune else _feature_setup
     return make(spec, settings, paths, inputs, meta, device, world)
 
@@ -135,17 +136,20 @@ def _feature_setup(
     device: torch.device,
     world: World,
 ) -> Setup:
-    """A head on the cached features (pooled vectors, or feature maps for csra); their mirrored copies augment training and serve the test-time flip."""
+    """A head on the cached features (pooled vectors, or feature maps for csra); their mirrored copies augment training
+    and serve the test-time flip."""
     table, targets, split = inputs.table, inputs.targets, inputs.split
     cached = read_features(paths.features, list(table["image_id"]), feature_array(spec), mirrored=True)
     if settings.tta_flip and cached.mirrored is None:
         raise InputError(
-            f"{paths.features}: holds no mirrored features, which train.tta_flip scores with; set features.flip: true (params.yaml) or train.tta_flip: false, and dvc repro"
+            f"{paths.features}: holds no mirrored features, which train.tta_flip scores with; set features.flip: true "
+            "(params.yaml) or train.tta_flip: false, and dvc repro"
         )
     extracted_in = extracted_precision(cached.meta)
     if extracted_in != settings.precision:
         raise InputError(
-            f"{paths.features}: features extracted in {extracted_in}, but train.precision is {settings.precision}; re-run the features stage (dvc repro features)"
+            f"{paths.features}: features extracted in {extracted_in}, but train.precision is {settings.precision}; "
+            "re-run the features stage (dvc repro features)"
         )
     meta |= {"feature_dim": cached.x.shape[1], "features_precision": extracted_in} | {
         key: cached.meta[key] for key in ("backbone", "weights", "image_size", "mean", "std")
@@ -223,7 +227,7 @@ def _pixel_setup(
             {"params": model.head.parameters(), "lr": settings.lr_head * factor},
             {"params": model.body.parameters(), "lr": settings.lr_backbone * factor},
         ]
-        if body is not None
+        if isinstance(model, StyleNet)  # a backbone body: fine-tuning
         else [{"params": model.parameters(), "lr": settings.lr_head * factor}]
     )
     feeds = cached_pixel_feeds if settings.cached_pixels else file_feeds
@@ -236,7 +240,8 @@ def _pixel_setup(
 
 
 def _load_graph(head: nn.Module, spec: ModelSpec, inputs: StageInputs) -> None:
-    """Fill a graph head's buffers with the graph stage's word vectors and normalised adjacency (identity for the ablation)."""
+    """Fill a graph head's buffers with the graph stage's word vectors and normalised adjacency (identity for the
+    ablation)."""
     if (gcn := graph_classifiers(head)) is not None:
         gcn.embeddings.copy_(inputs.embeddings)
         gcn.adjacency.copy_(torch.eye(len(inputs.adjacency)) if spec.adjacency == "identity" else inputs.adjacency)
@@ -265,18 +270,20 @@ def train(
         and (message := few_steps_warning(per_epoch, run.n_train, settings.batch_size * world.size))
     ):
         warnings.warn(message, stacklevel=2)
-    state = {"epoch": 0, "best_map": -1.0, "best_epoch": -1, "bad_epochs": 0}
+    state: dict[str, Any] = {"epoch": 0, "best_map": -1.0, "best_epoch": -1, "bad_epochs": 0}
     if resume:
         checkpoint = load_checkpoint(last)
         if "train" not in checkpoint["meta"]:
             raise InputError(
-                f"{last} was written by an older stylegraph that did not record its training settings, so resuming it cannot be checked; rerun without --resume to train from scratch (it overwrites {last})"
+                f"{last} was written by an older stylegraph that did not record its training settings, so resuming it "
+                f"cannot be checked; rerun without --resume to train from scratch (it overwrites {last})"
             )
         if changes := configuration_changes(checkpoint["meta"], run.meta):
             raise InputError(
-                f"{last} was written by a run with other settings: {', '.join(changes)}. Rerun without --resume to train from scratch "
-                f"(it overwrites {last}), or restore those settings (params.yaml, the number of torchrun processes) to continue it; "
-                f"only {', '.join(sorted(RESUMABLE_SETTINGS))} may change on --resume"
+                f"{last} was written by a run with other settings: {', '.join(changes)}. Rerun without --resume to "
+                f"train from scratch (it overwrites {last}), or restore those settings (params.yaml, the number of "
+                f"torchrun processes) to continue it; only {', '.join(sorted(RESUMABLE_SETTINGS))} may change on "
+                "--resume"
             )
         run.model.load_state_dict(checkpoint["model"])
         run.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -345,7 +352,8 @@ def train(
                     last,
                 )
                 print(
-                    f"{name} epoch {epoch + 1}: train loss {train_loss:.4f}, val mAP {val['mAP']:.4f}, val top2_all {val['top2_all']:.4f}"
+                    f"{name} epoch {epoch + 1}: train loss {train_loss:.4f}, val mAP {val['mAP']:.4f}, val top2_all "
+                    f"{val['top2_all']:.4f}"
                 )
         if live is not None:
             live.summary["best/epoch"] = state["best_epoch"] + 1
@@ -354,12 +362,14 @@ def train(
 
 
 def _stop_if_diverged(name: str, train_loss: float, epoch: int, last: Path) -> None:
-    """Raise before a NaN or infinite loss reaches a checkpoint: further epochs would only overwrite last.pt with NaN weights."""
+    """Raise before a NaN or infinite loss reaches a checkpoint: further epochs would only overwrite last.pt with NaN
+    weights."""
     if not math.isfinite(train_loss):
         raise TrainingDiverged(
-            f"{name}: the training loss is {train_loss} in epoch {epoch + 1}; nothing of this epoch was saved ({last} holds the epoch before). "
-            "Try a longer train.warmup_epochs, lower learning rates (train.lr_scaling: none, train.lr_head) or train.precision: fp32 and rerun "
-            "without --resume (a checkpoint of other settings is refused), or train.compile: false and rerun with --resume to continue from the last good epoch."
+            f"{name}: the training loss is {train_loss} in epoch {epoch + 1}; nothing of this epoch was saved ({last} "
+            "holds the epoch before). Try a longer train.warmup_epochs, lower learning rates (train.lr_scaling: none, "
+            "train.lr_head) or train.precision: fp32 and rerun without --resume (a checkpoint of other settings is "
+            "refused), or train.compile: false and rerun with --resume to continue from the last good epoch."
         )
 
 
@@ -384,7 +394,8 @@ def run(args: argparse.Namespace) -> int:
         close_world(world)
     if world.main:
         print(
-            f"{args.model}: best val mAP {state['best_map']:.4f} at epoch {state['best_epoch'] + 1} -> {args.out_dir / 'best.pt'}"
+            f"{args.model}: best val mAP {state['best_map']:.4f} at epoch {state['best_epoch'] + 1} -> "
+            f"{args.out_dir / 'best.pt'}"
         )
     return 0
 
@@ -424,7 +435,8 @@ def main(argv: list[str] | None = None) -> int:
         "--pixel-cache",
         type=Path,
         default=Path("data/pixels"),
-        help="pixel cache folder (the pixel_cache stage writes data/pixels); read by pixel training when train.cached_pixels",
+        help="pixel cache folder (the pixel_cache stage writes data/pixels); read by pixel training when "
+        "train.cached_pixels",
     )
     parser.add_argument(
         "--params",
