@@ -12,7 +12,6 @@ token it was given against the running server.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import signal
@@ -24,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from pipeline.processes import end_with_parent
 
 LABEL_STUDIO_VERSION = "1.23.2"
 DEFAULT_VENV = Path(".venv-labelstudio")
@@ -137,15 +138,6 @@ def ensure_port_free(port: int) -> None:
             ) from None
 
 
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def end_with_parent() -> None:
-    """Run in the server's process before it execs: Linux sends it SIGTERM when serve dies, even by SIGKILL, which
-    no handler of serve's can catch; without this the server, in a session of its own, would keep the port."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def start(settings: ServerSettings, creds: dict[str, str]) -> subprocess.Popen:
     """Start the server in the background; returns once it answers /health.
 
@@ -174,7 +166,7 @@ def start(settings: ServerSettings, creds: dict[str, str]) -> subprocess.Popen:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=end_with_parent if sys.platform == "linux" else None,
+            preexec_fn=end_with_parent,  # pipeline/processes.py: Linux only
         )
     try:
         wait_until_healthy(settings, process, timeout_s=START_TIMEOUT_S)

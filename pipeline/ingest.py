@@ -43,6 +43,7 @@ from pipeline.cli import InputError, report_user_errors
 from pipeline.crawl import batch_folders, inside
 from pipeline.images import Inspected, content_id, inspect_image
 from pipeline.near_duplicates import catalog_near_duplicates
+from pipeline.processes import worker_pool
 from pipeline.settings import DEFAULT_PARAMS, IngestSettings, load_params
 from pipeline.tables import empty_table, read_cache
 
@@ -369,7 +370,7 @@ def ingest(
     def pool_factory() -> ProcessPoolExecutor | None:
         nonlocal pool
         if workers > 1 and pool is None:
-            pool = ProcessPoolExecutor(max_workers=workers)
+            pool = worker_pool(workers)
         return pool
 
     tables = []

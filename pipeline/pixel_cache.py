@@ -37,6 +37,7 @@ from tqdm import tqdm
 from pipeline.atomic import atomic_path, remove_leftover_temporaries, write_json, write_parquet
 from pipeline.cli import InputError, report_user_errors
 from pipeline.decoding import EXIF_ORIENTATION, pillow_bomb_guard_lifted, to_rgb
+from pipeline.processes import worker_pool
 from pipeline.settings import DEFAULT_PARAMS, Settings, load_params, load_section, setting
 from pipeline.tables import read_table
 
@@ -168,7 +169,7 @@ def build_cache(catalog: pd.DataFrame, crawl_dir: Path, out_dir: Path, settings:
         b: rows for b, rows in batches.items() if not shard_is_current(out_dir, b, list(rows["image_id"]), settings)
     }
     workers = settings.workers or os.cpu_count() or 1
-    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 and todo else None
+    pool = worker_pool(workers) if workers > 1 and todo else None
     try:
         for batch, rows in todo.items():
             build_shard(out_dir, batch, rows, crawl_dir, settings, pool)

@@ -53,6 +53,23 @@ def kill_when(command: list[str], ready: Callable[[], bool], timeout_s: float = 
     return False
 
 
+def no_process_mentions(text: str, timeout_s: float = 10.0) -> bool:
+    """Whether, within `timeout_s`, no running process has `text` in its command line (Linux: /proc)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        alive = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                if text in cmdline.read_bytes().decode(errors="replace"):
+                    alive.append(cmdline.parent.name)
+            except OSError:  # the process ended meanwhile
+                continue
+        if not alive:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def ingest_args(crawl: Path, out: Path) -> list[str]:
     return ["--crawl-dir", str(crawl), "--cache-dir", str(out / "cache"), "--catalog", str(out / "catalog.parquet"),
             "--rejects", str(out / "rejects.csv"), "--near-duplicates", str(out / "near.parquet"),
@@ -72,6 +89,8 @@ def test_ingest_killed_in_the_middle_then_run_again_leaves_what_an_uninterrupted
         lambda: (killed / "cache" / "batch-001.parquet").exists(),
     )
     assert not (killed / "catalog.parquet").exists(), "no output before the end"
+    if sys.platform == "linux":  # elsewhere nothing makes a killed stage's decode workers end (pipeline/processes.py)
+        assert no_process_mentions(str(killed)), "the killed ingest's decode workers ended with it"
     subprocess.run(
         stage("pipeline.ingest", *ingest_args(demo_crawl, killed)), cwd=ROOT, check=True, capture_output=True
     )
