@@ -26,6 +26,8 @@ from pathlib import Path
 import yaml
 from reference import render_reference  # docs/reference.py, beside this script
 
+from pipeline.atomic import atomic_path
+
 ROOT = Path(__file__).resolve().parent.parent
 DAG_START = "<!-- dag:start -->"
 DAG_END = "<!-- dag:end -->"
@@ -126,7 +128,8 @@ def main() -> int:
             continue
         stale.append(path.relative_to(ROOT))
         if not args.check:
-            path.write_text(wanted, encoding="utf-8")
+            with atomic_path(path) as temporary:  # an interrupted run leaves the old file, not half a README
+                temporary.write_text(wanted, encoding="utf-8")
             print(f"docs/generate.py: wrote {path.relative_to(ROOT)}")
     if args.check and stale:
         names = ", ".join(map(str, stale))

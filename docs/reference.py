@@ -70,7 +70,7 @@ def section_table(name: str, cls: type[Settings]) -> str:
     path = inspect.getsourcefile(cls) or ""
     module = "/".join(path.split("/")[-2:])
     entries = name == "models"  # a mapping of entries whose keys may have defaults
-    header = "| key | type | allowed | default | meaning |" if entries else "| key | type | allowed | meaning |"
+    columns = ["key", "type", "allowed", *(["default"] if entries else []), "meaning"]
     rows = [
         f"| `{spec.name}` | {spec.type} | {allowed(spec)} |"
         + (f" {default(spec)} |" if entries else "")
@@ -82,8 +82,8 @@ def section_table(name: str, cls: type[Settings]) -> str:
         [
             f"## {'models.&lt;name&gt;' if entries else name}\n",
             f"{intro}`{cls.__name__}` in `{module}`.\n",
-            header,
-            "|---" * header.count(" | ") + "|---|",
+            "| " + " | ".join(columns) + " |",
+            "|---" * len(columns) + "|",
             *rows,
             "",
         ]

@@ -34,6 +34,23 @@ class ParamsError(InputError):
     """params.yaml is missing a key or has one the code does not know, or a value outside its bounds."""
 
 
+Problem = tuple[str, str]  # (key, or "" for the section as a whole; what is wrong)
+
+
+def describe(section: str, problems: Sequence[Problem]) -> str:
+    """`problems` as one line: "split.val must be in [0, 1], not -0.1; split: train + val + test must sum to 1"."""
+    return "; ".join(f"{section}.{key} {text}" if key else f"{section}: {text}" for key, text in problems)
+
+
+class SettingsError(ParamsError):
+    """Values that break their section's declarations. `problems` keeps them per key, so that a loader can name
+    the section as params.yaml does (a `models` entry by its name)."""
+
+    def __init__(self, section: str, problems: Sequence[Problem]) -> None:
+        super().__init__(f"{describe(section, problems)} (params.yaml)")
+        self.problems = list(problems)
+
+
 def setting(help: str, *, choices: Sequence[str] = (), interval: str = "", default: Any = MISSING) -> Any:
     """A settings field: what it means (`help`, shown in docs/reference.md), its allowed values
     (`choices`) or bounds (`interval`, written as in mathematics: "[0, 1)", "[1, inf)")."""
@@ -69,7 +86,7 @@ def field_problem(spec: Field[Any], value: Any) -> str:
 class Settings:
     """Base of every params.yaml section's dataclass (see the module docstring).
 
-    `section` names the params.yaml section in messages. `rules` yields a message per broken
+    `section` names the params.yaml section in messages. `rules` yields a problem per broken
     constraint between keys (one key alone is checked from its `setting` declaration).
     """
 
@@ -77,16 +94,16 @@ class Settings:
 
     def __post_init__(self) -> None:
         problems = [
-            f"{self.section}.{spec.name} {problem}"
+            (spec.name, problem)
             for spec in fields(self)  # type: ignore[arg-type]
             if (problem := field_problem(spec, getattr(self, spec.name)))
         ]
         problems += list(self.rules())
         if problems:
-            raise ParamsError("; ".join(problems) + " (params.yaml)")
+            raise SettingsError(self.section, problems)
 
-    def rules(self) -> Iterator[str]:
-        """Messages of broken constraints between this section's keys; none by default."""
+    def rules(self) -> Iterator[Problem]:
+        """(key, what is wrong) of each broken constraint between this section's keys; none by default."""
         return iter(())
 
 
@@ -147,9 +164,8 @@ def build_section(cls: type[T], raw: Any, name: str, source: Path) -> T:
     values = {key: _converted(value, str(declared[key].type), f"{name}.{key}", source) for key, value in raw.items()}
     try:
         return cls(**values)
-    except ParamsError as error:  # `section` is generic for entries of a mapping (models.<name>): name the entry
-        message = str(error).removesuffix(" (params.yaml)").replace(f"{cls.section}.", f"{name}.")
-        raise ParamsError(f"{source}: {message}") from None
+    except SettingsError as error:  # named as in `source`: a `models` entry by its name, not models.<name>
+        raise ParamsError(f"{source}: {describe(name, error.problems)}") from None
 
 
 def _converted(value: Any, type_name: str, key: str, source: Path) -> Any:

@@ -41,7 +41,7 @@ import pyarrow as pa
 from pipeline.atomic import outputs_together, write_json, write_parquet
 from pipeline.cli import report_user_errors
 from pipeline.labelsets import main_and_sub_matrices
-from pipeline.settings import DEFAULT_PARAMS, Settings, load_params, load_section, setting
+from pipeline.settings import DEFAULT_PARAMS, Problem, Settings, load_params, load_section, setting
 from pipeline.tables import empty_table, read_table
 from pipeline.taxonomy import load_taxonomy
 
@@ -64,9 +64,9 @@ class SplitSettings(Settings):
         interval="[-1, 64]",
     )
 
-    def rules(self) -> Iterator[str]:
+    def rules(self) -> Iterator[Problem]:
         if not np.isclose(self.train + self.val + self.test, 1.0):
-            yield f"split: train + val + test must sum to 1, got {[self.train, self.val, self.test]}"
+            yield "", f"train + val + test must sum to 1, got {[self.train, self.val, self.test]}"
 
     def fractions(self) -> np.ndarray:
         return np.array([self.train, self.val, self.test], dtype=np.float64)

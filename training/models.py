@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.settings import Settings, setting
+from pipeline.settings import Problem, Settings, setting
 
 KINDS = ("cnn", "linear", "gcn", "gcn_residual")
 GRAPH_KINDS = ("gcn", "gcn_residual")  # models that read the label graph
@@ -71,9 +71,9 @@ class ModelSpec(Settings):
     )
     loss: str = setting("bce or asl; empty = train.loss", choices=LOSS_CHOICES, default="")
 
-    def rules(self) -> Iterator[str]:
+    def rules(self) -> Iterator[Problem]:
         if self.kind == "cnn" and self.image_size <= 0:
-            yield f"{self.section}.image_size must be > 0 for a cnn model"
+            yield "image_size", "must be > 0 for a cnn model"
 
     @property
     def spatial(self) -> bool:
