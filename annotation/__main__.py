@@ -85,15 +85,26 @@ def serve(args: argparse.Namespace, params: Params, settings: AnnotationSettings
     return 0
 
 
-def load_predictions(checkpoint: Path, images: pd.DataFrame, crawl_dir: Path, top_k: int) -> dict[str, Prediction]:
+def load_predictions(
+    checkpoint: Path, images: pd.DataFrame, crawl_dir: Path, top_k: int, selection: Path | None = None
+) -> dict[str, Prediction]:
     """Model guesses for pre-annotation, from the trainer's predict function; an image it cannot read (warned about)
-    gets none."""
-    from training.predict import predict_images  # torch is imported only when predictions are asked for
+    gets none.
 
-    rows = predict_images(checkpoint, [crawl_dir / p for p in images["path"]], top_k, vetted=True, embeddings=True)
+    Sub-styles are pre-ticked by the fewest-clicks rule: the select stage's, fitted out of fold (`selection`, read when
+    the model was named with --model), else the checkpoint's own, fitted on the validation split.
+    """
+    from training.checkpoint import load_checkpoint  # torch is imported only when predictions are asked for
+    from training.decisions import decision_rules, read_selection
+    from training.predict import predict_checkpoint
+
+    loaded = load_checkpoint(checkpoint)
+    rules = decision_rules(checkpoint.parent.name, loaded, read_selection(selection) if selection else None)
+    paths = [crawl_dir / p for p in images["path"]]
+    rows = predict_checkpoint(loaded, paths, top_k, vetted=True, embeddings=True, rules=rules)
     version = f"{checkpoint.parent.name}@{int(checkpoint.stat().st_mtime)}"
     return {
-        image_id: Prediction(version, [tuple(pair) for pair in row["top"]], frozenset(row["predicted"]),
+        image_id: Prediction(version, [tuple(pair) for pair in row["top"]], frozenset(row["pre_ticked"]),
                              list(row["scores"].values()), row["embedding"].tolist())
         for image_id, row in zip(images["image_id"], rows, strict=True) if "error" not in row
     }  # fmt: skip
@@ -118,13 +129,13 @@ def imported_labels(
 
 
 def chosen_checkpoint(args: argparse.Namespace) -> Path | None:
-    """The checkpoint whose predictions push attaches: --checkpoint, or --model's (a name, or 'best' by validation mAP);
-    None for neither."""
+    """The checkpoint whose predictions push attaches: --checkpoint, or --model's (a name, or 'best': the select
+    stage's choice); None for neither."""
     if args.model is None:
         return args.checkpoint
     from training.predict import model_checkpoint  # torch is imported only when predictions are asked for
 
-    return model_checkpoint(args.model, args.models_dir)
+    return model_checkpoint(args.model, args.models_dir, args.selection)
 
 
 def push(args: argparse.Namespace, params: Params, settings: AnnotationSettings) -> int:
@@ -143,7 +154,12 @@ def push(args: argparse.Namespace, params: Params, settings: AnnotationSettings)
     if args.batch:
         catalog = catalog[catalog["batch"].isin(args.batch)]
     checkpoint = chosen_checkpoint(args)
-    predict = (lambda new: load_predictions(checkpoint, new, crawl_dir, len(taxonomy.names))) if checkpoint else None
+    selection = args.selection if args.model else None
+    predict = (
+        (lambda new: load_predictions(checkpoint, new, crawl_dir, len(taxonomy.names), selection))
+        if checkpoint
+        else None
+    )
     if args.labels:
         imported = imported_labels(args.labels, crawl_dir, args.catalog, taxonomy, settings.data_dir / "labels_cache")
 
@@ -230,10 +246,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     which.add_argument(
         "--model",
-        help="the same with a model of params.yaml by name (MODELS_DIR/<name>/best.pt), or 'best': the highest "
-        "validation mAP",
+        help="the same with a model of params.yaml by name (MODELS_DIR/<name>/best.pt), or 'best': the select "
+        "stage's choice; sub-styles pre-ticked by its fewest-clicks thresholds, fitted out of fold",
     )
     p.add_argument("--models-dir", type=Path, default=Path("models"), help="where --model looks (default: models)")
+    p.add_argument(
+        "--selection",
+        type=Path,
+        default=Path("data/selection.json"),
+        help="the select stage's choice and thresholds, read with --model (default: data/selection.json)",
+    )
     p.add_argument(
         "--review",
         type=Path,

@@ -55,15 +55,16 @@ class AnnotationSettings(Settings):
 
 @dataclass(frozen=True)
 class Prediction:
-    """A model's guess for one image: (label, probability) pairs, most likely first, and the labels it calls present.
+    """A model's guess for one image: (label, probability) pairs, most likely first, and the sub-styles to pre-tick.
 
-    `present`: the labels at or above their thresholds chosen on the validation split
-    (training/predict.py); the pre-annotation ticks those as sub-styles.
+    The most likely label is pre-selected as the main style (where the taxonomy has one);
+    `ticked`: the labels at or above their fewest-clicks thresholds (training/clicks.py), which
+    the pre-annotation ticks as sub-styles (never the pre-selected main style).
     """
 
     model_version: str
     ranked: Sequence[tuple[str, float]]
-    present: frozenset[str] = frozenset()
+    ticked: frozenset[str] = frozenset()
     scores: Sequence[float] = ()  # every label's probability, in class order (the labelling order reads them)
     embedding: Sequence[float] = ()  # the image's pooled backbone features (how alike images look, for a diverse order)
     main_known: bool = True  # False for an imported tag set without a main label: nothing to pre-select as main
@@ -75,7 +76,7 @@ class Prediction:
     def as_label_studio(self) -> dict:
         mains = [label for label, _ in self.ranked[:1]] if self.main_known else []
         result = [_choices(MAIN_FIELD, mains)] if mains else []
-        subs = [label for label, _ in self.ranked[len(mains) :] if label in self.present]
+        subs = [label for label, _ in self.ranked[len(mains) :] if label in self.ticked]
         if subs:
             result.append(_choices(SUB_FIELD, subs))
         return {"model_version": self.model_version, "score": round(self.confidence, 4), "result": result}

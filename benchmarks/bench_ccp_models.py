@@ -6,11 +6,14 @@ Usage: python benchmarks/bench_ccp_models.py [--ccp ../shared/datasets/ccp] [--w
 
 The CCP photos go through the project's own stages (benchmarks/ccp.py: importer, split,
 graph, features), then the train and evaluate stages with the `features`, `train`,
-`models` and `evaluate` sections of params.yaml. Every model trains under --seeds seeds
-(train.seed, +1, ...), each evaluated on the test split; the summary gives mean ± sd over
-seeds and each model's mAP minus the baseline's (evaluate.baseline) with the first
-seed's paired bootstrap interval. Models are chosen on the validation split only.
-Numbers are printed, never asserted; the full reports land in the work dir.
+`models`, `select` and `evaluate` sections of params.yaml. Every model trains under --seeds
+seeds (train.seed, +1, ...), the select stage scores the heads out of fold (CCP has no
+near-duplicate pairs listed), and each is evaluated on the test split; the summary gives
+mean ± sd over seeds, each model's mAP minus the baseline's (evaluate.baseline) with the
+first seed's paired bootstrap interval, the expert clicks of its pre-annotations, and per
+seed the model the validation split alone and the out-of-fold selection choose, with their
+test mAP against the best model's. Numbers are printed, never asserted; the full reports
+land in the work dir.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ import json
 import numpy as np
 from ccp import add_arguments, prepare, timing_table
 
-from training import evaluate, train
+from pipeline.near_duplicates import PAIR_COLUMNS
+from pipeline.tables import empty_table
+from training import evaluate, select, train
 from training.settings import load_model_specs
 
 SUMMARY_COLUMNS = {
@@ -30,7 +35,9 @@ SUMMARY_COLUMNS = {
     "top2_all": "T2 all",
     "topn_all": "Tn all",
     "mAP": "mAP",
-    "CF1_val_thr": "CF1 (val thr)",
+    "CF1_val_thr": "CF1 (thr)",
+    "clicks_ratio": "clicks, % of empty form",
+    "clicks_ratio_f1_rule": "clicks, F1 rule",
 }
 
 
@@ -56,11 +63,13 @@ def seed_summary(runs: list[dict]) -> str:
                 f"([{100 * one['mAP_minus_baseline_ci_low']:+.2f}, {100 * one['mAP_minus_baseline_ci_high']:+.2f}])"
             )
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    val = {name: np.mean([run["models"][name]["val_mAP"] for run in runs]) for name in first["models"]}
-    chosen = max(val, key=val.get)
-    lines += ["", f"Chosen on the validation split (highest mean validation mAP): **{chosen}**, test mAP "
-              f"{np.mean([100 * run['models'][chosen]['mAP'] for run in runs]):.2f}. "
-              f"Each seed's own choice: {', '.join(run['chosen_model'] for run in runs)}."]  # fmt: skip
+    lines += ["", "| seed | chosen on validation (test mAP) | chosen out of fold (test mAP) | best on test (test mAP) "
+              "| out-of-fold choice minus best |", "|---|---|---|---|---|"]  # fmt: skip
+    for seed, run in enumerate(runs, 1):
+        test = {name: 100 * m["mAP"] for name, m in run["models"].items()}
+        best, val, oof = max(test, key=lambda n: test[n]), run["validation_choice"], run["chosen_model"]
+        lines.append(f"| {seed} | {val} ({test[val]:.2f}) | {oof} ({test[oof]:.2f}) | {best} ({test[best]:.2f}) "
+                     f"| {test[oof] - test[best]:+.2f} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -77,8 +86,17 @@ def main() -> None:
         out = ccp.work / f"seed-{seed}"
         for model in load_model_specs(ccp.params[seed]):
             ccp.timed(f"train@{model}", train.main, ccp.train_argv(model, seed, out))
+        pairs = out / "near_duplicates.parquet"
+        empty_table(PAIR_COLUMNS).to_parquet(pairs)
+        ccp.timed("select", select.main, [*ccp.common[:4], "--features", str(ccp.data["features.npz"]),
+                                          "--near-duplicates", str(pairs), "--models-dir", str(out / "models"),
+                                          "--out-of-fold", str(out / "out_of_fold.parquet"),
+                                          "--out", str(out / "selection.json"),
+                                          "--metrics", str(out / "selection_metrics.json"),
+                                          "--params", str(ccp.params[seed])])  # fmt: skip
         ccp.timed("evaluate", evaluate.main, [*ccp.common, "--features", str(ccp.data["features.npz"]),
                                               "--models-dir", str(out / "models"),
+                                              "--selection", str(out / "selection.json"),
                                               "--report", str(out / "evaluation.md"),
                                               "--metrics", str(out / "evaluation.json"),
                                               "--params", str(ccp.params[seed])])  # fmt: skip

@@ -35,8 +35,9 @@ from training import train
 from training.checkpoint import load_checkpoint
 from training.data import main_index, read_dataset, read_label_subset, target_matrix
 from training.features import feature_array, read_features
-from training.label_issues import CHECKED_SPLITS, assign_folds, label_quality, out_of_fold_probs
+from training.label_issues import CHECKED_SPLITS, label_quality
 from training.models import ModelSpec
+from training.out_of_fold import assign_folds, out_of_fold_probs
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ def main() -> None:
         "--noise", type=float, default=0.05, help="share of train and validation images that get one corruption"
     )
     parser.add_argument("--seeds", type=int, default=3, help="noise draws (each also seeds the folds)")
-    parser.add_argument("--folds", type=int, default=5, help="label_issues.folds")
+    parser.add_argument("--folds", type=int, default=5, help="select.folds")
     args = parser.parse_args()
     timings: dict[str, float] = {}
     if args.project is None:
@@ -155,7 +156,12 @@ def main() -> None:
     for seed in range(args.seeds):
         noisy, corruptions = corrupt(clean, main, args.noise, np.random.default_rng(seed))
         probs = out_of_fold_probs(
-            checkpoint, cached.x, cached.mirrored, noisy, assign_folds(len(table), args.folds, seed), seed
+            checkpoint,
+            cached.x,
+            cached.mirrored,
+            noisy,
+            assign_folds(noisy, np.arange(len(table)), args.folds, seed),
+            seed,
         )
         listed = 2 * len(corruptions)
         for method, quality in (

@@ -20,6 +20,7 @@ from training.evaluate import EvaluateSettings
 from training.features import FeatureSettings
 from training.label_issues import LabelIssueSettings
 from training.models import ModelSpec
+from training.select import SelectSettings
 from training.settings import TrainSettings
 
 # In params.yaml's order. `models` is a mapping of entries, each read as a ModelSpec.
@@ -35,6 +36,7 @@ SECTIONS: tuple[tuple[str, type[Settings]], ...] = (
     ("features", FeatureSettings),
     ("train", TrainSettings),
     ("models", ModelSpec),
+    ("select", SelectSettings),
     ("label_issues", LabelIssueSettings),
     ("evaluate", EvaluateSettings),
 )

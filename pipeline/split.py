@@ -40,6 +40,7 @@ import pyarrow as pa
 
 from pipeline.atomic import outputs_together, write_json, write_parquet
 from pipeline.cli import report_user_errors
+from pipeline.groups import components
 from pipeline.labelsets import main_and_sub_matrices
 from pipeline.settings import DEFAULT_PARAMS, Problem, Settings, load_params, load_section, setting
 from pipeline.tables import empty_table, read_table
@@ -95,23 +96,6 @@ def eligible_images(labels: pd.DataFrame, names: Sequence[str]) -> tuple[pd.Data
     first_label = np.asarray(names, dtype=object)[np.argmax(main | sub, axis=1)]
     rows["stratum"] = rows["main_style"].astype(object).where(rows["main_style"].notna(), first_label).astype(str)
     return rows, main, sub
-
-
-def components(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
-    """Connected components of the graph on n nodes with edges a[i]-b[i]: each node's smallest member."""
-    parent = list(range(n))
-
-    def root(node: int) -> int:
-        while parent[node] != node:
-            parent[node] = parent[parent[node]]  # path halving
-            node = parent[node]
-        return node
-
-    for x, y in zip(a.tolist(), b.tolist(), strict=True):
-        rx, ry = root(x), root(y)
-        if rx != ry:
-            parent[max(rx, ry)] = min(rx, ry)
-    return np.array([root(node) for node in range(n)], dtype=np.int64)
 
 
 def keep_together(new: pd.DataFrame, existing: pd.DataFrame, pairs: pd.DataFrame) -> pd.Series:

@@ -839,16 +839,25 @@ def test_an_install_without_a_package_index_says_where_else_to_install_from(loca
 def test_an_image_the_model_cannot_read_gets_no_pre_annotation(tmp_path, monkeypatch):
     checkpoint = tmp_path / "models" / "mlgcn" / "best.pt"
     checkpoint.parent.mkdir(parents=True)
-    checkpoint.write_bytes(b"stand-in: predict_images is replaced below")
+    checkpoint.write_bytes(b"stand-in: loading and predicting are replaced below")
     rows = [{"path": "b1/a.jpg", "top": [["Casual", 0.9], ["Sexy", 0.2]], "predicted": ["Casual", "Sexy"],
-             "scores": {"Casual": 0.9, "Sexy": 0.2}, "embedding": np.ones(3)},
+             "pre_ticked": ["Casual"], "scores": {"Casual": 0.9, "Sexy": 0.2}, "embedding": np.ones(3)},
             {"path": "b1/b.jpg", "error": "cannot read image"}]  # fmt: skip
-    monkeypatch.setattr("training.predict.predict_images", lambda *args, **kwargs: rows)
+    loaded = {"meta": {"labels": ["Casual", "Sexy"]}, "thresholds": [0.5, 0.1], "click_thresholds": [0.5, None]}
+    monkeypatch.setattr("training.checkpoint.load_checkpoint", lambda path: loaded)
+    seen = {}
+
+    def predicted(checkpoint, paths, top_k, **kwargs):
+        seen.update(kwargs)
+        return rows
+
+    monkeypatch.setattr("training.predict.predict_checkpoint", predicted)
     images = pd.DataFrame({"image_id": ["a", "b"], "path": ["b1/a.jpg", "b1/b.jpg"]})
     predictions = load_predictions(checkpoint, images, tmp_path, top_k=3)
     assert list(predictions) == ["a"] and predictions["a"].ranked == [("Casual", 0.9), ("Sexy", 0.2)]
-    assert predictions["a"].present == {"Casual", "Sexy"}, (
-        "the labels over their validation thresholds are the ones pre-ticked"
+    assert predictions["a"].ticked == {"Casual"}, "the fewest-clicks ticks are pre-ticked, not the F1 list"
+    assert seen["rules"].pre_tick.tolist() == [0.5, np.inf] and seen["rules"].source == "validation split", (
+        "without a selection, the checkpoint's own fewest-clicks rule (Sexy: never pre-ticked)"
     )
     assert predictions["a"].scores == [0.9, 0.2] and predictions["a"].embedding == [1.0, 1.0, 1.0], (
         "what the labelling order reads"

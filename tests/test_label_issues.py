@@ -8,28 +8,32 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 import yaml
-from test_training import LABELS, _params, _train
+from test_select import select_stage
+from test_training import LABELS, MODELS, _params, _train
 
 from training import label_issues
 
-FINDER = {"model": "linear", "folds": 4, "seed": 0, "max_rows": 30}
+FINDER = {"model": "linear", "max_rows": 30}
 
 
-def _finder_params(tmp_path: Path, weights: Path, **finder) -> Path:
+def _finder_params(tmp_path: Path, weights: Path, models: tuple[str, ...] = ("linear",), **finder) -> Path:
     params = _params(tmp_path, weights, epochs=6, patience=6, lr_head=0.03)
-    raw = yaml.safe_load(params.read_text()) | {"label_issues": FINDER | finder}
+    raw = yaml.safe_load(params.read_text()) | {"label_issues": FINDER | finder, "select": {"folds": 4, "seed": 0}}
+    raw["models"] = {name: MODELS[name] for name in models}
     params.write_text(yaml.safe_dump(raw))
     return params
 
 
 def _find(inputs: dict[str, Path], tmp_path: Path, params: Path, dataset: Path) -> int:
-    """Run the label_issues stage's command line on `dataset` with the models trained into tmp_path/models."""
+    """Run the select stage, then the label_issues stage's command line, on `dataset` with the models trained into
+    tmp_path/models."""
+    select_stage(inputs, tmp_path, params, dataset)
     return label_issues.main([
-        "--dataset", str(dataset), "--label-subset", str(inputs["subset"]), "--features", str(inputs["features"]),
-        "--models-dir", str(tmp_path / "models"), "--out", str(tmp_path / "issues.parquet"),
-        "--report", str(tmp_path / "issues.md"), "--metrics", str(tmp_path / "issues.json"), "--params", str(params),
+        "--dataset", str(dataset), "--label-subset", str(inputs["subset"]),
+        "--out-of-fold", str(tmp_path / "out_of_fold.parquet"), "--selection", str(tmp_path / "selection.json"),
+        "--out", str(tmp_path / "issues.parquet"), "--report", str(tmp_path / "issues.md"),
+        "--metrics", str(tmp_path / "issues.json"), "--params", str(params),
     ])  # fmt: skip
 
 
@@ -78,22 +82,14 @@ def test_a_planted_wrong_label_ranks_near_the_top_and_the_test_split_stays_out(i
     assert "| 1 | " in (tmp_path / "issues.md").read_text()
 
 
-def test_every_image_is_scored_by_a_head_that_never_saw_it(inputs):
-    fold = label_issues.assign_folds(22, 4, seed=0)
-    assert sorted(np.bincount(fold)) == [5, 5, 6, 6]
-    assert (label_issues.assign_folds(22, 4, seed=0) == fold).all(), "seeded"
-
-
-@pytest.mark.parametrize(
-    ("finder", "message"),
-    [({"model": "cnn"}, "trains from pixels"), ({"folds": 1}, "label_issues.folds must be in [2, inf), not 1")],
-)
-def test_a_finder_that_cannot_work_is_refused_naming_the_setting(inputs, tmp_path, capsys, finder, message):
-    params = _finder_params(tmp_path, inputs["weights"], **finder)
-    if finder.get("model") == "cnn":
-        _train(inputs, "cnn", tmp_path, params)
+def test_a_finder_on_a_model_without_out_of_fold_scores_is_refused_naming_the_setting(inputs, tmp_path, capsys):
+    params = _finder_params(tmp_path, inputs["weights"], models=("cnn", "linear"), model="cnn")
+    for model in ("cnn", "linear"):
+        _train(inputs, model, tmp_path, params)
     assert _find(inputs, tmp_path, params, inputs["dataset"]) == 2
-    assert message in capsys.readouterr().err
+    assert "label_issues.model 'cnn' has no out-of-fold scores: the select stage scores heads on cached features " in (
+        capsys.readouterr().err
+    )
 
 
 def test_kinds_name_what_the_fix_would_be():

@@ -7,6 +7,7 @@ data in a temporary folder; experts are played by API calls, as the web UI makes
 from __future__ import annotations
 
 import dataclasses
+import json
 import secrets
 from pathlib import Path
 
@@ -286,3 +287,64 @@ def test_serve_accepts_the_key_of_the_first_start_and_refuses_another(server, se
     check_token(server_settings, server.token)
     with pytest.raises(ServerError, match="database .* was created with another API key"):
         check_token(server_settings, secrets.token_hex(20))
+
+
+def _constant_head(models: Path, name: str, labels: list[str], probs: dict[str, float]) -> Path:
+    """A real checkpoint of a linear head on offline ImageNet Lite0 features whose weights are zero: every photo gets
+    `probs` (others 0.01), so what push pre-ticks depends on the decision rule alone."""
+    import torch
+
+    from training.checkpoint import build_trained_module, save_checkpoint
+    from training.models import ModelSpec
+
+    meta = {"name": name, "spec": dataclasses.asdict(ModelSpec(kind="linear", pooling="avg")), "labels": labels,
+            "embedding_dim": 50, "gcn_hidden": 16, "finetuned": False, "feature_dim": 1280,
+            "backbone": "tf_efficientnet_lite0", "weights": "imagenet", "image_size": 32, "mean": [0.5] * 3,
+            "std": [0.5] * 3, "train": {"precision": "fp32", "tta_flip": False}}  # fmt: skip
+    head = build_trained_module(meta)
+    p = torch.tensor([probs.get(label, 0.01) for label in labels])
+    state = {key: torch.zeros_like(value) for key, value in head.state_dict().items()}
+    [bias] = [key for key in state if key.endswith("bias")]
+    state[bias] = torch.log(p / (1 - p))
+    path = models / name / "best.pt"
+    # The validation rules it was trained with: F1 ticks Sexy and Romantic, the fewest-clicks rule Romantic only.
+    thresholds = [0.3 if label in ("Sexy", "Romantic") else 0.5 for label in labels]
+    save_checkpoint({"meta": meta, "model": state, "epoch": 1, "val": {"mAP": 0.5}, "thresholds": thresholds,
+                     "click_thresholds": thresholds}, path)  # fmt: skip
+    return path
+
+
+def test_push_model_best_pre_ticks_by_the_selections_fewest_clicks_rule(
+    server, workspace, annotation_settings, styles, tmp_path
+):
+    from annotation.__main__ import chosen_checkpoint, load_predictions, parse_args
+
+    root, catalog = workspace
+    probs = {"Casual": 0.9, "Sexy": 0.6, "Romantic": 0.45}
+    for name in ("linear", "csra"):
+        _constant_head(tmp_path / "models", name, styles.names, probs)
+    never = [None if label == "Sexy" else (0.4 if label == "Romantic" else 0.5) for label in styles.names]
+    entry = {"f1_thresholds": [0.3] * len(styles.names), "click_thresholds": never}
+    selection = {"labels": styles.names, "images": 100, "folds": 5, "chosen": "csra", "why": "test",
+                 "models": {"csra": entry, "linear": entry}}  # fmt: skip
+    (tmp_path / "selection.json").write_text(json.dumps(selection))
+    args = parse_args(["push", "--model", "best", "--models-dir", str(tmp_path / "models"),
+                       "--selection", str(tmp_path / "selection.json")])  # fmt: skip
+    checkpoint = chosen_checkpoint(args)
+    assert checkpoint == tmp_path / "models" / "csra" / "best.pt", "best: the select stage's choice"
+    subset = catalog.head(2)
+    project_id, added = push_images(
+        server,
+        annotation_settings,
+        styles,
+        subset,
+        root / "data/crawl",
+        lambda new: load_predictions(checkpoint, new, root / "data/crawl", len(styles.names), args.selection),
+    )
+    assert added == 2
+    for task in server.client().projects.exports.as_json(project_id):
+        [prediction] = server.client().predictions.list(task=task["id"])
+        assert prediction.model_version.startswith("csra@")
+        assert [r["value"]["choices"] for r in prediction.result] == [["Casual"], ["Romantic"]], (
+            "main style pre-selected; Romantic ticked at 0.45 >= 0.4; Sexy (0.6) never: its ticks cost clicks"
+        )

@@ -61,6 +61,7 @@ def _params(tmp: Path, weights: Path, **train_overrides) -> Path:
                   "asl_gamma_neg": 4.0, "asl_gamma_pos": 0.0, "asl_clip": 0.05, "tta_flip": True} | train_overrides,
         "models": MODELS,
         "evaluate": {"split": "test", "bootstrap": 20, "seed": 0, "baseline": "linear"},
+        "select": {"folds": 3, "seed": 0},
     }  # fmt: skip
     path = tmp / "params.yaml"
     path.write_text(yaml.safe_dump(params), encoding="utf-8")
@@ -351,17 +352,20 @@ def test_smoke_run_of_every_model_then_the_evaluation_report(inputs, tmp_path):
         "per-label thresholds chosen on validation"
     )
 
+    from test_select import select_stage  # test_select imports this module's helpers
+
+    assert select_stage(inputs, tmp_path, params) == 0
     report, metrics = tmp_path / "evaluation.md", tmp_path / "evaluation.json"
     evaluate.main([
         "--dataset", str(inputs["dataset"]), "--label-subset", str(inputs["subset"]),
         "--features", str(inputs["features"]), "--crawl-dir", str(inputs["crawl"]),
-        "--models-dir", str(tmp_path / "models"), "--report", str(report), "--metrics", str(metrics),
-        "--params", str(params),
+        "--models-dir", str(tmp_path / "models"), "--selection", str(tmp_path / "selection.json"),
+        "--report", str(report), "--metrics", str(metrics), "--params", str(params),
     ])  # fmt: skip
     text = report.read_text()
     assert (
-        "| model | T1 any | T2 all | T2 any | T3 all | T3 any | Tn all | mAP | CF1 | OF1 | CF1 (val thr) | OF1 (val "
-        "thr) |" in text
+        "| model | T1 any | T2 all | T2 any | T3 all | T3 any | Tn all | mAP | clicks | CF1 | OF1 | CF1 (thr) | OF1 "
+        "(thr) |" in text
     )
     assert all(f"| {model} |" in text for model in MODELS)
     assert (
@@ -371,9 +375,12 @@ def test_smoke_run_of_every_model_then_the_evaluation_report(inputs, tmp_path):
     )
     scores = json.loads(metrics.read_text())
     val_maps = {name: load_checkpoint(tmp_path / "models" / name / "best.pt")["val"]["mAP"] for name in MODELS}
-    assert (
-        scores["chosen_model"] == max(val_maps, key=val_maps.get)
-        and f"**Chosen on the validation split: {scores['chosen_model']}**" in text
+    selection = json.loads((tmp_path / "selection.json").read_text())
+    assert scores["chosen_model"] == selection["chosen"] and f"**Chosen: {selection['chosen']}**:" in text
+    assert scores["validation_choice"] == max(val_maps, key=val_maps.get)
+    assert "## Expert clicks" in text and all(0 <= m["clicks_ratio"] for m in scores["models"].values())
+    assert "| cnn | " in text.split("## Expert clicks")[1] and "| validation split |" in text, (
+        "the basic CNN's rules were fitted on the validation split, the heads' out of fold"
     )
     assert scores["n_images"] == 6 and set(scores["models"]) == set(MODELS)
     assert all(m["top2_all_ci_low"] <= m["top2_all"] <= m["top2_all_ci_high"] for m in scores["models"].values())
@@ -978,22 +985,34 @@ def test_predict_and_push_take_a_model_by_name_or_the_one_validation_chose(input
     models = tmp_path / "models"
     val_map = {name: load_checkpoint(models / name / "best.pt")["val"]["mAP"] for name in ("linear", "gcn_identity")}
     chosen = max(val_map, key=val_map.get)
-    assert predict.model_checkpoint("best", models) == models / chosen / "best.pt"
-    assert f"predict: model {chosen} (highest validation mAP in {models})" in capsys.readouterr().err
+    none = tmp_path / "no-selection.json"  # before the select stage has run: the highest validation mAP
+    assert predict.model_checkpoint("best", models, none) == models / chosen / "best.pt"
+    assert f"predict: model {chosen} (highest validation mAP in {models}; {none} not found" in capsys.readouterr().err
     assert predict.model_checkpoint("linear", models) == models / "linear" / "best.pt"
     out = tmp_path / "best.json"
     assert (
         predict.main(
-            [str(inputs["crawl"] / "00.png"), "--model", "best", "--models-dir", str(models), "--out", str(out)]
+            [
+                str(inputs["crawl"] / "00.png"),
+                "--model",
+                "best",
+                "--models-dir",
+                str(models),
+                "--out",
+                str(out),
+                "--selection",
+                str(none),
+            ]
         )
         == 0
     )
     assert json.loads(out.read_text()) == predict.predict_images(
         models / chosen / "best.pt", [inputs["crawl"] / "00.png"]
-    )
+    ), "without a selection, the checkpoint's own rules"
     assert predict.main([str(inputs["crawl"]), "--model", "mlgcn", "--models-dir", str(models)]) == 2
     assert _error(capsys, "predict").startswith(f"{models / 'mlgcn' / 'best.pt'}: checkpoint not found")
-    assert predict.main([str(inputs["crawl"]), "--model", "best", "--models-dir", str(tmp_path / "empty")]) == 2
+    empty = [str(inputs["crawl"]), "--model", "best", "--models-dir", str(tmp_path / "empty"), "--selection", str(none)]
+    assert predict.main(empty) == 2
     assert _error(capsys, "predict").startswith(f"{tmp_path / 'empty'}: no trained model")
     with pytest.raises(SystemExit):
         predict.parse_args(
@@ -1041,6 +1060,7 @@ def test_training_commands_refuse_bad_inputs_with_a_message_naming_the_file(inpu
     evaluate_args = ["--dataset", str(inputs["dataset"]), "--label-subset", str(inputs["subset"]),
                      "--features", str(inputs["features"]), "--crawl-dir", str(inputs["crawl"]),
                      "--report", str(tmp_path / "report.md"), "--metrics", str(tmp_path / "metrics.json"),
+                     "--selection", str(tmp_path / "selection.json"),
                      "--params", str(_params(tmp_path, inputs["weights"]))]  # fmt: skip
     assert evaluate.main([*evaluate_args, "--models-dir", str(tmp_path / "no-models")]) == 2
     assert _error(capsys, "evaluate").startswith(f"{tmp_path / 'no-models' / 'cnn' / 'best.pt'}: checkpoint not found")
@@ -1150,6 +1170,7 @@ def test_evaluate_refuses_features_extracted_otherwise_than_a_heads_training_fea
         "--dataset", str(inputs["dataset"]), "--label-subset", str(inputs["subset"]),
         "--features", str(tmp_path / "features.npz"), "--crawl-dir", str(inputs["crawl"]),
         "--models-dir", str(tmp_path / "models"), "--report", str(tmp_path / "report.md"),
+        "--selection", str(tmp_path / "selection.json"),
         "--metrics", str(tmp_path / "metrics.json"), "--params", str(_params(tmp_path, inputs["weights"])),
     ]) == 2  # fmt: skip
     assert re.fullmatch(

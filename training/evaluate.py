@@ -1,14 +1,16 @@
 """Evaluate stage: every trained model on the test split, side by side, shaped like the paper's Tables 3-5.
 
-Each model's `best.pt` (chosen on the validation split) is scored once on the test
-split, the way it was selected (with the test-time flip where train.tta_flip).
+Each model's `best.pt` (its epoch chosen on the validation split) is scored once on the
+test split, the way it was selected (with the test-time flip where train.tta_flip).
 Reported: Top-k any/all-recall (k = 1, 2, 3), Top-n all-recall (n = the image's own
 label count) and mAP with bootstrap 95% intervals; the ceiling of Top-k all-recall
 where images carry more than k labels; CF1/OF1 at probability 0.5 and at the per-label
 thresholds chosen on the validation split; the per-label Top-2 all-recall table,
-per-class AP; the model the validation split picks (best validation mAP); and paired
-bootstrap intervals of every model minus the baseline (`evaluate.baseline`), so a gap
-inside the noise reads as such.
+per-class AP; expert clicks: what correcting each model's pre-annotations costs against
+an empty form, overall and per label (training/clicks.py), by the rule `push` uses; the
+model the select stage chose out of fold, with its scores; and paired bootstrap
+intervals of every model minus the baseline (`evaluate.baseline`), so a gap inside the
+noise reads as such.
 """
 
 from __future__ import annotations
@@ -26,15 +28,11 @@ from torch.utils.data import DataLoader
 from pipeline.atomic import atomic_path, outputs_together, write_json
 from pipeline.cli import InputError, report_user_errors
 from pipeline.settings import ParamsError, Settings, load_section, setting
-from training.checkpoint import (
-    build_trained_module,
-    decision_thresholds,
-    load_checkpoint,
-    pixel_model,
-    scores_mirrored,
-    trained_precision,
-)
+from training.checkpoint import build_trained_module, load_checkpoint, pixel_model, scores_mirrored, trained_precision
+from training.clicks import correction_clicks, empty_form_clicks
+from training.clicks import summary as click_summary
 from training.data import ImageDataset, main_index, read_dataset, read_label_subset, target_matrix
+from training.decisions import DecisionRules, decision_rules, read_selection
 from training.device import pick_device, prepare
 from training.engine import feature_batches, mirrored_mean, predict_probs
 from training.features import extracted_precision, feature_array, read_features
@@ -238,11 +236,50 @@ def ceiling_lines(targets: np.ndarray) -> list[str]:
     return lines
 
 
+def _selection_scores(name: str, results: dict[str, dict], choice: Choice) -> str:
+    scores = f"validation mAP {_pct(results[name]['val_mAP'])}"
+    if name in choice.out_of_fold:
+        mean, sd = choice.out_of_fold[name]
+        scores = f"out-of-fold mAP {_pct(mean)} ± {_pct(sd)}, " + scores
+    return scores
+
+
+def click_lines(results: dict[str, dict], test: TestSet) -> list[str]:
+    """The expert-clicks section: per model against the empty form, then per label."""
+    names = list(results)
+    first = results[names[0]]["clicks"]
+    lines = [
+        "## Expert clicks",
+        "",
+        f"An empty form costs {first['empty_form_per_image']:.2f} clicks per image here (the main style, where the "
+        "taxonomy has one, and each sub-style). Correcting a pre-annotation costs one click for a wrong main style "
+        "and one per wrongly ticked or missing sub-style. `push` pre-selects the most probable label as main style "
+        "and ticks each sub-style at its fewest-clicks threshold (docs/expert-time.md); the F1 rule (ticking at the "
+        "best-F1 thresholds) is shown for comparison. Below 100 % the pre-annotation saves the expert clicks.",
+        "",
+        "| model | clicks, % of empty form | clicks per image | pre-annotation exactly right | F1 rule: clicks, % "
+        "| rule fitted on |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        clicks, f1_rule = results[name]["clicks"], results[name]["clicks_f1_rule"]
+        lines.append(
+            f"| {name} | {_pct(clicks['ratio'])} | {clicks['clicks_per_image']:.2f} | {_pct(clicks['exactly_right'])} "
+            f"| {_pct(f1_rule['ratio'])} | {results[name]['rules_source']} |"
+        )
+    lines += ["", "Clicks per label (the empty form's in the second column):", ""]
+    lines += ["| label | empty form | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for label, row in first["per_label"].items():
+        cells = [str(results[n]["clicks"]["per_label"][label]["clicks"]) for n in names]
+        lines.append(f"| {label} | {row['empty_form']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_report(
     results: dict[str, dict],
     descriptions: dict[str, str],
     differences: list[dict],
-    chosen: str,
+    choice: Choice,
     test: TestSet,
     settings: EvaluateSettings,
 ) -> str:
@@ -261,26 +298,31 @@ def render_report(
         "",
         "## Models",
         "",
-        *[f"- **{name}**: {descriptions[name]}; validation mAP {_pct(results[name]['val_mAP'])}" for name in names],
+        *[f"- **{name}**: {descriptions[name]}; {_selection_scores(name, results, choice)}" for name in names],
         "",
-        f"**Chosen on the validation split: {chosen}** (highest validation mAP). "
-        "`python -m training.predict --model best` and `python -m annotation push --model best` use it.",
+        f"**Chosen: {choice.chosen}**: {choice.why}. The validation split alone would choose "
+        f"{choice.validation_choice}. `python -m training.predict --model best` and "
+        "`python -m annotation push --model best` use the chosen model.",
+        "",
+        *click_lines(results, test),
         "",
         "## Top-k recall and mAP (paper Tables 3-4)",
         "",
         *ceiling_lines(test.targets),
         "",
-        "CF1/OF1: labels called present at probability 0.5; (val thr): at each label's threshold chosen on the "
-        "validation split (best F1 there), as `predict` and pre-annotations call them.",
+        "CF1/OF1: labels called present at probability 0.5; (thr): at each label's best-F1 threshold (out of fold "
+        "for heads, on the validation split for pixel models), as `predict` calls them present. Clicks: what "
+        "correcting the model's pre-annotations costs, in % of an empty form's clicks (section below).",
         "",
-        "| model | " + " | ".join(COLUMN_TITLES.values()) + " | CF1 | OF1 | CF1 (val thr) | OF1 (val thr) |",
-        "|---|" + "---|" * (len(COLUMN_TITLES) + 4),
+        "| model | " + " | ".join(COLUMN_TITLES.values()) + " | clicks | CF1 | OF1 | CF1 (thr) | OF1 (thr) |",
+        "|---|" + "---|" * (len(COLUMN_TITLES) + 5),
     ]
     for name in names:
         summary, f1, tuned = results[name]["summary"], results[name]["f1"], results[name]["f1_val_thresholds"]
         lines.append(
             f"| {name} | "
             + " | ".join(_ci(summary[c]) for c in COLUMN_TITLES)
+            + f" | {_pct(results[name]['clicks']['ratio'])}"
             + f" | {_pct(f1['CF1'])} | {_pct(f1['OF1'])} | {_pct(tuned['CF1'])} | {_pct(tuned['OF1'])} |"
         )
     if differences:
@@ -321,12 +363,13 @@ def render_report(
 
 
 def metrics_json(
-    results: dict[str, dict], differences: list[dict], chosen: str, test: TestSet, settings: EvaluateSettings
+    results: dict[str, dict], differences: list[dict], choice: Choice, test: TestSet, settings: EvaluateSettings
 ) -> dict:
     """The numbers `dvc metrics diff` compares: headline metrics per model with interval bounds, the chosen model,
     differences from the baseline."""
     ceilings = {f"top{k}_all": round(all_recall_ceiling(test.targets, k), 6) for k in TOP_K}
-    out: dict[str, Any] = {"split": settings.split, "n_images": len(test.targets), "chosen_model": chosen,
+    out: dict[str, Any] = {"split": settings.split, "n_images": len(test.targets), "chosen_model": choice.chosen,
+                           "validation_choice": choice.validation_choice,
                            "baseline": settings.baseline, "all_recall_ceiling": ceilings, "models": {}}  # fmt: skip
     for name, result in results.items():
         entry = {key: round(value["value"], 6) for key, value in result["summary"].items()}
@@ -339,6 +382,12 @@ def metrics_json(
             f"{key}_val_thr": round(result["f1_val_thresholds"][key], 6) for key in ("CF1", "OF1")
         }
         entry["val_mAP"] = round(result["val_mAP"], 6)
+        entry |= {
+            "clicks_ratio": round(result["clicks"]["ratio"], 6),
+            "clicks_per_image": round(result["clicks"]["clicks_per_image"], 6),
+            "preannotation_exactly_right": round(result["clicks"]["exactly_right"], 6),
+            "clicks_ratio_f1_rule": round(result["clicks_f1_rule"]["ratio"], 6),
+        }
         out["models"][name] = entry
     for d in differences:
         out["models"][d["other"]] |= {
@@ -361,20 +410,17 @@ def evaluate(specs: dict[str, ModelSpec], args: argparse.Namespace, settings: Ev
     if table.empty:
         raise InputError(f"{args.dataset}: the {settings.split} split is empty")
     test = TestSet(table, target_matrix(table["labels"], labels), main_index(table["main_style"], labels), labels)
+    selection = read_selection(args.selection)
+    empty = empty_form_clicks(test.targets, test.main)
     probs, results, descriptions = {}, {}, {}
     for name in specs:
         checkpoint = load_checkpoint(args.models_dir / name / "best.pt")
         probs[name] = test_probs(checkpoint, test, args.features, args.crawl_dir)
+        rules = decision_rules(name, checkpoint, selection)
         results[name] = evaluate_scores(
-            probs[name],
-            test.targets,
-            test.main,
-            labels,
-            settings.bootstrap,
-            settings.seed,
-            decision_thresholds(checkpoint),
+            probs[name], test.targets, test.main, labels, settings.bootstrap, settings.seed, rules.present
         )
-        results[name]["val_mAP"] = float(checkpoint["val"]["mAP"])
+        results[name] |= expert_clicks(probs[name], rules, test, empty) | {"val_mAP": float(checkpoint["val"]["mAP"])}
         descriptions[name] = describe(checkpoint)
         print(
             f"{name}: "
@@ -382,12 +428,44 @@ def evaluate(specs: dict[str, ModelSpec], args: argparse.Namespace, settings: Ev
                 f"{c} {100 * results[name]['summary'][c]['value']:.2f}"
                 for c in (*PAPER_COLUMNS, OWN_COUNT_COLUMN, "mAP")
             )
+            + f", clicks {100 * results[name]['clicks']['ratio']:.0f} % of an empty form's"
         )
-    chosen = max(results, key=lambda n: results[n]["val_mAP"])
+    choice = model_choice(selection, results)
     differences = paired_differences(probs, settings.baseline, test, settings)
-    return render_report(results, descriptions, differences, chosen, test, settings), metrics_json(
-        results, differences, chosen, test, settings
+    return render_report(results, descriptions, differences, choice, test, settings), metrics_json(
+        results, differences, choice, test, settings
     )
+
+
+def expert_clicks(probs: np.ndarray, rules: DecisionRules, test: TestSet, empty: Any) -> dict[str, Any]:
+    """Clicks to correct the pre-annotations `push` makes (fewest-clicks rule), and those the F1 rule would make."""
+    return {
+        "clicks": click_summary(correction_clicks(probs, rules.pre_tick, test.targets, test.main), empty, test.labels),
+        "clicks_f1_rule": click_summary(
+            correction_clicks(probs, rules.present, test.targets, test.main), empty, test.labels
+        ),
+        "rules_source": rules.source,
+    }
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The model `--model best` serves and why, with the out-of-fold scores it was chosen on."""
+
+    chosen: str
+    why: str
+    validation_choice: str
+    out_of_fold: dict[str, tuple[float, float]]  # model -> (mean out-of-fold mAP, its sd across folds)
+
+
+def model_choice(selection: dict[str, Any] | None, results: dict[str, dict]) -> Choice:
+    """The select stage's choice; before it has run (or if it chose a model not evaluated here) the highest validation
+    mAP."""
+    validation = max(results, key=lambda n: results[n]["val_mAP"])
+    if selection is None or selection["chosen"] not in results:
+        return Choice(validation, f"{validation}: highest validation mAP (no out-of-fold selection)", validation, {})
+    scores = {name: (entry["oof_mAP"], entry["oof_mAP_sd"]) for name, entry in selection["models"].items()}
+    return Choice(selection["chosen"], selection["why"], validation, scores)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -430,6 +508,12 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         required=True,
         help="folder with <model>/best.pt for every entry of the 'models' section",
+    )
+    parser.add_argument(
+        "--selection",
+        type=Path,
+        required=True,
+        help="the select stage's choice and out-of-fold thresholds (data/selection.json)",
     )
     parser.add_argument("--report", type=Path, required=True, help="Markdown comparison report to write")
     parser.add_argument("--metrics", type=Path, required=True, help="JSON metrics to write (dvc metrics diff)")

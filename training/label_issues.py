@@ -1,12 +1,10 @@
 """Label-issues stage: rank the expert labels a model trained without them disagrees with most.
 
-Out-of-fold probabilities: the labelled images of the train and validation splits are cut
-into `folds` folds; for each, a fresh head of the chosen model (`label_issues.model`, or
-the one with the best validation mAP) trains on the other folds' cached features with
-that model's recipe and epoch count, then scores the held-out fold (with the test-time
-flip where the model uses it). Every image is thus scored by a model that never saw its
-labels. The test split stays out: fixing its labels where a model disagrees would bend
-the test set towards the model and flatter every later evaluation.
+Out-of-fold probabilities: the select stage has scored every labelled train and
+validation image with heads that never saw its labels (training/out_of_fold.py); this
+stage reads those of `label_issues.model` (best: the model the select stage chose), so no
+head is trained twice. The test split stays out: fixing its labels where a model
+disagrees would bend the test set towards the model and flatter every later evaluation.
 
 Each (image, label) cell gets a label quality, self-confidence (Northcutt et al. 2021;
 its multi-label form: Thyagarajan et al. 2023, "Identifying incorrect annotations in
@@ -34,30 +32,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
-from torch import nn
-from tqdm import tqdm
 
 from pipeline.atomic import atomic_path, outputs_together, write_json, write_parquet
 from pipeline.cli import InputError, report_user_errors
 from pipeline.settings import Settings, load_section, setting
-from training.checkpoint import (
-    best_model,
-    build_trained_module,
-    called_present,
-    decision_thresholds,
-    load_checkpoint,
-    scores_mirrored,
-    trained_precision,
-)
+from pipeline.tables import read_table
+from training.checkpoint import called_present
 from training.data import main_index, read_dataset, read_label_subset, target_matrix
-from training.device import adam, pick_device, prepare
-from training.distributed import SINGLE
-from training.engine import feature_batches, mirrored_mean, predict_probs, train_one_epoch
-from training.features import feature_array, read_features
-from training.losses import AsymmetricLoss, make_loss
-from training.models import ModelSpec
-from training.schedule import LinearWarmup, lr_factor, steps_per_epoch
+from training.decisions import read_selection
 
 CHECKED_SPLITS = ("train", "val")
 ISSUE_COLUMNS = {
@@ -71,86 +53,34 @@ ISSUE_COLUMNS = {
 class LabelIssueSettings(Settings):
     section = "label_issues"
     model: str = setting(
-        "a `models` entry on cached features whose recipe the out-of-fold heads copy, or best (highest validation mAP)"
+        "a `models` entry on cached features whose out-of-fold scores (select stage) rank the labels, or best (the "
+        "model the select stage chose)"
     )
-    folds: int = setting("out-of-fold: each image is scored by a head trained on the other folds", interval="[2, inf)")
-    seed: int = setting("fold assignment and head initialisation")
     max_rows: int = setting(
         "the most suspicious (image, label) cells kept in data/label_issues.parquet", interval="[1, inf)"
     )
 
 
-def chosen_checkpoint(models_dir: Path, model: str) -> tuple[str, dict[str, Any]]:
-    """(name, checkpoint) of the model whose recipe the folds copy; it must be a head on cached features."""
-    name, path = best_model(models_dir, heads_only=True) if model == "best" else (model, models_dir / model / "best.pt")
-    checkpoint = load_checkpoint(path)
-    meta = checkpoint["meta"]
-    if meta["spec"]["kind"] == "cnn" or meta["finetuned"]:
+def out_of_fold_scores(
+    selection: dict[str, Any], scores_path: Path, model: str, image_ids: pd.Series
+) -> tuple[str, np.ndarray, np.ndarray]:
+    """(model name, (N, C) out-of-fold probabilities of `image_ids`, its best-F1 thresholds) from the select stage."""
+    name = selection["chosen"] if model == "best" else model
+    if name not in selection["models"]:
         raise InputError(
-            f"label_issues.model {name!r} trains from pixels; the label-issue folds train heads on cached features: "
-            "name a head model (params.yaml)"
+            f"label_issues.model {name!r} has no out-of-fold scores: the select stage scores heads on cached features "
+            f"({', '.join(sorted(selection['models'])) or 'none trained'}); name one of them, or best (params.yaml)"
         )
-    return name, checkpoint
-
-
-def assign_folds(n: int, folds: int, seed: int) -> np.ndarray:
-    """Fold number of each of `n` images: a seeded shuffle cut into `folds` near-equal parts."""
-    order = np.random.default_rng(seed).permutation(n)
-    fold = np.empty(n, dtype=np.int64)
-    fold[order] = np.arange(n) % folds
-    return fold
-
-
-def fresh_head(checkpoint: dict[str, Any], seed: int) -> nn.Module:
-    """An untrained head of the checkpoint's model, with its label graph (buffers) as trained."""
-    torch.manual_seed(seed)
-    head = build_trained_module(checkpoint["meta"])
-    with torch.no_grad():
-        for name, buffer in head.named_buffers():
-            buffer.copy_(checkpoint["model"][name])
-    return head
-
-
-def out_of_fold_probs(
-    checkpoint: dict[str, Any],
-    x: torch.Tensor,
-    mirrored: torch.Tensor | None,
-    targets: np.ndarray,
-    fold: np.ndarray,
-    seed: int,
-) -> np.ndarray:
-    """(N, C) probabilities, each row from a head trained on the other folds with the checkpoint's recipe for as many
-    epochs as it took to its best."""
-    meta, device = checkpoint["meta"], pick_device()
-    train, precision, mirror = meta["train"], trained_precision(meta), scores_mirrored(meta)
-    spec = ModelSpec(**meta["spec"])
-    loss = make_loss(
-        spec.loss or train.get("loss", "bce"),
-        AsymmetricLoss(train.get("asl_gamma_neg", 4.0), train.get("asl_gamma_pos", 0.0), train.get("asl_clip", 0.05)),
-    )
-    epochs, batch = int(checkpoint.get("epoch", 1)), int(train["batch_size"])
-    y = torch.from_numpy(targets)
-    probs = np.zeros(targets.shape, dtype=np.float64)
-    for k in tqdm(range(int(fold.max()) + 1), desc="label_issues folds", unit="fold", disable=None):
-        fit, held = torch.from_numpy(fold != k), torch.from_numpy(fold == k)
-        head = prepare(fresh_head(checkpoint, seed + k), device)
-        optimizer = adam(
-            [{"params": head.parameters(), "lr": train["lr_head"] * lr_factor(train["lr_scaling"], batch)}], device
+    scores = read_table(scores_path, columns=["model", "image_id", "probs"])
+    rows = scores[scores["model"] == name].set_index("image_id")["probs"]
+    missing = image_ids[~image_ids.isin(rows.index)]
+    if len(missing):
+        raise InputError(
+            f"{scores_path}: no out-of-fold scores for {len(missing)} train and validation images (e.g. "
+            f"{missing.iloc[0]}); re-run the select stage (dvc repro select)"
         )
-        per_epoch = steps_per_epoch(int(fit.sum()), batch, SINGLE)
-        warmup = LinearWarmup(
-            (optimizer.param_groups[0]["lr"],), round(train.get("warmup_epochs", 0) * per_epoch), per_epoch
-        )
-        generator = torch.Generator().manual_seed(seed + k)
-        for epoch in range(epochs):
-            batches = feature_batches(x[fit], y[fit], batch, generator, mirrored[fit] if mirrored is not None else None)
-            train_one_epoch(head, batches, optimizer, device, None, precision, warmup.setter(optimizer, epoch), loss)
-
-        def score(features: torch.Tensor, head: nn.Module = head, held: torch.Tensor = held) -> np.ndarray:
-            return predict_probs(head, feature_batches(features, y[held], 4 * batch, None), device, precision)[0]
-
-        probs[held.numpy()] = mirrored_mean(score, x[held], mirrored[held] if mirror and mirrored is not None else None)
-    return probs
+    probs = np.stack([np.asarray(p, dtype=np.float64) for p in rows.loc[image_ids]])
+    return name, probs, np.asarray(selection["models"][name]["f1_thresholds"], dtype=np.float64)
 
 
 def label_quality(probs: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -195,14 +125,14 @@ def rank_issues(
     }).astype(ISSUE_COLUMNS)  # fmt: skip
 
 
-def report(issues: pd.DataFrame, name: str, n_images: int, settings: LabelIssueSettings, top: int = 20) -> str:
+def report(issues: pd.DataFrame, name: str, n_images: int, folds: int, top: int = 20) -> str:
     """Markdown: how many cells of each kind lead the list, and its top rows."""
     lines = [
         "# Likely label errors",
         "",
         f"{n_images} labelled images of the train and validation splits, each scored by a head of `{name}` trained on "
-        f"the other {settings.folds - 1} of {settings.folds} folds. Score: -log of the probability the model gives to "
-        "the experts' answer (self-confidence); the list is `data/label_issues.parquet`. "
+        f"the other {folds - 1} of {folds} folds (the select stage's). Score: -log of the probability the model "
+        "gives to the experts' answer (self-confidence); the list is `data/label_issues.parquet`. "
         "`python -m annotation push --review data/label_issues.parquet --top 50` sends the most suspicious images to "
         "the review project.",
         "",
@@ -228,34 +158,21 @@ def find_issues(args: argparse.Namespace, settings: LabelIssueSettings) -> tuple
     labels = read_label_subset(args.label_subset)
     table = read_dataset(args.dataset, labels)
     table = table[table["split"].isin(CHECKED_SPLITS)].reset_index(drop=True)
-    if len(table) < settings.folds:
+    selection = read_selection(args.selection)
+    if selection is None:
+        raise InputError(f"{args.selection}: not found; run the select stage first (dvc repro select)")
+    if selection["labels"] != labels:
         raise InputError(
-            f"{args.dataset}: {len(table)} labelled train and validation images, fewer than label_issues.folds = "
-            f"{settings.folds}"
+            f"{args.selection}: made for labels {selection['labels']}, the label subset is now {labels}; re-run it "
+            "(dvc repro)"
         )
-    name, checkpoint = chosen_checkpoint(args.models_dir, settings.model)
-    if checkpoint["meta"]["labels"] != labels:
-        raise InputError(
-            f"model {name}: trained on labels {checkpoint['meta']['labels']}, the label subset is now {labels}; "
-            "retrain it (dvc repro)"
-        )
-    cached = read_features(
-        args.features, list(table["image_id"]), feature_array(ModelSpec(**checkpoint["meta"]["spec"])), mirrored=True
-    )
+    name, probs, thresholds = out_of_fold_scores(selection, args.out_of_fold, settings.model, table["image_id"])
     targets = target_matrix(table["labels"], labels)
-    probs = out_of_fold_probs(
-        checkpoint,
-        cached.x,
-        cached.mirrored,
-        targets,
-        assign_folds(len(table), settings.folds, settings.seed),
-        settings.seed,
-    )
-    issues = rank_issues(table, labels, probs, targets, decision_thresholds(checkpoint), settings.max_rows)
+    issues = rank_issues(table, labels, probs, targets, thresholds, settings.max_rows)
     by_kind = issues.head(100)["kind"].value_counts()
-    metrics = {"model": name, "images": len(table), "folds": settings.folds, "rows": len(issues),
+    metrics = {"model": name, "images": len(table), "folds": selection["folds"], "rows": len(issues),
                "top_100_by_kind": {str(k): int(v) for k, v in by_kind.items()}}  # fmt: skip
-    return issues, report(issues, name, len(table), settings), metrics
+    return issues, report(issues, name, len(table), selection["folds"]), metrics
 
 
 def run(args: argparse.Namespace) -> int:
@@ -281,9 +198,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--dataset", type=Path, required=True, help="curated dataset (data/dataset.parquet)")
     parser.add_argument("--label-subset", type=Path, required=True, help="class order (data/label_subset.json)")
-    parser.add_argument("--features", type=Path, required=True, help="cached backbone features (data/features.npz)")
     parser.add_argument(
-        "--models-dir", type=Path, required=True, help="folder with <model>/best.pt: the recipe the folds copy"
+        "--out-of-fold",
+        type=Path,
+        required=True,
+        help="the select stage's out-of-fold scores (data/out_of_fold.parquet)",
+    )
+    parser.add_argument(
+        "--selection", type=Path, required=True, help="the select stage's choice and thresholds (data/selection.json)"
     )
     parser.add_argument(
         "--out", type=Path, required=True, help="ranked suspicions to write (data/label_issues.parquet)"

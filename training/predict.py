@@ -5,9 +5,13 @@ as JSON or CSV.
     python -m training.predict --model best photos/ --top-k 3 --out predictions.json
     python -m training.predict --checkpoint models/mlgcn/best.pt photos/ --out predictions.csv
 
-A label is called present where its probability reaches the threshold chosen for it on
-the validation split (best F1 there; saved in the checkpoint). A model selected with the
-test-time flip (train.tta_flip) scores each image as the mean of it and its mirror image.
+A label is called present where its probability reaches its best-F1 threshold, and is
+listed under "pre_ticked" where it reaches the threshold with the fewest expert clicks
+(what `python -m annotation push` pre-ticks). With `--model`, both are the select
+stage's, fitted out of fold (data/selection.json, training/decisions.py); a model it did
+not score, or `--checkpoint`, uses those its checkpoint fitted on the validation split.
+A model selected with the test-time flip (train.tta_flip) scores each image as the mean
+of it and its mirror image.
 
 An image that cannot be read is reported on stderr and listed with its error; the others
 are predicted, and the command exits with status 1. `predict_images` is the function the
@@ -34,16 +38,9 @@ from tqdm import tqdm
 
 from pipeline.atomic import atomic_path
 from pipeline.cli import InputError, report_user_errors
-from training.checkpoint import (
-    best_model,
-    called_present,
-    decision_thresholds,
-    load_checkpoint,
-    pixel_model,
-    scores_mirrored,
-    trained_precision,
-)
+from training.checkpoint import called_present, load_checkpoint, pixel_model, scores_mirrored, trained_precision
 from training.data import load_rgb
+from training.decisions import DEFAULT_SELECTION, DecisionRules, chosen_model, decision_rules, read_selection
 from training.device import pick_device, prepare
 from training.engine import predict_probs
 from training.models import BasicCNN, StyleNet
@@ -59,19 +56,27 @@ def predict_images(
     batch_size: int = 32,
     vetted: bool = False,
     embeddings: bool = False,
+    rules: DecisionRules | None = None,
 ) -> list[dict]:
     """Per image, in input order: {"path", "scores": {label: prob} in class order, "top": [[label, prob], ...] (k
-    highest), "predicted": [labels at or above their validation thresholds, most likely first]}.
+    highest), "predicted": [labels at or above their F1 thresholds, most likely first], "pre_ticked": [the same at the
+    fewest-clicks thresholds]}.
 
     An image that cannot be read gets {"path", "error"} instead (and a warning on stderr);
     the other images are predicted all the same. A `top_k` above the number of labels lists
     them all. `vetted`: the images are catalog images (ingest's max_pixels, not Pillow's
     own limit, decides; see load_rgb). `embeddings`: each result also holds "embedding",
     the image's global-average-pooled backbone maps (np.ndarray), where push measures how
-    alike two images look.
+    alike two images look. `rules`: the thresholds (default: the checkpoint's own).
     """
     return predict_checkpoint(
-        load_checkpoint(Path(checkpoint_path)), [Path(p) for p in image_paths], top_k, batch_size, vetted, embeddings
+        load_checkpoint(Path(checkpoint_path)),
+        [Path(p) for p in image_paths],
+        top_k,
+        batch_size,
+        vetted,
+        embeddings,
+        rules,
     )
 
 
@@ -82,11 +87,13 @@ def predict_checkpoint(
     batch_size: int = 32,
     vetted: bool = False,
     embeddings: bool = False,
+    rules: DecisionRules | None = None,
 ) -> list[dict]:
     """predict_images for a loaded checkpoint; the model runs in the train.precision it was trained in."""
     if top_k < 1:
         raise InputError(f"top_k must be at least 1, not {top_k}")
-    labels, thresholds = checkpoint["meta"]["labels"], decision_thresholds(checkpoint)
+    labels = checkpoint["meta"]["labels"]
+    rules = rules or decision_rules(checkpoint["meta"]["name"], checkpoint, None)
     model, transform = pixel_model(checkpoint)
     device, precision, mirror = (
         pick_device(),
@@ -110,7 +117,7 @@ def predict_checkpoint(
                     results.append({"path": str(path), "error": x})
                     continue
                 results.append(
-                    _ranked(path, labels, next(scores), top_k, thresholds)
+                    _ranked(path, labels, next(scores), top_k, rules)
                     | ({"embedding": next(pooled)} if embeddings else {})
                 )
     return results
@@ -149,19 +156,20 @@ def _probabilities(
     return probs.tolist()
 
 
-def _ranked(path: Path, labels: list[str], scores: list[float], top_k: int, thresholds: np.ndarray) -> dict:
+def _ranked(path: Path, labels: list[str], scores: list[float], top_k: int, rules: DecisionRules) -> dict:
     ranked = sorted(zip(labels, scores, strict=True), key=lambda item: -item[1])
     return {"path": str(path), "scores": dict(zip(labels, scores, strict=True)),
             "top": [[label, p] for label, p in ranked[:top_k]],
-            "predicted": called_present(np.array(scores), thresholds, labels)}  # fmt: skip
+            "predicted": called_present(np.array(scores), rules.present, labels),
+            "pre_ticked": called_present(np.array(scores), rules.pre_tick, labels)}  # fmt: skip
 
 
-def model_checkpoint(model: str, models_dir: Path) -> Path:
-    """The checkpoint `--model` names: MODELS_DIR/<model>/best.pt, or for 'best' that of the model with the highest
-    validation mAP."""
+def model_checkpoint(model: str, models_dir: Path, selection: Path = DEFAULT_SELECTION) -> Path:
+    """The checkpoint `--model` names: MODELS_DIR/<model>/best.pt, or for 'best' that of the model the select stage
+    chose (training/decisions.py)."""
     if model == "best":
-        name, path = best_model(models_dir)
-        print(f"predict: model {name} (highest validation mAP in {models_dir})", file=sys.stderr)
+        name, path, why = chosen_model(models_dir, selection)
+        print(f"predict: model {name} ({why})", file=sys.stderr)
         return path
     return models_dir / model / "best.pt"
 
@@ -209,11 +217,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument(
         "--model",
-        help="a model of params.yaml by name (MODELS_DIR/<name>/best.pt), or 'best': the one with the highest "
-        "validation mAP",
+        help="a model of params.yaml by name (MODELS_DIR/<name>/best.pt), or 'best': the select stage's choice "
+        "(out-of-fold mAP; data/selection.json), with its out-of-fold thresholds",
     )
     which.add_argument("--checkpoint", type=Path, help="a trained model's checkpoint file (models/<name>/best.pt)")
     parser.add_argument("--models-dir", type=Path, default=Path("models"), help="where --model looks (default: models)")
+    parser.add_argument(
+        "--selection",
+        type=Path,
+        default=DEFAULT_SELECTION,
+        help=f"the select stage's choice and thresholds, read with --model (default: {DEFAULT_SELECTION})",
+    )
     parser.add_argument(
         "--top-k",
         type=int,
@@ -232,12 +246,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> int:
     """Predict, write the output, and return the exit status: 0, or SOME_IMAGES_FAILED."""
-    path = args.checkpoint or model_checkpoint(args.model, args.models_dir)
+    path = args.checkpoint or model_checkpoint(args.model, args.models_dir, args.selection)
     checkpoint = load_checkpoint(path)
+    selection = read_selection(args.selection) if args.model else None
+    rules = decision_rules(path.parent.name, checkpoint, selection)
     n_labels = len(checkpoint["meta"]["labels"])
     if not 1 <= args.top_k <= n_labels:
         raise InputError(f"--top-k must be 1 to {n_labels} (the labels of {path}), not {args.top_k}")
-    results = predict_checkpoint(checkpoint, expand_inputs(args.inputs), args.top_k)
+    results = predict_checkpoint(checkpoint, expand_inputs(args.inputs), args.top_k, rules=rules)
     fmt = args.format or ("csv" if args.out is not None and args.out.suffix == ".csv" else "json")
     text = to_csv(results, args.top_k) if fmt == "csv" else json.dumps(results, indent=2, ensure_ascii=False) + "\n"
     if args.out is None:

@@ -28,7 +28,7 @@ import random
 import sys
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,8 @@ from pipeline.cli import InputError, report_user_errors
 from pipeline.settings import ParamsError, load_section
 from training.backbones import create_backbone
 from training.checkpoint import build_trained_module, load_checkpoint, save_checkpoint
-from training.data import read_dataset, read_label_graph, read_label_subset, target_matrix
+from training.clicks import SHRINK, click_thresholds, thresholds_json
+from training.data import main_index, read_dataset, read_label_graph, read_label_subset, target_matrix
 from training.device import adam, compile_for_training, pick_device, prepare
 from training.distributed import SINGLE, World, close_world, from_main, init_world, rank_seed, wrap
 from training.engine import Batches, feature_batches, mirrored_mean, predict_probs, train_one_epoch, validation_metrics
@@ -98,6 +99,7 @@ class Setup:
         [nn.Module], tuple[np.ndarray, np.ndarray]
     ]  # a model's validation probabilities (test-time flip where train.tta_flip) and the targets
     n_train: int  # training images (all ranks together)
+    val_main: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # main label index per val row
 
 
 def setup(
@@ -124,7 +126,9 @@ def setup(
                             "embedding_dim": graph.embeddings.shape[1], "gcn_hidden": settings.gcn_hidden,
                             "finetuned": False, "train": asdict(settings), "processes": world.size}  # fmt: skip
     make = _pixel_setup if spec.kind == "cnn" or settings.finetune else _feature_setup
-    return make(spec, settings, paths, inputs, meta, device, world)
+    run = make(spec, settings, paths, inputs, meta, device, world)
+    run.val_main = main_index(table["main_style"][split["val"]], labels)
+    return run
 
 
 def _feature_setup(
@@ -329,6 +333,7 @@ def train(
             if live is not None:
                 if improved:
                     thresholds = f1_thresholds(val_probs, val_targets).tolist()
+                    clicks = click_thresholds(val_probs, val_targets, run.val_main, SHRINK)
                     save_checkpoint(
                         {
                             "meta": run.meta,
@@ -336,6 +341,7 @@ def train(
                             "epoch": epoch + 1,
                             "val": val,
                             "thresholds": thresholds,
+                            "click_thresholds": thresholds_json(clicks),
                         },
                         best,
                     )
