@@ -1,4 +1,5 @@
-"""Active labelling, simulated: how many expert labels each labelling order needs to reach 95% of the full-data mAP.
+"""Active labelling, simulated: how many expert labels, and clicks, each labelling order needs to reach 95% of the
+full-data mAP.
 
 Usage: python benchmarks/bench_active_labelling.py [CCP options, see bench_ccp_models.py] [--seeds 5] [--seed-size 50]
            [--round-size 50]
@@ -10,9 +11,13 @@ random, least_confident, entropy, entropy_diverse), after a random seed set of
 `--seed-size` images. After every round a linear head (logistic regression on the cached
 global-average-pooled features) is refitted and scored on the validation and test
 splits. Labels needed: where the mAP curve first reaches 95% of the mAP of a head fitted
-on the whole pool (interpolated between rounds), per seed. The order is CHOSEN on the
-validation split; the test split confirms it. Writes a plot of mAP against labels used.
-Numbers are printed, never asserted.
+on the whole pool (interpolated between rounds), per seed. Clicks needed (the expert day,
+training/clicks.py): the same point on the curve of clicks spent, where the seed set is
+labelled on empty forms and each later round either on empty forms (today's baseline,
+with random order) or pre-annotated by the head of the round before, its sub-styles
+ticked at fewest-clicks thresholds fitted on the validation split. The order is CHOSEN on
+the validation split; the test split confirms it. Writes a plot of mAP against labels
+used. Numbers are printed, never asserted.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from ccp import add_arguments, prepare  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from training.active import Simulation, fit_head, labels_to_reach, simulate  # noqa: E402
-from training.data import read_dataset, read_label_subset, target_matrix  # noqa: E402
+from training.data import main_index, read_dataset, read_label_subset, target_matrix  # noqa: E402
 from training.features import read_features  # noqa: E402
 from training.labelling_order import ORDERS  # noqa: E402
 from training.metrics import mean_average_precision  # noqa: E402
@@ -59,6 +64,40 @@ def plot(runs: dict[str, list[Simulation]], full: dict[str, float], title: str, 
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def clicks_needed(sims: list[Simulation], split: str, target: float, pre_annotated: bool) -> np.ndarray:
+    """Per seed, the clicks spent when the `split` mAP curve first reaches `target`."""
+    return np.array([
+        labels_to_reach(s.clicks_pre if pre_annotated else s.clicks_empty, getattr(s, f"{split}_map"), target)
+        for s in sims
+    ])  # fmt: skip
+
+
+def print_clicks(runs: dict[str, list[Simulation]], full: dict[str, float]) -> None:
+    """The expert day in clicks: each arm's clicks to 95% of full-data mAP against random order on empty forms."""
+    arms = {"random, empty forms": ("random", False)} | {f"{order}, pre-annotated": (order, True) for order in ORDERS}
+    needed = {
+        split: {arm: clicks_needed(runs[o], split, SHARE_OF_FULL * full[split], pre) for arm, (o, pre) in arms.items()}
+        for split in ("val", "test")
+    }
+    print(f"\n| arm | clicks to {SHARE_OF_FULL:.0%} of full val mAP | vs random, empty | clicks to "
+          f"{SHARE_OF_FULL:.0%} of full test mAP | vs random, empty |")  # fmt: skip
+    print("|---|---|---|---|---|")
+    for arm in arms:
+        cells = []
+        for split in ("val", "test"):
+            n, base = needed[split][arm], needed[split]["random, empty forms"]
+            cells += [
+                f"{np.mean(n):.0f} ± {np.std(n, ddof=1) if len(n) > 1 else 0:.0f}",
+                f"{np.mean(n) / np.mean(base):.0%}",
+            ]
+        print(f"| {arm} | " + " | ".join(cells) + " |")
+    pre_arms = [arm for arm in arms if arms[arm][1]]
+    chosen = min(pre_arms, key=lambda arm: np.mean(needed["val"][arm]))
+    base = {split: np.mean(needed[split]["random, empty forms"]) for split in ("val", "test")}
+    print(f"\nchosen on the validation split: {chosen} ({np.mean(needed['val'][chosen]) / base['val']:.0%} of the "
+          f"baseline's clicks; test: {np.mean(needed['test'][chosen]) / base['test']:.0%})")  # fmt: skip
 
 
 def main() -> None:
@@ -97,6 +136,7 @@ def main() -> None:
     table = read_dataset(dataset, labels)
     x = read_features(features, list(table["image_id"]), "avg", mirrored=False).x.float()
     targets, split = target_matrix(table["labels"], labels), table["split"].to_numpy()
+    main = main_index(table["main_style"], labels)
     pool = int((split == "train").sum())
     rounds = -(-(pool - args.seed_size) // args.round_size)
     head = fit_head(x[torch.from_numpy(split == "train")], torch.from_numpy(targets[split == "train"]))
@@ -106,7 +146,9 @@ def main() -> None:
     runs: dict[str, list[Simulation]] = {order: [] for order in ORDERS}
     for seed in tqdm(range(args.seeds), desc="seeds", unit="seed"):
         for order in ORDERS:
-            runs[order].append(simulate(order, x, targets, split, args.seed_size, args.round_size, rounds, seed))
+            runs[order].append(
+                simulate(order, x, targets, split, args.seed_size, args.round_size, rounds, seed, main=main)
+            )
     print(f"\n{len(table)} images ({pool} in the pool), {len(labels)} labels; "
           f"full-data mAP: val {100 * full['val']:.2f}, test {100 * full['test']:.2f}; "
           f"seed set {args.seed_size}, rounds of {args.round_size}, {args.seeds} seeds\n")  # fmt: skip
@@ -142,6 +184,7 @@ def main() -> None:
     val_gain = np.mean(needed["val"][chosen]) / np.mean(needed["val"]["random"]) - 1
     test_gain = np.mean(needed["test"][chosen]) / np.mean(needed["test"]["random"]) - 1
     print(f"\nchosen on the validation split: {chosen} ({val_gain:+.0%} labels against random; test: {test_gain:+.0%})")
+    print_clicks(runs, full)
     plot_path = args.plot or plot_path
     plot_path.parent.mkdir(parents=True, exist_ok=True)
     plot(runs, full, f"Simulated expert loop: {len(labels)} labels, pool {pool}", plot_path)

@@ -129,6 +129,10 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, default=3, help="noise draws (each also seeds the folds)")
     parser.add_argument("--folds", type=int, default=5, help="select.folds")
+    parser.add_argument(
+        "--ensemble", type=int, default=1, help="also average the out-of-fold scores of this many fold draws"
+    )
+    parser.add_argument("--neighbours", type=int, default=10, help="k of the neighbour-agreement methods")
     args = parser.parse_args()
     timings: dict[str, float] = {}
     if args.project is None:

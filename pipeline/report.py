@@ -65,7 +65,8 @@ def model_metrics(evaluation: Any, path: Path) -> dict[str, dict[str, float]]:
 
 
 def plot_map(evaluation: dict[str, Any], models: dict[str, dict[str, float]]) -> plt.Figure:
-    """Test mAP per model with its bootstrap interval, the validation mAP it was chosen on as a tick."""
+    """Test mAP per model with its bootstrap interval, its validation mAP as a tick (the select stage chooses on
+    out-of-fold mAP, named in the report below)."""
     names = list(models)
     test = np.array([100 * models[n]["mAP"] for n in names])
     low = np.array([100 * models[n].get("mAP_ci_low", np.nan) for n in names])
@@ -76,7 +77,7 @@ def plot_map(evaluation: dict[str, Any], models: dict[str, dict[str, float]]) ->
     y = np.arange(len(names))
     ax.barh(y, test, xerr=np.nan_to_num([test - low, high - test]), color=colours, capsize=3, alpha=0.85)
     val = [100 * models[n].get("val_mAP", np.nan) for n in names]
-    ax.scatter(val, y, marker="|", s=260, color="black", zorder=3, label="validation mAP (selection)")
+    ax.scatter(val, y, marker="|", s=260, color="black", zorder=3, label="validation mAP")
     ax.set_yticks(y, [f"{n} (chosen)" if n == chosen else f"{n} (baseline)" if n == baseline else n for n in names])
     ax.invert_yaxis()
     ax.set_xlabel(f"mAP on the {evaluation.get('split', 'test')} split, % (bars: 95% bootstrap interval)")
@@ -300,6 +301,12 @@ def glance(ingest: Any, labels: Any, validation: Any, evaluation: Any) -> list[t
         ("validation", result),
         ("chosen model", str(chosen)),
         ("its test mAP", f"{100 * test_map['mAP']:.1f}%" if isinstance(test_map, dict) else "—"),
+        (
+            "its pre-annotations' clicks",
+            f"{100 * test_map['clicks_ratio']:.0f}% of an empty form's"
+            if isinstance(test_map, dict) and "clicks_ratio" in test_map
+            else "—",
+        ),
     ]
 
 

@@ -112,3 +112,15 @@ def test_an_unknown_push_order_in_params_is_refused_naming_the_choices(tmp_path)
             order="smart",
             round_size=50,
         )
+
+
+def test_the_loop_counts_the_clicks_of_empty_forms_and_of_pre_annotated_rounds():
+    x, targets, split = _data()
+    main = np.where(targets.any(axis=1), targets.argmax(axis=1), -1)
+    run = simulate("random", x, targets, split, seed_size=10, round_size=15, rounds=3, seed=3, main=main)
+    empty = (main >= 0).astype(int) + targets.sum(axis=1).astype(int) - (main >= 0)  # main + the other labels
+    labelled = [np.concatenate(run.labelled[: i + 1]) for i in range(len(run.labelled))]
+    assert run.clicks_empty == [int(empty[rows].sum()) for rows in labelled]
+    assert run.clicks_pre[0] == run.clicks_empty[0], "no model for the seed set: empty forms"
+    assert all(b > a for a, b in zip(run.clicks_pre, run.clicks_pre[1:], strict=False))
+    assert run.clicks_pre[-1] < run.clicks_empty[-1], "a head that sees the labels in the features saves clicks"

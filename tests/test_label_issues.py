@@ -19,7 +19,10 @@ FINDER = {"model": "linear", "max_rows": 30}
 
 def _finder_params(tmp_path: Path, weights: Path, models: tuple[str, ...] = ("linear",), **finder) -> Path:
     params = _params(tmp_path, weights, epochs=6, patience=6, lr_head=0.03)
-    raw = yaml.safe_load(params.read_text()) | {"label_issues": FINDER | finder, "select": {"folds": 4, "seed": 0}}
+    raw = yaml.safe_load(params.read_text()) | {
+        "label_issues": FINDER | finder,
+        "select": {"folds": 4, "seed": 0, "candidates": []},
+    }
     raw["models"] = {name: MODELS[name] for name in models}
     params.write_text(yaml.safe_dump(raw))
     return params
@@ -101,3 +104,12 @@ def test_kinds_name_what_the_fix_would_be():
     assert label_issues.issue_kinds(np.array([[1, 0]]), np.array([-1])).tolist() == [["extra", "missing"]], (
         "tag sets have no main label"
     )
+
+
+def test_neighbour_agreement_is_the_share_of_nearest_look_alikes_that_agree_with_each_cell():
+    features = np.array([[1.0, 0.0], [0.9, 0.1], [0.95, 0.05], [0.0, 1.0], [0.1, 0.9]])
+    targets = np.array([[1, 0], [1, 0], [0, 1], [0, 1], [0, 1]])  # row 2 looks like rows 0-1 but says otherwise
+    quality = label_issues.neighbour_quality(features, targets, k=2, block=2)
+    assert quality[0].tolist() == [0.5, 0.5], "neighbours 2 and 1: one agrees on each label"
+    assert quality[2].tolist() == [0.0, 0.0], "both look-alikes carry label 0 and not label 1: its labels disagree"
+    assert quality[3].tolist() == [0.5, 0.5], "neighbours 4 (agrees) and 1, the next most alike (does not)"

@@ -106,7 +106,7 @@ def test_out_of_fold_scores_choose_the_model_a_small_validation_split_gets_wrong
         "sharp": _scored(sharp, targets, fold, 100, mean_average_precision(sharp[val], targets[val])),
     }
     chosen, top, why = select.choose(scored)
-    assert chosen == top == "sharp" and why == "sharp: highest mean out-of-fold mAP"
+    assert chosen == top == "sharp" and why == "highest mean out-of-fold mAP"
 
 
 def test_within_noise_the_model_with_fewer_parameters_is_chosen_and_the_reason_says_so():
@@ -152,7 +152,7 @@ def test_the_select_stage_scores_every_head_out_of_fold_and_predict_serves_its_c
     assert len(entry["fold_mAP"]) == 3 and len(entry["click_thresholds"]) == len(entry["f1_thresholds"]) == 3
     scores = pd.read_parquet(tmp_path / "out_of_fold.parquet")
     assert len(scores) == 2 * 22 and set(scores["split"]) == {"train", "val"}, "the test split is not read"
-    assert f"chosen: {selection['why']}" in capsys.readouterr().out
+    assert f"chosen: {selection['chosen']}, {selection['why']}" in capsys.readouterr().out
 
     # predict --model best serves the choice, with its out-of-fold rules
     models = tmp_path / "models"

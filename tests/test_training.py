@@ -61,7 +61,7 @@ def _params(tmp: Path, weights: Path, **train_overrides) -> Path:
                   "asl_gamma_neg": 4.0, "asl_gamma_pos": 0.0, "asl_clip": 0.05, "tta_flip": True} | train_overrides,
         "models": MODELS,
         "evaluate": {"split": "test", "bootstrap": 20, "seed": 0, "baseline": "linear"},
-        "select": {"folds": 3, "seed": 0},
+        "select": {"folds": 3, "seed": 0, "candidates": []},
     }  # fmt: skip
     path = tmp / "params.yaml"
     path.write_text(yaml.safe_dump(params), encoding="utf-8")
@@ -376,7 +376,7 @@ def test_smoke_run_of_every_model_then_the_evaluation_report(inputs, tmp_path):
     scores = json.loads(metrics.read_text())
     val_maps = {name: load_checkpoint(tmp_path / "models" / name / "best.pt")["val"]["mAP"] for name in MODELS}
     selection = json.loads((tmp_path / "selection.json").read_text())
-    assert scores["chosen_model"] == selection["chosen"] and f"**Chosen: {selection['chosen']}**:" in text
+    assert scores["chosen_model"] == selection["chosen"] and f"**Chosen: {selection['chosen']}** (" in text
     assert scores["validation_choice"] == max(val_maps, key=val_maps.get)
     assert "## Expert clicks" in text and all(0 <= m["clicks_ratio"] for m in scores["models"].values())
     assert "| cnn | " in text.split("## Expert clicks")[1] and "| validation split |" in text, (

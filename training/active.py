@@ -1,10 +1,13 @@
-"""The simulation that measures whether a labelling order saves expert labels.
+"""The simulation that measures whether a labelling order and pre-annotations save expert labels and clicks.
 
 `simulate` replays the expert loop on a labelled set: a random seed set, then rounds in
 which an order (training/labelling_order.py) picks `round_size` images of the pool, their
 labels are revealed, and a linear head is refitted; it records validation and test mAP
-against labels used. Only pool (training split) images are ever labelled; validation and
-test images only score. Run by benchmarks/bench_active_labelling.py.
+against labels used, and the expert clicks spent so far (training/clicks.py): the seed set
+on empty forms, then each round's images either on empty forms or pre-annotated by the
+head of the round before, with fewest-clicks thresholds fitted on the validation split.
+Only pool (training split) images are ever labelled; validation and test images only
+score. Run by benchmarks/bench_active_labelling.py.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from training.clicks import SHRINK, click_thresholds, correction_clicks, empty_form_clicks
 from training.labelling_order import pick
 from training.metrics import mean_average_precision
 
@@ -52,6 +56,8 @@ class Simulation:
     labels_used: list[int] = field(default_factory=list)
     val_map: list[float] = field(default_factory=list)
     test_map: list[float] = field(default_factory=list)
+    clicks_empty: list[int] = field(default_factory=list)  # cumulative clicks, every image on an empty form
+    clicks_pre: list[int] = field(default_factory=list)  # cumulative clicks, rounds pre-annotated by the last head
 
 
 def simulate(
@@ -63,22 +69,29 @@ def simulate(
     round_size: int,
     rounds: int,
     seed: int,
+    main: np.ndarray | None = None,
 ) -> Simulation:
     """Replay `rounds` rounds of `order` on the rows of `split` == "train" (the pool); score each round's head on "val"
     and "test" rows.
 
-    The seed set is `seed_size` random pool rows (the same for every order under one seed).
+    The seed set is `seed_size` random pool rows (the same for every order under one seed). `main`: each row's main
+    label index (-1: none, the default), for the clicks.
     """
     rng = np.random.default_rng(seed)
     pool, val, test = (np.flatnonzero(split == s) for s in ("train", "val", "test"))
     y = torch.from_numpy(targets.astype(np.float32))
     features = x.numpy()
+    main = np.full(len(targets), -1) if main is None else main
     run = Simulation(order)
     chosen = rng.permutation(pool)[:seed_size]
     taken = np.zeros(len(targets), dtype=bool)
+    empty = empty_form_clicks(targets, main).per_image()
+    pre = empty[chosen].sum()  # no model yet: the seed set is labelled on empty forms
     for _ in range(rounds + 1):
         taken[chosen] = True
         run.labelled.append(chosen)
+        run.clicks_empty.append(int(empty[taken].sum()))
+        run.clicks_pre.append(int(pre))
         head = fit_head(x[taken], y[taken])
         probs = head(x)
         run.labels_used.append(int(taken.sum()))
@@ -88,11 +101,14 @@ def simulate(
         if not len(unlabelled):
             break
         chosen = pick(order, round_size, probs, features, unlabelled, np.flatnonzero(taken), rng)
+        cuts = click_thresholds(probs[val], targets[val], main[val], SHRINK)
+        pre += correction_clicks(probs[chosen], cuts, targets[chosen], main[chosen]).total
     return run
 
 
 def labels_to_reach(labels_used: list[int], scores: list[float], target: float) -> float:
-    """Labels at which `scores` first reach `target`, linearly interpolated between rounds; NaN when they never do."""
+    """Labels (or clicks: any cumulative cost) at which `scores` first reach `target`, linearly interpolated between
+    rounds; NaN when they never do."""
     for i, score in enumerate(scores):
         if score >= target:
             if i == 0:

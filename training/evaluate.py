@@ -300,7 +300,7 @@ def render_report(
         "",
         *[f"- **{name}**: {descriptions[name]}; {_selection_scores(name, results, choice)}" for name in names],
         "",
-        f"**Chosen: {choice.chosen}**: {choice.why}. The validation split alone would choose "
+        f"**Chosen: {choice.chosen}** ({choice.why}). The validation split alone would choose "
         f"{choice.validation_choice}. `python -m training.predict --model best` and "
         "`python -m annotation push --model best` use the chosen model.",
         "",
@@ -463,7 +463,7 @@ def model_choice(selection: dict[str, Any] | None, results: dict[str, dict]) -> 
     mAP."""
     validation = max(results, key=lambda n: results[n]["val_mAP"])
     if selection is None or selection["chosen"] not in results:
-        return Choice(validation, f"{validation}: highest validation mAP (no out-of-fold selection)", validation, {})
+        return Choice(validation, "highest validation mAP; no out-of-fold selection", validation, {})
     scores = {name: (entry["oof_mAP"], entry["oof_mAP_sd"]) for name, entry in selection["models"].items()}
     return Choice(selection["chosen"], selection["why"], validation, scores)
 

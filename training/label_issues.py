@@ -88,6 +88,23 @@ def label_quality(probs: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return np.where(targets > 0, probs, 1 - probs)
 
 
+def neighbour_quality(features: np.ndarray, targets: np.ndarray, k: int, block: int = 1024) -> np.ndarray:
+    """(N, C) how far each cell's given value agrees with the labels of the image's `k` nearest neighbours (cosine
+    similarity of pooled features, itself excluded): the share of neighbours that carry the label where the experts
+    named it, that do not where they did not (training-free, as SimiFeat, Zhu et al. 2022). Memory: `block` rows of
+    similarities at a time."""
+    unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    agreement = np.empty(targets.shape, dtype=np.float64)
+    k = min(k, len(features) - 1)
+    for start in range(0, len(unit), block):
+        similar = unit[start : start + block] @ unit.T
+        rows = np.arange(len(similar))
+        similar[rows, start + rows] = -np.inf
+        nearest = np.argpartition(-similar, k - 1, axis=1)[:, :k]
+        agreement[start : start + block] = targets[nearest].mean(axis=1)
+    return np.where(targets > 0, agreement, 1 - agreement)
+
+
 def issue_kinds(targets: np.ndarray, main: np.ndarray) -> np.ndarray:
     """(N, C) kind of the error each cell would be: missing, extra sub-style or wrong main style (tag sets: missing or
     extra)."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ import torch
 from pipeline.atomic import outputs_together, write_json, write_parquet
 from pipeline.cli import InputError, report_user_errors
 from pipeline.groups import near_duplicate_groups
-from pipeline.settings import Settings, load_section, setting
+from pipeline.settings import Problem, Settings, load_section, setting
 from pipeline.tables import read_table
 from training.checkpoint import build_trained_module, load_checkpoint
 from training.clicks import SHRINK, click_thresholds, correction_clicks, empty_form_clicks, thresholds_json
@@ -56,6 +57,14 @@ class SelectSettings(Settings):
         interval="[2, inf)",
     )
     seed: int = setting("fold assignment and fold-head initialisation")
+    candidates: list[str] = setting(
+        "the `models` entries `--model best` may serve, each scored out of fold; [] = every head on cached features "
+        "(ablations need not be: each candidate costs about two trainings of itself)"
+    )
+
+    def rules(self) -> Iterator[Problem]:
+        if not isinstance(self.candidates, list) or not all(isinstance(name, str) for name in self.candidates):
+            yield "candidates", f"must be a list of model names, not {self.candidates!r}"
 
 
 @dataclass
@@ -72,13 +81,18 @@ class Scored:
         return float(np.nanmean(self.fold_map))
 
 
-def head_checkpoints(models_dir: Path, names: list[str]) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
-    """({name: checkpoint} of the heads on cached features, {name: validation mAP} of every model)."""
+def head_checkpoints(
+    models_dir: Path, names: list[str], candidates: list[str]
+) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+    """({name: checkpoint} of the candidate heads on cached features, {name: validation mAP} of every model)."""
+    if unknown := sorted(set(candidates) - set(names)):
+        raise InputError(f"select.candidates names {unknown}, not models of params.yaml ({', '.join(names)})")
     heads, val_maps = {}, {}
     for name in names:
         checkpoint = load_checkpoint(models_dir / name / "best.pt")
         val_maps[name] = float(checkpoint["val"]["mAP"])
-        if not (checkpoint["meta"]["spec"]["kind"] == "cnn" or checkpoint["meta"]["finetuned"]):
+        pixels = checkpoint["meta"]["spec"]["kind"] == "cnn" or checkpoint["meta"]["finetuned"]
+        if not pixels and (not candidates or name in candidates):
             heads[name] = checkpoint
     return heads, val_maps
 
@@ -108,10 +122,10 @@ def choose(scored: dict[str, Scored]) -> tuple[str, str, str]:
     near = [name for name in scored if within_noise(scored[top].fold_map, scored[name].fold_map)]
     chosen = min(near, key=lambda name: (scored[name].parameters, -scored[name].mean_map))
     if chosen == top:
-        why = f"{top}: highest mean out-of-fold mAP"
+        why = "highest mean out-of-fold mAP"
     else:
         why = (
-            f"{chosen}: within noise of {top} (the highest mean out-of-fold mAP, "
+            f"within noise of {top} (the highest mean out-of-fold mAP, "
             f"{100 * scored[top].mean_map:.2f} against {100 * scored[chosen].mean_map:.2f}) with fewer parameters "
             f"({scored[chosen].parameters:,} against {scored[top].parameters:,})"
         )
@@ -150,7 +164,7 @@ def select(args: argparse.Namespace, settings: SelectSettings) -> tuple[pd.DataF
             f"{args.dataset}: {len(table)} labelled train and validation images, fewer than select.folds = "
             f"{settings.folds}"
         )
-    heads, val_maps = head_checkpoints(args.models_dir, list(load_model_specs(args.params)))
+    heads, val_maps = head_checkpoints(args.models_dir, list(load_model_specs(args.params)), settings.candidates)
     for name, checkpoint in heads.items():
         if checkpoint["meta"]["labels"] != labels:
             raise InputError(
@@ -166,7 +180,7 @@ def select(args: argparse.Namespace, settings: SelectSettings) -> tuple[pd.DataF
     }
     if not scored:
         chosen = top = max(val_maps, key=lambda name: val_maps[name])
-        why = f"{chosen}: highest validation mAP (no head on cached features to score out of fold)"
+        why = "highest validation mAP (no head on cached features to score out of fold)"
     else:
         chosen, top, why = choose(scored)
     models = {
@@ -174,7 +188,7 @@ def select(args: argparse.Namespace, settings: SelectSettings) -> tuple[pd.DataF
         for name, result in scored.items()
     }
     selection = {"labels": labels, "images": len(table), "folds": settings.folds, "chosen": chosen, "why": why,
-                 "top_by_oof_mAP": top, "validation_choice": max(val_maps, key=lambda n: val_maps[n]),
+                 "top_by_oof_mAP": top, "validation_choice": max(heads or val_maps, key=lambda n: val_maps[n]),
                  "models": models}  # fmt: skip
     scores = pd.concat(
         [
@@ -223,7 +237,10 @@ def render(selection: dict[str, Any]) -> str:
             f"{100 * entry['val_mAP']:.2f}; pre-annotation clicks {100 * entry['oof_clicks_ratio']:.0f} % of an "
             "empty form's"
         )
-    lines.append(f"  chosen: {selection['why']} (validation alone would choose {selection['validation_choice']})")
+    lines.append(
+        f"  chosen: {selection['chosen']}, {selection['why']} (validation alone would choose "
+        f"{selection['validation_choice']})"
+    )
     return "\n".join(lines)
 
 
