@@ -35,7 +35,7 @@ from training import train
 from training.checkpoint import load_checkpoint
 from training.data import main_index, read_dataset, read_label_subset, target_matrix
 from training.features import feature_array, read_features
-from training.label_issues import CHECKED_SPLITS, label_quality
+from training.label_issues import CHECKED_SPLITS, label_quality, neighbour_quality
 from training.models import ModelSpec
 from training.out_of_fold import assign_folds, out_of_fold_probs
 
@@ -156,22 +156,37 @@ def main() -> None:
         features, list(table["image_id"]), feature_array(ModelSpec(**checkpoint["meta"]["spec"])), mirrored=True
     )
     clean, main = target_matrix(table["labels"], labels), main_index(table["main_style"], labels)
+    pooled = read_features(features, list(table["image_id"]), "avg", mirrored=False).x.float().numpy()
     rows = []
     for seed in range(args.seeds):
         noisy, corruptions = corrupt(clean, main, args.noise, np.random.default_rng(seed))
-        probs = out_of_fold_probs(
-            checkpoint,
-            cached.x,
-            cached.mirrored,
-            noisy,
-            assign_folds(noisy, np.arange(len(table)), args.folds, seed),
-            seed,
-        )
+        draws = [
+            out_of_fold_probs(
+                checkpoint,
+                cached.x,
+                cached.mirrored,
+                noisy,
+                assign_folds(noisy, np.arange(len(table)), args.folds, seed + 1000 * draw),
+                seed + 1000 * draw,
+            )
+            for draw in range(args.ensemble)
+        ]
         listed = 2 * len(corruptions)
-        for method, quality in (
-            ("finder (self-confidence)", label_quality(probs, noisy)),
-            ("relative self-confidence", relative_quality(probs, noisy)),
-        ):
+        model, neighbours = label_quality(draws[0], noisy), neighbour_quality(pooled, noisy, args.neighbours)
+        methods = {
+            "finder (self-confidence)": model,
+            "relative self-confidence": relative_quality(draws[0], noisy),
+            f"neighbours only (k = {args.neighbours})": neighbours,
+            "finder x neighbours": model * neighbours,
+            "finder + neighbours (mean)": (model + neighbours) / 2,
+        }
+        if args.ensemble > 1:
+            ensembled = label_quality(np.mean(draws, axis=0), noisy)
+            methods |= {
+                f"finder, {args.ensemble} fold draws": ensembled,
+                f"finder, {args.ensemble} fold draws x neighbours": ensembled * neighbours,
+            }
+        for method, quality in methods.items():
             recall, precision = found_share(quality, corruptions, listed)
             lowest = np.argsort(quality, axis=None, kind="stable")[:listed]
             top = set(zip(*np.unravel_index(lowest, quality.shape), strict=True))

@@ -110,6 +110,7 @@ def test_neighbour_agreement_is_the_share_of_nearest_look_alikes_that_agree_with
     features = np.array([[1.0, 0.0], [0.9, 0.1], [0.95, 0.05], [0.0, 1.0], [0.1, 0.9]])
     targets = np.array([[1, 0], [1, 0], [0, 1], [0, 1], [0, 1]])  # row 2 looks like rows 0-1 but says otherwise
     quality = label_issues.neighbour_quality(features, targets, k=2, block=2)
+    # (agreeing neighbours + 1) / (k + 2)
     assert quality[0].tolist() == [0.5, 0.5], "neighbours 2 and 1: one agrees on each label"
-    assert quality[2].tolist() == [0.0, 0.0], "both look-alikes carry label 0 and not label 1: its labels disagree"
+    assert quality[2].tolist() == [0.25, 0.25], "both look-alikes carry label 0 and not label 1: its labels disagree"
     assert quality[3].tolist() == [0.5, 0.5], "neighbours 4 (agrees) and 1, the next most alike (does not)"

@@ -91,8 +91,8 @@ def label_quality(probs: np.ndarray, targets: np.ndarray) -> np.ndarray:
 def neighbour_quality(features: np.ndarray, targets: np.ndarray, k: int, block: int = 1024) -> np.ndarray:
     """(N, C) how far each cell's given value agrees with the labels of the image's `k` nearest neighbours (cosine
     similarity of pooled features, itself excluded): the share of neighbours that carry the label where the experts
-    named it, that do not where they did not (training-free, as SimiFeat, Zhu et al. 2022). Memory: `block` rows of
-    similarities at a time."""
+    named it, that do not where they did not, Laplace-smoothed ((agreeing + 1) / (k + 2), so that no cell is a flat 0)
+    (training-free, as SimiFeat, Zhu et al. 2022). Memory: `block` rows of similarities at a time."""
     unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
     agreement = np.empty(targets.shape, dtype=np.float64)
     k = min(k, len(features) - 1)
@@ -101,8 +101,9 @@ def neighbour_quality(features: np.ndarray, targets: np.ndarray, k: int, block: 
         rows = np.arange(len(similar))
         similar[rows, start + rows] = -np.inf
         nearest = np.argpartition(-similar, k - 1, axis=1)[:, :k]
-        agreement[start : start + block] = targets[nearest].mean(axis=1)
-    return np.where(targets > 0, agreement, 1 - agreement)
+        agreement[start : start + block] = targets[nearest].sum(axis=1)
+    agreeing = np.where(targets > 0, agreement, k - agreement)
+    return (agreeing + 1) / (k + 2)
 
 
 def issue_kinds(targets: np.ndarray, main: np.ndarray) -> np.ndarray:
