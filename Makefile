@@ -26,7 +26,7 @@ demo: setup demo-data
 
 ## demo-data: generate missing demo batches and track them (as a team tracks a real crawl batch)
 demo-data: setup
-	python -m pipeline.demo_crawl
+	python -m demo.crawl
 	dvc add --quiet $$(find data/crawl -mindepth 1 -maxdepth 1 -type d -name 'batch-*' | sort) data/label-exports
 
 ## lint: set up, then ruff (lint, format check) and mypy, as pyproject.toml configures them (CI runs it before the tests)

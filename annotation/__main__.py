@@ -16,21 +16,16 @@ import pandas as pd
 from annotation.client import Connection, LabelStudioError
 from annotation.config import labeling_config
 from annotation.consolidate import consolidate
+from annotation.projects import review_title
 from annotation.pull import snapshot_from_server
-from annotation.push import (
-    AnnotationSettings,
-    Prediction,
-    imported_predictions,
-    push_images,
-    review_items,
-    review_title,
-)
+from annotation.push import Prediction, imported_predictions, push_images, review_items
 from annotation.server import ServerError, ServerSettings, check_token, credentials, exit_status, start, stop
+from annotation.settings import AnnotationSettings
 from annotation.sources import read_labels_at
-from pipeline.cli import USER_ERRORS, report_user_errors
-from pipeline.settings import DEFAULT_PARAMS, Params, load_params, load_section
-from pipeline.tables import read_table
-from pipeline.taxonomy import Taxonomy, load_taxonomy
+from common.cli import USER_ERRORS, report_user_errors
+from common.settings import DEFAULT_PARAMS, CrawlSettings, load_section, load_setting, load_taxonomy_path
+from common.tables import read_table
+from common.taxonomy import Taxonomy, load_taxonomy
 
 
 class CommandError(RuntimeError):
@@ -59,7 +54,7 @@ def stop_signals_interrupt() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def serve(args: argparse.Namespace, params: Params, settings: AnnotationSettings) -> int:
+def serve(args: argparse.Namespace, settings: AnnotationSettings) -> int:
     server = ServerSettings(
         port=args.port or settings.port, data_dir=settings.data_dir, document_root=settings.document_root
     )
@@ -138,10 +133,10 @@ def chosen_checkpoint(args: argparse.Namespace) -> Path | None:
     return model_checkpoint(args.model, args.models_dir, args.selection)
 
 
-def push(args: argparse.Namespace, params: Params, settings: AnnotationSettings) -> int:
+def push(args: argparse.Namespace, settings: AnnotationSettings) -> int:
     conn = Connection.from_env()  # before any work: a missing setting fails at once
-    crawl_dir = params.crawl.dir
-    taxonomy = load_taxonomy(params.taxonomy)
+    crawl_dir = load_setting(CrawlSettings, "crawl", "dir", args.params)
+    taxonomy = load_taxonomy(load_taxonomy_path(args.params))
     catalog = read_table(args.catalog, columns=["image_id", "path", "batch"])
     title, suspicions = settings.project, None
     if args.review:
@@ -190,8 +185,8 @@ def dvc_add(folder: Path) -> None:
         ) from None
 
 
-def pull(args: argparse.Namespace, params: Params, settings: AnnotationSettings) -> int:
-    exports_dir = params.crawl.label_exports
+def pull(args: argparse.Namespace, settings: AnnotationSettings) -> int:
+    exports_dir = load_setting(CrawlSettings, "crawl", "label_exports", args.params)
     snapshots = snapshot_from_server(Connection.from_env(), settings.project, exports_dir)
     for path, changed in snapshots:
         print(f"pull: {'new labels in' if changed else 'no change to'} {path}")
@@ -201,8 +196,8 @@ def pull(args: argparse.Namespace, params: Params, settings: AnnotationSettings)
     return 0
 
 
-def show_config(args: argparse.Namespace, params: Params, settings: AnnotationSettings) -> int:
-    print(labeling_config(load_taxonomy(params.taxonomy)), end="")
+def show_config(args: argparse.Namespace, settings: AnnotationSettings) -> int:
+    print(labeling_config(load_taxonomy(load_taxonomy_path(args.params))), end="")
     return 0
 
 
@@ -221,11 +216,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        "needs LABEL_STUDIO_USERNAME, LABEL_STUDIO_PASSWORD, LABEL_STUDIO_API_KEY")  # fmt: skip
     p.add_argument("--port", type=int, help="port on 127.0.0.1 (default: annotation.port)")
     p.set_defaults(run=serve)
-    p = sub.add_parser(
-        "push",
-        help="create/update the project and import catalog images not yet in it (server: LABEL_STUDIO_URL, "
-        "LABEL_STUDIO_API_KEY)",
+    add_push_arguments(
+        sub.add_parser(
+            "push",
+            help="create/update the project and import catalog images not yet in it (server: LABEL_STUDIO_URL, "
+            "LABEL_STUDIO_API_KEY)",
+        )
     )
+    p = sub.add_parser(
+        "pull",
+        help="snapshot the project's (and its review project's) annotations into the label exports folder and `dvc "
+        "add` it (server: LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY)",
+    )
+    p.add_argument("--no-dvc-add", action="store_true", help="write the snapshot only")
+    p.set_defaults(run=pull)
+    p = sub.add_parser("config", help="print the labeling config generated from the taxonomy")
+    p.set_defaults(run=show_config)
+    return parser.parse_args(argv)
+
+
+def add_push_arguments(p: argparse.ArgumentParser) -> None:
+    """push's options: which images, with which pre-annotations, into which project."""
     p.add_argument(
         "--catalog", type=Path, default=Path("data/catalog.parquet"), help="image catalog from the ingest stage"
     )
@@ -269,23 +280,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="with --review data/label_issues.parquet: how many of the most suspicious images (default 50)",
     )
     p.set_defaults(run=push)
-    p = sub.add_parser(
-        "pull",
-        help="snapshot the project's (and its review project's) annotations into the label exports folder and `dvc "
-        "add` it (server: LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY)",
-    )
-    p.add_argument("--no-dvc-add", action="store_true", help="write the snapshot only")
-    p.set_defaults(run=pull)
-    p = sub.add_parser("config", help="print the labeling config generated from the taxonomy")
-    p.set_defaults(run=show_config)
-    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     return report_user_errors(
         f"annotation {args.command}",
-        lambda: args.run(args, load_params(args.params), load_section(AnnotationSettings, "annotation", args.params)),
+        lambda: args.run(args, load_section(AnnotationSettings, "annotation", args.params)),
         errors=(LabelStudioError, CommandError, ServerError, *USER_ERRORS),
     )
 

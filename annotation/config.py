@@ -5,7 +5,7 @@ from __future__ import annotations
 from xml.sax.saxutils import quoteattr
 
 from annotation.importers import MAIN_FIELD, SUB_FIELD
-from pipeline.taxonomy import Taxonomy
+from common.taxonomy import Taxonomy
 
 INSTRUCTIONS = (
     "Pick exactly ONE main style: the style the whole outfit reads as. "

@@ -21,9 +21,9 @@ import pandas as pd
 import pyarrow as pa
 
 from annotation.agreement import agreement_table
-from pipeline.atomic import outputs_together, write_arrow, write_csv, write_json, write_parquet
-from pipeline.cli import report_user_errors
-from pipeline.tables import empty_table, read_table
+from common.atomic import outputs_together, write_arrow, write_csv, write_json, write_parquet
+from common.cli import StageParser, report_user_errors
+from common.tables import empty_table, read_table
 
 IMAGE_LABEL_COLUMNS = {
     "image_id": "string",
@@ -171,38 +171,31 @@ def agreement_metrics(agreement: pd.DataFrame) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m annotation.consolidate", description=__doc__.split("\n\n")[0])
+    parser = StageParser("consolidate", prog="python -m annotation.consolidate", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--annotations",
         type=Path,
-        default=Path("data/annotations.parquet"),
         help="annotations table from the labels stage",
     )
     parser.add_argument(
         "--catalog",
         type=Path,
-        default=Path("data/catalog.parquet"),
         help="image catalog (for each image's crawl batch)",
     )
-    parser.add_argument(
-        "--out", type=Path, default=Path("data/image_labels.parquet"), help="output: one label row per image"
-    )
+    parser.add_argument("--out", type=Path, help="output: one label row per image")
     parser.add_argument(
         "--review",
         type=Path,
-        default=Path("data/review.csv"),
         help="output: images the experts disagree on (push sends them back)",
     )
     parser.add_argument(
         "--agreement",
         type=Path,
-        default=Path("data/style_agreement.parquet"),
         help="output: Krippendorff's alpha overall, per style, batch and expert",
     )
     parser.add_argument(
         "--metrics",
         type=Path,
-        default=Path("metrics/agreement.json"),
         help="output: the overall and per-style alphas (dvc metrics)",
     )
     return parser.parse_args(argv)

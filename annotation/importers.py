@@ -25,9 +25,9 @@ from urllib.parse import parse_qs, urlparse
 
 import pandas as pd
 
-from pipeline.cli import InputError
-from pipeline.images import content_id
-from pipeline.taxonomy import Taxonomy
+from common.cli import InputError
+from common.images import content_id
+from common.taxonomy import Taxonomy
 
 ANNOTATION_COLUMNS = {
     "image_id": "string",

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from annotation.importers import ImageMatcher, Imported, RejectedRecord, describe, files_in, imported_row, read_utf8
-from pipeline.cli import InputError
-from pipeline.taxonomy import Taxonomy
+from common.cli import InputError
+from common.taxonomy import Taxonomy
 
 # K-Fashion (AI Hub) keys, see ../shared/reference/notes.md section 3
 KF_LABEL_PATH = ("데이터셋 정보", "데이터셋 상세설명", "라벨링", "스타일")

@@ -15,11 +15,11 @@ import sys
 from pathlib import Path
 
 from annotation.sources import read_label_sources
-from pipeline.atomic import outputs_together, write_csv, write_json, write_parquet
-from pipeline.cli import report_user_errors
-from pipeline.settings import DEFAULT_PARAMS, load_params
-from pipeline.tables import read_table
-from pipeline.taxonomy import load_taxonomy
+from common.atomic import outputs_together, write_csv, write_json, write_parquet
+from common.cli import StageParser, report_user_errors
+from common.settings import DEFAULT_PARAMS, CrawlSettings, crawl_folder, load_setting, load_taxonomy_path
+from common.tables import read_table
+from common.taxonomy import load_taxonomy
 
 
 def source_kind(source: str) -> str:
@@ -29,7 +29,8 @@ def source_kind(source: str) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = StageParser(
+        "labels",
         prog="python -m annotation.labels",
         description="Turn every label source into the normalised annotations table: Label Studio exports, K-Fashion "
         "JSON files and image,tags[,main_style] CSV files, each recognised by its shape. Records with no or several "
@@ -42,34 +43,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--label-dir",
         type=Path,
-        help="label folder: exports, K-Fashion folders, CSV files (default: crawl.label_exports)",
+        help="label folder: exports, K-Fashion folders, CSV files",
     )
     parser.add_argument(
         "--crawl-dir",
         type=Path,
-        help="crawl folder whose batches may hold .json label files beside the photos (default: crawl.dir)",
+        help="crawl folder whose batches may hold .json label files beside the photos",
     )
-    parser.add_argument(
-        "--catalog", type=Path, default=Path("data/catalog.parquet"), help="image catalog from the ingest stage"
-    )
+    parser.add_argument("--catalog", type=Path, help="image catalog from the ingest stage")
     parser.add_argument(
         "--cache-dir",
         type=Path,
-        default=Path("data/labels_cache"),
         help="parsed K-Fashion files per folder (kept between runs)",
     )
-    parser.add_argument(
-        "--out", type=Path, default=Path("data/annotations.parquet"), help="output: one row per annotation"
-    )
+    parser.add_argument("--out", type=Path, help="output: one row per annotation")
     parser.add_argument(
         "--rejects",
         type=Path,
-        default=Path("data/annotation_rejects.csv"),
         help="output: source, record, image_id, reason",
     )
-    parser.add_argument(
-        "--metrics", type=Path, default=Path("metrics/labels.json"), help="output: counts for `dvc metrics show`"
-    )
+    parser.add_argument("--metrics", type=Path, help="output: counts for `dvc metrics show`")
     return parser.parse_args(argv)
 
 
@@ -79,16 +72,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    params = load_params(args.params)
+    label_dir = args.label_dir or load_setting(CrawlSettings, "crawl", "label_exports", args.params)
+    crawl_dir, taxonomy = crawl_folder(args.crawl_dir, args.params), load_taxonomy(load_taxonomy_path(args.params))
     args.cache_dir.mkdir(parents=True, exist_ok=True)  # a DVC output, also where no K-Fashion file needs it
     catalog = read_table(args.catalog, columns=["image_id", "sources"])
-    imported = read_label_sources(
-        args.label_dir or params.crawl.label_exports,
-        args.crawl_dir or params.crawl.dir,
-        catalog,
-        load_taxonomy(params.taxonomy),
-        args.cache_dir,
-    )
+    imported = read_label_sources(label_dir, crawl_dir, catalog, taxonomy, args.cache_dir)
     rows, rejects = imported.tables()
     valid = rows[~rows["cancelled"]]
     per_kind = {kind: int(n) for kind, n in valid["source"].map(source_kind).value_counts().sort_index().items()}

@@ -13,8 +13,8 @@ from pathlib import Path
 from label_studio_sdk import LabelStudio
 
 from annotation.client import Connection, LabelStudioError
-from annotation.push import find_projects, review_title
-from pipeline.atomic import atomic_path
+from annotation.projects import find_projects, review_title
+from common.atomic import atomic_path
 
 VOLATILE_FIELDS = {"created_ago"}  # "3 minutes" ago: changes with the clock, not with the labels
 

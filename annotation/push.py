@@ -16,41 +16,25 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TypeVar
 from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
-from label_studio_sdk import AllRolesProjectList, LabelStudio, RoleBasedTask
+from label_studio_sdk import LabelStudio, RoleBasedTask
 from label_studio_sdk.core.api_error import ApiError
 from tqdm import tqdm
 
 from annotation.client import Connection, LabelStudioError
 from annotation.config import labeling_config
 from annotation.importers import MAIN_FIELD, SUB_FIELD
-from pipeline.settings import Settings, setting
-from pipeline.tables import read_table
-from pipeline.taxonomy import Taxonomy
-from training.labelling_order import ORDERS, labelling_queue
+from annotation.projects import find_projects, server_id
+from annotation.settings import AnnotationSettings
+from common.tables import read_table
+from common.taxonomy import Taxonomy
+from training.labelling_order import labelling_queue
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class AnnotationSettings(Settings):
-    section = "annotation"
-    project: str = setting("Label Studio project title; push and pull find (or create) the project by it")
-    chunk_size: int = setting("tasks per import request", interval="[1, inf)")
-    port: int = setting("`python -m annotation serve` listens on 127.0.0.1:<port>", interval="[1, 65535]")
-    data_dir: Path = setting("`serve`'s database and uploads (git-ignored)")
-    document_root: Path = setting("local-files root: task URLs are /data/local-files/?d=<path under it>")
-    order: str = setting(
-        "which new tasks experts see first, given a model (docs/expert-time.md): random, or an active-learning order",
-        choices=ORDERS,
-    )
-    round_size: int = setting(
-        "entropy_diverse: tasks per round, kept apart from each other and from earlier rounds", interval="[1, inf)"
-    )
 
 
 @dataclass(frozen=True)
@@ -129,28 +113,6 @@ def review_items(path: Path, top: int) -> pd.DataFrame:
     return review.assign(suspicion=review["reason"] if "reason" in review else pd.NA)[["image_id", "suspicion"]]
 
 
-def review_title(project: str) -> str:
-    """Title of the project that `push --review` sends tied images to (and `pull` snapshots)."""
-    return f"{project} (review)"
-
-
-def find_projects(conn: Connection, ls: LabelStudio, *titles: str) -> list[AllRolesProjectList | None]:
-    """The project called each of `titles`, or None, from one listing; two of one title are an error (push and pull must
-    mean the same one)."""
-    projects: list[AllRolesProjectList] = conn.call("list projects", lambda: list(ls.projects.list()))
-    found: list[AllRolesProjectList | None] = []
-    for title in titles:
-        matches = [p for p in projects if p.title == title]
-        if len(matches) > 1:
-            raise LabelStudioError(
-                f"{len(matches)} projects on {conn.url} are titled {title!r} (ids "
-                f"{', '.join(str(p.id) for p in matches)}): rename or delete all but one in Label Studio, or set "
-                "annotation.project to another title"
-            )
-        found.append(matches[0] if matches else None)
-    return found
-
-
 def ensure_project(conn: Connection, ls: LabelStudio, title: str, config: str) -> int:
     """Id of the project called `title`; created if missing, its labeling config updated if stale."""
     [project] = find_projects(conn, ls, title)
@@ -163,18 +125,6 @@ def ensure_project(conn: Connection, ls: LabelStudio, title: str, config: str) -
         "create project", lambda: ls.projects.create(title=title, label_config=config, sampling="Sequential sampling")
     )
     return server_id(created)
-
-
-class ServerObject(Protocol):
-    @property
-    def id(self) -> int | None: ...
-
-
-def server_id(obj: ServerObject) -> int:
-    """The id of a project or task that Label Studio sent (the SDK's models declare every field optional)."""
-    if obj.id is None:
-        raise LabelStudioError(f"Label Studio sent a {type(obj).__name__} without an id")
-    return obj.id
 
 
 def ensure_local_storage(conn: Connection, ls: LabelStudio, project_id: int, crawl_dir: Path) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from pipeline.processes import end_with_parent
+from common.processes import end_with_parent
 
 LABEL_STUDIO_VERSION = "1.23.2"
 DEFAULT_VENV = Path(".venv-labelstudio")
@@ -166,7 +166,7 @@ def start(settings: ServerSettings, creds: dict[str, str]) -> subprocess.Popen:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=end_with_parent,  # pipeline/processes.py: Linux only
+            preexec_fn=end_with_parent,  # common/processes.py: Linux only
         )
     try:
         wait_until_healthy(settings, process, timeout_s=START_TIMEOUT_S)

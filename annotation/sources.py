@@ -24,17 +24,18 @@ import hashlib
 import os
 import re
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 
 from annotation.importers import ImageMatcher, Imported, import_label_studio, import_tag_csv, read_label_studio_export
 from annotation.kfashion import KFashionRecord, kfashion_rows, parse_kfashion
-from pipeline.atomic import write_parquet
-from pipeline.cli import InputError
-from pipeline.crawl import batch_folders
-from pipeline.tables import empty_table, read_cache
-from pipeline.taxonomy import Taxonomy
+from common.atomic import write_parquet
+from common.cli import InputError
+from common.crawl import batch_folders
+from common.tables import empty_table, read_cache
+from common.taxonomy import Taxonomy
 
 IMAGE_SUFFIXES = {
     ".jpg",
@@ -171,47 +172,39 @@ def read_folder(
     known = stats.merge(cache, on=["file", "size", "mtime_ns"], how="inner")
     parsed = []
     for name, size, mtime_ns in stats[~stats["file"].isin(set(known["file"].tolist()))].itertuples(index=False):
-        path = folder / name
-        first = first_character(path)
-        if first == "[":
-            out.extend(
-                import_label_studio(read_label_studio_export(path), str(path), taxonomy, index.by_key, index.ids)
-            )
-        elif first == "{":
-            record = parse_kfashion(path)
-            parsed.append(
-                {
-                    "file": name,
-                    "size": size,
-                    "mtime_ns": mtime_ns,
-                    "main": record.main,
-                    "sub_styles": list(record.sub_styles),
-                    "problem": record.problem,
-                }
-            )
-        else:
-            raise InputError(
-                f"{path}: neither a Label Studio export (a JSON list of tasks) nor a K-Fashion label file (a JSON "
-                "object)"
-            )
+        if (record := read_json_labels(folder / name, taxonomy, index, out)) is not None:
+            parsed.append({"file": name, "size": size, "mtime_ns": mtime_ns, "main": record.main,
+                           "sub_styles": list(record.sub_styles), "problem": record.problem})  # fmt: skip
     table = pd.concat(
         [known, pd.DataFrame(parsed, columns=list(CACHE_COLUMNS)).astype(CACHE_COLUMNS)], ignore_index=True
     ).sort_values("file", ignore_index=True)
     if parsed or len(table) != len(cache):
         write_parquet(table[list(CACHE_COLUMNS)], cache_file)
     if len(table):
-        records = (
-            KFashionRecord(stem_of(f), None if pd.isna(m) else m, tuple(subs), None if pd.isna(p) else p)
-            for f, m, subs, p in zip(
-                table["file"].tolist(),
-                table["main"].tolist(),
-                table["sub_styles"].tolist(),
-                table["problem"].tolist(),
-                strict=True,
-            )
-        )
-        out.extend(kfashion_rows(records, f"kfashion:{source_name}", taxonomy, match))
+        out.extend(kfashion_rows(cached_records(table), f"kfashion:{source_name}", taxonomy, match))
     return out
+
+
+def read_json_labels(path: Path, taxonomy: Taxonomy, index: CatalogIndex, out: Imported) -> KFashionRecord | None:
+    """A Label Studio export's rows go straight into `out`; a K-Fashion file's record is returned (to be cached)."""
+    first = first_character(path)
+    if first == "[":
+        out.extend(import_label_studio(read_label_studio_export(path), str(path), taxonomy, index.by_key, index.ids))
+        return None
+    if first == "{":
+        return parse_kfashion(path)
+    raise InputError(
+        f"{path}: neither a Label Studio export (a JSON list of tasks) nor a K-Fashion label file (a JSON object)"
+    )
+
+
+def cached_records(table: pd.DataFrame) -> Iterator[KFashionRecord]:
+    """The K-Fashion records a folder's parse cache holds."""
+    for f, m, subs, p in zip(
+        table["file"].tolist(), table["main"].tolist(), table["sub_styles"].tolist(), table["problem"].tolist(),
+        strict=True,
+    ):  # fmt: skip
+        yield KFashionRecord(stem_of(f), None if pd.isna(m) else m, tuple(subs), None if pd.isna(p) else p)
 
 
 def read_label_folder(label_dir: Path, index: CatalogIndex, taxonomy: Taxonomy, cache_dir: Path) -> Imported:

@@ -31,12 +31,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from active import Simulation, fit_head, labels_to_reach, simulate  # noqa: E402
 from ccp import add_arguments, prepare  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from training.active import Simulation, fit_head, labels_to_reach, simulate  # noqa: E402
+from common.feature_shards import read_features  # noqa: E402
 from training.data import main_index, read_dataset, read_label_subset, target_matrix  # noqa: E402
-from training.features import read_features  # noqa: E402
 from training.labelling_order import ORDERS  # noqa: E402
 from training.metrics import mean_average_precision  # noqa: E402
 

@@ -24,8 +24,8 @@ import json
 import numpy as np
 from ccp import add_arguments, prepare, timing_table
 
+from common.tables import empty_table
 from pipeline.near_duplicates import PAIR_COLUMNS
-from pipeline.tables import empty_table
 from training import evaluate, select, train
 from training.settings import load_model_specs
 

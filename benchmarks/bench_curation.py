@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from common.labelsets import main_and_sub_matrices
+from common.taxonomy import load_taxonomy
 from pipeline.graph import GraphSettings, build_graph, train_matrix
-from pipeline.labelsets import main_and_sub_matrices
 from pipeline.stats import class_balance, cooccurrence_table
-from pipeline.taxonomy import load_taxonomy
 
 STYLES = load_taxonomy("taxonomies/kfashion_styles.yaml").names
 

@@ -24,7 +24,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from training.features import FeatureCounts, FeatureSettings, write_features
+from training.features import FeatureCounts, write_features
+from training.settings import FeatureSettings
 
 DEFAULT_PHOTOS = Path(__file__).resolve().parents[1].parent / "shared/datasets/ccp/photos"
 BATCH = 100

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from common.settings import IngestSettings
 from pipeline.ingest import ingest
-from pipeline.settings import IngestSettings
 
 DEFAULT_PHOTOS = Path(__file__).resolve().parents[1].parent / "shared/datasets/ccp/photos"
 

@@ -34,12 +34,12 @@ import numpy as np
 import pandas as pd
 from ccp import add_arguments, prepare, timing_table
 
+from common.feature_shards import read_features
 from training import train
 from training.checkpoint import load_checkpoint
 from training.data import main_index, read_dataset, read_label_subset, target_matrix
-from training.features import feature_array, read_features
 from training.label_issues import CHECKED_SPLITS, label_quality, neighbour_quality
-from training.models import ModelSpec
+from training.models import ModelSpec, feature_array
 from training.out_of_fold import assign_folds, out_of_fold_probs
 
 

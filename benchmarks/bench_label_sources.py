@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from annotation.kfashion import KF_LABEL_PATH  # noqa: E402
 from annotation.sources import read_label_sources  # noqa: E402
-from pipeline.taxonomy import load_taxonomy  # noqa: E402
+from common.taxonomy import load_taxonomy  # noqa: E402
 
 SAMPLE = ROOT.parent / "shared" / "datasets" / "kfashion-samples" / "100026.json"
 TAXONOMY = ROOT / "taxonomies" / "kfashion_styles.yaml"

@@ -13,7 +13,7 @@ produces (every one saved again as JPEG):
   combined     crop 3 %, scale 0.7, quality 60
 Distinct pairs: every pair of two different originals.
 
-Detectors: the 64-bit difference hash ingest computes (pipeline/images.py; Hamming
+Detectors: the 64-bit difference hash ingest computes (common/images.py; Hamming
 distance), a 64-bit DCT perceptual hash (pHash, the published algorithm as the imagehash
 package implements it: 32x32 grey, 2-D DCT, the 8x8 lowest frequencies against their
 median; scipy's DCT), and the cosine distance of the backbone's pooled features
@@ -39,7 +39,7 @@ from scipy.fft import dctn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.images import difference_hash  # noqa: E402
+from common.images import difference_hash  # noqa: E402
 
 KINDS = ("rescale", "crop", "caption", "watermark", "mirror", "combined")
 

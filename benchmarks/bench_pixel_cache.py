@@ -33,8 +33,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
-from pipeline.images import content_id
-from pipeline.pixel_cache import PixelCacheSettings, PixelStore, build_cache, load_resized
+from common.images import content_id
+from common.pixel_shards import PixelStore
+from pipeline.pixel_cache import PixelCacheSettings, build_cache, load_resized
 
 DEFAULT_PHOTOS = Path(__file__).resolve().parents[1].parent / "shared/datasets/ccp/photos"
 SNS_SIZE = (1080, 1350)

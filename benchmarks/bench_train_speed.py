@@ -43,8 +43,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pipeline.images import content_id
-from pipeline.pixel_cache import PixelCacheSettings, PixelStore, build_cache, height_for, upright_sizes
+from common.images import content_id
+from common.pixel_shards import PixelStore
+from pipeline.pixel_cache import PixelCacheSettings, build_cache, height_for, upright_sizes
 from training.backbones import create_backbone
 from training.data import CachedPixelBatches, ImageDataset, device_train_augment, train_transform
 from training.device import adam, compile_for_training, pick_device, prepare

@@ -20,9 +20,9 @@ import pandas as pd
 import yaml
 
 from annotation.importers import files_in, import_tag_csv
+from common.images import content_id
+from common.taxonomy import load_taxonomy
 from pipeline import graph, split
-from pipeline.images import content_id
-from pipeline.taxonomy import load_taxonomy
 from training import features
 from training.settings import load_model_specs
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from bench_ccp_finetune import MLGCN, VARIANTS, add_model_arguments, build_pixels, variant_params
 
-from pipeline.settings import load_section
+from common.settings import load_section
 from training import train
 from training.models import ModelSpec
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 from reference import render_reference  # docs/reference.py, beside this script
 
-from pipeline.atomic import atomic_path
+from common.atomic import atomic_path
 
 ROOT = Path(__file__).resolve().parent.parent
 DAG_START = "<!-- dag:start -->"

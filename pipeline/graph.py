@@ -26,12 +26,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pipeline.atomic import atomic_path  # noqa: E402
-from pipeline.cli import InputError, report_user_errors  # noqa: E402
-from pipeline.labelsets import conditional, cooccurrence, flatten_lists, indicator  # noqa: E402
-from pipeline.settings import DEFAULT_PARAMS, ParamsError, Settings, load_params, load_section, setting  # noqa: E402
-from pipeline.tables import read_table  # noqa: E402
-from pipeline.taxonomy import Taxonomy, load_taxonomy  # noqa: E402
+from common.atomic import atomic_path  # noqa: E402
+from common.cli import InputError, StageParser, report_user_errors  # noqa: E402
+from common.labelsets import conditional, cooccurrence, flatten_lists, indicator  # noqa: E402
+from common.settings import DEFAULT_PARAMS, ParamsError, Settings, load_section, load_taxonomy_path, setting  # noqa: E402
+from common.tables import read_table  # noqa: E402
+from common.taxonomy import Taxonomy, load_taxonomy  # noqa: E402
 
 BUILTIN_GLOVE = "glove-6b-50d"
 NORMALISATIONS = ("symmetric", "reference")
@@ -172,29 +172,25 @@ def write_npz(arrays: dict[str, np.ndarray], target: Path) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.graph", description=__doc__.split("\n\n")[0])
+    parser = StageParser("graph", prog="python -m pipeline.graph", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--dataset",
         type=Path,
-        default=Path("data/dataset.parquet"),
         help="dataset from the split stage (only split == 'train' is read)",
     )
     parser.add_argument(
         "--subset",
         type=Path,
-        default=Path("data/label_subset.json"),
         help="label subset from the split stage (node order)",
     )
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path("data/label_graph.npz"),
         help="output: graph arrays + embeddings the trainer reads",
     )
     parser.add_argument(
         "--plot",
         type=Path,
-        default=Path("reports/plots/label_graph.png"),
         help="output: picture of the binarised graph",
     )
     parser.add_argument(
@@ -210,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     settings = load_section(GraphSettings, "graph", args.params)
-    taxonomy = load_taxonomy(load_params(args.params).taxonomy)
+    taxonomy = load_taxonomy(load_taxonomy_path(args.params))
     labels = json.loads(args.subset.read_text(encoding="utf-8"))["labels"]
     matrix = train_matrix(read_table(args.dataset, columns=["split", "labels"]), labels)
     graph = build_graph(matrix, labels, settings)

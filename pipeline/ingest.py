@@ -31,7 +31,7 @@ import PIL
 import pyarrow as pa
 from tqdm import tqdm
 
-from pipeline.atomic import (
+from common.atomic import (
     outputs_together,
     remove_leftover_temporaries,
     write_arrow,
@@ -39,13 +39,13 @@ from pipeline.atomic import (
     write_json,
     write_parquet,
 )
-from pipeline.cli import InputError, report_user_errors
-from pipeline.crawl import batch_folders, inside
-from pipeline.images import Inspected, content_id, inspect_image
+from common.cli import InputError, StageParser, report_user_errors
+from common.crawl import batch_folders, inside
+from common.images import Inspected, content_id, inspect_image
+from common.processes import worker_pool
+from common.settings import DEFAULT_PARAMS, IngestSettings, crawl_folder, load_section
+from common.tables import empty_table, read_cache
 from pipeline.near_duplicates import catalog_near_duplicates
-from pipeline.processes import worker_pool
-from pipeline.settings import DEFAULT_PARAMS, IngestSettings, load_params
-from pipeline.tables import empty_table, read_cache
 
 METADATA_FILE = "metadata.csv"
 LABEL_SUFFIX = ".json"  # label files beside the photos (the K-Fashion layout): the labels stage reads them
@@ -410,7 +410,8 @@ def ingest(
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = StageParser(
+        "ingest",
         prog="python -m pipeline.ingest",
         description="Decode-check every crawl image once and write the image catalog. "
         "Batches already ingested are served from the per-batch cache, so a new batch costs "
@@ -419,31 +420,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--params", type=Path, default=DEFAULT_PARAMS, help="params.yaml to read the 'ingest' and 'crawl' sections from"
     )
-    parser.add_argument("--crawl-dir", type=Path, help="folder of crawl batches (default: crawl.dir in params)")
+    parser.add_argument("--crawl-dir", type=Path, help="folder of crawl batches")
     parser.add_argument(
         "--cache-dir",
         type=Path,
-        default=Path("data/ingest/batches"),
         help="per-batch decode results (reused across runs)",
     )
-    parser.add_argument(
-        "--catalog", type=Path, default=Path("data/catalog.parquet"), help="output: one row per unique image"
-    )
+    parser.add_argument("--catalog", type=Path, help="output: one row per unique image")
     parser.add_argument(
         "--rejects",
         type=Path,
-        default=Path("data/ingest/rejects.csv"),
         help="output: batch, file, reason of every rejected file",
     )
     parser.add_argument(
         "--near-duplicates",
         type=Path,
-        default=Path("data/ingest/near_duplicates.parquet"),
         help="output: image pairs with close perceptual hashes",
     )
-    parser.add_argument(
-        "--metrics", type=Path, default=Path("metrics/ingest.json"), help="output: counts for `dvc metrics show`"
-    )
+    parser.add_argument("--metrics", type=Path, help="output: counts for `dvc metrics show`")
     return parser.parse_args(argv)
 
 
@@ -453,9 +447,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    params = load_params(args.params)
-    crawl_dir = args.crawl_dir or params.crawl.dir
-    catalog, rejects, near, counts = ingest(crawl_dir, args.cache_dir, params.ingest)
+    crawl_dir = crawl_folder(args.crawl_dir, args.params)
+    settings = load_section(IngestSettings, "ingest", args.params)
+    catalog, rejects, near, counts = ingest(crawl_dir, args.cache_dir, settings)
     with outputs_together():
         write_arrow(catalog, args.catalog)
         write_csv(rejects, args.rejects)

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.atomic import remove_leftover_temporaries, write_parquet
-from pipeline.tables import empty_table, read_cache
+from common.atomic import remove_leftover_temporaries, write_parquet
+from common.tables import empty_table, read_cache
 
 PAIR_COLUMNS = {"image_id_a": "string", "image_id_b": "string", "distance": "int64"}
 QUERY_BLOCK, CATALOG_CHUNK = 64, 65_536  # one block x chunk of uint64: 32 MiB

@@ -34,12 +34,12 @@ import pandas as pd
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from pipeline.atomic import atomic_path, remove_leftover_temporaries, write_json, write_parquet
-from pipeline.cli import InputError, report_user_errors
-from pipeline.decoding import EXIF_ORIENTATION, pillow_bomb_guard_lifted, to_rgb
-from pipeline.processes import worker_pool
-from pipeline.settings import DEFAULT_PARAMS, Settings, load_params, load_section, setting
-from pipeline.tables import read_table
+from common.atomic import atomic_path, remove_leftover_temporaries, write_json, write_parquet
+from common.cli import InputError, StageParser, report_user_errors
+from common.decoding import EXIF_ORIENTATION, pillow_bomb_guard_lifted, to_rgb
+from common.processes import worker_pool
+from common.settings import DEFAULT_PARAMS, Settings, crawl_folder, load_section, setting
+from common.tables import read_table
 
 
 class UnreadableImage(InputError):
@@ -200,35 +200,12 @@ def cropped_share(widths: np.ndarray, heights: np.ndarray, settings: PixelCacheS
     return float(np.median(1 - np.minimum(photo, cache) / np.maximum(photo, cache)))
 
 
-class PixelStore:
-    """Read side: memory-mapped shards, looked up by image id."""
-
-    def __init__(self, cache_dir: Path):
-        index = [pd.read_parquet(p).assign(shard=p.stem) for p in sorted(cache_dir.glob("*.parquet"))]
-        if not index:
-            raise InputError(f"no pixel cache in {cache_dir}: run the pixel_cache stage (`dvc repro pixel_cache`)")
-        self.index = pd.concat(index, ignore_index=True).set_index("image_id")
-        self.shards = {name: np.load(cache_dir / f"{name}.npy", mmap_mode="r") for name in self.index["shard"].unique()}
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def get(self, image_ids: list[str]) -> np.ndarray:
-        """(len(image_ids), H, W, 3) uint8, in the order asked."""
-        where = self.index.loc[image_ids]
-        return np.stack([self.shards[s][r] for s, r in zip(where["shard"], where["row"], strict=True)])
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.pixel_cache", description=__doc__.split("\n\n")[0])
+    parser = StageParser("pixel_cache", prog="python -m pipeline.pixel_cache", description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params.yaml (sections crawl, pixel_cache)")
-    parser.add_argument(
-        "--catalog", type=Path, default=Path("data/catalog.parquet"), help="image catalog from the ingest stage"
-    )
-    parser.add_argument("--crawl-dir", type=Path, help="folder of crawl batches (default: crawl.dir)")
-    parser.add_argument(
-        "--out", type=Path, default=Path("data/pixels"), help="output folder of shards (persisted across runs)"
-    )
+    parser.add_argument("--catalog", type=Path, help="image catalog from the ingest stage")
+    parser.add_argument("--crawl-dir", type=Path, help="folder of crawl batches")
+    parser.add_argument("--out", type=Path, help="output folder of shards (persisted across runs)")
     return parser.parse_args(argv)
 
 
@@ -239,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     settings = load_section(PixelCacheSettings, "pixel_cache", args.params)
-    crawl_dir = args.crawl_dir or load_params(args.params).crawl.dir
+    crawl_dir = crawl_folder(args.crawl_dir, args.params)
     catalog = read_table(
         args.catalog, columns=["image_id", "path", "batch", "width", "height"]
     )  # upright sizes (ingest)

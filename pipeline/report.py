@@ -31,12 +31,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pipeline.atomic import atomic_path  # noqa: E402
-from pipeline.cli import InputError, report_user_errors  # noqa: E402
+from common.atomic import atomic_path  # noqa: E402
+from common.cli import InputError, StageParser, report_user_errors  # noqa: E402
+from common.settings import DEFAULT_PARAMS, ValidateSettings, load_setting  # noqa: E402
+from common.tables import read_table  # noqa: E402
 from pipeline.report_html import absent, code, esc, figure, markdown, page, png_file, read_json, row, table  # noqa: E402
-from pipeline.settings import DEFAULT_PARAMS, load_section  # noqa: E402
-from pipeline.tables import read_table  # noqa: E402
-from pipeline.validate import ValidateSettings  # noqa: E402
 
 # Section id -> heading, in page order. The ids are the page's anchors (and what the tests look for).
 SECTIONS = {
@@ -223,7 +222,7 @@ def agreement_section(args: argparse.Namespace) -> str:
     if not args.agreement.is_file():
         return absent(args.agreement, "consolidate")
     alpha = read_table(args.agreement, columns=["scope", "key", "measure", "alpha", "images"])
-    min_alpha = load_section(ValidateSettings, "validate", args.params).min_alpha
+    min_alpha = load_setting(ValidateSettings, "validate", "min_alpha", args.params)
     lead = (
         '<p class="lead">Krippendorff\'s alpha over the images several experts labelled (1: full agreement, 0: chance);'
         f" validate warns below {min_alpha} ({code('validate.min_alpha')}).</p>"
@@ -330,30 +329,28 @@ def build(args: argparse.Namespace) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.report", description=__doc__.split("\n\n")[0])
+    parser = StageParser("report", prog="python -m pipeline.report", description=__doc__.split("\n\n")[0])
     inputs = [
-        ("--evaluation-report", "reports/evaluation.md", "evaluate: the model comparison tables (Markdown)"),
-        ("--evaluation-metrics", "metrics/evaluation.json", "evaluate: mAP with intervals, the chosen model"),
-        ("--live-dir", "dvclive", "train: one dvclive folder per model (plots/metrics/*.tsv, metrics.json)"),
-        ("--label-issues", "data/label_issues.parquet", "label_issues: the suspicious (image, label) cells"),
-        ("--label-issues-report", "reports/label_issues.md", "label_issues: its summary (Markdown)"),
-        ("--validation", "metrics/validation.json", "validate: the outcome of every expectation"),
-        ("--data-docs", "reports/validation", "validate: the Data Docs folder the page links to (index.html)"),
-        ("--agreement", "data/style_agreement.parquet", "consolidate: Krippendorff's alpha per scope"),
-        ("--balance", "data/stats/class_balance.parquet", "stats: class balance (Table 2)"),
-        ("--trend-plot", "reports/plots/style_trend.png", "stats: main-style shares per crawl batch"),
-        ("--heatmap", "reports/plots/cooccurrence.png", "stats: the P(j | i) heatmap"),
-        ("--graph-plot", "reports/plots/label_graph.png", "graph: the picture of the label graph"),
-        ("--graph", "data/label_graph.npz", "graph: the label graph arrays (edges, meta)"),
-        ("--ingest", "metrics/ingest.json", "ingest: batches and images, for the summary line"),
-        ("--labels-metrics", "metrics/labels.json", "labels: labelled images, for the summary line"),
+        ("--evaluation-report", "evaluate: the model comparison tables (Markdown)"),
+        ("--evaluation-metrics", "evaluate: mAP with intervals, the chosen model"),
+        ("--live-dir", "train: one dvclive folder per model (plots/metrics/*.tsv, metrics.json)"),
+        ("--label-issues", "label_issues: the suspicious (image, label) cells"),
+        ("--label-issues-report", "label_issues: its summary (Markdown)"),
+        ("--validation", "validate: the outcome of every expectation"),
+        ("--data-docs", "validate: the Data Docs folder the page links to (index.html)"),
+        ("--agreement", "consolidate: Krippendorff's alpha per scope"),
+        ("--balance", "stats: class balance (Table 2)"),
+        ("--trend-plot", "stats: main-style shares per crawl batch"),
+        ("--heatmap", "stats: the P(j | i) heatmap"),
+        ("--graph-plot", "graph: the picture of the label graph"),
+        ("--graph", "graph: the label graph arrays (edges, meta)"),
+        ("--ingest", "ingest: batches and images, for the summary line"),
+        ("--labels-metrics", "labels: labelled images, for the summary line"),
     ]
-    for flag, default, what in inputs:
-        parser.add_argument(
-            flag, type=Path, default=Path(default), help=f"input from {what} (absent: the section says so)"
-        )
+    for flag, what in inputs:
+        parser.add_argument(flag, type=Path, help=f"input from {what} (absent: the section says so)")
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params.yaml (for 'validate.min_alpha')")
-    parser.add_argument("--out", type=Path, default=Path("reports/index.html"), help="output: the page")
+    parser.add_argument("--out", type=Path, help="output: the page")
     return parser.parse_args(argv)
 
 

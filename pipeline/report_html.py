@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from markdown_it import MarkdownIt  # noqa: E402
 
-from pipeline.cli import InputError  # noqa: E402
+from common.cli import InputError  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Images and styles from the page itself only; links (the Data Docs) still open.

@@ -38,13 +38,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.atomic import outputs_together, write_json, write_parquet
-from pipeline.cli import report_user_errors
-from pipeline.groups import components
-from pipeline.labelsets import main_and_sub_matrices
-from pipeline.settings import DEFAULT_PARAMS, Problem, Settings, load_params, load_section, setting
-from pipeline.tables import empty_table, read_table
-from pipeline.taxonomy import load_taxonomy
+from common.atomic import outputs_together, write_json, write_parquet
+from common.cli import StageParser, report_user_errors
+from common.groups import components
+from common.labelsets import main_and_sub_matrices
+from common.settings import DEFAULT_PARAMS, Problem, Settings, load_section, load_taxonomy_path, setting
+from common.tables import empty_table, read_table
+from common.taxonomy import load_taxonomy
 
 SPLITS = ("train", "val", "test")
 
@@ -223,32 +223,26 @@ def read_splits(path: Path) -> pd.DataFrame:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.split", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--labels", type=Path, default=Path("data/image_labels.parquet"), help="consolidated labels, one row per image"
-    )
+    parser = StageParser("split", prog="python -m pipeline.split", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--labels", type=Path, help="consolidated labels, one row per image")
     parser.add_argument(
         "--catalog",
         type=Path,
-        default=Path("data/catalog.parquet"),
         help="image catalog (path relative to crawl.dir, batch)",
     )
     parser.add_argument(
         "--splits",
         type=Path,
-        default=Path("data/splits.parquet"),
         help="input AND output: every assignment so far (image_id, split); kept forever",
     )
     parser.add_argument(
         "--dataset",
         type=Path,
-        default=Path("data/dataset.parquet"),
         help="output: the images training reads, with split and labels",
     )
     parser.add_argument(
         "--subset",
         type=Path,
-        default=Path("data/label_subset.json"),
         help="output: the selected labels in taxonomy order",
     )
     parser.add_argument(
@@ -276,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     settings = load_section(SplitSettings, "split", args.params)
-    names = load_taxonomy(load_params(args.params).taxonomy).names
+    names = load_taxonomy(load_taxonomy_path(args.params)).names
     labels = read_table(args.labels, columns=["image_id", "main_style", "sub_styles", "needs_review"])
     catalog = read_table(args.catalog, columns=["image_id", "path", "batch"])
     rows, main, sub = eligible_images(labels, names)

@@ -21,12 +21,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pipeline.atomic import atomic_path, outputs_together, write_parquet  # noqa: E402
-from pipeline.cli import report_user_errors  # noqa: E402
-from pipeline.labelsets import conditional, cooccurrence, cross_counts, main_and_sub_matrices  # noqa: E402
-from pipeline.settings import DEFAULT_PARAMS, load_params  # noqa: E402
-from pipeline.tables import read_table  # noqa: E402
-from pipeline.taxonomy import load_taxonomy  # noqa: E402
+from common.atomic import atomic_path, outputs_together, write_parquet  # noqa: E402
+from common.cli import StageParser, report_user_errors  # noqa: E402
+from common.labelsets import conditional, cooccurrence, cross_counts, main_and_sub_matrices  # noqa: E402
+from common.settings import DEFAULT_PARAMS, load_taxonomy_path  # noqa: E402
+from common.tables import read_table  # noqa: E402
+from common.taxonomy import load_taxonomy  # noqa: E402
 
 
 def _balance(main_counts: np.ndarray, sub_counts: np.ndarray, names: Sequence[str]) -> pd.DataFrame:
@@ -120,32 +120,23 @@ def _save(fig: plt.Figure, target: Path) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.stats", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--labels", type=Path, default=Path("data/image_labels.parquet"), help="consolidated labels, one row per image"
-    )
-    parser.add_argument(
-        "--balance", type=Path, default=Path("data/stats/class_balance.parquet"), help="output: class balance (Table 2)"
-    )
+    parser = StageParser("stats", prog="python -m pipeline.stats", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--labels", type=Path, help="consolidated labels, one row per image")
+    parser.add_argument("--balance", type=Path, help="output: class balance (Table 2)")
     parser.add_argument(
         "--balance-by-batch",
         type=Path,
-        default=Path("data/stats/class_balance_by_batch.parquet"),
         help="output: class balance per crawl batch",
     )
     parser.add_argument(
         "--cooccurrence",
         type=Path,
-        default=Path("data/stats/cooccurrence.parquet"),
         help="output: i, j, count, p_j_given_i",
     )
-    parser.add_argument(
-        "--heatmap", type=Path, default=Path("reports/plots/cooccurrence.png"), help="output: P(j|i) heatmap (Figure 6)"
-    )
+    parser.add_argument("--heatmap", type=Path, help="output: P(j|i) heatmap (Figure 6)")
     parser.add_argument(
         "--trend",
         type=Path,
-        default=Path("reports/plots/style_trend.png"),
         help="output: main-style shares per crawl batch",
     )
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params.yaml (for 'taxonomy')")
@@ -158,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    names = load_taxonomy(load_params(args.params).taxonomy).names
+    names = load_taxonomy(load_taxonomy_path(args.params)).names
     labels = read_table(args.labels, columns=["image_id", "batch", "main_style", "sub_styles"])
     main_matrix, sub_matrix = main_and_sub_matrices(labels["main_style"], labels["sub_styles"], names)
     overall, by_batch = class_balance(main_matrix, sub_matrix, labels["batch"], names)

@@ -27,12 +27,12 @@ import pandas as pd
 import pyarrow as pa
 from pandas.api import types as ptypes
 
-from pipeline.atomic import atomic_dir, write_json
-from pipeline.cli import report_user_errors
-from pipeline.labelsets import flatten_lists
-from pipeline.settings import DEFAULT_PARAMS, Settings, load_params, load_section, setting
-from pipeline.tables import read_table
-from pipeline.taxonomy import load_taxonomy
+from common.atomic import atomic_dir, write_json
+from common.cli import StageParser, report_user_errors
+from common.labelsets import flatten_lists
+from common.settings import DEFAULT_PARAMS, ValidateSettings, load_section, load_taxonomy_path
+from common.tables import read_table
+from common.taxonomy import load_taxonomy
 
 ERROR, WARNING = "error", "warning"
 EXAMPLES = 3
@@ -58,21 +58,6 @@ SCHEMA: dict[str, dict[str, str]] = {
     },
     "style_agreement": {"scope": "string", "key": "string", "measure": "string", "alpha": "float", "images": "int"},
 }
-
-
-@dataclass(frozen=True)
-class ValidateSettings(Settings):
-    section = "validate"
-    require_main: bool = setting(
-        "every image has exactly one main style (false for tag taxonomies without a main label)"
-    )
-    min_images_per_style: int = setting("warn when a style is named (main or sub) on fewer images", interval="[0, inf)")
-    min_alpha: float = setting(
-        "warn when experts agree on a style less than this, as Krippendorff's alpha (0.667: his bar for tentative"
-        " conclusions)",
-        interval="[-1, 1]",
-    )
-    fail_on_warnings: bool = setting("warnings stop the pipeline like errors")
 
 
 @dataclass(frozen=True)
@@ -242,10 +227,12 @@ def schema_check() -> Check:
     )
 
 
+Expect = Callable[..., Check]  # (table, severity, expectation class, examples, description, **its arguments) -> Check
+
+
 def content_checks(settings: ValidateSettings, names: Sequence[str]) -> list[Check]:
     """The suite over the derived tables, in the order the summary lists them."""
     import great_expectations.expectations as gxe
-    from great_expectations.expectations.row_conditions import Column
 
     def expect(
         table: str,
@@ -257,8 +244,17 @@ def content_checks(settings: ValidateSettings, names: Sequence[str]) -> list[Che
     ) -> Check:
         return Check(table, cls(description=description, meta={"severity": severity}, **kwargs), severity, examples)
 
-    image = _column("image_id")
-    checks = [
+    return [
+        *label_checks(expect, gxe, names),
+        *(main_style_checks(expect, gxe) if settings.require_main else []),
+        *catalog_checks(expect, gxe),
+        *coverage_checks(expect, gxe, settings),
+    ]
+
+
+def label_checks(expect: Expect, gxe: Any, names: Sequence[str]) -> list[Check]:
+    """Styles known, one row per image."""
+    return [
         expect(
             "styles",
             ERROR,
@@ -268,7 +264,44 @@ def content_checks(settings: ValidateSettings, names: Sequence[str]) -> list[Che
             column="style",
             value_set=list(names),
         ),
-        expect("labels", ERROR, gxe.ExpectColumnValuesToBeUnique, image, "One label row per image", column="image_id"),
+        expect(
+            "labels", ERROR, gxe.ExpectColumnValuesToBeUnique, _column("image_id"), "One label row per image",
+            column="image_id",
+        ),
+    ]  # fmt: skip
+
+
+def main_style_checks(expect: Expect, gxe: Any) -> list[Check]:
+    """Taxonomies with a main style (validate.require_main): one per image, and no image left waiting for review."""
+    from great_expectations.expectations.row_conditions import Column
+
+    return [
+        expect(
+            "labels",
+            ERROR,
+            gxe.ExpectColumnValuesToNotBeNull,
+            _column("image_id"),
+            "Exactly one main style per labelled image (ties aside)",
+            column="main_style",
+            row_condition=Column("needs_review") == False,  # noqa: E712 (builds a GX condition)
+        ),
+        expect(
+            "labels",
+            WARNING,
+            gxe.ExpectColumnValuesToBeInSet,
+            _column("image_id"),
+            "No image waits for review: a tie for the main style, or a source that labels it twice, differently "
+            "(left out downstream)",
+            column="needs_review",
+            value_set=[False],
+        ),
+    ]
+
+
+def catalog_checks(expect: Expect, gxe: Any) -> list[Check]:
+    """Labels and catalog agree: no main style repeated as a sub-style, every labelled image catalogued and back."""
+    image = _column("image_id")
+    return [
         expect(
             "labels",
             ERROR,
@@ -279,23 +312,19 @@ def content_checks(settings: ValidateSettings, names: Sequence[str]) -> list[Che
             value_set=[False],
         ),
         expect(
-            "labels",
-            ERROR,
-            gxe.ExpectColumnValuesToBeInSet,
-            image,
-            "Every labelled image is in the catalog",
-            column="in_catalog",
-            value_set=[True],
+            "labels", ERROR, gxe.ExpectColumnValuesToBeInSet, image, "Every labelled image is in the catalog",
+            column="in_catalog", value_set=[True],
         ),
         expect(
-            "catalog",
-            WARNING,
-            gxe.ExpectColumnValuesToBeInSet,
-            image,
-            "Every catalogued image is labelled",
-            column="labelled",
-            value_set=[True],
+            "catalog", WARNING, gxe.ExpectColumnValuesToBeInSet, image, "Every catalogued image is labelled",
+            column="labelled", value_set=[True],
         ),
+    ]  # fmt: skip
+
+
+def coverage_checks(expect: Expect, gxe: Any, settings: ValidateSettings) -> list[Check]:
+    """Enough images per style, and experts who agree on each."""
+    return [
         expect(
             "style_counts",
             WARNING,
@@ -315,29 +344,6 @@ def content_checks(settings: ValidateSettings, names: Sequence[str]) -> list[Che
             min_value=settings.min_alpha,
         ),
     ]
-    if settings.require_main:
-        checks[2:2] = [
-            expect(
-                "labels",
-                ERROR,
-                gxe.ExpectColumnValuesToNotBeNull,
-                image,
-                "Exactly one main style per labelled image (ties aside)",
-                column="main_style",
-                row_condition=Column("needs_review") == False,  # noqa: E712 (builds a GX condition)
-            ),
-            expect(
-                "labels",
-                WARNING,
-                gxe.ExpectColumnValuesToBeInSet,
-                image,
-                "No image waits for review: a tie for the main style, or a source that labels it twice, differently "
-                "(left out downstream)",
-                column="needs_review",
-                value_set=[False],
-            ),
-        ]
-    return checks
 
 
 def run_checks(tables: dict[str, pd.DataFrame], checks: Sequence[Check], docs_dir: Path | None) -> list[Outcome]:
@@ -426,35 +432,27 @@ def summary(outcomes: Sequence[Outcome]) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.validate", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--catalog", type=Path, default=Path("data/catalog.parquet"), help="image catalog from the ingest stage"
-    )
+    parser = StageParser("validate", prog="python -m pipeline.validate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--catalog", type=Path, help="image catalog from the ingest stage")
     parser.add_argument(
         "--annotations",
         type=Path,
-        default=Path("data/annotations.parquet"),
         help="expert annotations from the labels stage",
     )
-    parser.add_argument(
-        "--labels", type=Path, default=Path("data/image_labels.parquet"), help="consolidated labels, one row per image"
-    )
+    parser.add_argument("--labels", type=Path, help="consolidated labels, one row per image")
     parser.add_argument(
         "--agreement",
         type=Path,
-        default=Path("data/style_agreement.parquet"),
         help="per-style agreement between annotators",
     )
     parser.add_argument(
         "--docs",
         type=Path,
-        default=Path("reports/validation"),
         help="output: Great Expectations Data Docs site (index.html)",
     )
     parser.add_argument(
         "--metrics",
         type=Path,
-        default=Path("metrics/validation.json"),
         help="output: JSON summary of every expectation",
     )
     parser.add_argument(
@@ -470,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     settings = load_section(ValidateSettings, "validate", args.params)
-    names = load_taxonomy(load_params(args.params).taxonomy).names
+    names = load_taxonomy(load_taxonomy_path(args.params)).names
     inputs = {
         "catalog": read_table(args.catalog),
         "annotations": read_table(args.annotations),

@@ -5,15 +5,19 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import sys
 from pathlib import Path
 
 import pytest
 
-from pipeline.demo_crawl import generate
-from pipeline.settings import IngestSettings, Params, load_params
-from pipeline.taxonomy import load_taxonomy
+from common.settings import IngestSettings, load_section, load_taxonomy_path
+from common.taxonomy import load_taxonomy
+from demo.crawl import DemoSettings, generate
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(
+    0, str(PROJECT_ROOT / "benchmarks")
+)  # what benchmarks share (active.py, ccp.py), as their scripts see it
 SHARED_DATASETS = PROJECT_ROOT.parent / "shared" / "datasets"
 
 
@@ -76,26 +80,31 @@ def project_left_as_it_was():
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, Path]:
     """Curation outputs for 28 tiny pictures whose colours carry their labels, plus cached features: the stage
-    inputs of test_training.py, test_label_issues.py and test_training_ddp.py, built once per test module."""
-    from test_training import build_stage_inputs  # torch and timm load only where a test asks for these
+    inputs of the training-side tests (tests/helpers.py), built once per test module."""
+    from helpers import build_stage_inputs  # torch and timm load only where a test asks for these
 
     return build_stage_inputs(tmp_path_factory.mktemp("stage-inputs"))
 
 
 @pytest.fixture(scope="session")
-def params() -> Params:
-    return load_params(PROJECT_ROOT / "params.yaml")
+def params_file() -> Path:
+    return PROJECT_ROOT / "params.yaml"
 
 
 @pytest.fixture(scope="session")
-def style_names(params: Params) -> list[str]:
-    return load_taxonomy(PROJECT_ROOT / params.taxonomy).names
+def demo_settings(params_file: Path) -> DemoSettings:
+    return load_section(DemoSettings, "demo", params_file)
+
+
+@pytest.fixture(scope="session")
+def style_names(params_file: Path) -> list[str]:
+    return load_taxonomy(PROJECT_ROOT / load_taxonomy_path(params_file)).names
 
 
 @pytest.fixture()
-def tiny_demo(params: Params):
+def tiny_demo(demo_settings: DemoSettings):
     """DemoSettings for a few small pictures per batch (the real generator, fast)."""
-    return dataclasses.replace(params.demo, batches=2, images_per_batch=6, width=96, height=128)
+    return dataclasses.replace(demo_settings, batches=2, images_per_batch=6, width=96, height=128)
 
 
 @pytest.fixture()

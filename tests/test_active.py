@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from active import labels_to_reach, simulate  # benchmarks/active.py (conftest puts benchmarks/ on the path)
 
-from training.active import labels_to_reach, simulate
 from training.labelling_order import (
     ORDERS,
     distance_to_nearest,
@@ -97,8 +97,8 @@ def test_the_push_queue_holds_every_image_once_and_entropy_diverse_spreads_each_
 
 
 def test_an_unknown_push_order_in_params_is_refused_naming_the_choices(tmp_path):
-    from annotation.push import AnnotationSettings
-    from pipeline.settings import ParamsError
+    from annotation.settings import AnnotationSettings
+    from common.settings import ParamsError
 
     with pytest.raises(
         ParamsError, match="annotation.order must be one of random, least_confident, entropy, entropy_diverse.*'smart'"

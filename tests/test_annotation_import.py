@@ -13,9 +13,9 @@ from annotation.consolidate import consolidate
 from annotation.importers import files_in, import_label_studio, import_tag_csv, read_label_studio_export
 from annotation.kfashion import import_kfashion
 from annotation.sources import CatalogIndex, read_label_sources
-from pipeline.cli import InputError
+from common.cli import InputError
+from common.taxonomy import load_taxonomy
 from pipeline.ingest import ingest
-from pipeline.taxonomy import load_taxonomy
 
 ROOT = Path(__file__).parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"

@@ -35,19 +35,12 @@ from annotation.config import labeling_config
 from annotation.consolidate import IMAGE_LABEL_COLUMNS, consolidate
 from annotation.consolidate import main as consolidate_main
 from annotation.importers import ANNOTATION_COLUMNS
+from annotation.projects import find_projects
 from annotation.pull import snapshot_from_server
-from annotation.push import (
-    AnnotationSettings,
-    Prediction,
-    find_projects,
-    listed_images,
-    push_images,
-    remove_duplicate_tasks,
-    review_items,
-    unless_gone,
-)
+from annotation.push import Prediction, listed_images, push_images, remove_duplicate_tasks, review_items, unless_gone
 from annotation.server import ServerError, ServerSettings, credentials, start
-from pipeline.taxonomy import load_taxonomy
+from annotation.settings import AnnotationSettings
+from common.taxonomy import load_taxonomy
 
 ROOT = Path(__file__).parents[1]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.atomic import atomic_dir, atomic_path
+from common.atomic import atomic_dir, atomic_path
 from training.checkpoint import save_checkpoint
 
 
@@ -73,7 +73,7 @@ def test_a_folder_output_is_replaced_whole_or_not_at_all(tmp_path: Path) -> None
 
 
 def test_a_stage_replaces_its_outputs_together_or_not_at_all(tmp_path: Path) -> None:
-    from pipeline.atomic import outputs_together, write_json
+    from common.atomic import outputs_together, write_json
 
     first, second = tmp_path / "catalog.json", tmp_path / "rejects.json"
     write_json({"run": 1}, first)
@@ -135,7 +135,7 @@ def test_a_checkpoint_that_cannot_be_written_is_a_clear_error_and_the_old_one_st
     script = ("import resource, signal, sys, torch; from pathlib import Path; "
               "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
               "resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536)); "
-              "from training.checkpoint import save_checkpoint; from pipeline.cli import report_user_errors; "
+              "from training.checkpoint import save_checkpoint; from common.cli import report_user_errors; "
               "sys.exit(report_user_errors('train', "
               "lambda: save_checkpoint({'weights': torch.zeros(100_000)}, Path(sys.argv[1])) or 0))")  # fmt: skip
     done = subprocess.run(

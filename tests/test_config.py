@@ -12,21 +12,37 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.cli import user_message
-from pipeline.settings import ParamsError, Settings, load_params, load_section
-from pipeline.taxonomy import TaxonomyError, load_taxonomy
+from common.cli import user_message
+from common.settings import (
+    CrawlSettings,
+    IngestSettings,
+    ParamsError,
+    Settings,
+    load_section,
+    load_setting,
+    load_taxonomy_path,
+)
+from common.taxonomy import TaxonomyError, load_taxonomy
 from training.settings import load_model_specs
 
 ROOT = Path(__file__).parents[1]
 
 
-def test_every_section_of_the_project_params_loads_into_its_typed_settings(params):
+def test_every_section_of_the_project_params_loads_into_its_typed_settings():
     sections, _ = documented_sections()
     for name, cls in sections.items():
         if name != "models":
             assert isinstance(load_section(cls, name, ROOT / "params.yaml"), cls)
     assert all(isinstance(spec, sections["models"]) for spec in load_model_specs(ROOT / "params.yaml").values())
-    assert isinstance(params.crawl.dir, Path) and isinstance(params.taxonomy, Path), "paths are converted from text"
+    crawl_dir = load_setting(CrawlSettings, "crawl", "dir", ROOT / "params.yaml")
+    assert isinstance(crawl_dir, Path) and isinstance(load_taxonomy_path(ROOT / "params.yaml"), Path), (
+        "paths are converted from text"
+    )
+
+
+def _crawl_and_ingest(path: Path) -> None:
+    load_section(CrawlSettings, "crawl", path)
+    load_section(IngestSettings, "ingest", path)
 
 
 def test_paper_taxonomy_has_23_styles_in_table_order_with_korean_names():
@@ -42,7 +58,7 @@ def test_unknown_params_key_names_section_and_key(tmp_path):
     text = (ROOT / "params.yaml").read_text().replace("min_side: 64", "min_sid: 64")
     (tmp_path / "params.yaml").write_text(text)
     with pytest.raises(ParamsError, match=r"section 'ingest': missing \['min_side'\], unknown \['min_sid'\]"):
-        load_params(tmp_path / "params.yaml")
+        _crawl_and_ingest(tmp_path / "params.yaml")
 
 
 @pytest.mark.parametrize(
@@ -61,7 +77,7 @@ def test_a_params_value_of_the_wrong_type_names_its_key(tmp_path, old, new, mess
     assert old in text
     (tmp_path / "params.yaml").write_text(text.replace(old, new, 1))
     with pytest.raises(ParamsError, match=message):
-        load_params(tmp_path / "params.yaml")
+        _crawl_and_ingest(tmp_path / "params.yaml")
 
 
 @pytest.mark.parametrize(
@@ -105,7 +121,7 @@ STAGE_COMMANDS = {  # prog -> (module, arguments)
     "stats": ("pipeline.stats", []),
     "split": ("pipeline.split", []),
     "graph": ("pipeline.graph", []),
-    "demo_crawl": ("pipeline.demo_crawl", []),
+    "demo_crawl": ("demo.crawl", []),
     "annotation config": ("annotation.__main__", ["config"]),
 }
 
@@ -231,4 +247,4 @@ def test_a_value_outside_its_declared_interval_names_the_key_and_the_interval(tm
     text = (ROOT / "params.yaml").read_text()
     (tmp_path / "params.yaml").write_text(text.replace("near_duplicate_distance: 8", "near_duplicate_distance: 65"))
     with pytest.raises(ParamsError, match=r"ingest.near_duplicate_distance must be in \[0, 64\], not 65"):
-        load_params(tmp_path / "params.yaml")
+        _crawl_and_ingest(tmp_path / "params.yaml")

@@ -9,8 +9,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from pipeline.demo_crawl import TABLE2_IMAGES, draw_labels, generate, main_style_weights, photo_rng
-from pipeline.images import content_id
+from common.images import content_id
+from demo.crawl import TABLE2_IMAGES, draw_labels, generate, main_style_weights, photo_rng
 
 
 def digest_tree(root: Path) -> dict[str, str]:
@@ -72,7 +72,7 @@ def test_label_statistics_follow_the_paper_shape(style_names):
 
 
 def test_cli_refuses_a_taxonomy_it_cannot_draw(tmp_path, capsys):
-    from pipeline.demo_crawl import main
+    from demo.crawl import main
 
     taxonomy = tmp_path / "tags.yaml"
     taxonomy.write_text("labels:\n  - {id: skirt, name: skirt, words: [skirt]}\n")

@@ -35,7 +35,7 @@ def project(tmp_path: Path) -> Path:
     """The project's pipeline files in a fresh git + DVC repo, with a tiny demo and a temp remote."""
     work = tmp_path / "project"
     work.mkdir()
-    for name in ("dvc.yaml", "pipeline", "annotation", "training", "taxonomies"):
+    for name in ("dvc.yaml", "common", "pipeline", "annotation", "training", "demo", "taxonomies"):
         src = ROOT / name
         (
             shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -55,7 +55,7 @@ def metrics(project: Path, stage: str = "ingest") -> dict:
 
 
 def test_repro_is_incremental_idempotent_and_restorable(project: Path):
-    run("python -m pipeline.demo_crawl && dvc add -q data/crawl/batch-* data/label-exports", project)
+    run("python -m demo.crawl && dvc add -q data/crawl/batch-* data/label-exports", project)
     first = run("dvc repro", project)
     assert "Running stage 'ingest'" in first
     assert metrics(project)["batches"] == 2 and metrics(project)["rejected"] == 10
@@ -68,7 +68,7 @@ def test_repro_is_incremental_idempotent_and_restorable(project: Path):
     assert "Data and pipelines are up to date." in run("dvc status", project)
 
     # a new crawl batch arrives with its labels: copied in, tracked, reproduced; only it is decoded and extracted
-    run("python -m pipeline.demo_crawl --batches 3 && dvc add -q data/crawl/batch-003 data/label-exports", project)
+    run("python -m demo.crawl --batches 3 && dvc add -q data/crawl/batch-003 data/label-exports", project)
     output = run("dvc repro", project)
     new_files = len(list((project / "data/crawl/batch-003").iterdir())) - 1  # minus metadata.csv
     assert metrics(project)["decoded"] == new_files
@@ -93,7 +93,7 @@ def write_existing_labels(project: Path) -> None:
     the label folder and beside the photos of batch-002) and a CSV with a main label column; one bad record of each; no
     export."""
     from annotation.importers import annotation_choices, local_file_key, read_label_studio_export
-    from pipeline.taxonomy import load_taxonomy
+    from common.taxonomy import load_taxonomy
 
     korean = {name: k for k, name in load_taxonomy(project / "taxonomies/kfashion_styles.yaml").by_korean().items()}
     exports = project / "data/label-exports"
@@ -126,7 +126,7 @@ def write_existing_labels(project: Path) -> None:
 
 
 def test_repro_with_kfashion_files_and_a_csv_instead_of_label_studio_exports(project: Path):
-    run("python -m pipeline.demo_crawl", project)
+    run("python -m demo.crawl", project)
     write_existing_labels(project)
     run("dvc add -q data/crawl/batch-* data/label-exports", project)
     run("dvc repro", project)
@@ -143,11 +143,44 @@ def test_repro_with_kfashion_files_and_a_csv_instead_of_label_studio_exports(pro
     )
     assert len(pd.read_parquet(project / "data/dataset.parquet")) > 0 and (project / "metrics/evaluation.json").exists()
     assert not (pd.read_csv(project / "data/ingest/rejects.csv")["file"].astype(str).str.endswith(".json")).any()
+    every_stage_runs_with_the_params_it_does_not_declare_broken(project)
 
 
-PACKAGES = ("pipeline", "training", "annotation")
+def broken_except(params: dict, declared: list[str]) -> dict:
+    """`params` with every section and key a stage does not declare (dvc.yaml `params:`) replaced by a value no
+    settings class accepts."""
+    broken: dict = {}
+    for section, value in params.items():
+        keys = [d.split(".", 1)[1] for d in declared if d.startswith(f"{section}.")]
+        if section in declared:
+            broken[section] = value
+        elif keys and isinstance(value, dict):
+            broken[section] = {key: (value[key] if key in keys else "broken") for key in value}
+        else:
+            broken[section] = {"broken": "not a setting"} if isinstance(value, dict) else "broken.yaml"
+    return broken
+
+
+def every_stage_runs_with_the_params_it_does_not_declare_broken(project: Path) -> None:
+    """Each stage reads exactly the params dvc.yaml declares for it: with everything else broken, its command (run
+    directly, as dvc.yaml spells it) still succeeds."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for name, stage in yaml.safe_load((project / "dvc.yaml").read_text())["stages"].items():
+        spec, key = stage.get("do", stage), "linear"  # a foreach stage: one of its entries
+        if "params" not in spec:  # reads no params (consolidate)
+            continue
+        declared = [str(p).replace("${key}", key) for p in spec.get("params", [])]
+        (project / f"broken-{name}.yaml").write_text(yaml.safe_dump(broken_except(params, declared)))
+        cmd = (
+            spec["cmd"].replace("${key}", key).replace("${crawl.dir}", params["crawl"]["dir"])
+            .replace("${crawl.label_exports}", params["crawl"]["label_exports"])
+        )  # fmt: skip
+        run(f"{cmd} --params broken-{name}.yaml", project)
+
+
+PACKAGES = ("common", "pipeline", "training", "annotation", "demo")
 # How files are written and read, params read and errors reported, not what a stage computes: left out of stage deps.
-PLUMBING = {"pipeline/atomic.py", "pipeline/tables.py", "pipeline/settings.py", "pipeline/cli.py"}
+PLUMBING = {"common/atomic.py", "common/tables.py", "common/settings.py", "common/cli.py"}
 
 
 def _module_file(module: str) -> Path | None:
@@ -180,6 +213,25 @@ def _source_files(module: str) -> set[str]:
             seen.add(path)
             todo.extend(_project_imports(path))
     return {str(p.relative_to(ROOT)) for p in seen if p.name != "__init__.py"}
+
+
+def _stage_modules() -> dict[str, str]:
+    """Stage name -> the module its command runs (`python -m <module>`)."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    commands = {name: stage.get("do", stage)["cmd"] for name, stage in stages.items()}
+    return {name: re.search(r"python -m ([\w.]+)", cmd).group(1) for name, cmd in commands.items()}
+
+
+def test_no_stage_imports_another_stage():
+    """What stages share lives in common/ (or a package's shared modules): editing one stage's module must not re-run
+    another stage, nor may a stage run another's code."""
+    modules = set(_stage_modules().values())
+    crossing = {}
+    for name, module in _stage_modules().items():
+        others = {f.removesuffix(".py").replace("/", ".") for f in _source_files(module)} & (modules - {module})
+        if others:
+            crossing[name] = sorted(others)
+    assert not crossing, f"stages importing other stages' modules: {crossing}"
 
 
 def test_every_stage_depends_on_the_code_it_runs():

@@ -1,7 +1,7 @@
 """Fault injection: a stage killed in the middle (SIGKILL, as by the out-of-memory killer or a closed laptop), then run
 again, leaves exactly what an uninterrupted run leaves; two `dvc repro` at once in one checkout do not both run.
 
-(A training run killed and resumed: tests/test_training.py; Label Studio stopped in the middle of a push:
+(A training run killed and resumed: tests/test_train.py; Label Studio stopped in the middle of a push:
 tests/test_annotation_offline.py and tests/test_labelstudio.py; a full disk: tests/test_atomic.py.)
 """
 
@@ -89,7 +89,7 @@ def test_ingest_killed_in_the_middle_then_run_again_leaves_what_an_uninterrupted
         lambda: (killed / "cache" / "batch-001.parquet").exists(),
     )
     assert not (killed / "catalog.parquet").exists(), "no output before the end"
-    if sys.platform == "linux":  # elsewhere nothing makes a killed stage's decode workers end (pipeline/processes.py)
+    if sys.platform == "linux":  # elsewhere nothing makes a killed stage's decode workers end (common/processes.py)
         assert no_process_mentions(str(killed)), "the killed ingest's decode workers ended with it"
     subprocess.run(
         stage("pipeline.ingest", *ingest_args(demo_crawl, killed)), cwd=ROOT, check=True, capture_output=True
@@ -147,7 +147,7 @@ def test_a_second_dvc_repro_in_the_same_checkout_is_refused_while_the_first_runs
         "DVC_NO_ANALYTICS": "1",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     }
-    subprocess.run("git init -q && dvc init -q && python -m pipeline.demo_crawl "
+    subprocess.run("git init -q && dvc init -q && python -m demo.crawl "
                    "&& dvc add -q data/crawl/batch-* data/label-exports",
                    shell=True, cwd=work, env=env, check=True, capture_output=True)  # fmt: skip
     first = subprocess.Popen(

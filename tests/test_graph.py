@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from common.settings import ParamsError
+from common.taxonomy import Label, Taxonomy
 from pipeline.graph import GraphSettings, WordVectorError, build_graph, label_embeddings, main, train_matrix
-from pipeline.settings import ParamsError
-from pipeline.taxonomy import Label, Taxonomy
 
 NAMES = ["A", "B", "C", "D", "E"]
 SETTINGS = GraphSettings(threshold=0.4, p=0.2, normalisation="symmetric", word_vectors="glove-6b-50d")

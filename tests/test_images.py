@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import pipeline.images as images_module
-from pipeline.demo_crawl import decompression_bomb_png
-from pipeline.images import content_id, difference_hash, inspect_image
+import common.images as images_module
+from common.images import content_id, difference_hash, inspect_image
+from demo.crawl import decompression_bomb_png
 from training.data import load_rgb
 
 
@@ -192,11 +192,11 @@ def test_lab_pictures_go_through_a_colour_conversion(tmp_path):
 
 @pytest.mark.slow
 def test_training_applies_the_decoding_policy_without_importing_ingests_code():
-    """Training stages depend on pipeline/decoding.py (dvc.yaml deps), not on ingest's pipeline/images.py; ingest uses
+    """Training stages depend on common/decoding.py (dvc.yaml deps), not on ingest's common/images.py; ingest uses
     the same policy."""
     code = (
-        "import sys, training.predict, training.features, training.train, training.evaluate; print('pipeline.images' "
-        "in sys.modules); import pipeline.decoding as d, pipeline.images as i; print(i.SUPPORTED_MODES is "
+        "import sys, training.predict, training.features, training.train, training.evaluate; print('common.images' "
+        "in sys.modules); import common.decoding as d, common.images as i; print(i.SUPPORTED_MODES is "
         "d.SUPPORTED_MODES and i.unsupported_mode_reason is d.unsupported_mode_reason)"
     )
     run = subprocess.run(

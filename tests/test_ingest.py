@@ -15,7 +15,7 @@ from PIL import Image
 from test_images import png_with_exif_chunk, tiff_with_rational_strip_offsets  # bad files, built in the image tests
 
 import pipeline.ingest as ingest_module
-from pipeline.demo_crawl import generate
+from demo.crawl import generate
 from pipeline.ingest import ingest, main
 from pipeline.near_duplicates import near_duplicate_pairs
 
@@ -272,7 +272,7 @@ def test_near_duplicate_search_finds_exactly_the_pairs_a_plain_loop_finds():
     assert len(brute) >= 60
 
 
-def test_missing_crawl_folder_is_a_clear_error_and_writes_nothing(tmp_path, capsys, params, monkeypatch):
+def test_missing_crawl_folder_is_a_clear_error_and_writes_nothing(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the outputs not named below would go to their default paths
     params_file = tmp_path / "params.yaml"
     params_file.write_text((Path(__file__).parents[1] / "params.yaml").read_text())

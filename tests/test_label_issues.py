@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
-from test_select import select_stage
-from test_training import LABELS, MODELS, _params, _train
+from helpers import LABELS, MODELS, run_train, select_stage, training_params
 
 from training import label_issues
 
@@ -18,7 +17,7 @@ FINDER = {"model": "linear", "max_rows": 30}
 
 
 def _finder_params(tmp_path: Path, weights: Path, models: tuple[str, ...] = ("linear",), **finder) -> Path:
-    params = _params(tmp_path, weights, epochs=6, patience=6, lr_head=0.3, warmup_epochs=0)
+    params = training_params(tmp_path, weights, epochs=6, patience=6, lr_head=0.3, warmup_epochs=0)
     raw = yaml.safe_load(params.read_text()) | {
         "label_issues": FINDER | finder,
         "select": {"folds": 4, "seed": 0, "candidates": []},
@@ -59,7 +58,9 @@ def _telling_features(inputs: dict[str, Path], tmp_path: Path) -> dict[str, Path
 def test_a_planted_wrong_label_ranks_near_the_top_and_the_test_split_stays_out(inputs, tmp_path):
     params = _finder_params(tmp_path, inputs["weights"])
     inputs = _telling_features(inputs, tmp_path)
-    _train(inputs, "linear", tmp_path, params)  # trained on the clean labels; the folds below train on the planted one
+    run_train(
+        inputs, "linear", tmp_path, params
+    )  # trained on the clean labels; the folds below train on the planted one
     table = pd.read_parquet(inputs["dataset"])
     planted = table.index[table["image_id"] == "img01"][0]  # a green picture, training split
     assert table.at[planted, "labels"].tolist() == ["green"] and table.at[planted, "split"] == "train"
@@ -88,7 +89,7 @@ def test_a_planted_wrong_label_ranks_near_the_top_and_the_test_split_stays_out(i
 def test_a_finder_on_a_model_without_out_of_fold_scores_is_refused_naming_the_setting(inputs, tmp_path, capsys):
     params = _finder_params(tmp_path, inputs["weights"], models=("cnn", "linear"), model="cnn")
     for model in ("cnn", "linear"):
-        _train(inputs, model, tmp_path, params)
+        run_train(inputs, model, tmp_path, params)
     assert _find(inputs, tmp_path, params, inputs["dataset"]) == 2
     assert "label_issues.model 'cnn' has no out-of-fold scores: the select stage scores heads on cached features " in (
         capsys.readouterr().err

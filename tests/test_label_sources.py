@@ -13,9 +13,9 @@ import annotation.sources
 from annotation.consolidate import consolidate
 from annotation.labels import main as labels_main
 from annotation.sources import read_label_sources
-from pipeline.cli import InputError
+from common.cli import InputError
+from common.taxonomy import load_taxonomy
 from pipeline.ingest import ingest
-from pipeline.taxonomy import load_taxonomy
 
 ROOT = Path(__file__).parents[1]
 

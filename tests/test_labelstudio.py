@@ -18,33 +18,26 @@ from conftest import free_port
 from annotation.__main__ import imported_labels
 from annotation.client import Connection, LabelStudioError
 from annotation.importers import import_label_studio, read_label_studio_export
+from annotation.projects import review_title
 from annotation.pull import export_path, snapshot_from_server
-from annotation.push import (
-    AnnotationSettings,
-    Prediction,
-    listed_images,
-    push_images,
-    remove_duplicate_tasks,
-    review_title,
-)
+from annotation.push import Prediction, listed_images, push_images, remove_duplicate_tasks
 from annotation.server import ServerError, ServerSettings, check_token, start, stop
+from annotation.settings import AnnotationSettings
 from annotation.sources import CatalogIndex
-from pipeline.demo_crawl import generate
+from common.settings import IngestSettings
+from common.taxonomy import load_taxonomy
+from demo.crawl import generate
 from pipeline.ingest import ingest
-from pipeline.settings import IngestSettings
-from pipeline.taxonomy import load_taxonomy
 
 ROOT = Path(__file__).parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.labelstudio]
 
 
 @pytest.fixture(scope="session")
-def workspace(tmp_path_factory, params, style_names):
+def workspace(tmp_path_factory, demo_settings, style_names):
     """A tiny demo crawl + catalog under <tmp>/data, the folder Label Studio serves files from."""
     root = tmp_path_factory.mktemp("ls-workspace")
-    demo = params.demo.__class__(
-        **{**params.demo.__dict__, "batches": 1, "images_per_batch": 6, "width": 96, "height": 128}
-    )
+    demo = dataclasses.replace(demo_settings, batches=1, images_per_batch=6, width=96, height=128)
     generate(demo, style_names, root / "data/crawl", root / "data/exports")
     settings = IngestSettings(workers=1, min_side=64, max_pixels=89_478_485, near_duplicate_distance=2)
     catalog = ingest(root / "data/crawl", root / "cache", settings)[0].to_pandas()

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from pipeline.cli import InputError
-from pipeline.settings import ParamsError
+from common.cli import InputError
+from common.settings import ParamsError
 from training.backbones import create_backbone
 from training.data import read_label_graph
 from training.device import compile_for_training

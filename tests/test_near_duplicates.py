@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from common.settings import IngestSettings, load_section
 from pipeline.ingest import ingest
 from pipeline.near_duplicates import catalog_near_duplicates, near_duplicate_pairs
 
@@ -52,7 +53,7 @@ def test_per_batch_search_finds_the_whole_catalog_search_and_a_new_batch_searche
 
 
 def test_a_repost_scaled_and_recompressed_is_found_at_the_default_distance(
-    demo_crawl: Path, tmp_path: Path, ingest_settings, params
+    demo_crawl: Path, tmp_path: Path, ingest_settings, params_file
 ):
     photo = next(
         p
@@ -68,7 +69,10 @@ def test_a_repost_scaled_and_recompressed_is_found_at_the_default_distance(
         buffer.getvalue()
     )  # the most common re-post, in a later batch
     settings = ingest_settings.__class__(
-        **{**ingest_settings.__dict__, "near_duplicate_distance": params.ingest.near_duplicate_distance}
+        **{
+            **ingest_settings.__dict__,
+            "near_duplicate_distance": load_section(IngestSettings, "ingest", params_file).near_duplicate_distance,
+        }
     )
     catalog, _, near, _ = ingest(demo_crawl, tmp_path / "cache", settings)
     ids = {s["file"]: row["image_id"] for row in catalog.to_pylist() for s in row["sources"]}

@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.demo_crawl import generate
+from common.pixel_shards import PixelStore
+from demo.crawl import generate
 from pipeline.ingest import ingest
 from pipeline.pixel_cache import (
     PixelCacheSettings,
-    PixelStore,
     UnreadableImage,
     build_cache,
     cropped_share,

@@ -4,16 +4,13 @@ the model selection on planted scores, and the select stage's command line feedi
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from test_training import LABELS, MODELS, _params, _train
+from helpers import LABELS, MODELS, run_train, select_stage, training_params
 
-from pipeline.near_duplicates import PAIR_COLUMNS
-from pipeline.tables import empty_table
 from training import predict, select
 from training.clicks import NEVER, click_thresholds, correction_clicks, empty_form_clicks, summary
 from training.out_of_fold import assign_folds
@@ -120,29 +117,16 @@ def test_within_noise_the_model_with_fewer_parameters_is_chosen_and_the_reason_s
     assert chosen == "small" and "within noise of" in why and "fewer parameters (100 against 10,000)" in why
 
 
-def select_stage(inputs: dict[str, Path], tmp_path: Path, params: Path, dataset: Path | None = None) -> int:
-    """Run the select stage's command line on the models trained into tmp_path/models (no near-duplicates)."""
-    pairs = tmp_path / "near_duplicates.parquet"
-    empty_table(PAIR_COLUMNS).to_parquet(pairs)
-    return select.main([
-        "--dataset", str(dataset or inputs["dataset"]), "--label-subset", str(inputs["subset"]),
-        "--features", str(inputs["features"]), "--near-duplicates", str(pairs),
-        "--models-dir", str(tmp_path / "models"), "--out-of-fold", str(tmp_path / "out_of_fold.parquet"),
-        "--out", str(tmp_path / "selection.json"), "--metrics", str(tmp_path / "selection_metrics.json"),
-        "--params", str(params),
-    ])  # fmt: skip
-
-
 @pytest.mark.slow
 def test_the_select_stage_scores_every_head_out_of_fold_and_predict_serves_its_choice_and_rules(
     inputs, tmp_path, capsys
 ):
-    params = _params(tmp_path, inputs["weights"], epochs=2)
+    params = training_params(tmp_path, inputs["weights"], epochs=2)
     raw = yaml.safe_load(params.read_text())
     raw["models"] = {name: MODELS[name] for name in ("cnn", "linear", "gcn_identity")}
     params.write_text(yaml.safe_dump(raw))
     for model in raw["models"]:
-        _train(inputs, model, tmp_path, params)
+        run_train(inputs, model, tmp_path, params)
     assert select_stage(inputs, tmp_path, params) == 0
     selection = json.loads((tmp_path / "selection.json").read_text())
     assert set(selection["models"]) == {"linear", "gcn_identity"}, "heads only: the basic CNN trains from pixels"

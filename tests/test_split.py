@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.settings import ParamsError
+from common.settings import ParamsError
+from common.tables import empty_table
+from pipeline.near_duplicates import PAIR_COLUMNS
 from pipeline.split import SplitSettings, assign_splits, largest_remainder, main, read_splits
 
 SETTINGS = SplitSettings(seed=2019, train=0.7, val=0.1, test=0.2, top_k=0, near_duplicates_together=4)
@@ -101,6 +103,8 @@ def write_stage_inputs(tmp_path: Path, labels: pd.DataFrame, **split: object) ->
     params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
     params |= {"taxonomy": str(tmp_path / "taxonomy.yaml"), "split": SETTINGS.__dict__ | split}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    if not (tmp_path / "pairs.parquet").exists():  # no near-duplicates unless a test wrote some
+        empty_table(PAIR_COLUMNS).to_parquet(tmp_path / "pairs.parquet")
     return [
         *(
             "--labels",
@@ -117,6 +121,10 @@ def write_stage_inputs(tmp_path: Path, labels: pd.DataFrame, **split: object) ->
             str(tmp_path / "dataset.parquet"),
             "--subset",
             str(tmp_path / "subset.json"),
+            "--near-duplicates",
+            str(tmp_path / "pairs.parquet"),
+            "--leakage",
+            str(tmp_path / "leakage.parquet"),
         ),
     ]
 

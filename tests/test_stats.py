@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.labelsets import cooccurrence, cross_counts, main_and_sub_matrices
+from common.labelsets import cooccurrence, cross_counts, main_and_sub_matrices
 from pipeline.stats import class_balance, cooccurrence_table, main
 
 NAMES = ["A", "B", "C", "D"]
@@ -55,7 +55,7 @@ def test_cooccurrence_equals_a_brute_force_count_on_random_label_sets():
 
 
 def test_cross_counts_are_exact_across_chunks(monkeypatch):
-    import pipeline.labelsets as labelsets
+    import common.labelsets as labelsets
 
     rng = np.random.default_rng(1)
     left, right = rng.random((1000, 3)) < 0.5, rng.random((1000, 4)) < 0.3

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_training import _params, _train
+from helpers import run_train, training_params
 
 import training.train as train_module
 
@@ -74,7 +74,7 @@ def _torchrun(inputs: dict[str, Path], model: str, out: Path, params: Path) -> N
 
 @pytest.mark.parametrize(("model", "cached_pixels"), [("gcn", False), ("cnn", True)])
 def test_two_processes_train_on_halves_of_each_batch_and_hold_the_same_weights(inputs, tmp_path, model, cached_pixels):  # noqa: F811
-    params = _params(tmp_path, inputs["weights"], epochs=1, batch_size=4, cached_pixels=cached_pixels)
+    params = training_params(tmp_path, inputs["weights"], epochs=1, batch_size=4, cached_pixels=cached_pixels)
     _torchrun(inputs, model, tmp_path / "ddp", params)
     ranks = [torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert [r["rows"] for r in ranks] == [8, 8] and [r["batches"] for r in ranks] == [2, 2], (
@@ -91,7 +91,9 @@ def test_two_processes_train_on_halves_of_each_batch_and_hold_the_same_weights(i
     )
     assert len(loss_rows) == 2, "one logger (rank 0): a header and one epoch"
     if model == "gcn":  # no batch norm: 2 ranks x 4 images take exactly the steps of 1 process x 8 images
-        _train(inputs, model, tmp_path / "single", _params(tmp_path, inputs["weights"], epochs=1, batch_size=8))
+        run_train(
+            inputs, model, tmp_path / "single", training_params(tmp_path, inputs["weights"], epochs=1, batch_size=8)
+        )
         single = torch.load(tmp_path / "single" / "models" / model / "last.pt", weights_only=True)
         for name, tensor in ranks[0]["params"].items():
             torch.testing.assert_close(tensor, single["model"][name], rtol=1e-5, atol=1e-6)

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.validate import ERROR, WARNING, ValidateSettings, main, summary, validate
+from common.settings import ValidateSettings
+from pipeline.validate import ERROR, WARNING, main, summary, validate
 
 NAMES = ["Casual", "Romantic", "Sexy"]
 SETTINGS = ValidateSettings(require_main=True, min_images_per_style=2, min_alpha=0.667, fail_on_warnings=False)

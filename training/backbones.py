@@ -20,8 +20,8 @@ import torchvision
 from timm.models.efficientnet import EfficientNet
 from torch import nn
 
-from pipeline.cli import InputError
-from pipeline.settings import ParamsError
+from common.cli import InputError
+from common.settings import ParamsError
 from training.data import check_state_fits, read_torch_file
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
-from pipeline.atomic import atomic_path
-from pipeline.cli import InputError, OutputError
+from common.atomic import atomic_path
+from common.cli import InputError, OutputError
 from training.backbones import create_backbone
 from training.data import check_state_fits, eval_transform, read_torch_file
 from training.models import BasicCNN, ModelSpec, StyleNet, build_head

@@ -24,10 +24,10 @@ from torch import nn
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from pipeline.cli import InputError
-from pipeline.decoding import SUPPORTED_MODES, pillow_bomb_guard_lifted, to_rgb, unsupported_mode_reason
-from pipeline.pixel_cache import PixelStore
-from pipeline.tables import read_table
+from common.cli import InputError
+from common.decoding import SUPPORTED_MODES, pillow_bomb_guard_lifted, to_rgb, unsupported_mode_reason
+from common.pixel_shards import PixelStore
+from common.tables import read_table
 from training.gpu_augment import Jitter, train_batch
 
 SPLITS = ("train", "val", "test")
@@ -166,7 +166,7 @@ def load_rgb(path: Path, vetted: bool = False) -> Image.Image:
     cannot be used.
 
     `vetted`: a catalog image, which ingest's max_pixels admitted, so Pillow's own bomb guard is lifted for it.
-    16- and 32-bit pictures are scaled and LAB converted to 8-bit RGB (pipeline/decoding.py); other modes are refused,
+    16- and 32-bit pictures are scaled and LAB converted to 8-bit RGB (common/decoding.py); other modes are refused,
     as ingest refuses them.
     """
     try:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.cli import InputError
+from common.cli import InputError
 from training.checkpoint import CHECKPOINT_REMEDY, best_model, decision_thresholds
 from training.clicks import thresholds_from_json
 

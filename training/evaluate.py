@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.atomic import atomic_path, outputs_together, write_json
-from pipeline.cli import InputError, report_user_errors
-from pipeline.settings import ParamsError, Settings, load_section, setting
+from common.atomic import atomic_path, outputs_together, write_json
+from common.cli import InputError, StageParser, report_user_errors
+from common.feature_shards import extracted_precision, read_features
+from common.settings import ParamsError, Settings, crawl_folder, load_section, setting
 from training.checkpoint import build_trained_module, load_checkpoint, pixel_model, scores_mirrored, trained_precision
 from training.clicks import correction_clicks, empty_form_clicks
 from training.clicks import summary as click_summary
@@ -35,7 +36,6 @@ from training.data import ImageDataset, main_index, read_dataset, read_label_sub
 from training.decisions import DecisionRules, decision_rules, read_selection
 from training.device import pick_device, prepare
 from training.engine import feature_batches, mirrored_mean, predict_probs
-from training.features import extracted_precision, feature_array, read_features
 from training.metrics import (
     OWN_COUNT_COLUMN,
     PAPER_COLUMNS,
@@ -46,7 +46,7 @@ from training.metrics import (
     mean_average_precision,
     topk_hits,
 )
-from training.models import ModelSpec
+from training.models import ModelSpec, feature_array
 from training.settings import load_model_specs
 
 FEATURE_SETTINGS = (
@@ -415,7 +415,7 @@ def evaluate(specs: dict[str, ModelSpec], args: argparse.Namespace, settings: Ev
     probs, results, descriptions = {}, {}, {}
     for name in specs:
         checkpoint = load_checkpoint(args.models_dir / name / "best.pt")
-        probs[name] = test_probs(checkpoint, test, args.features, args.crawl_dir)
+        probs[name] = test_probs(checkpoint, test, args.features, crawl_folder(args.crawl_dir, args.params))
         rules = decision_rules(name, checkpoint, selection)
         results[name] = evaluate_scores(
             probs[name], test.targets, test.main, labels, settings.bootstrap, settings.seed, rules.present
@@ -484,39 +484,35 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = StageParser(
+        "evaluate",
         prog="python -m training.evaluate",
         description=__doc__.splitlines()[0],
-        epilog="The stage's full command line is in dvc.yaml.",
     )
-    parser.add_argument("--dataset", type=Path, required=True, help="curated dataset (data/dataset.parquet)")
-    parser.add_argument("--label-subset", type=Path, required=True, help="class order (data/label_subset.json)")
+    parser.add_argument("--dataset", type=Path, help="curated dataset (data/dataset.parquet)")
+    parser.add_argument("--label-subset", type=Path, help="class order (data/label_subset.json)")
     parser.add_argument(
         "--features",
         type=Path,
-        required=True,
         help="cached backbone features (data/features.npz), for models trained on them",
     )
     parser.add_argument(
         "--crawl-dir",
         type=Path,
-        required=True,
         help="folder the dataset's image paths are relative to, for pixel models",
     )
     parser.add_argument(
         "--models-dir",
         type=Path,
-        required=True,
         help="folder with <model>/best.pt for every entry of the 'models' section",
     )
     parser.add_argument(
         "--selection",
         type=Path,
-        required=True,
         help="the select stage's choice and out-of-fold thresholds (data/selection.json)",
     )
-    parser.add_argument("--report", type=Path, required=True, help="Markdown comparison report to write")
-    parser.add_argument("--metrics", type=Path, required=True, help="JSON metrics to write (dvc metrics diff)")
+    parser.add_argument("--report", type=Path, help="Markdown comparison report to write")
+    parser.add_argument("--metrics", type=Path, help="JSON metrics to write (dvc metrics diff)")
     parser.add_argument(
         "--params", type=Path, default=Path("params.yaml"), help="params file with 'models' and 'evaluate' sections"
     )

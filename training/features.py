@@ -44,6 +44,7 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -51,45 +52,19 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pipeline.atomic import atomic_path, remove_leftover_temporaries
-from pipeline.cli import InputError, report_user_errors
-from pipeline.settings import Settings, load_section, setting
-from training.backbones import BACKBONES, LITE_NATIVE_SIZES, Backbone, create_backbone
+from common.atomic import atomic_path, remove_leftover_temporaries
+from common.cli import InputError, StageParser, report_user_errors
+from common.settings import crawl_folder, load_section, load_setting
+from training.backbones import LITE_NATIVE_SIZES, Backbone, create_backbone
 from training.data import ImageDataset, eval_transform, read_dataset, read_label_subset
 from training.device import autocast, pick_device, prepare, to_device
-from training.models import ModelSpec, global_pool
-from training.settings import TrainSettings
-
-
-@dataclass(frozen=True)
-class FeatureSettings(Settings):
-    section = "features"
-    backbone: str = setting(
-        "the pretrained backbone (training/backbones.py); ImageNet weights of the EfficientNet-Lites ship offline,"
-        " native sizes 224/240/260 px",
-        choices=tuple(sorted(BACKBONES)),
-    )
-    weights: str = setting('"imagenet" (pretrained), a path to a state_dict file, or "none"')
-    image_size: int = setting(
-        "input side in px: plain resize to a square, as the reference evaluates (the paper: 448)", interval="[16, inf)"
-    )
-    batch_size: int = setting("images per backbone pass", interval="[1, inf)")
-    workers: int = setting("decoding processes; 0 = in the main process", interval="[0, inf)")
-    flip: bool = setting(
-        "also cache every image mirrored (training augmentation; the test-time flip of train.tta_flip)"
-    )
-    maps: bool = setting("also cache the last feature maps (fp16), which csra heads read (size: docs/models.md)")
+from training.models import global_pool
+from training.settings import FeatureSettings, TrainSettings
 
 
 def training_precision(params: Path) -> str:
     """train.precision of the params file: the precision features are extracted in (see the module docstring)."""
-    return load_section(TrainSettings, "train", params).precision
-
-
-def extracted_precision(features_meta: dict) -> str:
-    """The precision a features file was extracted in; "bf16" (autocast's default then) for files written before it was
-    recorded."""
-    return features_meta.get("precision", "bf16")
+    return str(load_setting(TrainSettings, "train", "precision", params))
 
 
 def padded(images: torch.Tensor, rows: int) -> torch.Tensor:
@@ -185,7 +160,7 @@ FEATURE_CODE = (
     "training.data",
     "training.models",
     "training.device",
-    "pipeline.decoding",
+    "common.decoding",
 )  # besides this file
 
 
@@ -246,18 +221,18 @@ def extraction_key(settings: FeatureSettings, precision: str, device: torch.devi
             "hardware": hardware(device), "code": feature_code_digest()} | versions  # fmt: skip
 
 
-def read_shard(path: Path, key: dict | None, dim: int) -> tuple[FeatureRows, FeatureRows]:
-    """(features, mirrored features) cached in `path` under `key`; none when it is missing, damaged or of another
-    key."""
-    empty = (no_features(dim), no_features(dim))
+def read_shard(path: Path, key: dict | None, dim: int) -> ShardRows:
+    """The features cached in `path` under `key`; none when it is missing, damaged or of another key."""
+    empty = ShardRows(no_features(dim), no_features(dim))
     if key is None or not path.exists():
         return empty
     try:
         with np.load(path, allow_pickle=False) as npz:
             if json.loads(str(npz["key"])) != key:
                 return empty
-            return FeatureRows(npz["image_id"], npz["max"], npz["avg"], npz["maps"]), FeatureRows(
-                npz["flip_image_id"], npz["max_flip"], npz["avg_flip"], npz["maps_flip"]
+            return ShardRows(
+                FeatureRows(npz["image_id"], npz["max"], npz["avg"], npz["maps"]),
+                FeatureRows(npz["flip_image_id"], npz["max_flip"], npz["avg_flip"], npz["maps_flip"]),
             )
     except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as error:
         print(
@@ -289,6 +264,20 @@ class FeatureCounts:
     extracted_flips: int  # mirrored images, likewise
 
 
+class WantedRows(NamedTuple):
+    """A crawl batch's dataset rows whose features the file needs."""
+
+    plain: pd.DataFrame
+    mirrored: pd.DataFrame  # the same rows with features.flip, none without
+
+
+class ShardRows(NamedTuple):
+    """The features of a crawl batch's images, as they are and mirrored: one cache shard."""
+
+    plain: FeatureRows
+    mirrored: FeatureRows
+
+
 def write_features(
     dataset_path: Path,
     label_subset: Path,
@@ -304,6 +293,37 @@ def write_features(
     trained on these features gets the same backbone back at prediction time, and
     evaluate refuses features that do not match a model.
     """
+    table = dataset_with_batches(dataset_path, label_subset)
+    cache_dir.mkdir(parents=True, exist_ok=True)  # a DVC output, even when no shard is written (weights: none)
+    remove_leftover_temporaries(cache_dir)
+    backbone = create_backbone(settings.backbone, settings.weights)
+    key = extraction_key(settings, precision, pick_device())
+    flipped = table if settings.flip else table.iloc[:0]
+    flips_of = dict(tuple(flipped.groupby("batch", sort=True)))  # one pass over the table, not one per batch
+    wanted = {
+        batch: WantedRows(rows, flips_of.get(batch, flipped.iloc[:0]))
+        for batch, rows in table.groupby("batch", sort=True)
+    }
+    held = {batch: read_shard(cache_dir / f"{batch}.npz", key, backbone.dim) for batch in wanted}
+    lacking = {
+        batch: WantedRows(held[batch].plain.lacking(rows.plain), held[batch].mirrored.lacking(rows.mirrored))
+        for batch, rows in wanted.items()
+    }
+    counts = FeatureCounts(
+        len(table),
+        sum(len(rows.plain) for rows in lacking.values()),
+        sum(len(rows.mirrored) for rows in lacking.values()),
+    )
+    shards = extract_lacking(backbone, crawl_dir, wanted, held, lacking, settings, precision, key, cache_dir)
+    plain = FeatureRows.concat([no_features(backbone.dim), *(shard.plain for shard in shards)])
+    mirrored = FeatureRows.concat([no_features(backbone.dim), *(shard.mirrored for shard in shards)])
+    features = ShardRows(plain.take(table["image_id"]), mirrored.take(flipped["image_id"]))
+    save_features_file(out, table["image_id"], flipped["image_id"], features, settings, backbone, precision)
+    return counts
+
+
+def dataset_with_batches(dataset_path: Path, label_subset: Path) -> pd.DataFrame:
+    """The dataset, each image with the crawl batch its cache shard is kept by."""
     table = read_dataset(dataset_path, read_label_subset(label_subset))
     if "batch" not in table.columns:
         raise InputError(
@@ -315,106 +335,82 @@ def write_features(
             f"{dataset_path}: images {table.loc[table['batch'].isna(), 'image_id'].head(5).tolist()} have no crawl "
             "batch; re-run the split stage (dvc repro split)"
         )
-    cache_dir.mkdir(
-        parents=True, exist_ok=True
-    )  # a DVC output, even when no shard is written (weights: none, no images)
-    remove_leftover_temporaries(cache_dir)
-    backbone = create_backbone(settings.backbone, settings.weights)
-    key = extraction_key(settings, precision, pick_device())
-    flipped = table if settings.flip else table.iloc[:0]
-    flips_of = dict(tuple(flipped.groupby("batch", sort=True)))  # one pass over the table, not one per batch
-    wanted = {batch: (rows, flips_of.get(batch, flipped.iloc[:0])) for batch, rows in table.groupby("batch", sort=True)}
-    held = {batch: read_shard(cache_dir / f"{batch}.npz", key, backbone.dim) for batch in wanted}
-    todo = {
-        batch: [pooled.lacking(rows) for rows, pooled in zip(wanted[batch], held[batch], strict=True)]
+    return table
+
+
+def extract_lacking(
+    backbone: Backbone,
+    crawl_dir: Path,
+    wanted: dict[str, WantedRows],
+    held: dict[str, ShardRows],
+    lacking: dict[str, WantedRows],
+    settings: FeatureSettings,
+    precision: str,
+    key: dict | None,
+    cache_dir: Path,
+) -> list[ShardRows]:
+    """Every batch's features, the cached ones read and the lacking ones extracted in one stream of passes; each
+    batch's shard is rewritten as soon as its images are done (an interrupted run keeps the batches it finished)."""
+    queue = [
+        (crawl_dir / path, mirror)
         for batch in wanted
-    }
-    counts = FeatureCounts(len(table), *(sum(len(todo[batch][kind]) for batch in wanted) for kind in (0, 1)))
-    queue = [(crawl_dir / path, kind == 1) for batch in wanted for kind in (0, 1) for path in todo[batch][kind]["path"]]
-    parts: list[tuple[FeatureRows, ...]] = [(no_features(backbone.dim), no_features(backbone.dim))]  # (plain, mirrored)
+        for mirror, rows in ((False, lacking[batch].plain), (True, lacking[batch].mirrored))
+        for path in rows["path"]
+    ]
+    shards = []
     with tqdm(total=len(queue), desc="features", unit="image", disable=None) as progress:
         stream = extract(
             backbone, [path for path, _ in queue], [mirror for _, mirror in queue], settings, precision, progress
         )
-        for batch, (
-            rows,
-            flips,
-        ) in wanted.items():  # the stream's images in batch order: each shard is written once its batch is done
-            new = [next_rows(stream, lacking["image_id"].to_numpy(dtype=str), backbone.dim) for lacking in todo[batch]]
-            done = tuple(
-                FeatureRows.concat([old, extra]).take(want["image_id"])
-                for old, extra, want in zip(held[batch], new, (rows, flips), strict=True)
+        for batch, rows in wanted.items():  # the stream's images come in batch order
+            new = ShardRows(
+                *(next_rows(stream, lack["image_id"].to_numpy(dtype=str), backbone.dim) for lack in lacking[batch])
+            )
+            done = ShardRows(
+                *(
+                    FeatureRows.concat([old, extra]).take(want["image_id"])
+                    for old, extra, want in zip(held[batch], new, rows, strict=True)
+                )
             )
             if key is not None and [p.image_ids.tolist() for p in done] != [p.image_ids.tolist() for p in held[batch]]:
                 write_shard(cache_dir / f"{batch}.npz", key, *done)
-            parts.append(done)
-    plain, mirrored = (FeatureRows.concat(rows) for rows in zip(*parts, strict=True))
-    plain, mirrored = plain.take(table["image_id"]), mirrored.take(flipped["image_id"])
+            shards.append(done)
+    return shards
+
+
+def save_features_file(
+    out: Path,
+    image_ids: pd.Series,
+    flip_ids: pd.Series,
+    features: ShardRows,
+    settings: FeatureSettings,
+    backbone: Backbone,
+    precision: str,
+) -> None:
+    """The features file the heads read (common/feature_shards.py): pooled vectors and maps, as they are and
+    mirrored, with how they were extracted."""
+    plain, mirrored = features
     arrays = {"max": plain.max, "avg": plain.avg} | ({"maps": plain.maps} if settings.maps else {})
     if settings.flip:
-        arrays |= {
-            "max_flip": mirrored.max,
-            "avg_flip": mirrored.avg,
-            "flip_image_id": flipped["image_id"].to_numpy(dtype=str),
-        }
+        arrays |= {"max_flip": mirrored.max, "avg_flip": mirrored.avg, "flip_image_id": flip_ids.to_numpy(dtype=str)}
         arrays |= {"maps_flip": mirrored.maps} if settings.maps else {}
     meta = asdict(settings) | {"mean": backbone.mean, "std": backbone.std, "precision": precision}
     with atomic_path(out) as tmp, open(tmp, "wb") as handle:
         # ignored below: numpy's stub fears that **arrays might fill its allow_pickle: bool
-        np.savez(handle, image_id=table["image_id"].to_numpy(dtype=str), meta=json.dumps(meta), **arrays)  # type: ignore[arg-type]
-    return counts
-
-
-@dataclass(frozen=True)
-class CachedFeatures:
-    """The rows of a features file for some images, in their order, as a head reads them."""
-
-    x: torch.Tensor  # (N, D) pooled vectors, or (N, D, h, w) fp16 feature maps
-    mirrored: torch.Tensor | None  # the same of the mirrored images, where the file holds them and they were asked for
-    meta: dict  # how they were extracted (backbone, weights, image size, precision, ...)
-
-
-def feature_array(spec: ModelSpec) -> str:
-    """Which array of a features file a model's head reads: the feature maps (csra) or the vectors of its pooling."""
-    return "maps" if spec.spatial else spec.pooling
-
-
-def read_features(path: Path, image_ids: Sequence[str], array: str, mirrored: bool) -> CachedFeatures:
-    """`array` (max, avg or maps) of `image_ids` from the features file, with their mirrored rows when `mirrored` and
-    the file has them.
-
-    InputError names the file when it lacks the array or an image.
-    """
-    with np.load(path, allow_pickle=False) as npz:
-        if array not in npz:
-            raise InputError(
-                f"{path}: holds no feature maps, which a csra head reads; set features.maps: true (params.yaml) and "
-                "re-run the features stage (dvc repro)"
-            )
-        row = {image_id: i for i, image_id in enumerate(npz["image_id"])}
-        missing = [i for i in image_ids if i not in row]
-        if missing:
-            raise InputError(
-                f"{path}: no features for {len(missing)} dataset images (e.g. {missing[0]}); re-run the features stage"
-            )
-        x = torch.from_numpy(npz[array][[row[i] for i in image_ids]])
-        flips = None
-        if mirrored and f"{array}_flip" in npz:
-            flip_row = {image_id: i for i, image_id in enumerate(npz["flip_image_id"])}
-            if lacking := [i for i in image_ids if i not in flip_row]:
-                raise InputError(
-                    f"{path}: no mirrored features for {len(lacking)} images (e.g. {lacking[0]}), written by an older "
-                    "features stage; re-run it (dvc repro features)"
-                )
-            flips = torch.from_numpy(npz[f"{array}_flip"][[flip_row[i] for i in image_ids]])
-        return CachedFeatures(x, flips, json.loads(str(npz["meta"])))
+        np.savez(handle, image_id=image_ids.to_numpy(dtype=str), meta=json.dumps(meta), **arrays)  # type: ignore[arg-type]
 
 
 def run(args: argparse.Namespace) -> int:
     """Extract and write the features file; returns the exit status."""
     settings, precision = load_section(FeatureSettings, "features", args.params), training_precision(args.params)
     counts = write_features(
-        args.dataset, args.label_subset, args.crawl_dir, args.out, args.cache_dir, settings, precision
+        args.dataset,
+        args.label_subset,
+        crawl_folder(args.crawl_dir, args.params),
+        args.out,
+        args.cache_dir,
+        settings,
+        precision,
     )
     print(
         f"features: {counts.images} images ({counts.extracted} + {counts.extracted_flips} mirrored extracted, the rest "
@@ -424,23 +420,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = StageParser(
+        "features",
         prog="python -m training.features",
         description=__doc__.splitlines()[0],
-        epilog="The stage's full command line is in dvc.yaml.",
     )
-    parser.add_argument("--dataset", type=Path, required=True, help="curated dataset (data/dataset.parquet)")
-    parser.add_argument(
-        "--label-subset", type=Path, required=True, help="label subset JSON (checks the dataset's labels)"
-    )
-    parser.add_argument(
-        "--crawl-dir", type=Path, required=True, help="folder the dataset's image paths are relative to (crawl.dir)"
-    )
-    parser.add_argument("--out", type=Path, required=True, help="features file to write (.npz)")
+    parser.add_argument("--dataset", type=Path, help="curated dataset (data/dataset.parquet)")
+    parser.add_argument("--label-subset", type=Path, help="label subset JSON (checks the dataset's labels)")
+    parser.add_argument("--crawl-dir", type=Path, help="folder the dataset's image paths are relative to (crawl.dir)")
+    parser.add_argument("--out", type=Path, help="features file to write (.npz)")
     parser.add_argument(
         "--cache-dir",
         type=Path,
-        required=True,
         help="per-batch features cache (data/features_cache): only images missing there are extracted",
     )
     parser.add_argument(

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader
 from torchvision.transforms import v2
 
-from pipeline.pixel_cache import PixelStore
+from common.pixel_shards import PixelStore
 from training.data import CachedPixelBatches, ImageDataset, device_train_augment, eval_transform, train_transform
 from training.distributed import World, rank_seed, shard
 from training.engine import Batches

@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.atomic import atomic_path, outputs_together, write_json, write_parquet
-from pipeline.cli import InputError, report_user_errors
-from pipeline.settings import Settings, load_section, setting
-from pipeline.tables import read_table
+from common.atomic import atomic_path, outputs_together, write_json, write_parquet
+from common.cli import InputError, StageParser, report_user_errors
+from common.settings import Settings, load_section, setting
+from common.tables import read_table
 from training.checkpoint import called_present
 from training.data import main_index, read_dataset, read_label_subset, target_matrix
 from training.decisions import read_selection
@@ -209,29 +209,22 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = StageParser(
+        "label_issues",
         prog="python -m training.label_issues",
         description=__doc__.splitlines()[0],
-        epilog="The stage's full command line is in dvc.yaml.",
     )
-    parser.add_argument("--dataset", type=Path, required=True, help="curated dataset (data/dataset.parquet)")
-    parser.add_argument("--label-subset", type=Path, required=True, help="class order (data/label_subset.json)")
+    parser.add_argument("--dataset", type=Path, help="curated dataset (data/dataset.parquet)")
+    parser.add_argument("--label-subset", type=Path, help="class order (data/label_subset.json)")
     parser.add_argument(
         "--out-of-fold",
         type=Path,
-        required=True,
         help="the select stage's out-of-fold scores (data/out_of_fold.parquet)",
     )
-    parser.add_argument(
-        "--selection", type=Path, required=True, help="the select stage's choice and thresholds (data/selection.json)"
-    )
-    parser.add_argument(
-        "--out", type=Path, required=True, help="ranked suspicions to write (data/label_issues.parquet)"
-    )
-    parser.add_argument(
-        "--report", type=Path, required=True, help="Markdown summary to write (reports/label_issues.md)"
-    )
-    parser.add_argument("--metrics", type=Path, required=True, help="JSON metrics to write (metrics/label_issues.json)")
+    parser.add_argument("--selection", type=Path, help="the select stage's choice and thresholds (data/selection.json)")
+    parser.add_argument("--out", type=Path, help="ranked suspicions to write (data/label_issues.parquet)")
+    parser.add_argument("--report", type=Path, help="Markdown summary to write (reports/label_issues.md)")
+    parser.add_argument("--metrics", type=Path, help="JSON metrics to write (metrics/label_issues.json)")
     parser.add_argument(
         "--params", type=Path, default=Path("params.yaml"), help="params file with a 'label_issues' section"
     )

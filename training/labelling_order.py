@@ -11,7 +11,7 @@ diversity, the images' pooled backbone features):
   traversal in feature space (k-center greedy, Sener & Savarese 2018), so one round does
   not spend its labels on near-copies of one uncertain look.
 
-training/active.py replays the expert loop to measure which order saves labels
+benchmarks/active.py replays the expert loop to measure which order saves labels
 (benchmarks/bench_active_labelling.py, docs/expert-time.md).
 """
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from pipeline.settings import ParamsError
+from common.settings import ParamsError
 
 LOSSES = ("bce", "asl")
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, 0/1 targets) -> summed loss

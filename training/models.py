@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.settings import Problem, Settings, setting
+from common.settings import Problem, Settings, setting
 
 KINDS = ("cnn", "linear", "gcn", "gcn_residual")
 GRAPH_KINDS = ("gcn", "gcn_residual")  # models that read the label graph
@@ -260,3 +260,8 @@ class StyleNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))
+
+
+def feature_array(spec: ModelSpec) -> str:
+    """Which array of a features file a model's head reads: the feature maps (csra) or the vectors of its pooling."""
+    return "maps" if spec.spatial else spec.pooling

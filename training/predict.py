@@ -36,8 +36,8 @@ from torch import nn
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from pipeline.atomic import atomic_path
-from pipeline.cli import InputError, report_user_errors
+from common.atomic import atomic_path
+from common.cli import InputError, report_user_errors
 from training.checkpoint import called_present, load_checkpoint, pixel_model, scores_mirrored, trained_precision
 from training.data import load_rgb
 from training.decisions import DEFAULT_SELECTION, DecisionRules, chosen_model, decision_rules, read_selection

@@ -15,7 +15,7 @@ import reprlib
 from pathlib import Path
 from typing import Any
 
-from pipeline.atomic import atomic_path
+from common.atomic import atomic_path
 
 # What --resume may change (names as configuration_changes writes them): how long training goes
 # on and how fast it runs. workers and compile change random draws (file path) or rounding, so

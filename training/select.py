@@ -31,17 +31,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.atomic import outputs_together, write_json, write_parquet
-from pipeline.cli import InputError, report_user_errors
-from pipeline.groups import near_duplicate_groups
-from pipeline.settings import Problem, Settings, load_section, setting
-from pipeline.tables import read_table
+from common.atomic import outputs_together, write_json, write_parquet
+from common.cli import InputError, StageParser, report_user_errors
+from common.feature_shards import read_features
+from common.groups import near_duplicate_groups
+from common.settings import Problem, Settings, load_section, setting
+from common.tables import read_table
 from training.checkpoint import build_trained_module, load_checkpoint
 from training.clicks import SHRINK, click_thresholds, correction_clicks, empty_form_clicks, thresholds_json
 from training.data import main_index, read_dataset, read_label_subset, target_matrix
-from training.features import feature_array, read_features
 from training.metrics import average_precision, f1_thresholds, mean_average_precision
-from training.models import ModelSpec
+from training.models import ModelSpec, feature_array
 from training.out_of_fold import assign_folds, out_of_fold_probs
 from training.settings import load_model_specs
 
@@ -256,28 +256,23 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = StageParser(
+        "select",
         prog="python -m training.select",
         description=__doc__.splitlines()[0],
-        epilog="The stage's full command line is in dvc.yaml.",
     )
-    parser.add_argument("--dataset", type=Path, required=True, help="curated dataset (data/dataset.parquet)")
-    parser.add_argument("--label-subset", type=Path, required=True, help="class order (data/label_subset.json)")
-    parser.add_argument("--features", type=Path, required=True, help="cached backbone features (data/features.npz)")
+    parser.add_argument("--dataset", type=Path, help="curated dataset (data/dataset.parquet)")
+    parser.add_argument("--label-subset", type=Path, help="class order (data/label_subset.json)")
+    parser.add_argument("--features", type=Path, help="cached backbone features (data/features.npz)")
     parser.add_argument(
         "--near-duplicates",
         type=Path,
-        required=True,
         help="near-duplicate pairs (data/ingest/near_duplicates.parquet): a group stays in one fold",
     )
-    parser.add_argument("--models-dir", type=Path, required=True, help="folder with <model>/best.pt for every model")
-    parser.add_argument(
-        "--out-of-fold", type=Path, required=True, help="out-of-fold scores to write (data/out_of_fold.parquet)"
-    )
-    parser.add_argument(
-        "--out", type=Path, required=True, help="the choice and every model's thresholds (data/selection.json)"
-    )
-    parser.add_argument("--metrics", type=Path, required=True, help="JSON metrics to write (metrics/selection.json)")
+    parser.add_argument("--models-dir", type=Path, help="folder with <model>/best.pt for every model")
+    parser.add_argument("--out-of-fold", type=Path, help="out-of-fold scores to write (data/out_of_fold.parquet)")
+    parser.add_argument("--out", type=Path, help="the choice and every model's thresholds (data/selection.json)")
+    parser.add_argument("--metrics", type=Path, help="JSON metrics to write (metrics/selection.json)")
     parser.add_argument(
         "--params", type=Path, default=Path("params.yaml"), help="params file with 'select' and 'models' sections"
     )

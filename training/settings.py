@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.settings import ParamsError, Settings, build_section, read_params_file, setting
+from common.settings import ParamsError, Settings, build_section, read_params_file, setting
+from training.backbones import BACKBONES
 from training.device import PRECISIONS
 from training.losses import LOSSES, AsymmetricLoss, LossFunction, make_loss
 from training.models import ModelSpec
@@ -76,3 +77,32 @@ def load_model_specs(params: Path) -> dict[str, ModelSpec]:
     if not isinstance(raw.get("models"), dict) or not raw["models"]:
         raise ParamsError(f"{params}: section 'models' is missing or empty")
     return {name: build_section(ModelSpec, entry, f"models.{name}", params) for name, entry in raw["models"].items()}
+
+
+def load_model_spec(params: Path, name: str) -> ModelSpec:
+    """One entry of the `models` section (what a train@<name> stage declares), the others unread."""
+    models = read_params_file(params).get("models")
+    if not isinstance(models, dict) or name not in models:
+        known = sorted(models) if isinstance(models, dict) else []
+        raise ParamsError(f"unknown model {name!r}; params.yaml 'models' has {known}")
+    return build_section(ModelSpec, models[name], f"models.{name}", params)
+
+
+@dataclass(frozen=True)
+class FeatureSettings(Settings):
+    section = "features"
+    backbone: str = setting(
+        "the pretrained backbone (training/backbones.py); ImageNet weights of the EfficientNet-Lites ship offline,"
+        " native sizes 224/240/260 px",
+        choices=tuple(sorted(BACKBONES)),
+    )
+    weights: str = setting('"imagenet" (pretrained), a path to a state_dict file, or "none"')
+    image_size: int = setting(
+        "input side in px: plain resize to a square, as the reference evaluates (the paper: 448)", interval="[16, inf)"
+    )
+    batch_size: int = setting("images per backbone pass", interval="[1, inf)")
+    workers: int = setting("decoding processes; 0 = in the main process", interval="[0, inf)")
+    flip: bool = setting(
+        "also cache every image mirrored (training augmentation; the test-time flip of train.tta_flip)"
+    )
+    maps: bool = setting("also cache the last feature maps (fp16), which csra heads read (size: docs/models.md)")

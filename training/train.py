@@ -28,7 +28,7 @@ import random
 import sys
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +36,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.cli import InputError, StageParser, report_user_errors
+from common.feature_shards import CachedFeatures, extracted_precision, read_features
+from common.settings import crawl_folder, load_section
 from dvclive import Live
-from pipeline.cli import InputError, report_user_errors
-from pipeline.settings import ParamsError, load_section
 from training.backbones import create_backbone
 from training.checkpoint import build_trained_module, load_checkpoint, save_checkpoint
 from training.clicks import SHRINK, click_thresholds, thresholds_json
@@ -46,13 +47,12 @@ from training.data import main_index, read_dataset, read_label_graph, read_label
 from training.device import adam, compile_for_training, pick_device, prepare
 from training.distributed import SINGLE, World, close_world, from_main, init_world, rank_seed, wrap
 from training.engine import Batches, feature_batches, mirrored_mean, predict_probs, train_one_epoch, validation_metrics
-from training.features import FeatureSettings, extracted_precision, feature_array, read_features
 from training.feeds import StageInputs, cached_pixel_feeds, file_feeds
 from training.metrics import f1_thresholds
-from training.models import ModelSpec, StyleNet, graph_classifiers
+from training.models import ModelSpec, StyleNet, feature_array, graph_classifiers
 from training.resume import RESUMABLE_SETTINGS, configuration_changes, forget_logged_epochs
 from training.schedule import LinearWarmup, few_steps_warning, lr_factor, steps_per_epoch
-from training.settings import TrainSettings, load_model_specs
+from training.settings import FeatureSettings, TrainSettings, load_model_spec
 
 PIXEL_MEAN = PIXEL_STD = (0.5, 0.5, 0.5)  # the basic CNN's normalisation (trained from scratch)
 
@@ -131,6 +131,24 @@ def setup(
     return run
 
 
+def _checked_features(path: Path, image_ids: list[str], spec: ModelSpec, settings: TrainSettings) -> CachedFeatures:
+    """The cached features a head of `spec` reads, refused when they lack the mirrored rows train.tta_flip scores with
+    or were extracted in another precision than train.precision."""
+    cached = read_features(path, image_ids, feature_array(spec), mirrored=True)
+    if settings.tta_flip and cached.mirrored is None:
+        raise InputError(
+            f"{path}: holds no mirrored features, which train.tta_flip scores with; set features.flip: true "
+            "(params.yaml) or train.tta_flip: false, and dvc repro"
+        )
+    extracted_in = extracted_precision(cached.meta)
+    if extracted_in != settings.precision:
+        raise InputError(
+            f"{path}: features extracted in {extracted_in}, but train.precision is {settings.precision}; "
+            "re-run the features stage (dvc repro features)"
+        )
+    return cached
+
+
 def _feature_setup(
     spec: ModelSpec,
     settings: TrainSettings,
@@ -142,20 +160,9 @@ def _feature_setup(
 ) -> Setup:
     """A head on the cached features (pooled vectors, or feature maps for csra); their mirrored copies augment training
     and serve the test-time flip."""
-    table, targets, split = inputs.table, inputs.targets, inputs.split
-    cached = read_features(paths.features, list(table["image_id"]), feature_array(spec), mirrored=True)
-    if settings.tta_flip and cached.mirrored is None:
-        raise InputError(
-            f"{paths.features}: holds no mirrored features, which train.tta_flip scores with; set features.flip: true "
-            "(params.yaml) or train.tta_flip: false, and dvc repro"
-        )
-    extracted_in = extracted_precision(cached.meta)
-    if extracted_in != settings.precision:
-        raise InputError(
-            f"{paths.features}: features extracted in {extracted_in}, but train.precision is {settings.precision}; "
-            "re-run the features stage (dvc repro features)"
-        )
-    meta |= {"feature_dim": cached.x.shape[1], "features_precision": extracted_in} | {
+    targets, split = inputs.targets, inputs.split
+    cached = _checked_features(paths.features, list(inputs.table["image_id"]), spec, settings)
+    meta |= {"feature_dim": cached.x.shape[1], "features_precision": extracted_precision(cached.meta)} | {
         key: cached.meta[key] for key in ("backbone", "weights", "image_size", "mean", "std")
     }
     model = prepare(build_trained_module(meta), device)
@@ -251,10 +258,26 @@ def _load_graph(head: nn.Module, spec: ModelSpec, inputs: StageInputs) -> None:
         gcn.adjacency.copy_(torch.eye(len(inputs.adjacency)) if spec.adjacency == "identity" else inputs.adjacency)
 
 
+@dataclass(frozen=True)
+class LoopState:
+    """Where the epoch loop stands; `last.pt` stores it (as a dict) for `--resume`."""
+
+    epoch: int = 0  # epochs done
+    best_map: float = -1.0
+    best_epoch: int = -1
+    bad_epochs: int = 0  # epochs since the best, for early stopping
+
+    def after(self, epoch: int, val_map: float) -> LoopState:
+        """The state once `epoch` (0-based) scored `val_map` on validation."""
+        if val_map > self.best_map:
+            return LoopState(epoch + 1, val_map, epoch, 0)
+        return replace(self, epoch=epoch + 1, bad_epochs=self.bad_epochs + 1)
+
+
 def train(
     name: str, spec: ModelSpec, settings: TrainSettings, paths: argparse.Namespace, resume: bool, world: World = SINGLE
 ) -> dict[str, Any]:
-    """Run (or continue) the training loop; returns the final loop state.
+    """Run (or continue) the training loop; returns the final loop state (as `last.pt` stores it).
 
     Under several processes every rank validates on the whole validation split and
     adopts rank 0's figures, so all ranks stop at the same epoch; rank 0 writes, and
@@ -274,26 +297,7 @@ def train(
         and (message := few_steps_warning(per_epoch, run.n_train, settings.batch_size * world.size))
     ):
         warnings.warn(message, stacklevel=2)
-    state: dict[str, Any] = {"epoch": 0, "best_map": -1.0, "best_epoch": -1, "bad_epochs": 0}
-    if resume:
-        checkpoint = load_checkpoint(last)
-        if "train" not in checkpoint["meta"]:
-            raise InputError(
-                f"{last} was written by an older stylegraph that did not record its training settings, so resuming it "
-                f"cannot be checked; rerun without --resume to train from scratch (it overwrites {last})"
-            )
-        if changes := configuration_changes(checkpoint["meta"], run.meta):
-            raise InputError(
-                f"{last} was written by a run with other settings: {', '.join(changes)}. Rerun without --resume to "
-                f"train from scratch (it overwrites {last}), or restore those settings (params.yaml, the number of "
-                f"torchrun processes) to continue it; only {', '.join(sorted(RESUMABLE_SETTINGS))} may change on "
-                "--resume"
-            )
-        run.model.load_state_dict(checkpoint["model"])
-        run.optimizer.load_state_dict(checkpoint["optimizer"])
-        state = checkpoint["state"]
-        if world.main:
-            forget_logged_epochs(paths.live_dir, state["epoch"])
+    state = resumed_state(run, last, paths.live_dir, world) if resume else LoopState()
     net = wrap(run.model, device, world)  # shares run.model's parameters; checkpoints store run.model's state_dict
     net = compile_for_training(net) if settings.compile else net
     epochs, loss = spec.epochs or settings.epochs, settings.loss_function(spec)
@@ -302,69 +306,65 @@ def train(
         if world.main
         else contextlib.nullcontext() as live
     ):
-        for epoch in range(state["epoch"], epochs):
-            if state["bad_epochs"] >= settings.patience:
+        for epoch in range(state.epoch, epochs):
+            if state.bad_epochs >= settings.patience:
                 break
             generator = seed_everything(settings.seed * 1000 + epoch, world)
             desc = f"{name} epoch {epoch + 1}/{epochs}" if world.main else None
-            train_loss = train_one_epoch(
-                net,
-                run.train_batches(generator),
-                run.optimizer,
-                device,
-                desc,
-                settings.precision,
-                warmup.setter(run.optimizer, epoch),
-                loss,
-            )
+            batches = run.train_batches(generator)
+            set_rates = warmup.setter(run.optimizer, epoch)
+            train_loss = train_one_epoch(net, batches, run.optimizer, device, desc, settings.precision, set_rates, loss)
             _stop_if_diverged(name, from_main(train_loss, world), epoch, last)
             val_probs, val_targets = run.val_scores(run.model)
             val = from_main(validation_metrics(val_probs, val_targets), world)
-            improved = val["mAP"] > state["best_map"]
-            state = (
-                state
-                | (
-                    {"best_map": val["mAP"], "best_epoch": epoch, "bad_epochs": 0}
-                    if improved
-                    else {"bad_epochs": state["bad_epochs"] + 1}
-                )
-                | {"epoch": epoch + 1}
-            )
+            improved, state = val["mAP"] > state.best_map, state.after(epoch, val["mAP"])
             if live is not None:
                 if improved:
-                    thresholds = f1_thresholds(val_probs, val_targets).tolist()
-                    clicks = click_thresholds(val_probs, val_targets, run.val_main, SHRINK)
-                    save_checkpoint(
-                        {
-                            "meta": run.meta,
-                            "model": run.model.state_dict(),
-                            "epoch": epoch + 1,
-                            "val": val,
-                            "thresholds": thresholds,
-                            "click_thresholds": thresholds_json(clicks),
-                        },
-                        best,
-                    )
-                _log_epoch(
-                    live, epoch, train_loss, val
-                )  # before last.pt holds the epoch: rows of a kill in between are dropped on --resume
-                save_checkpoint(
-                    {
-                        "meta": run.meta,
-                        "model": run.model.state_dict(),
-                        "optimizer": run.optimizer.state_dict(),
-                        "state": state,
-                    },
-                    last,
-                )
-                print(
-                    f"{name} epoch {epoch + 1}: train loss {train_loss:.4f}, val mAP {val['mAP']:.4f}, val top2_all "
-                    f"{val['top2_all']:.4f}"
-                )
+                    save_best(run, epoch, val, val_probs, val_targets, best)
+                _log_epoch(live, epoch, train_loss, val)  # before last.pt holds the epoch: --resume drops later rows
+                save_checkpoint({"meta": run.meta, "model": run.model.state_dict(),
+                                 "optimizer": run.optimizer.state_dict(), "state": asdict(state)}, last)  # fmt: skip
+                print(f"{name} epoch {epoch + 1}: train loss {train_loss:.4f}, val mAP {val['mAP']:.4f}, val top2_all "
+                      f"{val['top2_all']:.4f}")  # fmt: skip
         if live is not None:
-            live.summary["best/epoch"] = state["best_epoch"] + 1
-            live.summary["best/val_mAP"] = state["best_map"]
+            live.summary["best/epoch"] = state.best_epoch + 1
+            live.summary["best/val_mAP"] = state.best_map
+    return asdict(state)
+
+
+def resumed_state(run: Setup, last: Path, live_dir: Path, world: World) -> LoopState:
+    """Load `last.pt` into the model and optimizer, after checking it was written under the same settings; its loop
+    state. Epochs logged after it was written are dropped from the dvclive logs."""
+    checkpoint = load_checkpoint(last)
+    if "train" not in checkpoint["meta"]:
+        raise InputError(
+            f"{last} was written by an older stylegraph that did not record its training settings, so resuming it "
+            f"cannot be checked; rerun without --resume to train from scratch (it overwrites {last})"
+        )
+    if changes := configuration_changes(checkpoint["meta"], run.meta):
+        raise InputError(
+            f"{last} was written by a run with other settings: {', '.join(changes)}. Rerun without --resume to "
+            f"train from scratch (it overwrites {last}), or restore those settings (params.yaml, the number of "
+            f"torchrun processes) to continue it; only {', '.join(sorted(RESUMABLE_SETTINGS))} may change on "
+            "--resume"
+        )
+    run.model.load_state_dict(checkpoint["model"])
+    run.optimizer.load_state_dict(checkpoint["optimizer"])
+    state = LoopState(**checkpoint["state"])
+    if world.main:
+        forget_logged_epochs(live_dir, state.epoch)
     return state
+
+
+def save_best(
+    run: Setup, epoch: int, val: dict[str, float], val_probs: np.ndarray, val_targets: np.ndarray, best: Path
+) -> None:
+    """`best.pt`: the model of the best validation mAP so far, with the decision thresholds fitted on its validation
+    scores (best F1; fewest expert clicks)."""
+    clicks = click_thresholds(val_probs, val_targets, run.val_main, SHRINK)
+    save_checkpoint({"meta": run.meta, "model": run.model.state_dict(), "epoch": epoch + 1, "val": val,
+                     "thresholds": f1_thresholds(val_probs, val_targets).tolist(),
+                     "click_thresholds": thresholds_json(clicks)}, best)  # fmt: skip
 
 
 def _stop_if_diverged(name: str, train_loss: float, epoch: int, last: Path) -> None:
@@ -389,13 +389,12 @@ def _log_epoch(live: Live, epoch: int, train_loss: float, val: dict[str, float])
 
 def run(args: argparse.Namespace) -> int:
     """Train (or --resume) the model that --model names; returns the exit status."""
-    specs = load_model_specs(args.params)
-    if args.model not in specs:
-        raise ParamsError(f"unknown model {args.model!r}; params.yaml 'models' has {sorted(specs)}")
+    spec = load_model_spec(args.params, args.model)
     settings = load_section(TrainSettings, "train", args.params)
+    args.crawl_dir = crawl_folder(args.crawl_dir, args.params)  # pixel models read the images
     world = init_world()
     try:
-        state = train(args.model, specs[args.model], settings, args, args.resume, world)
+        state = train(args.model, spec, settings, args, args.resume, world)
     finally:
         close_world(world)
     if world.main:
@@ -407,40 +406,36 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = StageParser(
+        "train",
         prog="python -m training.train",
         description=__doc__.splitlines()[0],
-        epilog="The stage's full command line is in dvc.yaml.",
     )
-    parser.add_argument("--model", required=True, help="model name: a key of the 'models' section of params.yaml")
-    parser.add_argument("--dataset", type=Path, required=True, help="curated dataset (data/dataset.parquet)")
-    parser.add_argument("--label-subset", type=Path, required=True, help="class order (data/label_subset.json)")
+    parser.add_argument("--model", help="model name: a key of the 'models' section of params.yaml")
+    parser.add_argument("--dataset", type=Path, help="curated dataset (data/dataset.parquet)")
+    parser.add_argument("--label-subset", type=Path, help="class order (data/label_subset.json)")
     parser.add_argument(
         "--graph",
         type=Path,
-        required=True,
         help="label graph with adjacency_norm and embeddings (data/label_graph.npz)",
     )
     parser.add_argument(
         "--features",
         type=Path,
-        required=True,
         help="cached backbone features (data/features.npz); read by heads unless train.finetune",
     )
     parser.add_argument(
         "--crawl-dir",
         type=Path,
-        required=True,
         help="folder the dataset's image paths are relative to (crawl.dir); read by pixel training",
     )
     parser.add_argument(
-        "--out-dir", type=Path, required=True, help="folder for last.pt (every epoch) and best.pt (best validation mAP)"
+        "--out-dir", type=Path, help="folder for last.pt (every epoch) and best.pt (best validation mAP)"
     )
-    parser.add_argument("--live-dir", type=Path, required=True, help="dvclive folder: per-epoch metrics and plots")
+    parser.add_argument("--live-dir", type=Path, help="dvclive folder: per-epoch metrics and plots")
     parser.add_argument(
         "--pixel-cache",
         type=Path,
-        default=Path("data/pixels"),
         help="pixel cache folder (the pixel_cache stage writes data/pixels); read by pixel training when "
         "train.cached_pixels",
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.cli import InputError, read_yaml
+from common.cli import InputError, read_yaml
 
 
 class TaxonomyError(InputError):

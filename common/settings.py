@@ -8,8 +8,10 @@ constraints between keys), so a value is checked the same way whether it comes f
 params.yaml, a checkpoint or a test; and docs/reference.md is generated from the same
 declarations (`docs/generate.py`), so the reference cannot drift from the code.
 
-Sections shared by several stages live here (`Params`); a stage with a section of its own
-declares its dataclass in its module and reads it with `load_section`.
+Sections shared by several stages live here; a stage with a section of its own declares its
+dataclass in its module. Every stage reads exactly what dvc.yaml declares for it: a whole
+section (`load_section`), one key of a section (`load_setting`), or the top-level taxonomy
+(`load_taxonomy_path`), so a broken section it does not declare cannot stop it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from pipeline.cli import InputError, read_yaml
+from common.cli import InputError, read_yaml
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -131,21 +133,18 @@ class IngestSettings(Settings):
 
 
 @dataclass(frozen=True)
-class DemoSettings(Settings):
-    section = "demo"
-    seed: int = setting("seed of the synthetic demo crawl (same seed, byte-identical images)")
-    batches: int = setting("crawl batches the demo writes", interval="[1, inf)")
-    images_per_batch: int = setting("images per demo batch", interval="[1, inf)")
-    width: int = setting("demo image width (px)", interval="[64, inf)")
-    height: int = setting("demo image height (px)", interval="[64, inf)")
-
-
-@dataclass(frozen=True)
-class Params:
-    taxonomy: Path
-    crawl: CrawlSettings
-    ingest: IngestSettings
-    demo: DemoSettings
+class ValidateSettings(Settings):
+    section = "validate"
+    require_main: bool = setting(
+        "every image has exactly one main style (false for tag taxonomies without a main label)"
+    )
+    min_images_per_style: int = setting("warn when a style is named (main or sub) on fewer images", interval="[0, inf)")
+    min_alpha: float = setting(
+        "warn when experts agree on a style less than this, as Krippendorff's alpha (0.667: his bar for tentative"
+        " conclusions)",
+        interval="[-1, 1]",
+    )
+    fail_on_warnings: bool = setting("warnings stop the pipeline like errors")
 
 
 TAXONOMY_HELP = "the label set: a taxonomy YAML file (taxonomies/); another file runs the pipeline on other labels"
@@ -215,14 +214,29 @@ def load_section(cls: type[T], section: str, path: str | Path = DEFAULT_PARAMS) 
     return build_section(cls, raw[section], section, path)
 
 
-def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
+def load_setting(cls: type[Settings], section: str, key: str, path: str | Path = DEFAULT_PARAMS) -> Any:
+    """One key of a section (`validate.min_alpha`), converted and checked by its declaration in `cls`; the rest of the
+    section is not read, so a stage that declares one key in dvc.yaml depends on that key alone."""
     path = Path(path)
-    raw = read_params_file(path)
-    if "taxonomy" not in raw:
+    values = read_params_file(path).get(section)
+    if not isinstance(values, dict) or key not in values:
+        raise ParamsError(f"{path}: '{section}.{key}' is missing (every key: docs/reference.md)")
+    spec = {f.name: f for f in fields(cls)}[key]  # type: ignore[arg-type]
+    value = _converted(values[key], str(spec.type), f"{section}.{key}", path)
+    if problem := field_problem(spec, value):
+        raise ParamsError(f"{path}: {section}.{key} {problem}")
+    return value
+
+
+def load_taxonomy_path(path: str | Path = DEFAULT_PARAMS) -> Path:
+    """The top-level `taxonomy`: the label set's file."""
+    path = Path(path)
+    taxonomy = read_params_file(path).get("taxonomy")
+    if not isinstance(taxonomy, str):
         raise ParamsError(f"{path}: 'taxonomy' (the taxonomy file) is missing")
-    return Params(
-        taxonomy=Path(raw["taxonomy"]),
-        crawl=build_section(CrawlSettings, raw.get("crawl"), "crawl", path),
-        ingest=build_section(IngestSettings, raw.get("ingest"), "ingest", path),
-        demo=build_section(DemoSettings, raw.get("demo"), "demo", path),
-    )
+    return Path(taxonomy)
+
+
+def crawl_folder(given: Path | None, path: str | Path = DEFAULT_PARAMS) -> Path:
+    """The crawl folder: `--crawl-dir` where given, else crawl.dir of params.yaml (as dvc.yaml passes it)."""
+    return given if given is not None else Path(load_setting(CrawlSettings, "crawl", "dir", path))

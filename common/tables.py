@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.cli import InputError
+from common.cli import InputError
 
 RESTORE_HINT = "rebuild it (`dvc repro`) or restore it (`dvc checkout`)"
 

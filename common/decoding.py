@@ -2,7 +2,7 @@
 where Pillow's bomb guard is lifted.
 
 A module of its own (Pillow and numpy only), so the training stages that decode pictures depend
-on this policy (dvc.yaml deps) and not on ingest's implementation (pipeline/images.py).
+on this policy (dvc.yaml deps) and not on ingest's implementation (common/images.py).
 """
 
 from __future__ import annotations

@@ -40,11 +40,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
-from pipeline.atomic import atomic_dir, atomic_path
-from pipeline.cli import InputError, report_user_errors
-from pipeline.images import content_id
-from pipeline.settings import DEFAULT_PARAMS, DemoSettings, load_params
-from pipeline.taxonomy import load_taxonomy
+from common.atomic import atomic_dir, atomic_path
+from common.cli import InputError, report_user_errors
+from common.images import content_id
+from common.settings import DEFAULT_PARAMS, CrawlSettings, Settings, load_section, load_taxonomy_path, setting
+from common.taxonomy import load_taxonomy
 
 RGB = tuple[int, int, int]
 
@@ -76,6 +76,16 @@ SUB_STYLE_COUNT_WEIGHTS = [0.3, 0.4, 0.22, 0.08]  # P(0, 1, 2, 3 sub-styles)
 SLOT_WEIGHT_MAIN, SLOT_WEIGHT_SUB, SLOT_WEIGHT_NOISE = 3.0, 1.5, 0.7
 EXTRA_ANNOTATOR_P = (0.2, 0.05)  # P(second expert), P(third expert)
 ANNOTATORS = [11, 12, 13, 14, 15]
+
+
+@dataclass(frozen=True)
+class DemoSettings(Settings):
+    section = "demo"
+    seed: int = setting("seed of the synthetic demo crawl (same seed, byte-identical images)")
+    batches: int = setting("crawl batches the demo writes", interval="[1, inf)")
+    images_per_batch: int = setting("images per demo batch", interval="[1, inf)")
+    width: int = setting("demo image width (px)", interval="[64, inf)")
+    height: int = setting("demo image height (px)", interval="[64, inf)")
 
 
 @dataclass(frozen=True)
@@ -679,7 +689,7 @@ def generate(
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.demo_crawl",
+        prog="python -m demo.crawl",
         description="Write the SYNTHETIC demo crawl: batches of drawn outfit pictures with metadata.csv, "
         "plus the experts' labels as Label Studio JSON exports. Existing batches are kept, so raising "
         "--batches adds new ones (the way a real crawl grows). Sizes default to the 'demo' section of params.yaml.",
@@ -706,19 +716,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    params = load_params(args.params)
+    demo, crawl = load_section(DemoSettings, "demo", args.params), load_section(CrawlSettings, "crawl", args.params)
     overrides = {
         k: v
         for k, v in {"batches": args.batches, "images_per_batch": args.images_per_batch, "seed": args.seed}.items()
         if v is not None
     }
-    settings = DemoSettings(**{**params.demo.__dict__, **overrides})
-    names = load_taxonomy(params.taxonomy).names
+    settings = DemoSettings(**{**demo.__dict__, **overrides})
+    taxonomy = load_taxonomy_path(args.params)
+    names = load_taxonomy(taxonomy).names
     unknown = sorted(set(names) - set(LOOKS))
     if unknown:
-        raise InputError(f"taxonomy {params.taxonomy} has styles with no demo look: {unknown}")
-    crawl_dir = args.crawl_dir or params.crawl.dir
-    exports_dir = args.exports_dir or params.crawl.label_exports
+        raise InputError(f"taxonomy {taxonomy} has styles with no demo look: {unknown}")
+    crawl_dir = args.crawl_dir or crawl.dir
+    exports_dir = args.exports_dir or crawl.label_exports
     written = generate(settings, names, crawl_dir, exports_dir, force=args.force)
     print(
         f"demo_crawl: wrote {len(written)} batch(es) {written} to {crawl_dir} (labels in {exports_dir}); SYNTHETIC "

@@ -1,4 +1,4 @@
-"""How every stage's command line reports a mistake of the user's.
+"""Every stage's command line: its options (one style, defaults from dvc.yaml) and how it reports a user's mistake.
 
 A missing input, a malformed file, a bad setting or an output that cannot be written
 (a full disk, a read-only folder) is `<prog>: error: <message>` on
@@ -9,6 +9,8 @@ keeps its traceback.
 
 from __future__ import annotations
 
+import argparse
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -62,7 +64,7 @@ def user_message(error: Exception) -> str:
     """
     text = str(error)
     if text.startswith("Caught ") and "\nOriginal Traceback" in text:
-        last_line = text.rstrip().rsplit("\n", 1)[-1]  # "pipeline.cli.InputError: <message>"
+        last_line = text.rstrip().rsplit("\n", 1)[-1]  # "common.cli.InputError: <message>"
         return last_line.split(": ", 1)[-1]
     if isinstance(error, FileNotFoundError):
         named_by_pandas = error.errno is None and len(error.args) == 1
@@ -73,3 +75,48 @@ def user_message(error: Exception) -> str:
                 "the path)"
             )
     return text
+
+
+DVC_YAML = Path(__file__).resolve().parents[1] / "dvc.yaml"  # the project's pipeline, beside the packages
+
+
+def command_options(stage: str, dvc_yaml: Path = DVC_YAML) -> dict[str, str]:
+    """Every `--flag value` of `stage`'s command in dvc.yaml (a foreach stage's template: values may hold ${key});
+    {} where there is no dvc.yaml (the code installed elsewhere)."""
+    if not dvc_yaml.is_file():
+        return {}
+    stage_spec = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8"))["stages"][stage]
+    tokens = stage_spec.get("do", stage_spec)["cmd"].split()
+    return {flag: value for flag, value in zip(tokens, tokens[1:], strict=False) if flag.startswith("--")}
+
+
+class StageParser(argparse.ArgumentParser):
+    """The one command-line style of the stages: every path the stage's command in dvc.yaml passes is an option whose
+    default IS that value, so each path is written once, in dvc.yaml. A value taken from params.yaml there
+    (`${crawl.dir}`) defaults to None (the stage reads that key); a foreach template (`models/${key}`) is required. An
+    option declared with a default of its own is a mistake, as is a dvc.yaml flag the code does not declare."""
+
+    def __init__(self, stage: str, **kwargs: Any) -> None:
+        self.stage, self.from_dvc_yaml = stage, command_options(stage)  # before argparse adds --help through us
+        super().__init__(epilog=f"Defaults: the {stage} stage's command in dvc.yaml.", **kwargs)
+
+    def add_argument(self, *flags: Any, **kwargs: Any) -> argparse.Action:
+        value = self.from_dvc_yaml.get(next((f for f in flags if str(f).startswith("--")), ""))
+        if value is not None:
+            if "default" in kwargs or "required" in kwargs:
+                raise ValueError(f"{flags[0]}: its default is the {self.stage} stage's value in dvc.yaml ({value})")
+            params_key = re.fullmatch(r"\$\{([\w.]+)\}", value)
+            if params_key and params_key.group(1) != "key":
+                kwargs["help"] = f"{kwargs.get('help', '')} (default: {params_key.group(1)} in params.yaml)"
+            elif "${" in value:
+                kwargs["required"] = True
+            else:
+                kwargs["default"] = kwargs.get("type", str)(value)
+                kwargs["help"] = f"{kwargs.get('help', '')} (default: {value})"
+        return super().add_argument(*flags, **kwargs)
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        declared = {option for action in self._actions for option in action.option_strings}
+        if undeclared := sorted(set(self.from_dvc_yaml) - declared):
+            raise ValueError(f"dvc.yaml passes {undeclared} to the {self.stage} stage, which does not declare them")
+        return super().parse_args(args, namespace)

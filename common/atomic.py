@@ -29,7 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.cli import OutputError
+from common.cli import OutputError
 
 STORAGE_ERRORS = {
     errno.ENOSPC: "the disk is full: free space there and run again",

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipeline.decoding import (
+from common.decoding import (
     EIGHT_BIT_MODES,
     EXIF_ORIENTATION,
     SUPPORTED_MODES,

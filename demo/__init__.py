@@ -1,0 +1,1 @@
+"""The built-in SYNTHETIC demo crawl (`python -m demo.crawl`, run by `make demo`): not a pipeline stage."""
