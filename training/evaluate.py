@@ -289,7 +289,7 @@ def render_report(
     lines = [
         f"# Evaluation: {settings.split} split, {len(test.targets)} images, {len(test.labels)} labels",
         "",
-        "Every model was selected on the validation split (best validation mAP) and scored once here. "
+        "Each model's epoch was chosen on the validation split (best validation mAP); each is scored once here. "
         f"Percent; brackets: bootstrap 95% intervals ({settings.bootstrap} resamples of the images). "
         "Top-k any-recall: at least one true label among the k highest scores; Top-k all-recall: the main label and "
         "every sub label among them (an image with more than k labels is a miss; tied scores count against the model). "
