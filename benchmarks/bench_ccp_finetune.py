@@ -51,7 +51,7 @@ from typing import Any
 import pandas as pd
 import torch
 import yaml
-from bench_ccp_models import curation_argv, run_stage, stage_inputs, write_params
+from ccp import curation_argv, run_stage, stage_inputs, write_params
 
 from pipeline import graph, split
 from pipeline.pixel_cache import PixelCacheSettings, build_cache, height_for, upright_sizes

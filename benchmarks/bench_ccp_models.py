@@ -22,10 +22,8 @@ import argparse
 import json
 
 import numpy as np
-from ccp import add_arguments, prepare, timing_table
+from ccp import add_arguments, no_near_duplicates, prepare, timing_table
 
-from common.tables import empty_table
-from pipeline.near_duplicates import PAIR_COLUMNS
 from training import evaluate, select, train
 from training.settings import load_model_specs
 
@@ -86,8 +84,7 @@ def main() -> None:
         out = ccp.work / f"seed-{seed}"
         for model in load_model_specs(ccp.params[seed]):
             ccp.timed(f"train@{model}", train.main, ccp.train_argv(model, seed, out))
-        pairs = out / "near_duplicates.parquet"
-        empty_table(PAIR_COLUMNS).to_parquet(pairs)
+        pairs = no_near_duplicates(out)
         ccp.timed("select", select.main, [*ccp.common[:4], "--features", str(ccp.data["features.npz"]),
                                           "--near-duplicates", str(pairs), "--models-dir", str(out / "models"),
                                           "--out-of-fold", str(out / "out_of_fold.parquet"),

@@ -21,8 +21,10 @@ import yaml
 
 from annotation.importers import files_in, import_tag_csv
 from common.images import content_id
+from common.tables import empty_table
 from common.taxonomy import load_taxonomy
 from pipeline import graph, split
+from pipeline.near_duplicates import PAIR_COLUMNS
 from training import features
 from training.settings import load_model_specs
 
@@ -107,11 +109,19 @@ def write_params(work: Path, taxonomy: Path, args: argparse.Namespace, seed: int
     return path
 
 
+def no_near_duplicates(work: Path) -> Path:
+    """An empty near-duplicate pairs file in `work` (CCP lists none), for the split and select stages."""
+    path = work / "near_duplicates.parquet"
+    empty_table(PAIR_COLUMNS).to_parquet(path)
+    return path
+
+
 def curation_argv(work: Path, labels: Path, catalog: Path, params: Path) -> dict[str, list[str]]:
-    """Command lines of the split and graph stages, writing dataset, label subset and label graph into `work`."""
+    """Command lines of the split and graph stages, every output in `work` (none at the project's default paths)."""
     return {
         "split": ["--labels", str(labels), "--catalog", str(catalog), "--splits", str(work / "splits.parquet"),
                   "--dataset", str(work / "dataset.parquet"), "--subset", str(work / "label_subset.json"),
+                  "--near-duplicates", str(no_near_duplicates(work)), "--leakage", str(work / "leakage.parquet"),
                   "--params", str(params)],
         "graph": ["--dataset", str(work / "dataset.parquet"), "--subset", str(work / "label_subset.json"),
                   "--out", str(work / "label_graph.npz"), "--plot", str(work / "label_graph.png"),

@@ -132,7 +132,7 @@ def test_pixel_cache_killed_in_the_middle_then_run_again_leaves_what_an_uninterr
 def test_a_second_dvc_repro_in_the_same_checkout_is_refused_while_the_first_runs(tmp_path: Path):
     work = tmp_path / "project"
     work.mkdir()
-    for name in ("dvc.yaml", "params.yaml", "pipeline", "annotation", "training", "taxonomies"):
+    for name in ("dvc.yaml", "params.yaml", "common", "pipeline", "annotation", "training", "demo", "taxonomies"):
         src = ROOT / name
         (
             shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__"))
