@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from training.metrics import ranked_cuts, threshold_after
+
 NEVER = float("inf")  # threshold of a label that is never pre-ticked
 NO_MAIN = -1  # main index of an image without a main label (tag taxonomies)
 SHRINK = 20.0  # pseudo-positives pulling a label's cut towards the pooled cut (chosen on CCP: docs/expert-time.md)
@@ -95,15 +97,11 @@ def correction_clicks(
 
 def _fewest_clicks_cut(scores: NDArray[np.floating[Any]], truth: NDArray[np.bool_]) -> tuple[float, int]:
     """(threshold, clicks) of the cut with the fewest false + missed ticks among cuts that tick at least one image;
-    ties go to the higher cut. Cuts lie midway between neighbouring distinct scores, so tied images share a side."""
-    order = np.argsort(-scores, kind="stable")
-    s, t = scores[order].astype(np.float64), truth[order]
-    last_of_tie = np.r_[s[1:] != s[:-1], True]
-    ticked = (np.arange(len(s)) + 1)[last_of_tie]
-    clicks = ticked + t.sum() - 2 * np.cumsum(t)[last_of_tie]  # false ticks + missed ticks
+    ties go to the higher cut."""
+    s, ticked, hits = ranked_cuts(scores, truth)
+    clicks = ticked + truth.sum() - 2 * hits  # false ticks + missed ticks
     best = int(np.argmin(clicks))
-    cut = ticked[best] - 1
-    return ((s[cut] + s[cut + 1]) / 2 if cut + 1 < len(s) else float(s[cut])), int(clicks[best])
+    return threshold_after(s, int(ticked[best])), int(clicks[best])
 
 
 def sub_style_cells(

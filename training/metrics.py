@@ -136,6 +136,26 @@ def _f1(precision: float, recall: float) -> float:
     return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
 
 
+def ranked_cuts(
+    scores: NDArray[np.floating[Any]], truth: NDArray[Any]
+) -> tuple[NDArray[np.float64], NDArray[np.intp], NDArray[Any]]:
+    """The candidate cuts of one label's scores: (scores sorted high to low, how many images each cut calls positive,
+    how many of those are true). A cut falls only after the last of tied scores, so tied images share a side."""
+    order = np.argsort(-scores, kind="stable")
+    s, t = scores[order].astype(np.float64), truth[order]
+    last_of_tie = np.r_[s[1:] != s[:-1], True]
+    called: NDArray[np.intp] = (np.arange(len(s)) + 1)[last_of_tie]
+    return s, called, np.cumsum(t)[last_of_tie]
+
+
+def threshold_after(sorted_scores: NDArray[np.float64], called: int) -> float:
+    """The probability threshold that calls the `called` highest scores positive: midway to the next score."""
+    cut = called - 1  # the last image called positive
+    return float(
+        (sorted_scores[cut] + sorted_scores[cut + 1]) / 2 if cut + 1 < len(sorted_scores) else sorted_scores[cut]
+    )
+
+
 def f1_thresholds(probs: Scores, targets: Targets, default: float = 0.5) -> NDArray[np.float64]:
     """Per class, the probability threshold (predict where prob >= it) with the best F1 on these images; `default` for a
     class without positives.
@@ -150,14 +170,9 @@ def f1_thresholds(probs: Scores, targets: Targets, default: float = 0.5) -> NDAr
         positives = targets[:, c].sum()
         if positives == 0:
             continue
-        order = np.argsort(-probs[:, c], kind="stable")
-        s, t = probs[order, c].astype(np.float64), targets[order, c]
-        last_of_tie = np.r_[s[1:] != s[:-1], True]
-        predicted = (np.arange(len(s)) + 1)[last_of_tie]
-        f1 = 2 * np.cumsum(t)[last_of_tie] / (predicted + positives)
-        best = int(np.argmax(f1))
-        cut = predicted[best] - 1  # the last image predicted positive
-        thresholds[c] = (s[cut] + s[cut + 1]) / 2 if cut + 1 < len(s) else s[cut]
+        s, predicted, hits = ranked_cuts(probs[:, c], targets[:, c])
+        f1 = 2 * hits / (predicted + positives)
+        thresholds[c] = threshold_after(s, int(predicted[int(np.argmax(f1))]))
     return thresholds
 
 
