@@ -21,6 +21,7 @@ when no head was trained (then by validation mAP). The test split is not read he
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -133,11 +134,16 @@ def choose(scored: dict[str, Scored]) -> tuple[str, str, str]:
 
 
 def model_entry(
-    result: Scored, targets: np.ndarray, main: np.ndarray, top: Scored, checkpoint_thresholds: list[float] | None
+    result: Scored,
+    targets: np.ndarray,
+    main: np.ndarray,
+    empty: int,
+    top: Scored,
+    checkpoint_thresholds: list[float] | None,
 ) -> dict[str, Any]:
-    """What selection.json keeps of one model: its out-of-fold scores and the decision rules fitted on them."""
+    """What selection.json keeps of one model: its out-of-fold scores and the decision rules fitted on them (`empty`:
+    the empty form's clicks on these images)."""
     clicks = click_thresholds(result.probs, targets, main, SHRINK)
-    empty = empty_form_clicks(targets, main).total
     f1_validation = np.asarray(checkpoint_thresholds or [0.5] * targets.shape[1])
     return {
         "oof_mAP": result.mean_map,
@@ -174,17 +180,15 @@ def select(args: argparse.Namespace, settings: SelectSettings) -> tuple[pd.DataF
     targets, main = target_matrix(table["labels"], labels), main_index(table["main_style"], labels)
     pairs = read_table(args.near_duplicates, columns=["image_id_a", "image_id_b"])
     fold = assign_folds(targets, near_duplicate_groups(table["image_id"], pairs), settings.folds, settings.seed)
-    scored = {
-        name: score_out_of_fold(name, checkpoint, args.features, table, targets, fold, settings.seed)
-        for name, checkpoint in heads.items()
-    }
+    scored = score_out_of_fold(heads, args.features, table, targets, fold, settings.seed)
     if not scored:
         chosen = top = max(val_maps, key=lambda name: val_maps[name])
         why = "highest validation mAP (no head on cached features to score out of fold)"
     else:
         chosen, top, why = choose(scored)
+    empty = empty_form_clicks(targets, main).total
     models = {
-        name: model_entry(result, targets, main, scored[top], heads[name].get("thresholds"))
+        name: model_entry(result, targets, main, empty, scored[top], heads[name].get("thresholds"))
         for name, result in scored.items()
     }
     selection = {"labels": labels, "images": len(table), "folds": settings.folds, "chosen": chosen, "why": why,
@@ -213,19 +217,27 @@ def select(args: argparse.Namespace, settings: SelectSettings) -> tuple[pd.DataF
 
 
 def score_out_of_fold(
-    name: str,
-    checkpoint: dict[str, Any],
+    heads: dict[str, dict[str, Any]],
     features: Path,
     table: pd.DataFrame,
     targets: np.ndarray,
     fold: np.ndarray,
     seed: int,
-) -> Scored:
-    """One head model scored out of fold, with its per-fold mAP and size."""
-    array = feature_array(ModelSpec(**checkpoint["meta"]["spec"]))
-    cached = read_features(features, list(table["image_id"]), array, mirrored=True)
-    probs = out_of_fold_probs(checkpoint, cached.x, cached.mirrored, targets, fold, seed, f"select: {name}")
-    return Scored(probs, fold_maps(probs, targets, fold), parameter_count(checkpoint), float(checkpoint["val"]["mAP"]))
+) -> dict[str, Scored]:
+    """Every head scored out of fold, with its per-fold mAP and size, in `heads`' order. Heads that read the same
+    array of the features file (pooled vectors, feature maps) are scored one after another, so each array is read
+    once and only one is in memory."""
+    arrays = {name: feature_array(ModelSpec(**checkpoint["meta"]["spec"])) for name, checkpoint in heads.items()}
+    scored = {}
+    for array, names in itertools.groupby(sorted(heads, key=lambda name: arrays[name]), key=arrays.__getitem__):
+        cached = read_features(features, list(table["image_id"]), array, mirrored=True)
+        for name in names:
+            checkpoint = heads[name]
+            probs = out_of_fold_probs(checkpoint, cached.x, cached.mirrored, targets, fold, seed, f"select: {name}")
+            scored[name] = Scored(
+                probs, fold_maps(probs, targets, fold), parameter_count(checkpoint), float(checkpoint["val"]["mAP"])
+            )
+    return {name: scored[name] for name in heads}
 
 
 def render(selection: dict[str, Any]) -> str:
