@@ -110,21 +110,16 @@ def build_stage_inputs(root: Path) -> dict[str, Path]:
     return paths
 
 
+def features_argv(inputs: dict[str, Path], out: Path, params: Path) -> list[str]:
+    """The features stage's command line into `out`, its cache beside it."""
+    return ["--dataset", str(inputs["dataset"]), "--label-subset", str(inputs["subset"]),
+            "--crawl-dir", str(inputs["crawl"]), "--out", str(out),
+            "--cache-dir", str(out.parent / f"{out.stem}_cache"), "--params", str(params)]  # fmt: skip
+
+
 def run_features(inputs: dict[str, Path], out: Path, params: Path) -> Path:
     """Run the features stage's command line into `out`."""
-    args = [
-        "--dataset",
-        str(inputs["dataset"]),
-        "--label-subset",
-        str(inputs["subset"]),
-        "--crawl-dir",
-        str(inputs["crawl"]),
-        "--out",
-        str(out),
-        "--params",
-        str(params),
-    ]
-    assert features.main([*args, "--cache-dir", str(out.parent / f"{out.stem}_cache")]) == 0
+    assert features.main(features_argv(inputs, out, params)) == 0
     return out
 
 

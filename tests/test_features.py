@@ -13,6 +13,7 @@ import torch
 from helpers import (
     LABELS,
     error_message,
+    features_argv,
     run_features,
     run_train,
     scored_test_split,
@@ -216,24 +217,6 @@ def test_features_are_extracted_in_train_precision_so_predict_scores_what_evalua
 
 def test_the_features_stage_refuses_an_unknown_precision_before_extracting(inputs, tmp_path, capsys):
     params = training_params(tmp_path, inputs["weights"], precision="fp16")
-    assert (
-        features.main(
-            [
-                "--dataset",
-                str(inputs["dataset"]),
-                "--label-subset",
-                str(inputs["subset"]),
-                "--crawl-dir",
-                str(inputs["crawl"]),
-                "--out",
-                str(tmp_path / "f.npz"),
-                "--cache-dir",
-                str(tmp_path / "cache"),
-                "--params",
-                str(params),
-            ]
-        )
-        == 2
-    )
+    assert features.main(features_argv(inputs, tmp_path / "f.npz", params)) == 2
     assert "train.precision must be one of bf16, bf16-all, fp32, not 'fp16'" in error_message(capsys, "features")
     assert not (tmp_path / "f.npz").exists()

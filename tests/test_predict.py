@@ -13,6 +13,7 @@ import torch
 from helpers import (
     LABELS,
     error_message,
+    features_argv,
     run_train,
     scored_test_split,
     trained_gcn,
@@ -209,35 +210,13 @@ def test_training_commands_refuse_bad_inputs_with_a_message_naming_the_file(inpu
 
     params = training_params(tmp_path, inputs["weights"])
     params.write_text(params.read_text().replace("backbone: tf_efficientnet_lite0", "backbone: vgg"))
-    feature_args = [
-        "--dataset",
-        str(inputs["dataset"]),
-        "--label-subset",
-        str(inputs["subset"]),
-        "--crawl-dir",
-        str(inputs["crawl"]),
-        "--out",
-        str(tmp_path / "f.npz"),
-        "--cache-dir",
-        str(tmp_path / "cache"),
-    ]
-    assert features.main([*feature_args, "--params", str(params)]) == 2
+    assert features.main(features_argv(inputs, tmp_path / "f.npz", params)) == 2
     assert error_message(capsys, "features") == (
         f"{params}: features.backbone must be one of resnet50, tf_efficientnet_lite0, tf_efficientnet_lite1,"
         " tf_efficientnet_lite2, not 'vgg'"
     )
-    assert (
-        features.main(
-            [
-                *feature_args,
-                "--crawl-dir",
-                str(tmp_path / "nowhere"),
-                "--params",
-                str(training_params(tmp_path, inputs["weights"])),
-            ]
-        )
-        == 2
-    )
+    nowhere = features_argv(inputs, tmp_path / "f.npz", training_params(tmp_path, inputs["weights"]))
+    assert features.main([*nowhere, "--crawl-dir", str(tmp_path / "nowhere")]) == 2  # the last --crawl-dir counts
     assert "nowhere/00.png: cannot read image (FileNotFoundError" in error_message(capsys, "features")
 
 
